@@ -1,0 +1,160 @@
+"""The application's settings: one pydantic-settings object, built once and passed explicitly.
+
+Sources, highest priority first: keyword arguments, environment (``AVATARBOT_*``, nested with
+``__``, e.g. ``AVATARBOT_ENGINE__PROFILE=tiny``), an optional TOML file, defaults. Secrets (the
+Discord token, the data key) are read from the environment only: a TOML file that names one is
+refused, so they never end up in a file that gets committed or shared.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from engine.config import EngineSettings
+
+SECRET_FIELDS = frozenset({"discord_token", "data_key"})
+CONFIG_FILE_ENV = "AVATARBOT_CONFIG_FILE"
+
+
+def default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "avatarbot"
+
+
+class PhotoLimits(BaseModel):
+    """Intake limits for reference photos (see bot/services/photo_intake.py for the reasons)."""
+
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    min_side: int = Field(default=256, ge=16)
+    # Decoding is refused above this many pixels (read from the header first): a 50 MP phone
+    # photo passes, a decompression bomb does not.
+    max_pixels: int = Field(default=64_000_000, ge=1)
+    # Longest side of the stored, normalised photo.
+    max_stored_side: int = Field(default=1024, ge=64)
+    jpeg_quality: int = Field(default=95, ge=50, le=100)
+
+
+class QuotaDefaults(BaseModel):
+    """Defaults of a guild's quotas; admins override them per guild."""
+
+    renders_per_day: int = Field(default=25, ge=0)
+    avatars_per_member: int = Field(default=3, ge=0)
+    photos_per_avatar: int = Field(default=10, ge=1, le=10)
+    queued_per_member: int = Field(default=3, ge=1)
+    queued_per_guild: int = Field(default=50, ge=1)
+    images_per_render: int = Field(default=4, ge=1, le=4)
+    max_steps: int = Field(default=40, ge=1, le=150)
+    max_side: int = Field(default=768, ge=64, le=2048)
+
+
+class _SecretlessToml(TomlConfigSettingsSource):
+    """A TOML source that refuses secrets: they belong in the environment."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        found = sorted(SECRET_FIELDS & data.keys())
+        if found:
+            raise ValueError(
+                f"{', '.join(found)} must not be set in a config file; set "
+                + ", ".join(f"AVATARBOT_{f.upper()}" for f in found)
+                + " in the environment instead"
+            )
+        return data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AVATARBOT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+    # Set by ``Settings.load`` (a class attribute so the source hook can see it).
+    _toml_file: ClassVar[Path | None] = None
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # SQLAlchemy async URL. Default: sqlite+aiosqlite in data_dir.
+    database_url: str | None = None
+    discord_token: SecretStr | None = None
+    # 32 bytes, urlsafe-base64, for AES-GCM encryption of photos and features at rest.
+    data_key: SecretStr | None = None
+    # Older keys that can still decrypt, "id:base64key" comma-separated (key rotation).
+    old_data_keys: SecretStr | None = None
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+    shard_count: int | None = Field(default=None, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    photos: PhotoLimits = Field(default_factory=PhotoLimits)
+    quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    # Finished outputs are kept this long (buttons work on them), then purged.
+    output_retention_hours: int = Field(default=72, ge=1)
+    # Words or /regex/ patterns refused in prompts before any GPU work.
+    prompt_blocklist: list[str] = Field(default_factory=list)
+    # The in-process worker (embedded mode). False when separate `avatarbot worker`s run.
+    run_worker: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_file is not None:
+            sources.append(_SecretlessToml(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, **overrides: Any) -> Settings:
+        """Build settings from the environment, an optional TOML file and overrides.
+
+        The file comes from ``config_file`` or ``$AVATARBOT_CONFIG_FILE``; a named file that
+        does not exist is an error rather than silently ignored.
+        """
+        path = config_file or os.environ.get(CONFIG_FILE_ENV)
+        toml = Path(path) if path else None
+        if toml is not None and not toml.is_file():
+            raise FileNotFoundError(f"config file not found: {toml}")
+        cls._toml_file = toml
+        try:
+            return cls(**overrides)
+        finally:
+            cls._toml_file = None
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'avatarbot.db'}"
+
+    def masked_dump(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets masked (for `avatarbot config`)."""
+        data = self.model_dump(mode="json")
+        for name in ("discord_token", "data_key", "old_data_keys"):
+            data[name] = "**********" if getattr(self, name) is not None else None
+        data["database_url"] = _mask_url_password(self.effective_database_url)
+        return data
+
+
+def _mask_url_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url

@@ -1,0 +1,95 @@
+"""The one exception root for failures a user can cause or must be told about.
+
+Every subclass carries a short, user-safe ``message`` (shown as-is in Discord or the CLI) and a
+stable ``code`` (for logs, tests and JSON output). Anything that is *not* an ``AvatarbotError``
+is a bug or an outage: it is logged in full and shown to users only as a generic failure with a
+reference id (see ``InternalError``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+
+class AvatarbotError(Exception):
+    """Root of every user-facing error."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidPhoto(AvatarbotError):
+    """A photo was refused by intake or by the subject checks.
+
+    ``reason`` is a stable machine-readable code (e.g. ``unsupported_format``); ``filename`` is
+    the name the user gave the file (never trusted for anything but messages).
+    """
+
+    code = "invalid_photo"
+
+    def __init__(self, reason: str, message: str, *, filename: str | None = None) -> None:
+        super().__init__(message, code=reason)
+        self.reason = reason
+        self.filename = filename
+
+
+class InvalidInput(AvatarbotError):
+    """A name, option or argument outside what is allowed."""
+
+    code = "invalid_input"
+
+
+class NotFound(AvatarbotError):
+    code = "not_found"
+
+
+class NotOwner(AvatarbotError):
+    code = "not_owner"
+
+
+class Forbidden(AvatarbotError):
+    """The caller lacks a permission (e.g. an admin command by a member)."""
+
+    code = "forbidden"
+
+
+class QuotaExceeded(AvatarbotError):
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, resets_at: datetime | None = None) -> None:
+        super().__init__(message)
+        self.resets_at = resets_at
+
+
+class QueueFull(AvatarbotError):
+    code = "queue_full"
+
+
+class PromptRefused(AvatarbotError):
+    code = "prompt_refused"
+
+
+class ConsentRequired(AvatarbotError):
+    code = "consent_required"
+
+
+class InternalError(AvatarbotError):
+    """A bug or outage, shown to users only with a reference id the operator can grep for."""
+
+    code = "internal_error"
+
+    def __init__(self, reference: str | None = None) -> None:
+        self.reference = reference or uuid.uuid4().hex[:8]
+        super().__init__(
+            f"Something went wrong on our side (reference `{self.reference}`). "
+            "Please try again later."
+        )

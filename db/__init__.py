@@ -1,0 +1,1 @@
+"""Persistence: ORM models, the async session factory, repositories, the queue claim."""

@@ -1,0 +1,1 @@
+"""The image engine: models, personalizers, subject checks, the GPU worker. No discord, no db."""

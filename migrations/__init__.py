@@ -1,0 +1,1 @@
+"""Alembic migrations, shipped with the package so `avatarbot db upgrade` works anywhere."""
