@@ -1,0 +1,333 @@
+"""The ORM models: one class per table, SQLAlchemy 2 typed declarative.
+
+Every schema change here needs an Alembic revision in ``migrations/versions`` (a test compares
+the two). Constraint names come from ``NAMING_CONVENTION`` so migrations are deterministic and
+the same on SQLite and PostgreSQL.
+
+Relationships load with ``lazy="raise_on_sql"``: under asyncio an implicit lazy load would fail
+deep inside a template anyway; this way the mistake fails at the line that made it (use
+``selectinload(...)`` or ``await obj.awaitable_attrs.photos``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from db.types import BigIntPK, UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# JSONB on PostgreSQL (compact, comparable); JSON text on SQLite.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class AvatarKind(StrEnum):
+    PERSON = "person"
+    PET = "pet"
+    OBJECT = "object"
+
+
+class LedgerEntry(StrEnum):
+    RESERVE = "reserve"  # quota units taken when a job is accepted
+    REFUND = "refund"  # given back when a job fails or is cancelled before running
+    GRANT = "grant"  # an admin's gift of extra units
+
+
+def _in(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Base(AsyncAttrs, DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+
+class GuildSettings(Base):
+    """A guild's overrides of ``Settings.quotas``; NULL means "use the default"."""
+
+    __tablename__ = "guild_settings"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    renders_per_day: Mapped[int | None] = mapped_column(Integer)
+    avatars_per_member: Mapped[int | None] = mapped_column(Integer)
+    photos_per_avatar: Mapped[int | None] = mapped_column(Integer)
+    queued_per_member: Mapped[int | None] = mapped_column(Integer)
+    queued_per_guild: Mapped[int | None] = mapped_column(Integer)
+    images_per_render: Mapped[int | None] = mapped_column(Integer)
+    max_steps: Mapped[int | None] = mapped_column(Integer)
+    max_side: Mapped[int | None] = mapped_column(Integer)
+    personalizer: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False
+    )
+
+
+class Avatar(Base):
+    """A concept (person, pet, object) owned by one Discord user."""
+
+    __tablename__ = "avatars"
+    __table_args__ = (
+        # Also serves lookups by owner_id alone (leftmost column), so no separate index.
+        UniqueConstraint("owner_id", "name_key"),
+        CheckConstraint(_in("kind", AvatarKind), name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(32), nullable=False)
+    # casefold()ed name: uniqueness per owner regardless of case (ß == SS too).
+    name_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False
+    )
+
+    photos: Mapped[list[Photo]] = relationship(
+        back_populates="avatar",
+        order_by="Photo.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="raise_on_sql",
+    )
+    features: Mapped[list[Feature]] = relationship(
+        back_populates="avatar",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="raise_on_sql",
+    )
+
+
+class Photo(Base):
+    """A normalised reference photo (possibly encrypted: ``key_id`` names the key)."""
+
+    __tablename__ = "photos"
+    __table_args__ = (UniqueConstraint("avatar_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    avatar_id: Mapped[int] = mapped_column(
+        ForeignKey("avatars.id", ondelete="CASCADE"), nullable=False
+    )
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    # Of the normalised plaintext bytes, so duplicates are found whatever the key.
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    format: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+    avatar: Mapped[Avatar] = relationship(back_populates="photos", lazy="raise_on_sql")
+
+
+class Feature(Base):
+    """Cached encoder output for an avatar; stale when ``encoder_id`` differs from the engine's."""
+
+    __tablename__ = "features"
+    __table_args__ = (UniqueConstraint("avatar_id", "encoder_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    avatar_id: Mapped[int] = mapped_column(
+        ForeignKey("avatars.id", ondelete="CASCADE"), nullable=False
+    )
+    encoder_id: Mapped[str] = mapped_column(String(200), nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = _created()
+
+    avatar: Mapped[Avatar] = relationship(back_populates="features", lazy="raise_on_sql")
+
+
+class Consent(Base):
+    """Who accepted which consent text, when, for which avatar."""
+
+    __tablename__ = "consents"
+    __table_args__ = (
+        Index(None, "user_id"),
+        Index(None, "avatar_id"),  # the cascade from avatars looks rows up by it
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    avatar_id: Mapped[int | None] = mapped_column(ForeignKey("avatars.id", ondelete="CASCADE"))
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    text_version: Mapped[str] = mapped_column(String(32), nullable=False)
+    accepted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+
+class RenderJob(Base):
+    """One render request: a row of the queue (see db/queue.py) and its whole lifecycle."""
+
+    __tablename__ = "render_jobs"
+    __table_args__ = (
+        CheckConstraint(_in("status", JobStatus), name="status"),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        CheckConstraint("reserved >= 0", name="reserved_nonnegative"),
+        CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
+        Index("ix_render_jobs_status_id", "status", "id"),  # the claim: oldest queued
+        Index("ix_render_jobs_status_lease", "status", "lease_expires_at"),  # expired leases
+        Index("ix_render_jobs_user_status", "user_id", "status"),  # per-user queue limits
+        Index("ix_render_jobs_guild_status", "guild_id", "status"),  # per-guild queue limits
+        Index("ix_render_jobs_status_delivered", "status", "delivered_at"),  # to deliver
+        # The claim's fairness key: max(started_at) of a user's jobs, an index-only lookup.
+        Index("ix_render_jobs_user_started", "user_id", "started_at"),
+        Index(None, "avatar_id"),  # ON DELETE SET NULL from avatars
+        Index(None, "parent_job_id"),  # ON DELETE SET NULL from render_jobs
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    avatar_id: Mapped[int | None] = mapped_column(ForeignKey("avatars.id", ondelete="SET NULL"))
+    # The job this one rerolls or varies (its buttons keep working after the parent is purged).
+    parent_job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("render_jobs.id", ondelete="SET NULL")
+    )
+    prompt: Mapped[str] = mapped_column(Text, nullable=False)
+    negative_prompt: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # steps, guidance, width, height, count, scheduler, personalizer, identity strength, style...
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, default=JobStatus.QUEUED, server_default=JobStatus.QUEUED
+    )
+    cancel_requested: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    attempts: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    progress: Mapped[float] = mapped_column(
+        Float, nullable=False, default=0.0, server_default=text("0")
+    )
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    timings: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    # The interaction to answer (follow-ups work for 15 minutes after it was created).
+    interaction_app_id: Mapped[int | None] = mapped_column(BigInteger)
+    interaction_token: Mapped[str | None] = mapped_column(Text)
+    interaction_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    progress_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Quota units reserved for this job (= images); refunds give back exactly this.
+    reserved: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
+
+    outputs: Mapped[list[JobOutput]] = relationship(
+        back_populates="job",
+        order_by="JobOutput.index",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="raise_on_sql",
+    )
+
+
+class JobOutput(Base):
+    """One image of a finished job (PNG bytes), kept until delivered and the retention ends."""
+
+    __tablename__ = "job_outputs"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("render_jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    index: Mapped[int] = mapped_column(Integer, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+    job: Mapped[RenderJob] = relationship(back_populates="outputs", lazy="raise_on_sql")
+
+
+class UsageLedger(Base):
+    """Append-only quota ledger: what is left is computed from it in SQL.
+
+    Rows are never updated or deleted by the application, with two exceptions that keep
+    totals intact: forget-me sets ``user_id`` to NULL (anonymised usage), and deleting a job
+    sets ``job_id`` to NULL.
+    """
+
+    __tablename__ = "usage_ledger"
+    __table_args__ = (
+        CheckConstraint(_in("entry", LedgerEntry), name="entry"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        Index("ix_usage_ledger_guild_user_created", "guild_id", "user_id", "created_at"),
+        Index(None, "job_id"),  # ON DELETE SET NULL from render_jobs
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    entry: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount: Mapped[int] = mapped_column(Integer, nullable=False)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("render_jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = _created()
+    note: Mapped[str | None] = mapped_column(String(200))
+
+
+class BotState(Base):
+    """Small key/value facts the bot keeps across restarts (e.g. the synced commands' hash)."""
+
+    __tablename__ = "bot_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False
+    )
