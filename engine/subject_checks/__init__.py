@@ -1,0 +1,72 @@
+"""Subject checks: is this photo usable for an avatar? Faces (dlib, offline), sharpness, exposure.
+
+`inspect_photo(s)` returns a `PhotoReport` per photo with blocking `problems` (the service turns
+them into refusals) and informative `warnings`. Face checks need the `faces` extra (dlib-bin +
+face-recognition-models); without it `FaceDetector.load()` returns None and person photos get
+the warning `face_check_unavailable`. `FaceEmbedder` gives dlib's 128-d identity descriptor for
+identity-similarity evaluations. No torch here.
+"""
+
+from engine.subject_checks.faces import (
+    SAME_PERSON_MAX_DISTANCE,
+    FaceBox,
+    FaceDetector,
+    FaceEmbedder,
+    face_distance,
+    face_similarity,
+    same_person,
+)
+from engine.subject_checks.inspect import (
+    BACKGROUND_FACES,
+    BRIGHT,
+    DARK,
+    FACE_CHECK_UNAVAILABLE,
+    FACE_TOO_SMALL,
+    HIGHLIGHTS_CLIPPED,
+    LOW_CONTRAST,
+    NO_FACE,
+    PROBLEM_CODES,
+    SEVERAL_FACES,
+    SHADOWS_CLIPPED,
+    SOFT,
+    TOO_BLURRY,
+    TOO_BRIGHT,
+    TOO_DARK,
+    WARNING_CODES,
+    PhotoReport,
+    SubjectThresholds,
+    inspect_photo,
+    inspect_photos,
+    select_faces,
+)
+
+__all__ = [
+    "BACKGROUND_FACES",
+    "BRIGHT",
+    "DARK",
+    "FACE_CHECK_UNAVAILABLE",
+    "FACE_TOO_SMALL",
+    "HIGHLIGHTS_CLIPPED",
+    "LOW_CONTRAST",
+    "NO_FACE",
+    "PROBLEM_CODES",
+    "SAME_PERSON_MAX_DISTANCE",
+    "SEVERAL_FACES",
+    "SHADOWS_CLIPPED",
+    "SOFT",
+    "TOO_BLURRY",
+    "TOO_BRIGHT",
+    "TOO_DARK",
+    "WARNING_CODES",
+    "FaceBox",
+    "FaceDetector",
+    "FaceEmbedder",
+    "PhotoReport",
+    "SubjectThresholds",
+    "face_distance",
+    "face_similarity",
+    "inspect_photo",
+    "inspect_photos",
+    "same_person",
+    "select_faces",
+]
