@@ -1,0 +1,89 @@
+"""Image side of InstantBooth: CLIP pixels, the frozen backbone, the two trainable heads.
+
+Concept encoder: the backbone's global image embedding (``image_embeds``, CLIP's projected
+joint-space vector) → a trainable linear layer to the text encoder's width; one vector per
+photo. Patch encoder: the backbone's last hidden state (every token, CLS included: 257 for
+ViT-L/14 at 224 px) → a trainable linear layer to the adapters' input width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+
+# OpenAI CLIP's normalisation (every CLIP ViT image processor config carries these values).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """CLIP preprocessing in plain PIL/torch: shortest side → size (bicubic), centre crop,
+    normalise. Returns [N, 3, size, size] float32."""
+    out = []
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    for image in images:
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        t = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+        t = t.view(size, size, 3).permute(2, 0, 1).float() / 255.0
+        out.append((t - mean) / std)
+    return torch.stack(out)
+
+
+@dataclass(frozen=True)
+class BackboneOutput:
+    image_embeds: torch.Tensor  # [N, image_embed_dim]
+    hidden: torch.Tensor  # [N, num_patch_tokens, image_hidden_size]
+
+
+@torch.no_grad()
+def run_backbone(image_encoder: nn.Module, pixels: torch.Tensor) -> BackboneOutput:
+    """The frozen CLIPVisionModelWithProjection on CLIP-normalised pixels."""
+    param = next(image_encoder.parameters())
+    out = image_encoder(pixel_values=pixels.to(param.device, param.dtype))
+    return BackboneOutput(image_embeds=out.image_embeds, hidden=out.last_hidden_state)
+
+
+def square_crop_around(
+    image: Image.Image, box: tuple[int, int, int, int], scale: float
+) -> Image.Image:
+    """A square of ``scale`` × the box's longer side, centred on the box, kept inside the image
+    where possible (shifted, then clipped)."""
+    left, top, right, bottom = box
+    side = min(max(right - left, bottom - top) * scale, min(image.size))
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    x0 = min(max(cx - side / 2, 0.0), image.size[0] - side)
+    y0 = min(max(cy - side / 2, 0.0), image.size[1] - side)
+    return image.crop((round(x0), round(y0), round(x0 + side), round(y0 + side)))
+
+
+class ConceptHead(nn.Module):
+    """Global image embedding → one text-space token."""
+
+    def __init__(self, image_embed_dim: int, text_hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(image_embed_dim, text_hidden_size)
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return self.linear(image_embeds.to(self.linear.weight.dtype))
+
+
+class PatchHead(nn.Module):
+    """Backbone tokens → adapter input tokens."""
+
+    def __init__(self, image_hidden_size: int, patch_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(image_hidden_size, patch_dim)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.to(self.linear.weight.dtype))

@@ -1,0 +1,173 @@
+"""InstantBooth's trainable parts as one module: the two heads and the gated adapters.
+
+Only these are saved (``instantbooth.safetensors``) beside ``config.json``; the frozen base model
+and image encoder are named by the config and loaded by the profile. ``encoder_id`` derives from
+the config and the weights' digest, so new weights make old cached features stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from engine.personalizers.instantbooth.adapters import (
+    AdapterHooks,
+    GatedSelfAttention,
+    adapter_specs,
+)
+from engine.personalizers.instantbooth.config import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    InstantBoothConfig,
+    adapter_key,
+)
+from engine.personalizers.instantbooth.encoders import (
+    ConceptHead,
+    PatchHead,
+    run_backbone,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """A digest of tensors' names, dtypes, shapes and bytes, independent of file layout."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class InstantBoothModel(nn.Module):
+    def __init__(self, config: InstantBoothConfig) -> None:
+        super().__init__()
+        if not config.adapters:
+            raise ValueError("InstantBooth config lists no adapters (build it with for_unet)")
+        self.config = config
+        self.concept = ConceptHead(config.image_embed_dim, config.text_hidden_size)
+        self.patch = PatchHead(config.image_hidden_size, config.patch_dim)
+        self.adapters = nn.ModuleDict(
+            {
+                adapter_key(spec.block): GatedSelfAttention(spec.dim, spec.heads, config.patch_dim)
+                for spec in config.adapters
+            }
+        )
+        self._digest: str | None = None
+
+    @classmethod
+    def for_unet(cls, unet: Any, vision_model: Any, **overrides: object) -> InstantBoothModel:
+        """Fresh (randomly initialised, gates at 0) parts sized for these frozen models."""
+        vision = vision_model.config
+        patches = (vision.image_size // vision.patch_size) ** 2 + 1
+        fields: dict[str, object] = {
+            "image_size": vision.image_size,
+            "image_hidden_size": vision.hidden_size,
+            "image_embed_dim": vision.projection_dim,
+            "num_patch_tokens": patches,
+            "text_hidden_size": unet.config.cross_attention_dim,
+            "patch_dim": unet.config.cross_attention_dim,
+            "adapters": tuple(adapter_specs(unet)),
+        }
+        fields.update(overrides)
+        return cls(InstantBoothConfig.model_validate(fields))
+
+    # --- identity -------------------------------------------------------------------------
+    @property
+    def weights_digest(self) -> str:
+        """Digest of the weights as loaded or last saved (computed lazily otherwise)."""
+        if self._digest is None:
+            self._digest = state_digest(self.state_dict())
+        return self._digest
+
+    def invalidate_digest(self) -> None:
+        """Call after changing weights in place (training) so ``encoder_id`` follows."""
+        self._digest = None
+
+    @property
+    def encoder_id(self) -> str:
+        return self.config.encoder_id(self.weights_digest)
+
+    # --- persistence ----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        self.config.save(directory)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        self._digest = state_digest(state)
+        logger.info("saved InstantBooth weights to %s (%s)", directory, self.encoder_id)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> InstantBoothModel:
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} is missing")
+        config = InstantBoothConfig.load(directory)
+        model = cls(config)
+        state = load_file(str(directory / WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME} does not match its config.json "
+                f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+            )
+        model._digest = state_digest(state)
+        return model
+
+    # --- use ------------------------------------------------------------------------------
+    def install(self, unet: nn.Module) -> AdapterHooks:
+        """Hook the adapters into ``unet`` (inactive until a state is set)."""
+        blocks = {spec.block for spec in adapter_specs(unet)}
+        wanted = {spec.block for spec in self.config.adapters}
+        if blocks != wanted:
+            raise ValueError(
+                "InstantBooth weights were made for another UNet layout "
+                f"({len(wanted)} adapters, the UNet has {len(blocks)} transformer blocks)"
+            )
+        adapters = {
+            spec.block: cast(GatedSelfAttention, self.adapters[adapter_key(spec.block)])
+            for spec in self.config.adapters
+        }
+        return AdapterHooks(unet, adapters)
+
+    def encode_pixels(
+        self, image_encoder: nn.Module, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: concept vector [N, D] and patch tokens [N, P, D']."""
+        out = run_backbone(image_encoder, pixels)
+        return self.concept(out.image_embeds), self.patch(out.hidden)
+
+    def trainable_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(linear heads, adapters): the paper trains them with different learning rates."""
+        heads = [*self.concept.parameters(), *self.patch.parameters()]
+        return heads, list(self.adapters.parameters())
+
+    def gates(self) -> dict[str, float]:
+        return {
+            key: float(torch.tanh(cast(GatedSelfAttention, module).gate.detach()).item())
+            for key, module in self.adapters.items()
+        }
+
+
+def concept_features(
+    concepts: torch.Tensor, patches: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's pooling over photos: concept vectors averaged, patch tokens concatenated.
+
+    concepts [N, D] → [D]; patches [N, P, D'] → [N·P, D'] (photo order kept).
+    """
+    return concepts.mean(dim=0), patches.reshape(-1, patches.shape[-1])
+
+
+def split_photos(patch_tokens: torch.Tensor, per_photo: int) -> Sequence[torch.Tensor]:
+    return patch_tokens.split(per_photo, dim=0)
