@@ -1,0 +1,266 @@
+"""Render jobs as the bot sees them: views, outputs, delivery, recovery, retention.
+
+Lifecycle: ``queued → running → done | failed | cancelled``. The dispatcher
+(bot/services/dispatcher.py) moves jobs through it; the renders service creates and cancels
+them. Final states are written by conditional updates (db/queue.py ``finish_job``,
+db/repositories/jobs.py ``cancel``), so a job reaches one final state once and its refund, in
+the same transaction, is written at most once.
+
+Retention: a finished job (prompt, settings and output images) is kept until it was delivered
+and ``Settings.output_retention_hours`` have passed since it finished; an undelivered one at
+most ``UNDELIVERED_GRACE`` longer. Then the row and its outputs are deleted; the ledger keeps
+its counts (``job_id`` becomes NULL).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.errors import NotFound
+from bot.services.crypto import DataCipher
+from bot.services.ledger import day_bounds, refund
+from bot.services.results import (
+    InteractionRef,
+    JobStatus,
+    JobView,
+    RenderSettings,
+)
+from db import queue
+from db.models import JobStatus as DbStatus
+from db.models import RenderJob
+from db.repositories import avatars as avatars_repo
+from db.repositories import jobs as repo
+from db.repositories.common import checkpoint, scrub_deletes
+from db.session import Database
+from db.types import utcnow
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_PURPOSE = b"output"
+# How long past its retention an undelivered job waits for delivery before it goes anyway.
+UNDELIVERED_GRACE = timedelta(days=7)
+# A job is tried at most this many times (the first run plus requeues after worker crashes).
+MAX_ATTEMPTS = 3
+
+INTERRUPTED_MESSAGE = (
+    "The render was interrupted several times and was given up. Your render was refunded."
+)
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    requeued: list[JobView]
+    given_up: list[JobView]
+
+
+class JobService:
+    def __init__(self, database: Database, cipher: DataCipher, retention_hours: int) -> None:
+        self._db = database
+        self._cipher = cipher
+        self.retention = timedelta(hours=retention_hours)
+
+    async def view(self, job_id: int) -> JobView:
+        """A job's current state (for progress and delivery; no ownership check: the bot
+        shows jobs in the channel they were requested in)."""
+        async with self._db.begin(readonly=True) as session:
+            job = await repo.get(session, job_id)
+            if job is None:
+                raise NotFound("This render no longer exists.")
+            return (await self.views_in(session, [job]))[0]
+
+    async def outputs(self, job_id: int) -> list[bytes]:
+        """The finished job's PNGs in order (empty for failed or cancelled jobs)."""
+        async with self._db.begin(readonly=True) as session:
+            if await repo.get(session, job_id) is None:
+                raise NotFound("This render no longer exists.")
+            rows = await repo.outputs(session, job_id)
+            return [self._cipher.open(r.data, OUTPUT_PURPOSE) for r in rows]
+
+    async def undelivered(self) -> list[JobView]:
+        """Finished jobs whose result the bot has not delivered yet (after a restart, too),
+        oldest first. The bot delivers each, then calls ``mark_delivered``."""
+        async with self._db.begin(readonly=True) as session:
+            rows = await repo.in_status(
+                session,
+                [DbStatus.DONE, DbStatus.FAILED, DbStatus.CANCELLED],
+                undelivered_only=True,
+            )
+            return await self.views_in(session, rows)
+
+    async def active(self) -> list[JobView]:
+        """Queued and running jobs, oldest first (the bot resumes their progress messages)."""
+        async with self._db.begin(readonly=True) as session:
+            rows = await repo.in_status(session, [DbStatus.QUEUED, DbStatus.RUNNING])
+            return await self.views_in(session, rows)
+
+    async def mark_delivered(self, job_id: int) -> bool:
+        """Record that the result was delivered; False if it already was (or is gone)."""
+        async with self._db.begin() as session:
+            return await repo.mark_delivered(session, job_id, utcnow())
+
+    async def set_progress_message(self, job_id: int, message_id: int) -> None:
+        """Remember the message that shows the job's progress (edited until it finishes)."""
+        async with self._db.begin() as session:
+            await repo.set_progress_message(session, job_id, message_id)
+
+    async def position(self, job_id: int) -> int | None:
+        """The job's place in the queue (1 = runs next), None unless it is queued."""
+        async with self._db.begin(readonly=True) as session:
+            return await queue_position(session, job_id)
+
+    # -- maintenance (the dispatcher calls these) -----------------------------------------
+
+    async def recover(self, *, all_running: bool = False) -> RecoveryReport:
+        """Requeue jobs whose worker died (bounded attempts) and fail, refunding, those out of
+        attempts (they stay undelivered, so the bot tells their members).
+
+        ``all_running`` adopts every running job regardless of its lease: only for a process
+        that knows it is the queue's only worker.
+        """
+        now = utcnow()
+        async with self._db.begin() as session:
+            report = await queue.reset_orphans(
+                session, now=now, max_attempts=MAX_ATTEMPTS, all_running=all_running
+            )
+            given_up: list[RenderJob] = []
+            for job in report.abandoned:
+                cancelled = job.cancel_requested
+                status = DbStatus.CANCELLED if cancelled else DbStatus.FAILED
+                finished = await queue.finish_job(
+                    session,
+                    job.id,
+                    worker_id=None,
+                    status=status,
+                    now=now,
+                    error_code=None if cancelled else "interrupted",
+                    error=None if cancelled else INTERRUPTED_MESSAGE,
+                )
+                if finished is not None:
+                    await refund(session, finished, now, note=f"recovery: {status}")
+                    given_up.append(finished)
+            result = RecoveryReport(
+                requeued=await self.views_in(session, report.requeued),
+                given_up=await self.views_in(session, given_up),
+            )
+        for view in result.requeued:
+            logger.warning("job %s of user %s requeued: its worker died", view.id, view.user_id)
+        for view in result.given_up:
+            logger.warning("job %s of user %s given up and refunded", view.id, view.user_id)
+        return result
+
+    async def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete finished jobs past their retention (see the module docstring)."""
+        now = now or utcnow()
+        cutoff = now - self.retention
+        async with self._db.begin() as session:
+            await scrub_deletes(session)
+            erased = await repo.purge_finished(
+                session,
+                finished_before=cutoff,
+                undelivered_before=cutoff - UNDELIVERED_GRACE,
+                created_before=day_bounds(now)[0],
+            )
+        if erased.jobs:
+            await checkpoint(self._db)
+            logger.info("purged %s expired jobs (%s outputs)", erased.jobs, erased.outputs)
+        return erased.jobs
+
+    # -- views -----------------------------------------------------------------------------
+
+    async def views_in(self, session: AsyncSession, jobs: Sequence[RenderJob]) -> list[JobView]:
+        ids = [j.id for j in jobs]
+        seeds = await repo.output_seeds(session, ids)
+        avatar_names: dict[int, str] = {}
+        for avatar_id in {j.avatar_id for j in jobs if j.avatar_id is not None}:
+            avatar = await avatars_repo.by_id(session, avatar_id)
+            if avatar is not None:
+                avatar_names[avatar_id] = avatar.name
+        return [job_view(j, seeds.get(j.id, []), avatar_names) for j in jobs]
+
+
+def job_view(job: RenderJob, seeds: Sequence[int], avatar_names: dict[int, str]) -> JobView:
+    s = job.settings or {}
+    interaction = None
+    if job.interaction_token and job.interaction_app_id and job.interaction_expires_at:
+        interaction = InteractionRef(
+            application_id=job.interaction_app_id,
+            token=job.interaction_token,
+            expires_at=job.interaction_expires_at,
+            message_id=job.progress_message_id,
+        )
+    status: JobStatus = DbStatus(job.status).value  # type: ignore[assignment]
+    return JobView(
+        id=job.id,
+        user_id=job.user_id,
+        guild_id=job.guild_id,
+        channel_id=job.channel_id,
+        avatar_id=job.avatar_id,
+        avatar_name=avatar_names.get(job.avatar_id or 0, str(s.get("avatar_name", ""))),
+        prompt=job.prompt,
+        settings=settings_from_json(s, job),
+        status=status,
+        progress=float(job.progress),
+        attempts=job.attempts,
+        seeds=tuple(seeds),
+        output_count=len(seeds),
+        error=job.error,
+        interaction=interaction,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        delivered_at=job.delivered_at,
+        parent_job_id=job.parent_job_id,
+        timings={k: float(v) for k, v in (job.timings or {}).items()},
+    )
+
+
+def settings_to_json(settings: RenderSettings, *, avatar_name: str) -> dict[str, object]:
+    """The job row's ``settings`` column. The prompt and negative prompt have their own
+    columns (as the member typed them; the style is applied when rendering)."""
+    return {
+        "style": settings.style,
+        "aspect": settings.aspect,
+        "width": settings.width,
+        "height": settings.height,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "count": settings.count,
+        "identity_strength": settings.identity_strength,
+        "personalizer": settings.personalizer,
+        # Shown with the result even after the avatar was renamed or deleted.
+        "avatar_name": avatar_name,
+    }
+
+
+def settings_from_json(s: dict[str, object], job: RenderJob) -> RenderSettings:
+    return RenderSettings(
+        negative_prompt=job.negative_prompt,
+        style=str(s.get("style", "none")),
+        aspect=s.get("aspect", "square"),  # type: ignore[arg-type]
+        width=int(s.get("width", 512)),  # type: ignore[call-overload]
+        height=int(s.get("height", 512)),  # type: ignore[call-overload]
+        steps=int(s.get("steps", 25)),  # type: ignore[call-overload]
+        guidance=float(s.get("guidance", 6.0)),  # type: ignore[arg-type]
+        count=int(s.get("count", 1)),  # type: ignore[call-overload]
+        seed=int(job.seed),
+        identity_strength=float(s.get("identity_strength", 0.7)),  # type: ignore[arg-type]
+        personalizer=str(s.get("personalizer", "ip-adapter")),
+    )
+
+
+async def queue_position(session: AsyncSession, job_id: int) -> int | None:
+    """Where a queued job stands under round-robin: with k of its user's queued jobs up to and
+    including it, each other user with q queued jobs goes min(q, k) times before it (or
+    k - 1 times if their turn comes after; we count them before, a safe overestimate)."""
+    queued = await repo.queued_by_user(session)
+    for ids in queued.values():
+        if job_id in ids:
+            k = ids.index(job_id) + 1
+            others = sum(min(len(v), k) for v in queued.values() if v is not ids)
+            return k + others
+    return None

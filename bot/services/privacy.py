@@ -1,0 +1,129 @@
+"""Privacy: forget-me, a member purge, a guild's removal, and re-encryption at rest.
+
+Each storage module implements ``delete_user_data(session, user_id)``
+(db/repositories/{avatars,jobs,ledger}.py); ``forget_me`` runs them all in one transaction.
+
+What forget-me removes: every avatar of the member with its photos, features and consent
+records, every render job (prompt, settings, interaction token) and output image. What it
+keeps: the member's usage ledger rows **without their user id** (set to NULL), so a guild's
+usage report stays true. A side effect: the erased member's renders of today no longer count
+against them; keeping the id to prevent that would defeat the erasure. Nothing else stores user ids.
+
+On SQLite the deletions run with ``secure_delete`` on and are followed by a WAL checkpoint
+that truncates the WAL, so the erased bytes are gone from the database files (a test scans
+them). On PostgreSQL deleted tuples stay on disk until VACUUM reclaims their space and the WAL
+segments are recycled: deploy with a data key (then only ciphertext lingers) and encrypted
+disks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bot.errors import Forbidden
+from bot.services.avatars import FEATURES_PURPOSE, PHOTO_PURPOSE
+from bot.services.crypto import DataCipher
+from bot.services.jobs import OUTPUT_PURPOSE
+from bot.services.results import ErasureReport, GuildErasure, ReencryptReport
+from db.repositories import avatars as avatars_repo
+from db.repositories import guilds as guilds_repo
+from db.repositories import jobs as jobs_repo
+from db.repositories import ledger as ledger_repo
+from db.repositories.common import checkpoint, scrub_deletes
+from db.session import Database
+
+logger = logging.getLogger(__name__)
+
+REENCRYPT_BATCH = 100
+
+
+class PrivacyService:
+    def __init__(self, database: Database, cipher: DataCipher) -> None:
+        self._db = database
+        self._cipher = cipher
+
+    async def forget_me(self, user_id: int) -> ErasureReport:
+        """Erase everything stored about ``user_id`` (see the module docstring)."""
+        async with self._db.begin() as session:
+            await scrub_deletes(session)
+            jobs = await jobs_repo.delete_user_data(session, user_id)
+            avatars = await avatars_repo.delete_user_data(session, user_id)
+            ledger = await ledger_repo.delete_user_data(session, user_id)
+        await checkpoint(self._db)
+        report = ErasureReport(
+            user_id=user_id,
+            avatars=avatars.avatars,
+            photos=avatars.photos,
+            features=avatars.features,
+            consents=avatars.consents,
+            jobs=jobs.jobs,
+            outputs=jobs.outputs,
+            ledger_rows_anonymised=ledger,
+        )
+        logger.info("forget-me for user %s: %s", user_id, report)
+        return report
+
+    async def purge_member(
+        self, guild_id: int, user_id: int, *, actor_is_admin: bool
+    ) -> ErasureReport:
+        """An admin removes a member's renders in their guild (jobs, prompts, images; active
+        ones are stopped, unrefunded). The member's avatars are theirs and are not touched."""
+        if not actor_is_admin:
+            raise Forbidden("Only server managers can do that.")
+        async with self._db.begin() as session:
+            await scrub_deletes(session)
+            jobs = await jobs_repo.delete_member_in_guild(session, guild_id, user_id)
+        await checkpoint(self._db)
+        logger.info("guild %s purged member %s: %s jobs", guild_id, user_id, jobs.jobs)
+        return ErasureReport(user_id=user_id, jobs=jobs.jobs, outputs=jobs.outputs)
+
+    async def guild_removed(self, guild_id: int) -> GuildErasure:
+        """The bot left (or was removed from) a guild: its settings, jobs and usage go."""
+        async with self._db.begin() as session:
+            await scrub_deletes(session)
+            jobs = await jobs_repo.delete_guild(session, guild_id)
+            ledger = await ledger_repo.delete_guild(session, guild_id)
+            settings = await guilds_repo.delete_guild(session, guild_id)
+        await checkpoint(self._db)
+        result = GuildErasure(guild_id, settings, jobs.jobs, jobs.outputs, ledger)
+        logger.info("guild %s removed: %s", guild_id, result)
+        return result
+
+    async def reencrypt(self, batch_size: int = REENCRYPT_BATCH) -> ReencryptReport:
+        """Rewrite every photo, feature and output blob not sealed with the current key.
+
+        Run after changing ``AVATARBOT_DATA_KEY`` (old key in ``AVATARBOT_OLD_DATA_KEYS``) or
+        after setting a key for the first time (plaintext blobs get sealed). Works in batches
+        of short transactions, so the bot can keep running; safe to interrupt and rerun.
+        """
+        if not self._cipher.enabled:
+            raise ValueError("AVATARBOT_DATA_KEY is not set: nothing to encrypt with")
+        key_id = self._cipher.current.key_id if self._cipher.current else None
+        counts = {"photos": 0, "features": 0, "outputs": 0, "unchanged": 0}
+        pages = (
+            ("photos", avatars_repo.photos_page, PHOTO_PURPOSE, True),
+            ("features", avatars_repo.features_page, FEATURES_PURPOSE, True),
+            ("outputs", jobs_repo.outputs_page, OUTPUT_PURPOSE, False),
+        )
+        for name, page, purpose, has_key_column in pages:
+            after = 0
+            while True:
+                async with self._db.begin() as session:
+                    await scrub_deletes(session)  # the old ciphertext must not linger either
+                    rows = await page(session, after, batch_size)
+                    for row in rows:
+                        if self._cipher.needs_reseal(row.data):
+                            plain = self._cipher.open(row.data, purpose)
+                            row.data = self._cipher.seal(plain, purpose)
+                            if has_key_column:
+                                row.key_id = key_id  # type: ignore[union-attr]
+                            counts[name] += 1
+                        else:
+                            counts["unchanged"] += 1
+                if not rows:
+                    break
+                after = rows[-1].id
+        await checkpoint(self._db)
+        report = ReencryptReport(**counts)
+        logger.info("re-encryption under key %s: %s", key_id, report)
+        return report

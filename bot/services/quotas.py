@@ -1,0 +1,171 @@
+"""Guild quota settings, a member's usage, and the admin views of both.
+
+Quotas are guild settings with defaults (``Settings.quotas``); a guild row stores only the
+overrides (NULL = default). Usage comes from the ledger (see bot/services/ledger.py for the
+UTC-day semantics). A guild id of None stands for "no guild" (the CLI, direct use): the
+defaults apply and usage is counted apart from every guild.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.config import QuotaDefaults
+from bot.errors import Forbidden, InvalidInput
+from bot.services.ledger import UNITS_PER_RENDER, day_bounds, used_today
+from bot.services.results import GuildQuotas, UsageReport, UsageRow, UsageView
+from db.models import LedgerEntry
+from db.repositories import guilds as guilds_repo
+from db.repositories import ledger as ledger_repo
+from db.repositories.common import lock_scope
+from db.session import Database
+from db.types import utcnow
+
+logger = logging.getLogger(__name__)
+
+QUOTA_FIELDS: tuple[str, ...] = tuple(QuotaDefaults.model_fields)
+PERSONALIZERS = ("ip-adapter", "instantbooth")
+MAX_REPORT_DAYS = 90
+MAX_GRANT = 1000
+
+
+def _require_admin(actor_is_admin: bool) -> None:
+    if not actor_is_admin:
+        raise Forbidden("Only server managers can do that.")
+
+
+class QuotaService:
+    def __init__(self, database: Database, defaults: QuotaDefaults) -> None:
+        self._db = database
+        self._defaults = defaults
+
+    async def quotas_in(self, session: AsyncSession, guild_id: int | None) -> GuildQuotas:
+        """The effective quotas of a guild, read in the caller's transaction."""
+        row = await guilds_repo.get(session, guild_id) if guild_id is not None else None
+        values: dict[str, Any] = {}
+        for name in QUOTA_FIELDS:
+            override = getattr(row, name) if row is not None else None
+            values[name] = override if override is not None else getattr(self._defaults, name)
+        personalizer = row.personalizer if row is not None else None
+        return GuildQuotas(guild_id=guild_id, personalizer=personalizer, **values)
+
+    async def get(self, guild_id: int | None) -> GuildQuotas:
+        """The guild's effective quota settings (anyone may read them)."""
+        async with self._db.begin(readonly=True) as session:
+            return await self.quotas_in(session, guild_id)
+
+    async def set(self, guild_id: int, *, actor_is_admin: bool, **changes: Any) -> GuildQuotas:
+        """Change some of a guild's quotas (admins only); a value of None restores the default.
+
+        Keys are the fields of ``GuildQuotas`` (``renders_per_day``, ``max_side``,
+        ``personalizer``...). The whole result is validated against the same bounds as the
+        defaults, so a guild cannot be configured into something the engine refuses.
+        """
+        _require_admin(actor_is_admin)
+        unknown = sorted(set(changes) - set(QUOTA_FIELDS) - {"personalizer"})
+        if unknown:
+            raise InvalidInput(f"Unknown setting(s): {', '.join(unknown)}.")
+        if not changes:
+            raise InvalidInput("Nothing to change.")
+        personalizer = changes.get("personalizer")
+        if personalizer is not None and personalizer not in PERSONALIZERS:
+            raise InvalidInput(f"personalizer must be one of {', '.join(PERSONALIZERS)}.")
+        async with self._db.begin() as session:
+            await lock_scope(session, guild_id)
+            current = await self.quotas_in(session, guild_id)
+            merged = {n: getattr(current, n) for n in QUOTA_FIELDS}
+            merged.update(
+                {
+                    n: (v if v is not None else getattr(self._defaults, n))
+                    for n, v in changes.items()
+                    if n in QUOTA_FIELDS
+                }
+            )
+            try:
+                QuotaDefaults(**merged)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                )
+                raise InvalidInput(f"Invalid setting: {problems}.") from exc
+            await guilds_repo.update_settings(session, guild_id, dict(changes))
+            result = await self.quotas_in(session, guild_id)
+        logger.info("guild %s quotas changed: %s", guild_id, sorted(changes))
+        return result
+
+    async def usage(self, guild_id: int | None, user_id: int) -> UsageView:
+        """What the member used today (UTC) in this guild, what is left and when it resets."""
+        async with self._db.begin(readonly=True) as session:
+            quotas = await self.quotas_in(session, guild_id)
+            return await self.usage_in(session, quotas, user_id)
+
+    async def usage_in(self, session: AsyncSession, quotas: GuildQuotas, user_id: int) -> UsageView:
+        now = utcnow()
+        used, granted = await used_today(
+            session, guild_id=quotas.guild_id, user_id=user_id, now=now
+        )
+        limit = quotas.renders_per_day * UNITS_PER_RENDER + granted
+        _, resets_at = day_bounds(now)
+        return UsageView(
+            used=max(used, 0), limit=limit, remaining=max(limit - used, 0), resets_at=resets_at
+        )
+
+    async def report(
+        self,
+        guild_id: int,
+        days: int = 7,
+        user_id: int | None = None,
+        *,
+        actor_is_admin: bool,
+    ) -> UsageReport:
+        """Per UTC day and member, the guild's reserved/refunded/granted renders (admins only).
+
+        ``days`` counts today: 1 is today only. Rows of members who used forget-me have
+        ``user_id`` None.
+        """
+        _require_admin(actor_is_admin)
+        if not 1 <= days <= MAX_REPORT_DAYS:
+            raise InvalidInput(f"days must be between 1 and {MAX_REPORT_DAYS}.")
+        start, _ = day_bounds(utcnow())
+        since = start - timedelta(days=days - 1)
+        async with self._db.begin(readonly=True) as session:
+            rows = await ledger_repo.report(
+                session, guild_id=guild_id, since=since, user_id=user_id
+            )
+        return UsageReport(
+            guild_id=guild_id,
+            days=days,
+            rows=tuple(UsageRow(r.day, r.user_id, r.reserved, r.refunded, r.granted) for r in rows),
+        )
+
+    async def grant(
+        self,
+        guild_id: int,
+        user_id: int,
+        amount: int,
+        *,
+        actor_is_admin: bool,
+        note: str | None = None,
+    ) -> UsageView:
+        """Give a member ``amount`` extra renders for today (admins only)."""
+        _require_admin(actor_is_admin)
+        if not 1 <= amount <= MAX_GRANT:
+            raise InvalidInput(f"amount must be between 1 and {MAX_GRANT}.")
+        async with self._db.begin() as session:
+            await lock_scope(session, guild_id)
+            await ledger_repo.append(
+                session,
+                entry=LedgerEntry.GRANT,
+                guild_id=guild_id,
+                user_id=user_id,
+                amount=amount,
+                now=utcnow(),
+                note=(note or "admin grant")[:200],
+            )
+            quotas = await self.quotas_in(session, guild_id)
+            return await self.usage_in(session, quotas, user_id)

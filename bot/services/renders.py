@@ -1,0 +1,328 @@
+"""Render requests: validate, reserve quota, queue; cancel, reroll, variations, delete.
+
+Everything a request can be refused for is checked here, before any GPU work: the prompt
+(length in the text encoder's tokens, the guild's blocklist), the options (within the guild's
+bounds), the quota and the queue limits. The reservation and the job row are written in one
+transaction, serialised per guild (``lock_scope``), so concurrent requests can never overspend:
+of 200 simultaneous requests against a limit of 10, exactly 10 are accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import replace
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.errors import InvalidInput, NotFound, NotOwner, QueueFull, QuotaExceeded
+from bot.services.jobs import JobService, queue_position, settings_to_json
+from bot.services.ledger import UNITS_PER_RENDER, day_bounds, refund, reserve
+from bot.services.names import name_key
+from bot.services.ports import EnginePort
+from bot.services.prompts import PromptBlocklist, clean_prompt, size_for, styled_prompt
+from bot.services.quotas import QuotaService
+from bot.services.results import (
+    ASPECTS,
+    GuildQuotas,
+    InteractionRef,
+    JobTicket,
+    JobView,
+    RenderOptions,
+    RenderSettings,
+)
+from db.models import RenderJob
+from db.repositories import avatars as avatars_repo
+from db.repositories import jobs as repo
+from db.repositories.common import checkpoint, lock_scope, scrub_deletes
+from db.session import Database
+from db.types import utcnow
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**53 - 1  # what Discord's integer options and JSON carry exactly
+MAX_GUIDANCE = 30.0
+
+JobCallback = Callable[[int], None]
+
+
+class RenderService:
+    def __init__(
+        self,
+        database: Database,
+        engine: EnginePort,
+        quotas: QuotaService,
+        jobs: JobService,
+        *,
+        blocklist: PromptBlocklist,
+        default_steps: int,
+        default_guidance: float,
+    ) -> None:
+        self._db = database
+        self._engine = engine
+        self._quotas = quotas
+        self._jobs = jobs
+        self._blocklist = blocklist
+        self._default_steps = default_steps
+        self._default_guidance = default_guidance
+        self._on_enqueued: list[JobCallback] = []
+        self._on_cancelled: list[JobCallback] = []
+
+    def on_enqueued(self, callback: JobCallback) -> None:
+        """Call ``callback(job_id)`` after a job was committed to the queue (wakes workers)."""
+        self._on_enqueued.append(callback)
+
+    def on_cancelled(self, callback: JobCallback) -> None:
+        """Call ``callback(job_id)`` after a job was cancelled (aborts a running render)."""
+        self._on_cancelled.append(callback)
+
+    async def request(
+        self,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        avatar_name: str,
+        prompt: str,
+        options: RenderOptions = RenderOptions(),
+        interaction: InteractionRef | None = None,
+    ) -> JobTicket:
+        """Queue a render of the member's avatar; returns the job id and queue position.
+
+        Raises ``NotFound`` (no such avatar of theirs), ``InvalidInput`` (prompt or options out
+        of bounds), ``PromptRefused`` (blocklist), ``QuotaExceeded`` (with ``resets_at``) or
+        ``QueueFull``. Nothing is reserved when it raises.
+        """
+        async with self._db.begin(readonly=True) as session:
+            quotas = await self._quotas.quotas_in(session, guild_id)
+            avatar = await avatars_repo.by_name(
+                session, user_id, name_key(" ".join(str(avatar_name).split()))
+            )
+            if avatar is None:
+                raise NotFound("You have no avatar by that name. See /avatar list.")
+            avatar_id, shown_name = avatar.id, avatar.name
+        text = clean_prompt(prompt)
+        negative = clean_prompt(options.negative_prompt, what="negative prompt", allow_empty=True)
+        settings = self._settings(text, negative, options, quotas)
+        return await self._enqueue(
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            avatar_id=avatar_id,
+            avatar_name=shown_name,
+            prompt=text,
+            settings=settings,
+            interaction=interaction,
+            parent_job_id=None,
+        )
+
+    async def reroll(
+        self, user_id: int, job_id: int, interaction: InteractionRef | None = None
+    ) -> JobTicket:
+        """The same render again with a new seed (owner only; quota applies)."""
+        return await self._again(user_id, job_id, interaction, variations=False)
+
+    async def variations(
+        self, user_id: int, job_id: int, interaction: InteractionRef | None = None
+    ) -> JobTicket:
+        """More takes on a render: same avatar, prompt and settings, new seeds, as many images
+        as the guild allows per render (owner only; quota applies). The engine has no
+        image-to-image path, so a variation is a fan-out of fresh seeds, not an edit."""
+        return await self._again(user_id, job_id, interaction, variations=True)
+
+    async def cancel(self, user_id: int, job_id: int) -> JobView:
+        """Cancel a queued or running job of the caller's and refund it."""
+        now = utcnow()
+        async with self._db.begin() as session:
+            job = await self._owned(session, user_id, job_id)
+            cancelled = await repo.cancel(session, job.id, now)
+            if cancelled is None:
+                raise InvalidInput("This render has already finished.")
+            await refund(session, cancelled, now, note="cancelled by user")
+            view = (await self._jobs.views_in(session, [cancelled]))[0]
+        logger.info("user %s cancelled job %s", user_id, job_id)
+        for callback in self._on_cancelled:
+            callback(job_id)
+        return view
+
+    async def delete(self, user_id: int, job_id: int) -> None:
+        """Delete a job of the caller's with its prompt and images (cancelled and refunded
+        first if it has not finished)."""
+        now = utcnow()
+        async with self._db.begin() as session:
+            job = await self._owned(session, user_id, job_id)
+            cancelled = await repo.cancel(session, job.id, now)
+            if cancelled is not None:
+                await refund(session, cancelled, now, note="deleted by user")
+            await scrub_deletes(session)
+            await repo.delete_job(session, job.id)
+        if cancelled is not None:
+            for callback in self._on_cancelled:
+                callback(job_id)
+        await checkpoint(self._db)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _settings(
+        self, prompt: str, negative: str, options: RenderOptions, quotas: GuildQuotas
+    ) -> RenderSettings:
+        if options.aspect not in ASPECTS:
+            raise InvalidInput(f"The aspect must be one of {', '.join(ASPECTS)}.")
+        if not 1 <= options.count <= quotas.images_per_render:
+            raise InvalidInput(
+                f"You can ask for 1 to {quotas.images_per_render} images per render here."
+            )
+        steps = options.steps if options.steps is not None else self._default_steps
+        if options.steps is None:
+            steps = min(steps, quotas.max_steps)
+        if not 1 <= steps <= quotas.max_steps:
+            raise InvalidInput(f"Steps must be between 1 and {quotas.max_steps} here.")
+        guidance = options.guidance if options.guidance is not None else self._default_guidance
+        if not 0.0 <= guidance <= MAX_GUIDANCE:
+            raise InvalidInput(f"Guidance must be between 0 and {MAX_GUIDANCE:g}.")
+        if not 0.0 <= options.identity_strength <= 1.0:
+            raise InvalidInput("Identity strength must be between 0 and 100 %.")
+        seed = options.seed if options.seed is not None else secrets.randbelow(2**32)
+        if not 0 <= seed <= MAX_SEED:
+            raise InvalidInput(f"The seed must be between 0 and {MAX_SEED}.")
+        full, full_negative = styled_prompt(prompt, negative, options.style)
+        self._blocklist.check(prompt, negative)
+        self._check_tokens(full, "prompt")
+        self._check_tokens(full_negative, "negative prompt")
+        width, height = size_for(options.aspect, self._engine.native_size(), quotas.max_side)
+        return RenderSettings(
+            negative_prompt=negative,
+            style=options.style,
+            aspect=options.aspect,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance=guidance,
+            count=options.count,
+            seed=seed,
+            identity_strength=options.identity_strength,
+            personalizer=quotas.personalizer or self._engine.default_personalizer(),
+        )
+
+    def _check_tokens(self, text: str, what: str) -> None:
+        limit = self._engine.max_prompt_tokens()
+        used = self._engine.count_tokens(text)
+        if used > limit:
+            raise InvalidInput(
+                f"The {what} is too long: {used} tokens (with the style), the limit is {limit}."
+            )
+
+    async def _again(
+        self, user_id: int, job_id: int, interaction: InteractionRef | None, *, variations: bool
+    ) -> JobTicket:
+        async with self._db.begin(readonly=True) as session:
+            old = await self._owned(session, user_id, job_id)
+            if old.avatar_id is None:
+                raise NotFound("The avatar of this render was deleted.")
+            avatar = await avatars_repo.by_id(session, old.avatar_id)
+            if avatar is None:
+                raise NotFound("The avatar of this render was deleted.")
+            quotas = await self._quotas.quotas_in(session, old.guild_id)
+            old_view = (await self._jobs.views_in(session, [old]))[0]
+        previous = old_view.settings
+        count = quotas.images_per_render if variations else previous.count
+        options = RenderOptions(
+            negative_prompt=previous.negative_prompt,
+            style=previous.style,
+            aspect=previous.aspect,
+            count=min(count, quotas.images_per_render),
+            seed=None,
+            identity_strength=previous.identity_strength,
+            steps=min(previous.steps, quotas.max_steps),
+            guidance=previous.guidance,
+        )
+        settings = self._settings(old.prompt, previous.negative_prompt, options, quotas)
+        return await self._enqueue(
+            user_id=user_id,
+            guild_id=old.guild_id,
+            channel_id=old.channel_id,
+            avatar_id=avatar.id,
+            avatar_name=avatar.name,
+            prompt=old.prompt,
+            settings=replace(settings, personalizer=previous.personalizer),
+            interaction=interaction,
+            parent_job_id=old.id,
+        )
+
+    async def _enqueue(
+        self,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        avatar_id: int,
+        avatar_name: str,
+        prompt: str,
+        settings: RenderSettings,
+        interaction: InteractionRef | None,
+        parent_job_id: int | None,
+    ) -> JobTicket:
+        now = utcnow()
+        async with self._db.begin() as session:
+            # Serialise the guild's check-then-insert: the counts read below cannot change
+            # until this transaction ends.
+            await lock_scope(session, guild_id)
+            quotas = await self._quotas.quotas_in(session, guild_id)
+            usage = await self._quotas.usage_in(session, quotas, user_id)
+            if usage.remaining < UNITS_PER_RENDER:
+                _, resets_at = day_bounds(now)
+                raise QuotaExceeded(
+                    f"You have used your {usage.limit} renders for today.", resets_at=resets_at
+                )
+            mine, guild_total = await repo.active_counts(
+                session, guild_id=guild_id, user_id=user_id
+            )
+            if mine >= quotas.queued_per_member:
+                raise QueueFull(f"You already have {mine} renders waiting; wait for one to finish.")
+            if guild_total >= quotas.queued_per_guild:
+                raise QueueFull("This server's render queue is full; try again in a few minutes.")
+            job = await repo.insert(
+                session,
+                user_id=user_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                avatar_id=avatar_id,
+                parent_job_id=parent_job_id,
+                prompt=prompt,
+                negative_prompt=settings.negative_prompt,
+                settings=settings_to_json(settings, avatar_name=avatar_name),
+                seed=settings.seed,
+                reserved=UNITS_PER_RENDER,
+                created_at=now,
+                **_interaction_columns(interaction),
+            )
+            await reserve(session, job, now)
+            job_id = job.id
+        async with self._db.begin(readonly=True) as session:
+            position = await queue_position(session, job_id)
+        logger.info("user %s queued job %s (position %s)", user_id, job_id, position)
+        for callback in self._on_enqueued:
+            callback(job_id)
+        return JobTicket(job_id=job_id, position=position if position is not None else 0)
+
+    async def _owned(self, session: AsyncSession, user_id: int, job_id: int) -> RenderJob:
+        job = await repo.get(session, job_id, fresh=True)
+        if job is None:
+            raise NotFound("This render no longer exists.")
+        if job.user_id != user_id:
+            raise NotOwner("Only the member who asked for this render can do that.")
+        return job
+
+
+def _interaction_columns(interaction: InteractionRef | None) -> dict[str, object]:
+    if interaction is None:
+        return {}
+    return {
+        "interaction_app_id": interaction.application_id,
+        "interaction_token": interaction.token,
+        "interaction_expires_at": interaction.expires_at,
+        "progress_message_id": interaction.message_id,
+    }
+
+
+__all__ = ["MAX_SEED", "RenderService"]

@@ -1,0 +1,253 @@
+"""The plain values the services take and return: frozen dataclasses, never ORM objects.
+
+The bot and the CLI only ever see these, so a change of schema stays inside the services.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+
+from bot.services.ports import SubjectKind
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+FINISHED_STATUSES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+Aspect = Literal["square", "portrait", "landscape"]
+ASPECTS: tuple[Aspect, ...] = ("square", "portrait", "landscape")
+
+# Discord interaction tokens live 15 minutes; past that the bot answers in the channel.
+INTERACTION_TOKEN_LIFETIME = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class AvatarView:
+    """An avatar as its owner sees it (photos are fetched separately, owner only)."""
+
+    id: int
+    owner_id: int
+    guild_id: int | None
+    name: str
+    kind: SubjectKind
+    photo_count: int
+    created_at: datetime
+    updated_at: datetime
+    # True when cached features exist for the running engine's encoder (else the next render
+    # re-encodes from the stored photos first).
+    features_ready: bool
+
+
+@dataclass(frozen=True)
+class PhotoRefusal:
+    """A photo that was not kept: ``reason`` is a stable code, ``message`` user-safe."""
+
+    filename: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PhotoWarning:
+    """A kept photo worth a remark (near-duplicate, dark, face check unavailable...)."""
+
+    filename: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AvatarCreated:
+    """The summary of ``avatars.create``: filenames kept (in stored order), refusals, warnings."""
+
+    avatar: AvatarView
+    kept: tuple[str, ...]
+    refused: tuple[PhotoRefusal, ...]
+    warnings: tuple[PhotoWarning, ...]
+
+
+@dataclass(frozen=True)
+class PhotosAdded(AvatarCreated):
+    """The summary of ``avatars.add_photos`` (same shape as a creation)."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What a member may choose for a render; bounded by the guild's settings on request.
+
+    ``identity_strength`` is 0..1 (the bot maps its 0..100 slider); ``seed`` None picks one.
+    ``steps``/``guidance`` None take the engine's defaults (capped by the guild's max steps).
+    """
+
+    negative_prompt: str = ""
+    style: str = "none"
+    aspect: Aspect = "square"
+    count: int = 1
+    seed: int | None = None
+    identity_strength: float = 0.7
+    steps: int | None = None
+    guidance: float | None = None
+
+
+@dataclass(frozen=True)
+class InteractionRef:
+    """The Discord interaction to answer when a job finishes (stored with the job)."""
+
+    application_id: int
+    token: str
+    # When the token stops working (Discord: 15 minutes after the interaction was created).
+    expires_at: datetime
+    # The message showing the job's progress, when the bot posted one.
+    message_id: int | None = None
+
+    @property
+    def usable(self) -> bool:
+        """True while follow-ups and edits through the token still work (with a margin)."""
+        return datetime.now(UTC) < self.expires_at - timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """The effective, validated settings of a job (stored with it; reroll starts from them)."""
+
+    negative_prompt: str
+    style: str
+    aspect: Aspect
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    count: int
+    seed: int
+    identity_strength: float
+    personalizer: str
+
+
+@dataclass(frozen=True)
+class JobTicket:
+    """A job accepted into the queue; ``position`` is 1 for the next job to run (0: a worker
+    already picked it up)."""
+
+    job_id: int
+    position: int
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A render job as the bot needs it to report progress and deliver results."""
+
+    id: int
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    avatar_id: int | None
+    avatar_name: str
+    prompt: str
+    settings: RenderSettings
+    status: JobStatus
+    progress: float
+    attempts: int
+    seeds: tuple[int, ...]
+    output_count: int
+    # A user-safe reason when failed (with a reference id for operators), else None.
+    error: str | None
+    interaction: InteractionRef | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    delivered_at: datetime | None
+    parent_job_id: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+@dataclass(frozen=True)
+class GuildQuotas:
+    """A guild's quota settings (defaults from ``Settings.quotas`` until an admin sets one).
+
+    ``guild_id`` None stands for "no guild" (CLI use).
+    """
+
+    guild_id: int | None
+    renders_per_day: int
+    avatars_per_member: int
+    photos_per_avatar: int
+    queued_per_member: int
+    queued_per_guild: int
+    images_per_render: int
+    max_steps: int
+    max_side: int
+    # None: the engine's default personalizer.
+    personalizer: str | None = None
+
+
+@dataclass(frozen=True)
+class UsageView:
+    """A member's renders today (UTC day) in a guild and when the count resets."""
+
+    used: int
+    limit: int
+    remaining: int
+    resets_at: datetime
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One line of an admin usage report: a member's ledger totals for one UTC day.
+
+    ``user_id`` is None for usage kept after a member's forget-me (counts stay, ids go).
+    """
+
+    day: date
+    user_id: int | None
+    reserved: int
+    refunded: int
+    granted: int
+
+    @property
+    def net(self) -> int:
+        return self.reserved - self.refunded - self.granted
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    guild_id: int
+    days: int
+    rows: tuple[UsageRow, ...]
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    """What a forget-me (or a member purge) removed, counted per kind of row."""
+
+    user_id: int
+    avatars: int = 0
+    photos: int = 0
+    features: int = 0
+    consents: int = 0
+    jobs: int = 0
+    outputs: int = 0
+    ledger_rows_anonymised: int = 0
+
+
+@dataclass(frozen=True)
+class GuildErasure:
+    """What removing a guild deleted (members' avatars are theirs and stay)."""
+
+    guild_id: int
+    settings: int = 0
+    jobs: int = 0
+    outputs: int = 0
+    ledger_rows: int = 0
+
+
+@dataclass(frozen=True)
+class ReencryptReport:
+    """Blobs rewritten under the current data key (or found already sealed with it)."""
+
+    photos: int = 0
+    features: int = 0
+    outputs: int = 0
+    unchanged: int = 0

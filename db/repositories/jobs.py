@@ -1,0 +1,253 @@
+"""Render jobs and their outputs, beyond the queue's claim/lease/finish (db/queue.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import FINAL_STATUSES, JobOutput, JobStatus, RenderJob
+from db.repositories.common import eq_or_null
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+async def insert(session: AsyncSession, **fields: Any) -> RenderJob:
+    job = RenderJob(**fields)
+    session.add(job)
+    await session.flush()
+    return job
+
+
+async def get(session: AsyncSession, job_id: int, *, fresh: bool = False) -> RenderJob | None:
+    return await session.get(RenderJob, job_id, populate_existing=fresh)
+
+
+async def active_counts(
+    session: AsyncSession, *, guild_id: int | None, user_id: int
+) -> tuple[int, int]:
+    """(the member's active jobs in the guild, the guild's active jobs)."""
+    guild_active = eq_or_null(RenderJob.guild_id, guild_id)
+    row = (
+        await session.execute(
+            select(
+                func.count().filter(RenderJob.user_id == user_id),
+                func.count(),
+            ).where(guild_active, RenderJob.status.in_(ACTIVE))
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+async def queued_by_user(session: AsyncSession) -> dict[int, list[int]]:
+    """Every queued job id, grouped by user, oldest first (for queue positions)."""
+    rows = await session.execute(
+        select(RenderJob.user_id, RenderJob.id)
+        .where(RenderJob.status == JobStatus.QUEUED)
+        .order_by(RenderJob.id)
+    )
+    result: dict[int, list[int]] = {}
+    for user_id, job_id in rows.all():
+        result.setdefault(int(user_id), []).append(int(job_id))
+    return result
+
+
+async def outputs(session: AsyncSession, job_id: int) -> list[JobOutput]:
+    rows = await session.scalars(
+        select(JobOutput).where(JobOutput.job_id == job_id).order_by(JobOutput.index)
+    )
+    return list(rows)
+
+
+async def output_seeds(session: AsyncSession, job_ids: Sequence[int]) -> dict[int, list[int]]:
+    """The seeds of each job's stored outputs, in order (without loading the image bytes)."""
+    result: dict[int, list[int]] = {}
+    if not job_ids:
+        return result
+    rows = await session.execute(
+        select(JobOutput.job_id, JobOutput.seed)
+        .where(JobOutput.job_id.in_(job_ids))
+        .order_by(JobOutput.job_id, JobOutput.index)
+    )
+    for job_id, seed in rows.all():
+        result.setdefault(int(job_id), []).append(int(seed))
+    return result
+
+
+@dataclass(frozen=True)
+class NewOutput:
+    data: bytes
+    seed: int
+    width: int
+    height: int
+
+
+async def add_outputs(
+    session: AsyncSession, job_id: int, items: Sequence[NewOutput], now: datetime
+) -> None:
+    for index, item in enumerate(items):
+        session.add(
+            JobOutput(
+                job_id=job_id,
+                index=index,
+                data=item.data,
+                seed=item.seed,
+                width=item.width,
+                height=item.height,
+                created_at=now,
+            )
+        )
+    await session.flush()
+
+
+async def in_status(
+    session: AsyncSession, statuses: Sequence[str], *, undelivered_only: bool = False
+) -> list[RenderJob]:
+    query = select(RenderJob).where(RenderJob.status.in_(statuses)).order_by(RenderJob.id)
+    if undelivered_only:
+        query = query.where(RenderJob.delivered_at.is_(None))
+    return list(await session.scalars(query))
+
+
+async def mark_delivered(session: AsyncSession, job_id: int, now: datetime) -> bool:
+    result = await session.execute(
+        update(RenderJob)
+        .where(RenderJob.id == job_id, RenderJob.delivered_at.is_(None))
+        .values(delivered_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def set_progress_message(session: AsyncSession, job_id: int, message_id: int) -> None:
+    await session.execute(
+        update(RenderJob).where(RenderJob.id == job_id).values(progress_message_id=message_id)
+    )
+
+
+async def cancel(session: AsyncSession, job_id: int, now: datetime) -> RenderJob | None:
+    """Cancel a queued or running job; None when it had already finished (nothing written).
+
+    A running job's worker notices at its next lease renewal (the renewal requires
+    ``status = 'running'``) and its ``finish_job`` then matches nothing, so the refund the
+    caller writes now is the only one.
+    """
+    cancelled = await session.scalars(
+        update(RenderJob)
+        .where(RenderJob.id == job_id, RenderJob.status.in_(ACTIVE))
+        .values(
+            status=JobStatus.CANCELLED,
+            cancel_requested=True,
+            finished_at=now,
+            lease_expires_at=None,
+        )
+        .returning(RenderJob)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    return cancelled.one_or_none()
+
+
+async def requeue_own(session: AsyncSession, job_id: int, worker_id: str) -> bool:
+    """Put a job this worker runs back in the queue without counting the attempt (a graceful
+    stop interrupted it; it did nothing wrong)."""
+    result = await session.execute(
+        update(RenderJob)
+        .where(
+            RenderJob.id == job_id,
+            RenderJob.status == JobStatus.RUNNING,
+            RenderJob.worker_id == worker_id,
+        )
+        .values(
+            status=JobStatus.QUEUED,
+            worker_id=None,
+            lease_expires_at=None,
+            started_at=None,
+            progress=0.0,
+            # >= 1 while running: the claim counted this attempt.
+            attempts=RenderJob.attempts - 1,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def set_progress(session: AsyncSession, job_id: int, progress: float) -> None:
+    await session.execute(
+        update(RenderJob)
+        .where(RenderJob.id == job_id, RenderJob.status == JobStatus.RUNNING)
+        .values(progress=min(max(progress, 0.0), 1.0))
+    )
+
+
+async def delete_job(session: AsyncSession, job_id: int) -> int:
+    """Delete a job and its outputs (ledger rows keep their counts, job_id becomes NULL)."""
+    await session.execute(delete(JobOutput).where(JobOutput.job_id == job_id))
+    result = await session.execute(delete(RenderJob).where(RenderJob.id == job_id))
+    return result.rowcount or 0  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class JobErasure:
+    jobs: int
+    outputs: int
+
+
+async def _delete_where(session: AsyncSession, condition: Any) -> JobErasure:
+    job_ids = select(RenderJob.id).where(condition).scalar_subquery()
+    outputs_deleted = await session.execute(delete(JobOutput).where(JobOutput.job_id.in_(job_ids)))
+    jobs_deleted = await session.execute(delete(RenderJob).where(condition))
+    return JobErasure(
+        jobs=jobs_deleted.rowcount or 0,  # type: ignore[attr-defined]
+        outputs=outputs_deleted.rowcount or 0,  # type: ignore[attr-defined]
+    )
+
+
+async def delete_user_data(session: AsyncSession, user_id: int) -> JobErasure:
+    """Delete every job (prompt, settings, interaction token) and output of ``user_id``.
+
+    Jobs running right now lose their row; their worker's lease renewal and final update then
+    match nothing, so nothing of theirs is written back.
+    """
+    return await _delete_where(session, RenderJob.user_id == user_id)
+
+
+async def delete_member_in_guild(session: AsyncSession, guild_id: int, user_id: int) -> JobErasure:
+    return await _delete_where(
+        session, and_(RenderJob.guild_id == guild_id, RenderJob.user_id == user_id)
+    )
+
+
+async def delete_guild(session: AsyncSession, guild_id: int) -> JobErasure:
+    return await _delete_where(session, RenderJob.guild_id == guild_id)
+
+
+async def purge_finished(
+    session: AsyncSession,
+    *,
+    finished_before: datetime,
+    undelivered_before: datetime,
+    created_before: datetime,
+) -> JobErasure:
+    """Delete finished jobs past their retention, with their outputs.
+
+    A job goes when it finished before ``finished_before`` and was delivered (or finished
+    before ``undelivered_before``: an undeliverable job does not stay forever), and was created
+    before ``created_before`` (the start of the current UTC day, so today's quota arithmetic
+    keeps the job a refund is attributed through).
+    """
+    condition = and_(
+        RenderJob.status.in_(FINAL_STATUSES),
+        RenderJob.finished_at < finished_before,
+        RenderJob.created_at < created_before,
+        or_(RenderJob.delivered_at.is_not(None), RenderJob.finished_at < undelivered_before),
+    )
+    return await _delete_where(session, condition)
+
+
+async def outputs_page(session: AsyncSession, after_id: int, limit: int) -> list[JobOutput]:
+    rows = await session.scalars(
+        select(JobOutput).where(JobOutput.id > after_id).order_by(JobOutput.id).limit(limit)
+    )
+    return list(rows)
