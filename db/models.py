@@ -231,7 +231,9 @@ class RenderJob(Base):
         ForeignKey("render_jobs.id", ondelete="SET NULL")
     )
     prompt: Mapped[str] = mapped_column(Text, nullable=False)
-    negative_prompt: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    negative_prompt: Mapped[str] = mapped_column(
+        Text, nullable=False, default="", server_default=text("''")
+    )
     # steps, guidance, width, height, count, scheduler, personalizer, identity strength, style...
     settings: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     seed: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -28,11 +28,16 @@ def _url() -> str:
 
 
 def _configure(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         # SQLite cannot ALTER most things: batch mode rebuilds the table instead.
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=sqlite,
+        # Alembic assumes SQLite DDL is not transactional because the sqlite3 driver commits
+        # around it; db.session takes BEGIN over from the driver, so it is, and all pending
+        # revisions run in one transaction that a failure rolls back entirely.
+        transactional_ddl=True if sqlite else None,
         compare_type=True,
     )
 
@@ -59,8 +64,15 @@ def do_run_migrations(connection: Connection) -> None:
             if broken:
                 raise RuntimeError(f"migration left broken foreign keys: {broken[:5]}")
     finally:
+        if connection.in_transaction():  # nothing may stay open, or the pragma is a no-op
+            connection.rollback()
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA foreign_keys")
+        restored = cursor.fetchone()
         cursor.close()
+        if restored is None or restored[0] != 1:
+            # Never hand a connection without foreign keys back to the pool.
+            connection.invalidate()
 
 
 async def _run_async() -> None:

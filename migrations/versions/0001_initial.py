@@ -129,7 +129,7 @@ def upgrade() -> None:
         sa.Column("avatar_id", ID, nullable=True),
         sa.Column("parent_job_id", ID, nullable=True),
         sa.Column("prompt", sa.Text(), nullable=False),
-        sa.Column("negative_prompt", sa.Text(), nullable=False),
+        sa.Column("negative_prompt", sa.Text(), server_default=sa.text("''"), nullable=False),
         sa.Column("settings", JSON, nullable=False),
         sa.Column("seed", sa.BigInteger(), nullable=False),
         sa.Column("status", sa.String(length=16), server_default="queued", nullable=False),

@@ -1,0 +1,238 @@
+"""The database is the job queue: claim, lease, reap (DESIGN.md, "Jobs").
+
+Every function runs inside a transaction the caller owns (``async with db.begin() as s``), so
+the service layer can change a job's state and write the ledger (refunds) atomically.
+
+Fairness: the next job goes to the user served least recently, i.e. the user whose latest
+``started_at`` is oldest (users never served come first), and among that user's jobs to the
+oldest. One user with 20 queued jobs therefore gets one job, then everyone else waiting gets
+one, and so on: round-robin across users, not first-come.
+
+Concurrency: on PostgreSQL the claim locks its row ``FOR UPDATE SKIP LOCKED``, so concurrent
+workers each get a different job without waiting on each other. SQLite has one writer, and
+``Database`` starts every write transaction with ``BEGIN IMMEDIATE``, which serialises claims.
+The UPDATE also re-checks ``status = 'queued'``, so a job can never be handed out twice.
+
+Worker ids must be unique per process *incarnation* (e.g. host, pid and a random suffix): a
+lease is renewed and a job finished only by the worker id that claimed it, so a restarted
+process with the same id could otherwise adopt the jobs of its previous life.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from db.models import FINAL_STATUSES, JobStatus, RenderJob
+
+logger = logging.getLogger(__name__)
+
+_served = aliased(RenderJob, name="served")
+
+# When this job's user was last served: the latest start of any of their jobs (NULL = never).
+# An index-only lookup on ix_render_jobs_user_started.
+LAST_SERVED = (
+    select(func.max(_served.started_at))
+    .where(_served.user_id == RenderJob.user_id)
+    .correlate(RenderJob)
+    .scalar_subquery()
+)
+
+# The claim: the queued job of the least recently served user, oldest first. SKIP LOCKED makes
+# concurrent PostgreSQL workers pass over rows another claim holds; SQLite renders no locking
+# clause (its single writer serialises claims instead).
+CLAIM_SQL: Select[int] = (
+    select(RenderJob.id)
+    .where(RenderJob.status == JobStatus.QUEUED)
+    .order_by(LAST_SERVED.asc().nulls_first(), RenderJob.id.asc())
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+
+
+def _lease_end(now: datetime, lease_seconds: float) -> datetime:
+    return now + timedelta(seconds=lease_seconds)
+
+
+async def claim_next(
+    session: AsyncSession, *, worker_id: str, lease_seconds: float, now: datetime
+) -> RenderJob | None:
+    """Claim the next job fairly for ``worker_id``, or None when nothing is queued.
+
+    The job becomes ``running`` with ``attempts + 1``, ``started_at = now`` and a lease until
+    ``now + lease_seconds``; the caller commits.
+    """
+    job_id = (await session.execute(CLAIM_SQL)).scalar_one_or_none()
+    if job_id is None:
+        return None
+    claimed = await session.scalars(
+        update(RenderJob)
+        .where(RenderJob.id == job_id, RenderJob.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=RenderJob.attempts + 1,
+            started_at=now,
+            lease_expires_at=_lease_end(now, lease_seconds),
+            worker_id=worker_id,
+            progress=0.0,
+        )
+        .returning(RenderJob)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    job = claimed.one_or_none()
+    if job is None:  # only under an isolation level weaker than we set up; never hand it out
+        logger.warning("job %s changed between selection and claim; not claimed", job_id)
+        return None
+    logger.debug("worker %s claimed job %s (attempt %s)", worker_id, job.id, job.attempts)
+    return job
+
+
+async def renew_lease(
+    session: AsyncSession,
+    job_id: int,
+    worker_id: str,
+    lease_seconds: float,
+    now: datetime,
+    *,
+    progress: float | None = None,
+) -> bool:
+    """Extend the lease of a job this worker runs (and record its progress).
+
+    False means the job is no longer this worker's (reaped and requeued, or claimed by
+    another): the worker must stop working on it and write nothing more.
+    """
+    values: dict[str, Any] = {"lease_expires_at": _lease_end(now, lease_seconds)}
+    if progress is not None:
+        values["progress"] = min(max(progress, 0.0), 1.0)
+    renewed = await session.scalars(
+        update(RenderJob)
+        .where(
+            RenderJob.id == job_id,
+            RenderJob.status == JobStatus.RUNNING,
+            RenderJob.worker_id == worker_id,
+        )
+        .values(**values)
+        .returning(RenderJob.id)
+        .execution_options(synchronize_session=False)
+    )
+    return renewed.one_or_none() is not None
+
+
+async def expired_running(session: AsyncSession, now: datetime) -> list[RenderJob]:
+    """Running jobs whose lease ran out (their worker died or hung), locked for the caller.
+
+    On PostgreSQL the rows are locked (SKIP LOCKED), so two reapers never handle the same job.
+    """
+    rows = await session.scalars(
+        select(RenderJob)
+        .where(
+            RenderJob.status == JobStatus.RUNNING,
+            or_(RenderJob.lease_expires_at.is_(None), RenderJob.lease_expires_at < now),
+        )
+        .order_by(RenderJob.id)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    return list(rows)
+
+
+@dataclass
+class OrphanReport:
+    """What ``reset_orphans`` did: jobs put back in the queue, and jobs left for the caller."""
+
+    requeued: list[RenderJob] = field(default_factory=list)
+    # Still ``running`` and locked: out of attempts or cancel requested. The caller marks them
+    # failed/cancelled (``finish_job`` with ``worker_id=None``) and refunds, same transaction.
+    abandoned: list[RenderJob] = field(default_factory=list)
+
+
+async def reset_orphans(
+    session: AsyncSession, *, now: datetime, max_attempts: int, all_running: bool = False
+) -> OrphanReport:
+    """Requeue jobs whose worker is gone; hand back those that must not run again.
+
+    ``all_running=True`` treats every running job as orphaned, whatever its lease: right for
+    the embedded single-process mode at start, where nothing else can be running them.
+    Otherwise only jobs with an expired lease are touched (several workers share the queue).
+    """
+    if all_running:
+        candidates = list(
+            await session.scalars(
+                select(RenderJob)
+                .where(RenderJob.status == JobStatus.RUNNING)
+                .order_by(RenderJob.id)
+                .with_for_update(skip_locked=True)
+                .execution_options(populate_existing=True)
+            )
+        )
+    else:
+        candidates = await expired_running(session, now)
+    report = OrphanReport()
+    for job in candidates:
+        if job.attempts < max_attempts and not job.cancel_requested:
+            job.status = JobStatus.QUEUED
+            job.worker_id = None
+            job.lease_expires_at = None
+            # Forget the start: the user lost this turn, so they come first again.
+            job.started_at = None
+            job.progress = 0.0
+            report.requeued.append(job)
+        else:
+            report.abandoned.append(job)
+    await session.flush()
+    if candidates:
+        logger.info(
+            "orphaned jobs: requeued %s, abandoned %s",
+            [j.id for j in report.requeued],
+            [j.id for j in report.abandoned],
+        )
+    return report
+
+
+async def finish_job(
+    session: AsyncSession,
+    job_id: int,
+    *,
+    worker_id: str | None,
+    status: JobStatus,
+    now: datetime,
+    error_code: str | None = None,
+    error: str | None = None,
+    timings: dict[str, Any] | None = None,
+) -> RenderJob | None:
+    """Move a running job to a final status, if ``worker_id`` still holds it.
+
+    ``worker_id=None`` finishes it whoever held it (the reaper, for abandoned jobs). Returns
+    the job, or None when it was not running under that worker (lost lease): then nothing was
+    written and the caller must not refund or store outputs.
+    """
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"not a final status: {status!r}")
+    conditions = [RenderJob.id == job_id, RenderJob.status == JobStatus.RUNNING]
+    if worker_id is not None:
+        conditions.append(RenderJob.worker_id == worker_id)
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": now,
+        "lease_expires_at": None,
+        "error_code": error_code,
+        "error": error,
+    }
+    if status == JobStatus.DONE:
+        values["progress"] = 1.0
+    if timings is not None:
+        values["timings"] = timings
+    finished = await session.scalars(
+        update(RenderJob)
+        .where(*conditions)
+        .values(**values)
+        .returning(RenderJob)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    return finished.one_or_none()
