@@ -24,6 +24,9 @@ class EngineSettings(BaseModel):
     # Overrides of the profile's model locations: a hub id, a local diffusers folder, or a
     # single .safetensors/.ckpt file.
     base_model: str | None = None
+    # The diffusers configs (hub id or local folder) a single-file base model is built with;
+    # unset: diffusers infers them (SD1.5's, fetched from the hub unless cached).
+    base_model_config: str | None = None
     ip_adapter: str | None = None
     ip_adapter_weight_name: str | None = None
     image_encoder: str | None = None

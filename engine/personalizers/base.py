@@ -1,0 +1,163 @@
+"""The personalizer plug-in interface.
+
+A personalizer turns a concept's photos into ``ConceptFeatures`` (``encode``) and, for a batch
+of samples, tells the shared Stable Diffusion pipeline how to condition on them (``prepare``).
+Every personalizer of a profile shares ONE diffusers ``StableDiffusionPipeline``; a
+personalizer changes the UNet's behaviour only inside the context its ``prepare`` returns
+(swapping attention processors, as diffusers' own IP-Adapter does) and restores it on exit, so
+personalizers never see each other's processors.
+
+All methods run in the worker thread that owns the model, under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from engine.errors import InvalidRequest
+from engine.types import ConceptFeatures, ConceptKind, RenderRequest
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from PIL.Image import Image
+
+    from engine.subject_checks import FaceBox
+
+
+@dataclass(frozen=True)
+class DenoiseBatch:
+    """What a personalizer sees of one batch.
+
+    ``samples`` has one entry per image, in batch order: a request with ``count=2`` appears
+    twice in a row. ``prompt_embeds``/``negative_prompt_embeds`` are the text encoder's output
+    for those samples, shape (B, L, D); ``negative_prompt_embeds`` is None without classifier-
+    free guidance. Under CFG the UNet sees 2B rows: the B negatives first, then the B positives
+    (diffusers' layout), so anything per row (extra tokens, scales) must be laid out the same.
+    """
+
+    samples: Sequence[RenderRequest]
+    do_cfg: bool
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def size(self) -> int:
+        return len(self.samples)
+
+    def per_row(self, values: Sequence[float]) -> torch.Tensor:
+        """A (rows, 1, 1) tensor of per-sample values laid out like the UNet's batch (doubled,
+        negatives first, under CFG), ready to broadcast over (rows, tokens, channels)."""
+        if len(values) != self.size:
+            raise ValueError(f"need {self.size} per-sample values, got {len(values)}")
+        rows = list(values) * 2 if self.do_cfg else list(values)
+        return torch.tensor(rows, device=self.device, dtype=self.dtype).view(-1, 1, 1)
+
+
+@dataclass
+class PreparedConditioning:
+    """What the shared pipeline needs for one batch, from its personalizer.
+
+    - ``prompt_embeds``/``negative_prompt_embeds``: replacements for the text encoder's output
+      (InstantBooth puts its concept token there *after* the text encoder), shape (B, L, D).
+    - ``ip_adapter_image_embeds``: per loaded adapter, one tensor with one row per UNet row
+      (2B under CFG, negatives first), passed through untouched (see engine/pipeline.py).
+    - ``cross_attention_kwargs``: forwarded to every attention processor; prefer setting
+      per-batch state on your own processors in ``context`` (processors that do not expect a
+      key log a warning on every call).
+    - ``context``: entered right around denoising and exited afterwards, also on errors and
+      cancellation: install processors / per-batch state on enter, restore on exit.
+    """
+
+    prompt_embeds: torch.Tensor | None = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    ip_adapter_image_embeds: list[torch.Tensor] | None = None
+    cross_attention_kwargs: dict[str, Any] | None = None
+    context: AbstractContextManager[Any] = field(default_factory=nullcontext)
+
+
+class Personalizer(ABC):
+    """One way of conditioning the shared pipeline on a concept.
+
+    Subclasses set ``name`` (the registry name) and ``encoder_id`` (derived from the encoder's
+    weights and config: features made under another id are stale).
+    """
+
+    name: str
+    encoder_id: str
+    # Whether render requests must carry features (False for plain text-to-image).
+    needs_features: bool = True
+
+    @abstractmethod
+    def encode(
+        self,
+        photos: Sequence[Image],
+        kind: ConceptKind,
+        face_boxes: Sequence[FaceBox | None] | None = None,
+    ) -> ConceptFeatures:
+        """Features of a concept from its photos (any number ≥ 1). ``face_boxes``, when given,
+        has one entry per photo (None where no single face was found)."""
+
+    @abstractmethod
+    def prepare(self, pipe: StableDiffusionPipeline, batch: DenoiseBatch) -> PreparedConditioning:
+        """Conditioning for one batch of samples that all passed ``check``."""
+
+    def check(self, request: RenderRequest) -> None:
+        """Refuse a request this personalizer cannot render (before it joins a batch)."""
+        if not self.needs_features:
+            return
+        if request.features is None:
+            raise InvalidRequest(f"the {self.name} personalizer needs concept features")
+        request.features.require_encoder(self.encoder_id)
+
+    def batch_key(self, request: RenderRequest) -> Hashable:
+        """What else, beyond ``RenderRequest.batch_key``, must be equal to share a batch
+        (e.g. the number of feature tokens, when they cannot be padded)."""
+        return ()
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a personalizer factory gets when a profile loads.
+
+    ``options`` come from the profile (and settings overrides); ``workdir`` is a folder that
+    lives as long as the engine (for generated random weights); ``seed`` seeds random weights.
+    """
+
+    pipe: StableDiffusionPipeline
+    options: Mapping[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+    offline: bool
+    cache_dir: str | None
+    workdir: str
+    seed: int = 0
+
+
+PersonalizerFactory = Callable[[LoadContext], Personalizer]
+
+
+@contextlib.contextmanager
+def attn_processors_swapped(unet: Any, processors: Mapping[str, Any]) -> Iterator[None]:
+    """Install ``processors`` on ``unet`` and put the previous ones back on exit."""
+    previous = dict(unet.attn_processors)
+    # set_attn_processor empties the dict it is given: always hand it a copy.
+    unet.set_attn_processor(dict(processors))
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(dict(previous))
+
+
+def crop_box(box: FaceBox, size: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
+    """The square-ish crop around a face with ``margin`` (a fraction of the face size)."""
+    left, top, right, bottom = box.expanded(margin, size)
+    return int(left), int(top), int(right), int(bottom)

@@ -1,0 +1,190 @@
+"""Profiles: named, whole engine configurations (base model + personalizers + defaults).
+
+A profile is data. ``resolve_profile(settings)`` picks one and applies the settings' model
+overrides; ``engine.loading`` turns it into a pipeline. Plug-ins add their own profiles with
+``register_profile`` (InstantBooth registers ``sd15-instantbooth`` and ``tiny-instantbooth``
+from ``engine.personalizers.instantbooth`` at import; it is imported on first lookup).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config import EngineSettings
+from engine.errors import UnknownProfile
+
+logger = logging.getLogger(__name__)
+
+SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+IP_ADAPTER_REPO = "h94/IP-Adapter"
+IP_ADAPTER_PLUS_FACE_WEIGHTS = "ip-adapter-plus-face_sd15.safetensors"
+
+# Modules that register extra profiles when imported; looked up only when a name is unknown.
+_PLUGIN_MODULES = ("engine.personalizers.instantbooth",)
+
+
+@dataclass(frozen=True)
+class PersonalizerSpec:
+    """A personalizer to load with a profile. ``options`` go to its factory;
+    ``settings_overrides`` maps an option to the ``EngineSettings`` field that replaces it when
+    set (e.g. ``{"repo": "ip_adapter"}``)."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    settings_overrides: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One engine configuration.
+
+    The base model is either loaded (``base_model``: a hub id, a local diffusers folder or a
+    single .safetensors/.ckpt file, with ``base_config`` naming the diffusers configs a single
+    file needs) or built with random weights by ``random_base(seed)`` (tiny, sd15-shaped).
+    """
+
+    name: str
+    description: str
+    personalizers: tuple[PersonalizerSpec, ...]
+    base_model: str | None = None
+    base_config: str | None = None
+    random_base: Callable[[int], dict[str, Any]] | None = None
+    default_personalizer: str = "ip-adapter"
+    # Random weights render noise by construction; results say so.
+    is_noise: bool = False
+    # Pin a device regardless of settings (tiny runs on the CPU: it is for tests and demos).
+    device: str | None = None
+    default_size: int = 512
+    default_steps: int = 25
+
+    @property
+    def personalizer_names(self) -> list[str]:
+        return [spec.name for spec in self.personalizers]
+
+
+_PROFILES: dict[str, Profile] = {}
+
+
+def register_profile(profile: Profile) -> None:
+    """Make ``profile`` selectable by name (a later registration replaces an earlier one)."""
+    _PROFILES[profile.name] = profile
+
+
+def known_profiles() -> list[str]:
+    _import_plugins()
+    return sorted(_PROFILES)
+
+
+def get_profile(name: str) -> Profile:
+    if name not in _PROFILES:
+        _import_plugins()
+    try:
+        return _PROFILES[name]
+    except KeyError:
+        raise UnknownProfile(name, sorted(_PROFILES)) from None
+
+
+def resolve_profile(settings: EngineSettings) -> Profile:
+    """The profile named by ``settings`` with the settings' model overrides applied."""
+    profile = get_profile(settings.profile)
+    if settings.base_model:
+        profile = dataclasses.replace(
+            profile, base_model=settings.base_model, random_base=None, is_noise=False
+        )
+    if settings.base_model_config:
+        profile = dataclasses.replace(profile, base_config=settings.base_model_config)
+    specs = []
+    for spec in profile.personalizers:
+        options = dict(spec.options)
+        for option, field_name in spec.settings_overrides.items():
+            value = getattr(settings, field_name, None)
+            if value is not None:
+                options[option] = str(value)
+                # Real weights named in settings replace the profile's random ones.
+                options.pop("random", None)
+        specs.append(dataclasses.replace(spec, options=options))
+    return dataclasses.replace(profile, personalizers=tuple(specs))
+
+
+def _import_plugins() -> None:
+    for module in _PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise
+            logger.debug("profile plug-in %s is not installed", module)
+
+
+def _tiny_base(seed: int) -> dict[str, Any]:
+    from engine.tiny import tiny_components
+
+    return tiny_components(seed)
+
+
+def _sd15_shaped_base(seed: int) -> dict[str, Any]:
+    from engine.sd15_shaped import sd15_shaped_components
+
+    return sd15_shaped_components(seed)
+
+
+_IP_ADAPTER_OVERRIDES = {
+    "repo": "ip_adapter",
+    "weight_name": "ip_adapter_weight_name",
+    "image_encoder": "image_encoder",
+}
+
+register_profile(
+    Profile(
+        name="tiny",
+        description="tiny random-weight models on the CPU: every code path in seconds; "
+        "renders noise",
+        personalizers=(
+            PersonalizerSpec("ip-adapter", {"random": "tiny"}, _IP_ADAPTER_OVERRIDES),
+            PersonalizerSpec("none"),
+        ),
+        random_base=_tiny_base,
+        is_noise=True,
+        device="cpu",
+        default_size=64,
+        default_steps=4,
+    )
+)
+register_profile(
+    Profile(
+        name="sd15-shaped",
+        description="the real SD1.5 + IP-Adapter Plus architecture with random weights: real "
+        "FLOPs for benchmarks, no downloads; renders noise",
+        personalizers=(
+            PersonalizerSpec("ip-adapter", {"random": "sd15-plus"}, _IP_ADAPTER_OVERRIDES),
+            PersonalizerSpec("none"),
+        ),
+        random_base=_sd15_shaped_base,
+        is_noise=True,
+    )
+)
+register_profile(
+    Profile(
+        name="sd15-ip-adapter-plus-face",
+        description="Stable Diffusion 1.5 with IP-Adapter Plus Face (h94/IP-Adapter)",
+        personalizers=(
+            PersonalizerSpec(
+                "ip-adapter",
+                {
+                    "repo": IP_ADAPTER_REPO,
+                    "subfolder": "models",
+                    "weight_name": IP_ADAPTER_PLUS_FACE_WEIGHTS,
+                    "image_encoder": "models/image_encoder",
+                },
+                _IP_ADAPTER_OVERRIDES,
+            ),
+            PersonalizerSpec("none"),
+        ),
+        base_model=SD15_BASE,
+    )
+)

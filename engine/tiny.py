@@ -1,0 +1,212 @@
+"""Tiny random-weight models for the ``tiny`` profile and the tests.
+
+The same classes and configs as Stable Diffusion 1.5 + IP-Adapter Plus, shrunk until a render
+takes a fraction of a second on a CPU. Weights are random (seeded), so images are noise: the
+point is that every code path (loaders, processors, batching) is the real one. Hub downloads
+are impossible here, so the CLIP tokenizer is built from a hand-written byte-level vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.models.embeddings import IPAdapterPlusImageProjection
+from safetensors.torch import save_file
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+logger = logging.getLogger(__name__)
+
+TINY_CROSS_ATTENTION_DIM = 32
+TINY_IMAGE_SIZE = 32
+TINY_IP_TOKENS = 4
+TINY_IP_ADAPTER_WEIGHT_NAME = "ip-adapter-plus_tiny.safetensors"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte → printable-character table (as in OpenAI's tokenizer)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+def tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer with no learned merges beyond a few common pairs."""
+    chars = list(_bytes_to_unicode().values())
+    merges = [("t", "h"), ("th", "e</w>"), ("o", "n</w>"), ("a", "n")]
+    vocab_list = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(vocab_list)}
+    # The tokenizers backend wants merge pairs; transformers' hint says list[str].
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)  # type: ignore[arg-type]
+
+
+def tiny_components(seed: int = 0) -> dict[str, Any]:
+    """UNet, VAE, text encoder, tokenizer and scheduler of the tiny pipeline (random weights)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
+        norm_num_groups=16,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=64,
+    )
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=TINY_CROSS_ATTENTION_DIM,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+        )
+    ).eval()
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return {
+        "unet": unet.eval(),  # type: ignore[attr-defined]
+        "vae": vae.eval(),  # type: ignore[attr-defined]
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+    }
+
+
+def tiny_image_encoder(seed: int = 0) -> CLIPVisionModelWithProjection:
+    torch.manual_seed(seed + 3)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        projection_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=4,
+        num_channels=3,
+    )
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def _plus_projection_state_dict(image_hidden_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """A random IP-Adapter Plus resampler in the *original* checkpoint layout (the names
+    h94/IP-Adapter ships), so diffusers' own converter runs when it is loaded."""
+    torch.manual_seed(seed + 4)
+    # diffusers infers heads as to_q rows // 64, so the hidden width must be a multiple of 64.
+    proj = IPAdapterPlusImageProjection(
+        embed_dims=image_hidden_size,
+        output_dims=TINY_CROSS_ATTENTION_DIM,
+        hidden_dims=64,
+        heads=1,
+        num_queries=TINY_IP_TOKENS,
+    )
+    out: dict[str, torch.Tensor] = {}
+    for name, value in proj.state_dict().items():
+        parts = name.split(".")
+        if parts[0] != "layers":
+            out[name] = value
+            continue
+        index, rest = parts[1], ".".join(parts[2:])
+        original = {
+            "ln0.weight": "0.norm1.weight",
+            "ln0.bias": "0.norm1.bias",
+            "ln1.weight": "0.norm2.weight",
+            "ln1.bias": "0.norm2.bias",
+            "attn.to_q.weight": "0.to_q.weight",
+            "attn.to_out.0.weight": "0.to_out.weight",
+            "ff.0.weight": "1.0.weight",
+            "ff.0.bias": "1.0.bias",
+            "ff.1.net.0.proj.weight": "1.1.weight",
+            "ff.1.net.2.weight": "1.3.weight",
+        }
+        if rest in ("attn.to_k.weight", "attn.to_v.weight"):
+            continue  # fused below as to_kv, as the original checkpoints store them
+        out[f"layers.{index}.{original[rest]}"] = value
+    for i in range(len(proj.layers)):
+        k = proj.state_dict()[f"layers.{i}.attn.to_k.weight"]
+        v = proj.state_dict()[f"layers.{i}.attn.to_v.weight"]
+        out[f"layers.{i}.0.to_kv.weight"] = torch.cat([k, v], dim=0)
+    return out
+
+
+def write_tiny_ip_adapter(root: Path, unet: Any, seed: int = 0) -> Path:
+    """Write an IP-Adapter Plus-shaped adapter and its image encoder under ``root`` in the
+    h94/IP-Adapter repository layout (``models/<weights>``, ``models/image_encoder/``)."""
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    encoder = tiny_image_encoder(seed)
+    encoder.save_pretrained(models / "image_encoder")
+    state: dict[str, torch.Tensor] = {
+        f"image_proj.{k}": v
+        for k, v in _plus_projection_state_dict(encoder.config.hidden_size, seed).items()
+    }
+    torch.manual_seed(seed + 5)
+    # One odd id per cross-attention processor, in attn_processors order (the loader's scheme).
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        hidden = _attention_hidden_size(unet, name)
+        for proj in ("to_k_ip", "to_v_ip"):
+            weight = torch.randn(hidden, TINY_CROSS_ATTENTION_DIM) * 0.3
+            state[f"ip_adapter.{key_id}.{proj}.weight"] = weight
+        key_id += 2
+    path = models / TINY_IP_ADAPTER_WEIGHT_NAME
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    logger.debug("wrote tiny IP-Adapter to %s", path)
+    return path
+
+
+def _attention_hidden_size(unet: Any, processor_name: str) -> int:
+    channels = list(unet.config.block_out_channels)
+    if processor_name.startswith("mid_block"):
+        return int(channels[-1])
+    block_id = int(processor_name.split(".")[1])
+    if processor_name.startswith("up_blocks"):
+        return int(list(reversed(channels))[block_id])
+    return int(channels[block_id])
