@@ -1,0 +1,495 @@
+"""Photo intake: turn untrusted uploaded bytes into a normalised reference photo, or refuse them.
+
+Every photo a user sends goes through :func:`normalize_photo` before anything else touches it.
+The steps, cheapest first, so that hostile input is refused before it costs memory or CPU:
+
+1. byte limit (``limits.max_bytes``) and empty files;
+2. the real format, sniffed from the magic bytes (never the filename): JPEG (MPO too: its first
+   picture), PNG, WebP, HEIC/HEIF (pillow-heif) and GIF; everything else is refused;
+3. the header only (``Image.open`` is lazy): decoded size against ``limits.max_pixels`` (and
+   Pillow's own decompression-bomb ceiling), shortest side against ``limits.min_side``, aspect
+   ratio (the stored photo keeps ``min_side`` once fitted into ``max_stored_side``), animation
+   (GIF, APNG, WebP with more than one frame);
+4. decode (JPEGs at a reduced DCT scale when they are much bigger than what we store), convert
+   every Pillow mode to RGB(A), downscale so the longest side is at most
+   ``limits.max_stored_side``, colour-convert an embedded ICC profile to sRGB, apply the EXIF
+   orientation, composite transparency on a neutral grey;
+5. re-encode without any metadata (EXIF, GPS, ICC, XMP, text chunks are all dropped): PNG when
+   the source was lossless (PNG, GIF, lossless WebP) so nothing is lost, JPEG at
+   ``limits.jpeg_quality`` when it was lossy (JPEG, lossy WebP, HEIC), because storing a
+   JPEG's pixels as PNG would cost ~5x the bytes for no fidelity. The sha256 is of these bytes.
+
+Anything a malformed file makes Pillow or libheif raise ends as ``InvalidPhoto("corrupt")``;
+callers only ever see :class:`NormalizedPhoto` or :class:`~bot.errors.InvalidPhoto`. Trailing
+data (a ZIP appended to a JPEG, garbage after EOI) is ignored by the decoders and can never
+reach storage, since only re-encoded pixels are stored. This module never sets Pillow's
+``LOAD_TRUNCATED_IMAGES``: a truncated file is refused, not padded with grey.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+import unicodedata
+import warnings
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final
+
+import pillow_heif
+from PIL import Image, ImageCms
+
+from bot.config import PhotoLimits
+from bot.errors import InvalidPhoto
+
+logger = logging.getLogger(__name__)
+
+# Idempotent: lets Image.open read HEIC/HEIF (what iPhones send). It does not change Pillow's
+# behaviour for any other format.
+pillow_heif.register_heif_opener()
+
+
+class Reason(StrEnum):
+    """Stable reason codes of :class:`InvalidPhoto` raised by intake (logs, tests, JSON)."""
+
+    EMPTY = "empty"
+    TOO_LARGE_BYTES = "too_large_bytes"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    CORRUPT = "corrupt"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    TOO_SMALL = "too_small"
+    EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
+    ANIMATED = "animated"
+    DUPLICATE = "duplicate"
+
+
+# The user-facing message of each reason. ``name`` is always the escaped display name.
+REASON_MESSAGES: Final[Mapping[Reason, str]] = MappingProxyType(
+    {
+        Reason.EMPTY: "`{name}` is empty.",
+        Reason.TOO_LARGE_BYTES: "`{name}` is {size}, over the {limit} limit.",
+        Reason.UNSUPPORTED_FORMAT: (
+            "`{name}` is not a photo format I accept; send a JPEG, PNG, WebP, HEIC or still GIF."
+        ),
+        Reason.CORRUPT: "`{name}` could not be read: the file is damaged or incomplete.",
+        Reason.TOO_MANY_PIXELS: (
+            "`{name}` is too large ({pixels}); the limit is {max_megapixels} megapixels."
+        ),
+        Reason.TOO_SMALL: (
+            "`{name}` is too small ({width}×{height}); both sides must be at least "
+            "{min_side} pixels."
+        ),
+        Reason.EXTREME_ASPECT_RATIO: (
+            "`{name}` is too long and narrow ({width}×{height}); the long side may be at most "
+            "{max_ratio} times the short side."
+        ),
+        Reason.ANIMATED: "`{name}` is animated; send a still photo.",
+        Reason.DUPLICATE: "`{name}` is the same photo as {other}.",
+    }
+)
+
+# Formats accepted, as Pillow names them (and as NormalizedPhoto.source_format reports them).
+ACCEPTED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "HEIF", "GIF")
+_LOSSLESS_SOURCES: Final = frozenset({"PNG", "GIF"})
+_ANIMATABLE: Final = frozenset({"GIF", "PNG", "WEBP"})
+# HEIF major brands that pillow-heif opens (HEVC-coded and generic); AVIF (AV1) is refused:
+# this build of libheif has no AV1 decoder, and the issue accepts HEIC only.
+_HEIF_BRANDS: Final = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+_AV1_BRANDS: Final = frozenset({b"avif", b"avis"})
+
+# Transparent areas become this light, neutral grey: no colour cast for the encoders, and
+# unlike white or black it cannot be mistaken for over/under-exposure by the subject checks.
+BACKGROUND: Final = (224, 224, 224)
+_MAX_NAME_CHARS: Final = 60
+
+# The same table as ImageOps.exif_transpose. We apply it ourselves to the already downscaled
+# image: transposing first would copy the full-size decode (memory) for the same result.
+_TRANSPOSE: Final[Mapping[int, Image.Transpose]] = MappingProxyType(
+    {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }
+)
+_EXIF_ORIENTATION: Final = 0x0112
+
+# warnings.catch_warnings swaps the process-wide filter list; serialising our own use keeps two
+# intake threads from restoring each other's filters. Held only while headers are parsed.
+_WARNINGS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedPhoto:
+    """A photo that passed intake: RGB, upright, bounded, metadata-free, re-encoded."""
+
+    data: bytes = field(repr=False)
+    sha256: str
+    width: int
+    height: int
+    format: str  # the stored encoding: "JPEG" or "PNG"
+    source_format: str  # sniffed from the bytes: one of ACCEPTED_FORMATS
+    original_width: int  # as the file's header states (before orientation and downscaling)
+    original_height: int
+
+    @property
+    def media_type(self) -> str:
+        return "image/png" if self.format == "PNG" else "image/jpeg"
+
+    @property
+    def extension(self) -> str:
+        return ".png" if self.format == "PNG" else ".jpg"
+
+
+def display_name(filename: str | None) -> str:
+    """A user-supplied filename made safe to show in a message (Discord or a terminal).
+
+    Keeps the last path component, drops control, format (bidi overrides, zero-width) and
+    unassigned characters and lone surrogates, collapses whitespace, replaces backticks (the
+    messages quote the name in a code span) and trims long names in the middle, keeping the
+    extension visible.
+    """
+    if not filename:
+        return "unnamed file"
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = []
+    for ch in unicodedata.normalize("NFC", base):
+        if ch.isspace():
+            kept.append(" ")
+        elif unicodedata.category(ch)[0] != "C":
+            kept.append("'" if ch == "`" else ch)
+    name = " ".join("".join(kept).split())
+    if len(name) > _MAX_NAME_CHARS:
+        name = name[: _MAX_NAME_CHARS - 16] + "…" + name[-15:]
+    return name or "unnamed file"
+
+
+def refusal(reason: Reason, filename: str | None, **fields: object) -> InvalidPhoto:
+    """Build the InvalidPhoto for ``reason``, with its message naming the file safely."""
+    message = REASON_MESSAGES[reason].format(name=display_name(filename), **fields)
+    return InvalidPhoto(str(reason), message, filename=filename)
+
+
+def check_size(size: int, filename: str | None, limits: PhotoLimits) -> None:
+    """Refuse by size alone; callers that know a size before downloading should call this."""
+    if size <= 0:
+        raise refusal(Reason.EMPTY, filename)
+    if size > limits.max_bytes:
+        raise refusal(
+            Reason.TOO_LARGE_BYTES,
+            filename,
+            size=_human_bytes(size),
+            limit=_human_bytes(limits.max_bytes, exact=False),
+        )
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted format of ``data`` from its magic bytes (a Pillow format id), else None."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[4:8] == b"ftyp":
+        box_size = int.from_bytes(data[:4], "big")
+        major = data[8:12]
+        # Compatible brands follow the major brand and its version; bounded by the box.
+        compatible = data[16 : max(16, min(box_size, 256))]
+        brands = {compatible[i : i + 4] for i in range(0, len(compatible) - 3, 4)}
+        if major in _HEIF_BRANDS and major not in _AV1_BRANDS and not brands & _AV1_BRANDS:
+            return "HEIF"
+    return None
+
+
+def normalize_photo(data: bytes, filename: str, limits: PhotoLimits) -> NormalizedPhoto:
+    """Check and normalise one uploaded photo (see the module docstring for the steps).
+
+    Raises :class:`InvalidPhoto` with one of the :class:`Reason` codes; nothing else.
+    """
+    check_size(len(data), filename, limits)
+    source_format = sniff_format(data)
+    if source_format is None:
+        raise refusal(Reason.UNSUPPORTED_FORMAT, filename)
+    try:
+        return _normalize(data, filename, source_format, limits)
+    except InvalidPhoto:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _too_many_pixels(filename, limits, None) from exc
+    except Exception as exc:
+        # Malformed files make Pillow, libjpeg, zlib and libheif raise many different,
+        # undocumented exceptions (OSError, SyntaxError, ValueError, EOFError, struct.error,
+        # RuntimeError...); all of them mean the same thing to the user.
+        logger.info(
+            "photo %r refused as corrupt: %s: %s", display_name(filename), type(exc).__name__, exc
+        )
+        raise refusal(Reason.CORRUPT, filename) from exc
+
+
+def check_batch(
+    files: Iterable[tuple[str, bytes]],
+    limits: PhotoLimits,
+    *,
+    existing_sha256: Collection[str] = (),
+) -> list[NormalizedPhoto | InvalidPhoto]:
+    """Normalise each ``(filename, data)``; one result per file, in order.
+
+    A photo whose normalised bytes repeat an earlier one of the batch, or one of
+    ``existing_sha256`` (the avatar's stored photos), is refused as ``duplicate``. Input may be
+    a generator, so a caller reading files from disk need not hold them all at once.
+    """
+    results: list[NormalizedPhoto | InvalidPhoto] = []
+    seen: dict[str, str] = {}
+    existing = frozenset(existing_sha256)
+    for filename, data in files:
+        try:
+            photo = normalize_photo(data, filename, limits)
+        except InvalidPhoto as exc:
+            results.append(exc)
+            continue
+        if photo.sha256 in existing:
+            results.append(refusal(Reason.DUPLICATE, filename, other="one already saved"))
+        elif photo.sha256 in seen:
+            other = f"`{display_name(seen[photo.sha256])}`"
+            results.append(refusal(Reason.DUPLICATE, filename, other=other))
+        else:
+            seen[photo.sha256] = filename
+            results.append(photo)
+    return results
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as RGB; transparency composited on :data:`BACKGROUND`.
+
+    16-bit and 32-bit integer greyscale are scaled from 0..65535 (what 16-bit PNGs hold) rather
+    than clipped, which would turn them white; float images follow Pillow's 0..255 convention.
+    """
+    return _flatten(_to_srgb(_working_mode(image), None))
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+def _normalize(
+    data: bytes, filename: str, source_format: str, limits: PhotoLimits
+) -> NormalizedPhoto:
+    with _bomb_guard():
+        image = Image.open(io.BytesIO(data), formats=[source_format])
+    with image:
+        width, height = image.size
+        _check_dimensions(width, height, filename, limits)
+        if source_format == "PNG":
+            # Pillow checks chunk CRCs only up to the first IDAT; verify() walks them all
+            # (without decoding), so a damaged PNG is refused whichever chunk was hit.
+            with _bomb_guard(), Image.open(io.BytesIO(data), formats=["PNG"]) as probe:
+                probe.verify()
+        if source_format in _ANIMATABLE:
+            with _bomb_guard():
+                animated = bool(getattr(image, "is_animated", False))
+            if animated:
+                raise refusal(Reason.ANIMATED, filename)
+        if source_format == "JPEG":
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is that much bigger
+            # than what we store (it keeps the result at least max_stored_side on each side):
+            # a 48 MP phone photo then costs ~9 MB to decode instead of ~150 MB.
+            image.draft(None, (limits.max_stored_side, limits.max_stored_side))
+        image.load()
+        orientation = _orientation(image)
+        icc = image.info.get("icc_profile")
+        working = _downscale(_working_mode(image), limits.max_stored_side)
+        srgb = _to_srgb(working, icc if isinstance(icc, bytes) else None)
+        out = _flatten(_transpose(srgb, orientation))
+        lossless = source_format in _LOSSLESS_SOURCES or (
+            source_format == "WEBP" and _webp_is_lossless(data)
+        )
+        # Encoded inside the `with`: `out` may still be the opened file itself, and closing it
+        # releases its pixels.
+        encoded = _encode(out, lossless, limits.jpeg_quality)
+    return NormalizedPhoto(
+        data=encoded,
+        sha256=hashlib.sha256(encoded).hexdigest(),
+        width=out.width,
+        height=out.height,
+        format="PNG" if lossless else "JPEG",
+        source_format=source_format,
+        original_width=width,
+        original_height=height,
+    )
+
+
+def _encode(image: Image.Image, lossless: bool, jpeg_quality: int) -> bytes:
+    # Nothing from the source's info (EXIF, ICC, XMP, dpi, text chunks) may reach the encoder:
+    # PNG's writer falls back to image.info for some of them. Options are fixed so that the
+    # same pixels always give the same bytes (the sha256 finds duplicates).
+    image.info = {}
+    buffer = io.BytesIO()
+    if lossless:
+        image.save(buffer, "PNG")
+    else:
+        image.save(buffer, "JPEG", quality=jpeg_quality, optimize=True)
+    return buffer.getvalue()
+
+
+@contextmanager
+def _bomb_guard() -> Iterator[None]:
+    # Pillow warns above MAX_IMAGE_PIXELS (and raises DecompressionBombError above twice that,
+    # which normalize_photo turns into too_many_pixels). The warning is noise here: our own,
+    # lower limit is checked right after the header is read.
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _check_dimensions(width: int, height: int, filename: str, limits: PhotoLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise _too_many_pixels(filename, limits, (width, height))
+    if min(width, height) < limits.min_side:
+        raise refusal(
+            Reason.TOO_SMALL, filename, width=width, height=height, min_side=limits.min_side
+        )
+    # Fitting the long side into max_stored_side must leave the short side >= min_side.
+    max_ratio = limits.max_stored_side / limits.min_side
+    if max(width, height) > max_ratio * min(width, height):
+        raise refusal(
+            Reason.EXTREME_ASPECT_RATIO,
+            filename,
+            width=width,
+            height=height,
+            max_ratio=f"{max_ratio:g}",
+        )
+
+
+def _too_many_pixels(
+    filename: str, limits: PhotoLimits, size: tuple[int, int] | None
+) -> InvalidPhoto:
+    if size is None:  # Pillow's own ceiling fired before the size was available to us
+        ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        pixels = f"over {ceiling / 1e6:.0f} megapixels"
+    else:
+        pixels = f"{size[0]}×{size[1]} pixels"
+    return refusal(
+        Reason.TOO_MANY_PIXELS,
+        filename,
+        pixels=pixels,
+        max_megapixels=f"{limits.max_pixels / 1e6:g}",
+    )
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception as exc:  # a broken EXIF block is no reason to refuse the pixels
+        logger.debug("unreadable EXIF ignored: %s: %s", type(exc).__name__, exc)
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
+def _working_mode(image: Image.Image) -> Image.Image:
+    """Reduce any mode to L, LA, RGB, RGBA or CMYK (CMYK kept for its ICC profile)."""
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        if image.has_transparency_data:  # a tRNS colour key
+            return image.convert("LA" if mode == "L" else "RGBA")
+        return image
+    if mode in ("LA", "RGBA", "CMYK"):
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode == "P":
+        return image.convert("RGBA" if image.has_transparency_data else "RGB")
+    if mode in ("PA", "RGBa"):
+        return image.convert("RGBA")
+    if mode == "La":
+        return image.convert("LA")
+    if mode == "I" or mode.startswith("I;16"):
+        # 16-bit samples: scale to 8 bits instead of letting convert("L") clip at 255.
+        wide = image if mode == "I" else image.convert("I")
+        return wide.point(lambda v: v * (1 / 257)).convert("L")
+    if mode == "F":
+        return image.convert("L")
+    return image.convert("RGB")  # YCbCr, LAB, HSV, RGBX and anything newer
+
+
+def _downscale(image: Image.Image, max_side: int) -> Image.Image:
+    width, height = image.size
+    longest = max(width, height)
+    if longest <= max_side:
+        return image
+    scale = max_side / longest
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    # reducing_gap: box-reduce by an integer factor first, then Lanczos: same quality, faster.
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """L/LA/RGB/RGBA/CMYK to RGB or RGBA, through the embedded ICC profile when it works."""
+    has_alpha = image.mode in ("LA", "RGBA")
+    alpha = image.getchannel("A") if has_alpha else None
+    colour = image.convert("L" if image.mode == "LA" else "RGB") if has_alpha else image
+    converted: Image.Image | None = None
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+            converted = ImageCms.profileToProfile(colour, source, srgb, outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+            # A broken or mismatched profile (e.g. an RGB profile on a greyscale image): the
+            # pixels are still fine, only the colour interpretation is lost.
+            logger.debug("ICC profile ignored: %s: %s", type(exc).__name__, exc)
+    if converted is None:
+        converted = colour if colour.mode == "RGB" else colour.convert("RGB")
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
+
+
+def _transpose(image: Image.Image, orientation: int) -> Image.Image:
+    method = _TRANSPOSE.get(orientation)
+    return image if method is None else image.transpose(method)
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode != "RGBA":
+        image = image.convert("RGBA")
+    flat = Image.new("RGB", image.size, BACKGROUND)
+    flat.paste(image, mask=image.getchannel("A"))
+    return flat
+
+
+def _webp_is_lossless(data: bytes) -> bool:
+    """Whether a WebP's (first) image is VP8L (lossless) rather than VP8 (lossy)."""
+    pos = 12
+    for _ in range(32):  # a still WebP has a handful of chunks; never walk a hostile list
+        if pos + 8 > len(data):
+            break
+        fourcc = data[pos : pos + 4]
+        if fourcc == b"VP8L":
+            return True
+        if fourcc == b"VP8 ":
+            return False
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        pos += 8 + size + (size & 1)
+    return False
+
+
+def _human_bytes(size: int, *, exact: bool = True) -> str:
+    # Sizes keep a decimal ("20.3 MB"); configured limits read as written ("20 MB").
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}" if exact else f"{round(size / scale, 1):g} {unit}"
+    return f"{size} bytes"
