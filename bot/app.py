@@ -1,0 +1,194 @@
+"""The Discord bot: a ``commands.Bot`` that owns the database, the services, the engine and the
+job runner, and loads one cog per feature.
+
+``create_bot(settings)`` builds it without connecting: ``avatarbot run`` then starts it with the
+token, while the demo, the tests and the benchmark hand it to SimCord. Resources are created in
+``setup_hook`` (after login, inside the running loop) and released in ``close``; the ones a
+caller injects (a shared engine, a database) are the caller's to close.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+from discord.ext import commands
+
+from bot.config import Settings
+from bot.errors import InternalError
+from bot.services.ports import EnginePort
+from bot.ui.errors import on_app_command_error
+from bot.ui.jobs import JobRunner
+from bot.ui.sync import sync_if_changed
+from db.session import Database
+
+logger = logging.getLogger(__name__)
+
+# Loaded in this order; each package's ``setup`` adds its cog (and its persistent buttons).
+COGS = ("bot.cogs.avatars", "bot.cogs.render", "bot.cogs.admin")
+
+
+def bot_intents() -> discord.Intents:
+    """Only what slash commands need: guild create/delete events. No privileged intents."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    return intents
+
+
+class AvatarBot(commands.Bot):
+    """The bot; ``services`` is usable from ``setup_hook`` on."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        database: Database | None = None,
+        engine_port: EnginePort | None = None,
+        sync_commands: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=bot_intents(),
+            help_command=None,
+            # Nothing the bot says pings anyone unless a message opts in for one member.
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,
+        )
+        self.settings = settings
+        self._database = database
+        self._owns_database = database is None
+        self._engine_port = engine_port
+        self._owns_engine = engine_port is None
+        self._sync_commands = sync_commands
+        self._services: Any = None
+        self.jobs = JobRunner(self)
+        self.tree.on_error = on_app_command_error  # type: ignore[method-assign]
+
+    # ------------------------------------------------------------------ resources
+
+    @property
+    def services(self) -> Any:
+        """The ``Services`` container (avatars, renders, quotas, jobs, privacy)."""
+        if self._services is None:
+            raise InternalError()  # used before setup_hook: a bug, shown with a reference
+        return self._services
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            raise InternalError()
+        return self._database
+
+    async def setup_hook(self) -> None:
+        from bot.services.container import build_services
+        from bot.services.dispatcher import DispatcherConfig
+        from db.migrate import upgrade
+
+        if self._database is None:
+            self._database = Database.from_url(self.settings.effective_database_url)
+        await upgrade(self._database)
+        if self._engine_port is None:
+            self._engine_port = await _build_engine_port(self.settings)
+        self._services = await build_services(
+            self.settings,
+            self._database,
+            self._engine_port,
+            dispatcher_config=DispatcherConfig(
+                concurrency=self.settings.engine.max_batch,
+                # The embedded SQLite setup has one worker, this process: whatever it left
+                # running when it died is its own to adopt at start.
+                exclusive=self.settings.run_worker and self._database.dialect == "sqlite",
+            ),
+        )
+        for name in COGS:
+            await self.load_extension(name)
+        if self._sync_commands:
+            await sync_if_changed(self.tree, self._database, self.application_id)
+        await self.jobs.start()
+        logger.info("bot set up: %d cogs, worker=%s", len(self.cogs), self.settings.run_worker)
+
+    async def close(self) -> None:
+        try:
+            if self._services is not None:
+                # First, so jobs rendering in the lanes go back to the queue (not counted as
+                # an attempt) instead of being cut off mid-render.
+                await self._services.aclose()
+            await self.jobs.stop()
+        finally:
+            try:
+                await super().close()
+            finally:
+                await self._release()
+
+    async def _release(self) -> None:
+        self._services = None
+        engine, self._engine_port = self._engine_port, None
+        if engine is not None and self._owns_engine:
+            await engine.aclose()
+        database, self._database = self._database, None
+        if database is not None and self._owns_database:
+            await database.dispose()
+
+    # ------------------------------------------------------------------ events
+
+    async def on_ready(self) -> None:
+        logger.info("ready as %s in %d guilds", self.user, len(self.guilds))
+
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        """The bot left or was removed: the guild's settings and jobs go (avatars stay)."""
+        try:
+            await self.services.privacy.guild_removed(guild.id)
+        except Exception:
+            logger.exception("could not erase data of guild %s", guild.id)
+
+
+class ShardedAvatarBot(AvatarBot, commands.AutoShardedBot):
+    """The same bot over several gateway shards (required past 2,500 guilds)."""
+
+
+async def _build_engine_port(settings: Settings) -> EnginePort:
+    from bot.engine_adapter import build_engine_port
+
+    return await build_engine_port(settings)
+
+
+def configure_discord_endpoints(settings: Settings) -> None:
+    """Point discord.py at the configured REST and gateway URLs (proxies, test servers).
+
+    These are class attributes in discord.py, so this affects the whole process: call it once
+    before ``start``. SimCord does not need it (it replaces the transport).
+    """
+    import yarl
+    from discord.gateway import DiscordWebSocket
+    from discord.http import Route
+
+    Route.BASE = settings.discord_api_base.rstrip("/")
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+def create_bot(
+    settings: Settings,
+    *,
+    database: Database | None = None,
+    engine_port: EnginePort | None = None,
+    sync_commands: bool = True,
+) -> AvatarBot:
+    """Build the fully wired bot without connecting it.
+
+    ``database`` and ``engine_port`` may be shared with the caller (tests reuse one tiny
+    engine); the bot then leaves closing them to the caller. ``AutoShardedBot`` is used when
+    ``settings.shard_count`` is set.
+    """
+    if settings.shard_count is not None:
+        return ShardedAvatarBot(
+            settings,
+            database=database,
+            engine_port=engine_port,
+            sync_commands=sync_commands,
+            shard_count=settings.shard_count,
+        )
+    return AvatarBot(
+        settings, database=database, engine_port=engine_port, sync_commands=sync_commands
+    )

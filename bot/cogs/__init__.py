@@ -1,0 +1,1 @@
+"""One package per feature: ``__init__`` (setup), ``cog.py`` (commands), ``views.py`` (UI)."""

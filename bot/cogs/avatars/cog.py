@@ -1,0 +1,211 @@
+"""``/avatar …``: create, list, show, rename, delete, forget-me, usage, help.
+
+The ``/avatar`` group lives here; the render feature adds ``/avatar render`` to it from its
+own package. Every command that touches the database acknowledges the interaction first
+(``defer``), then calls the services; errors go to the tree's one error handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.avatars.views import (
+    CreateAvatarModal,
+    Uploaded,
+    avatar_embed,
+    creation_summary,
+    sheet_file,
+)
+from bot.errors import AvatarbotError
+from bot.ui.confirm import ask
+from bot.ui.errors import NO_MENTIONS, discord_time
+from bot.ui.images import DEFAULT_FILESIZE_LIMIT
+
+if TYPE_CHECKING:
+    from bot.app import AvatarBot
+
+logger = logging.getLogger(__name__)
+
+GUILD_ONLY = "This works in a server, where quotas apply. Try it in a channel of a server I'm in."
+
+HELP_TEXT = """\
+**avatarbot** renders pictures of a person, pet or object from a few photos.
+
+1. `/avatar create` — give it a name, pick what it is, upload 1–10 photos and confirm they are \
+yours to use. You get a contact sheet of the photos kept.
+2. `/avatar render` — pick your avatar, write a prompt (“as an astronaut on the moon”), \
+optionally a style, an aspect, how many images and a seed. The images appear in the channel \
+with **Reroll**, **Variations** and **Delete** buttons.
+3. `/avatar list`, `show`, `rename`, `delete` — manage your avatars. Only you can see your \
+photos or render your avatars.
+4. `/avatar usage` — renders left today and when the count resets.
+5. `/avatar forget-me` — erase everything the bot keeps about you.
+
+Server managers: `/avatar-admin quota show|set`, `/avatar-admin usage`, `/avatar-admin purge`."""
+
+
+async def avatar_name_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The member's own avatars whose name starts with what they typed (no defer possible:
+    autocomplete must answer directly, and this is one indexed read)."""
+    bot: AvatarBot = interaction.client  # type: ignore[assignment]
+    try:
+        names = await bot.services.avatars.names(interaction.user.id, current, 25)
+    except AvatarbotError:
+        return []
+    return [app_commands.Choice(name=n, value=n) for n in names]
+
+
+class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your avatars"):
+    def __init__(self, bot: AvatarBot) -> None:
+        self.bot = bot
+
+    @property
+    def services(self):  # type: ignore[no-untyped-def]
+        return self.bot.services
+
+    # -------------------------------------------------------------------- create
+
+    @app_commands.command(name="create", description="Create an avatar from 1–10 photos")
+    async def create(self, interaction: discord.Interaction) -> None:
+        # A modal must be the first answer: no database work before it (the limits it shows
+        # are the configured defaults; the service checks the guild's own on submit).
+        modal = CreateAvatarModal(
+            self._finish_create,
+            max_photos=self.bot.settings.quotas.photos_per_avatar,
+            max_bytes=self.bot.settings.photos.max_bytes,
+        )
+        await interaction.response.send_modal(modal)
+
+    async def _finish_create(
+        self, interaction: discord.Interaction, name: str, kind: str, files: Uploaded, consent: bool
+    ) -> None:
+        created = await self.services.avatars.create(
+            interaction.user.id, interaction.guild_id, name, kind, files, consent
+        )
+        photos = await self.services.avatars.photos(interaction.user.id, created.avatar.name)
+        limit = getattr(interaction, "filesize_limit", DEFAULT_FILESIZE_LIMIT)
+        sheet = await asyncio.to_thread(sheet_file, photos, list(created.kept), limit)
+        await interaction.followup.send(
+            creation_summary(created),
+            embed=avatar_embed(created.avatar, sheet),
+            file=sheet,
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    # -------------------------------------------------------------------- reading
+
+    @app_commands.command(name="list", description="Your avatars")
+    async def list_avatars(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        avatars = await self.services.avatars.list(interaction.user.id)
+        if not avatars:
+            await interaction.followup.send(
+                "You have no avatar yet. Create one with `/avatar create`.", ephemeral=True
+            )
+            return
+        lines = [
+            f"- **{discord.utils.escape_markdown(a.name)}** — {a.kind}, "
+            f"{a.photo_count} photo{'s' if a.photo_count != 1 else ''}"
+            for a in avatars
+        ]
+        await interaction.followup.send(
+            "Your avatars:\n" + "\n".join(lines), ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(name="show", description="One of your avatars, with its photos")
+    @app_commands.describe(avatar="Which avatar")
+    @app_commands.autocomplete(avatar=avatar_name_autocomplete)
+    async def show(self, interaction: discord.Interaction, avatar: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        view = await self.services.avatars.get(interaction.user.id, avatar)
+        photos = await self.services.avatars.photos(interaction.user.id, view.name)
+        captions = [str(i + 1) for i in range(len(photos))]
+        limit = getattr(interaction, "filesize_limit", DEFAULT_FILESIZE_LIMIT)
+        sheet = await asyncio.to_thread(sheet_file, photos, captions, limit)
+        await interaction.followup.send(embed=avatar_embed(view, sheet), file=sheet, ephemeral=True)
+
+    # -------------------------------------------------------------------- changing
+
+    @app_commands.command(name="rename", description="Rename one of your avatars")
+    @app_commands.describe(avatar="Which avatar", new_name="Its new name")
+    @app_commands.autocomplete(avatar=avatar_name_autocomplete)
+    async def rename(
+        self,
+        interaction: discord.Interaction,
+        avatar: str,
+        new_name: app_commands.Range[str, 1, 32],
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        view = await self.services.avatars.rename(interaction.user.id, avatar, new_name)
+        await interaction.followup.send(
+            f"Renamed to **{discord.utils.escape_markdown(view.name)}**.",
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    @app_commands.command(name="delete", description="Delete one of your avatars and its photos")
+    @app_commands.describe(avatar="Which avatar")
+    @app_commands.autocomplete(avatar=avatar_name_autocomplete)
+    async def delete(self, interaction: discord.Interaction, avatar: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        view = await self.services.avatars.get(interaction.user.id, avatar)
+        name = discord.utils.escape_markdown(view.name)
+        answer, message = await ask(
+            interaction,
+            f"Delete **{name}** and its {view.photo_count} photos? This cannot be undone.",
+            confirm_label="Delete",
+        )
+        if not answer or message is None:
+            return
+        await self.services.avatars.delete(interaction.user.id, view.name)
+        await message.edit(content=f"**{name}** is deleted, photos and all.", view=None)
+
+    @app_commands.command(name="forget-me", description="Erase everything the bot keeps about you")
+    async def forget_me(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        answer, message = await ask(
+            interaction,
+            "Erase **everything** the bot keeps about you — every avatar, photo, consent, "
+            "prompt and rendered image, in every server? This cannot be undone.",
+            confirm_label="Erase everything",
+        )
+        if not answer or message is None:
+            return
+        report = await self.services.privacy.forget_me(interaction.user.id)
+        await message.edit(
+            content=(
+                f"Done. Erased {report.avatars} avatar(s), {report.photos} photo(s), "
+                f"{report.jobs} render(s) and {report.outputs} image(s). Messages already "
+                "posted in channels stay until you delete them."
+            ),
+            view=None,
+        )
+
+    # -------------------------------------------------------------------- info
+
+    @app_commands.command(name="usage", description="Your renders left today")
+    async def usage(self, interaction: discord.Interaction) -> None:
+        if interaction.guild_id is None:
+            await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        usage = await self.services.quotas.usage(interaction.guild_id, interaction.user.id)
+        await interaction.followup.send(
+            f"You have used {usage.used} of {usage.limit} renders today in this server; "
+            f"{usage.remaining} left. The count resets {discord_time(usage.resets_at)} "
+            f"({discord_time(usage.resets_at, 't')}).",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="help", description="How avatarbot works")
+    async def help(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(HELP_TEXT, ephemeral=True)

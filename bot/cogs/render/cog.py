@@ -1,0 +1,137 @@
+"""``/avatar render`` and the Reroll/Variations buttons: queue a job, show its place in line.
+
+The command joins the ``/avatar`` group owned by the avatars cog (one group, two features):
+it is a plain ``app_commands.Command`` added to that group when this cog loads. What happens
+after the job is queued — progress, the result, notices — is the job notifier's work
+(bot/ui/jobs.py), driven by the dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.avatars.cog import GUILD_ONLY, avatar_name_autocomplete
+from bot.services.prompts import MAX_PROMPT_CHARS, STYLE_PRESETS
+from bot.services.renders import MAX_SEED
+from bot.services.results import (
+    INTERACTION_TOKEN_LIFETIME,
+    InteractionRef,
+    JobTicket,
+    RenderOptions,
+)
+
+if TYPE_CHECKING:
+    from bot.app import AvatarBot
+
+logger = logging.getLogger(__name__)
+
+STYLE_CHOICES = [
+    app_commands.Choice(name=preset.label, value=key) for key, preset in STYLE_PRESETS.items()
+][:25]
+ASPECT_CHOICES = [
+    app_commands.Choice(name="Square", value="square"),
+    app_commands.Choice(name="Portrait (2:3)", value="portrait"),
+    app_commands.Choice(name="Landscape (3:2)", value="landscape"),
+]
+
+
+def interaction_ref(
+    interaction: discord.Interaction, response: discord.InteractionCallbackResponse | None
+) -> InteractionRef:
+    """What the dispatcher needs to answer this interaction later (its token lives 15 min)."""
+    message_id = getattr(response, "message_id", None) if response is not None else None
+    return InteractionRef(
+        application_id=interaction.application_id,
+        token=interaction.token,
+        # Discord's clock: the token's lifetime is counted on Discord's side.
+        expires_at=interaction.created_at + INTERACTION_TOKEN_LIFETIME,
+        message_id=message_id,
+    )
+
+
+@app_commands.command(name="render", description="Render your avatar in a scene")
+@app_commands.describe(
+    avatar="Which of your avatars",
+    prompt="The scene, e.g. “as an astronaut on the moon, film photo”",
+    negative_prompt="What to avoid, e.g. “blurry, extra fingers”",
+    style="A look to add to the prompt",
+    aspect="Picture shape",
+    count="How many images (1–4)",
+    seed="A number that makes a render repeatable",
+    identity_strength="How closely to follow the photos (0–100, default 70)",
+)
+@app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES)
+@app_commands.autocomplete(avatar=avatar_name_autocomplete)
+async def render_command(
+    interaction: discord.Interaction,
+    avatar: str,
+    prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+    negative_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
+    style: app_commands.Choice[str] | None = None,
+    aspect: app_commands.Choice[str] | None = None,
+    count: app_commands.Range[int, 1, 4] = 1,
+    seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+    identity_strength: app_commands.Range[int, 0, 100] = 70,
+) -> None:
+    if interaction.guild_id is None:
+        await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
+        return
+    response = await interaction.response.defer(ephemeral=True, thinking=True)
+    cog: RenderCog = interaction.client.get_cog("RenderCog")  # type: ignore[assignment,attr-defined]
+    options = RenderOptions(
+        negative_prompt=negative_prompt or "",
+        style=style.value if style else "none",
+        aspect=aspect.value if aspect else "square",  # type: ignore[arg-type]
+        count=count,
+        seed=seed,
+        identity_strength=identity_strength / 100,
+    )
+    ref = interaction_ref(interaction, response)
+    ticket = await cog.bot.services.renders.request(
+        interaction.user.id,
+        interaction.guild_id,
+        interaction.channel_id,
+        avatar,
+        prompt,
+        options,
+        ref,
+    )
+    await cog.queued(interaction, ticket, ref)
+
+
+class RenderCog(commands.Cog):
+    def __init__(self, bot: AvatarBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        group = self.bot.tree.get_command("avatar")
+        if not isinstance(group, app_commands.Group):
+            raise RuntimeError("the avatars cog must be loaded before the render cog")
+        group.add_command(render_command)
+
+    async def cog_unload(self) -> None:
+        group = self.bot.tree.get_command("avatar")
+        if isinstance(group, app_commands.Group):
+            group.remove_command(render_command.name)
+
+    async def again(
+        self, interaction: discord.Interaction, job_id: int, *, variations: bool
+    ) -> None:
+        """Reroll or Variations on a posted result: a new job from the old one (owner only)."""
+        response = await interaction.response.defer(ephemeral=True, thinking=True)
+        ref = interaction_ref(interaction, response)
+        renders: Any = self.bot.services.renders
+        start = renders.variations if variations else renders.reroll
+        ticket = await start(interaction.user.id, job_id, ref)
+        await self.queued(interaction, ticket, ref)
+
+    async def queued(
+        self, interaction: discord.Interaction, ticket: JobTicket, ref: InteractionRef
+    ) -> None:
+        self.bot.jobs.delivery.filesize_limits[ticket.job_id] = interaction.filesize_limit
+        await self.bot.jobs.notifier.show_queued(ticket, ref)

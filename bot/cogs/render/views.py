@@ -1,0 +1,150 @@
+"""The buttons on render messages and the embed of a result.
+
+Buttons are ``DynamicItem``s whose custom_id carries the job id (``avatarbot:reroll:42``): the
+bot recognises them by pattern, so they keep working after a restart without any per-message
+state in memory. Who may press what is checked by the services (owner only), not by hiding
+buttons: everyone sees the same message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.services.prompts import STYLE_PRESETS
+from bot.services.results import JobView
+from bot.ui.errors import report_error
+
+if TYPE_CHECKING:
+    from bot.app import AvatarBot
+
+logger = logging.getLogger(__name__)
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    # The base is never registered; each subclass matches its own action only.
+    template=r"avatarbot:(?P<action>[a-z]+):(?P<job>[0-9]+)",
+):
+    """A button bound to one job; subclasses set the template, the look and ``run``."""
+
+    action: str = ""
+    label: str = ""
+    style: discord.ButtonStyle = discord.ButtonStyle.secondary
+    emoji: str | None = None
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=self.label,
+                style=self.style,
+                emoji=self.emoji,
+                custom_id=f"avatarbot:{self.action}:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction,
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> JobButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.run(interaction, interaction.client)  # type: ignore[arg-type]
+        except Exception as exc:
+            await report_error(interaction, exc)
+
+    async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
+        raise NotImplementedError
+
+
+class RerollButton(JobButton, template=r"avatarbot:reroll:(?P<job>[0-9]+)"):
+    action, label, emoji = "reroll", "Reroll", "🎲"
+    style = discord.ButtonStyle.primary
+
+    async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
+        await bot.get_cog("RenderCog").again(interaction, self.job_id, variations=False)  # type: ignore[union-attr]
+
+
+class VariationsButton(JobButton, template=r"avatarbot:vary:(?P<job>[0-9]+)"):
+    action, label, emoji = "vary", "Variations", "🔀"
+
+    async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
+        await bot.get_cog("RenderCog").again(interaction, self.job_id, variations=True)  # type: ignore[union-attr]
+
+
+class DeleteButton(JobButton, template=r"avatarbot:delete:(?P<job>[0-9]+)"):
+    action, label, emoji = "delete", "Delete", "🗑️"
+    style = discord.ButtonStyle.danger
+
+    async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
+        # Acknowledge first (an update of this message: nothing visible yet).
+        await interaction.response.defer()
+        await bot.services.renders.delete(interaction.user.id, self.job_id)
+        await interaction.delete_original_response()
+        await interaction.followup.send("Deleted: the images and the prompt.", ephemeral=True)
+
+
+class CancelButton(JobButton, template=r"avatarbot:cancel:(?P<job>[0-9]+)"):
+    action, label, emoji = "cancel", "Cancel", "✖️"
+    style = discord.ButtonStyle.danger
+
+    async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
+        await interaction.response.defer()
+        await bot.services.renders.cancel(interaction.user.id, self.job_id)
+        await interaction.edit_original_response(
+            content="Cancelled. Your render was refunded.", view=None
+        )
+
+
+DYNAMIC_ITEMS: tuple[type[JobButton], ...] = (
+    RerollButton,
+    VariationsButton,
+    DeleteButton,
+    CancelButton,
+)
+
+
+def result_view(job: JobView) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for button in (RerollButton, VariationsButton, DeleteButton):
+        view.add_item(button(job.id))
+    return view
+
+
+def cancel_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def result_embed(job: JobView) -> discord.Embed:
+    prompt = discord.utils.escape_markdown(job.prompt)
+    embed = discord.Embed(description=prompt[:4000], colour=discord.Colour.blurple())
+    embed.set_author(name=f"Avatar: {job.avatar_name}"[:256])
+    settings = job.settings
+    seeds = ", ".join(str(s) for s in job.seeds) or str(settings.seed)
+    embed.add_field(name="Seed" if len(job.seeds) <= 1 else "Seeds", value=seeds[:1024])
+    style = STYLE_PRESETS.get(settings.style)
+    if style is not None and settings.style != "none":
+        embed.add_field(name="Style", value=style.label)
+    embed.add_field(name="Size", value=f"{settings.width}×{settings.height}")
+    total = job.timings.get("total")
+    if total is None and job.started_at and job.finished_at:
+        total = (job.finished_at - job.started_at).total_seconds()
+    if total is not None:
+        embed.add_field(name="Time", value=f"{total:.1f} s")
+    if settings.negative_prompt:
+        negative = discord.utils.escape_markdown(settings.negative_prompt)
+        embed.add_field(name="Negative prompt", value=negative[:1024], inline=False)
+    embed.set_footer(text=f"render #{job.id}")
+    return embed

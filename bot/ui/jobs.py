@@ -1,0 +1,136 @@
+"""The bot's side of the job queue: worker lanes, the delivery sweeper, recovery at start.
+
+Lanes call the dispatcher's ``run_once`` (claim one job fairly, render it, store the outcome)
+until the queue is empty, then wait for a wake-up: a job was enqueued (``bot.dispatch``) or
+the poll interval passed (jobs queued by other processes). Waiting through
+``Client.wait_for`` rather than a bare ``asyncio.Event`` keeps the wait visible to discord.py
+tooling (SimCord's settling recognises it, so tests stay deterministic) and costs nothing in
+production.
+
+The sweeper delivers finished jobs nobody delivered yet (another worker process finished them,
+a delivery failed, the bot was down) and, when this process is a worker, requeues jobs whose
+worker died and purges expired outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from bot.ui.delivery import Delivery
+from bot.ui.notifier import JobNotifier
+
+if TYPE_CHECKING:
+    from bot.app import AvatarBot
+
+logger = logging.getLogger(__name__)
+
+QUEUED_EVENT = "avatarbot_job_queued"
+SWEEP_EVENT = "avatarbot_sweep"
+MAX_BACKOFF = 30.0
+
+
+class JobRunner:
+    def __init__(self, bot: AvatarBot) -> None:
+        self.bot = bot
+        self.delivery = Delivery(bot)
+        self.notifier = JobNotifier(bot, self.delivery)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._remove_observer: Any = None
+        self._wake_pending = False
+        self._last_maintenance = 0.0
+
+    @property
+    def _dispatcher(self) -> Any:
+        return self.bot.services.dispatcher
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        services = self.bot.services
+        self._remove_observer = self._dispatcher.add_observer(self.notifier)
+        services.renders.on_enqueued(self.wake)
+        loop = asyncio.get_running_loop()
+        if self.bot.settings.run_worker:
+            await self._recover(at_start=True)
+            for lane in range(max(1, self._dispatcher.config.concurrency)):
+                self._tasks.append(loop.create_task(self._lane(), name=f"avatarbot-lane-{lane}"))
+        self._tasks.append(loop.create_task(self._sweeper(), name="avatarbot-sweeper"))
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._remove_observer is not None:
+            self._remove_observer()
+            self._remove_observer = None
+
+    def wake(self, job_id: int | None = None) -> None:
+        """A job was committed to the queue: idle lanes look now."""
+        self._wake_pending = True
+        self.bot.dispatch(QUEUED_EVENT, job_id)
+
+    # ------------------------------------------------------------------ loops
+
+    async def _idle(self, event: str, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await self.bot.wait_for(event, timeout=seconds)
+
+    async def _lane(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                job_id = await self._dispatcher.run_once()
+                backoff = 0.5
+            except Exception:
+                logger.exception("running a job failed; retrying in %.1f s", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            if job_id is not None:
+                continue
+            if self._wake_pending:  # a job arrived while this lane was claiming
+                self._wake_pending = False
+                continue
+            await self._idle(QUEUED_EVENT, self._dispatcher.config.poll_seconds)
+            self._wake_pending = False
+
+    async def _sweeper(self) -> None:
+        await self.sweep()
+        while True:
+            await self._idle(SWEEP_EVENT, self._dispatcher.config.poll_seconds)
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("job sweep failed")
+
+    async def sweep(self) -> int:
+        """Deliver what is pending; maintenance when due. Returns how many were delivered."""
+        delivered = 0
+        for job in await self.bot.services.jobs.undelivered():
+            if await self.notifier.deliver(job):
+                delivered += 1
+        if self.bot.settings.run_worker:
+            due = time.monotonic() - self._last_maintenance
+            if due >= self._dispatcher.config.maintenance_seconds:
+                await self._recover(at_start=False)
+        return delivered
+
+    async def _recover(self, *, at_start: bool) -> None:
+        """Requeue jobs whose worker died, give up (and refund) those out of attempts; tell
+        their members. At start, a sole worker adopts every job left running."""
+        self._last_maintenance = time.monotonic()
+        services = self.bot.services
+        exclusive = at_start and self._dispatcher.config.exclusive
+        report = await services.jobs.recover(all_running=exclusive)
+        for job in report.requeued:
+            await self.notifier.job_requeued(job)
+        for job in report.given_up:
+            await self.notifier.deliver(job)
+        await services.jobs.purge_expired()
