@@ -7,4 +7,62 @@ Modules: ``config`` (config.json), ``encoders`` (CLIP side), ``adapters`` (gated
 and its UNet hooks), ``prompts`` (identifier and concept token), ``model`` (the trainable parts,
 save/load), ``conditioning`` (a render batch's inputs), ``personalizer`` (the engine plug-in),
 ``dataset``/``trainer``/``validation``/``frozen`` (training).
+
+Importing this package registers the ``instantbooth`` personalizer and the
+``tiny-instantbooth`` and ``sd15-instantbooth`` profiles; torch loads only when a profile
+actually builds the personalizer.
 """
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from engine.personalizers import register_personalizer
+from engine.profiles import PersonalizerSpec, get_profile, register_profile
+
+if TYPE_CHECKING:
+    from engine.personalizers.base import LoadContext, Personalizer
+
+# EngineSettings.instantbooth_weights (a trainer's ``OUT/weights`` folder) replaces the
+# profile's weights; with it, tiny-instantbooth loads trained tiny weights instead of random.
+_OVERRIDES = {"weights": "instantbooth_weights"}
+
+
+def _factory(ctx: LoadContext) -> Personalizer:
+    from engine.personalizers.instantbooth.personalizer import load_personalizer
+
+    return load_personalizer(ctx)
+
+
+def _register_profiles() -> None:
+    tiny = get_profile("tiny")
+    register_profile(
+        dataclasses.replace(
+            tiny,
+            name="tiny-instantbooth",
+            description="tiny random-weight models with random InstantBooth heads and adapters "
+            "(and the tiny IP-Adapter): every code path offline in seconds; renders noise",
+            personalizers=(PersonalizerSpec("instantbooth", {"random": "tiny"}, _OVERRIDES),)
+            + tiny.personalizers,
+            default_personalizer="instantbooth",
+        )
+    )
+    sd15 = get_profile("sd15-ip-adapter-plus-face")
+    register_profile(
+        dataclasses.replace(
+            sd15,
+            name="sd15-instantbooth",
+            description="Stable Diffusion 1.5 with InstantBooth weights from our trainer "
+            "(engine.instantbooth_weights) and CLIP ViT-L/14",
+            personalizers=(
+                PersonalizerSpec("instantbooth", {}, _OVERRIDES),
+                PersonalizerSpec("none"),
+            ),
+            default_personalizer="instantbooth",
+        )
+    )
+
+
+register_personalizer("instantbooth", _factory)
+_register_profiles()

@@ -87,11 +87,13 @@ def build_conditioning(
     betas: Sequence[float],
     do_cfg: bool,
     negative_prompts: Sequence[str] | None = None,
+    negative_prompt_embeds: torch.Tensor | None = None,
     inject: bool = True,
 ) -> Conditioning:
     """Prompt embeddings (with concept tokens) and the adapter state for one UNet batch.
 
     One entry per image of the batch; rows whose concept is None render like the base model.
+    ``negative_prompt_embeds``, when the caller already encoded the negatives, are reused.
     ``inject=False`` skips the concept token (tests isolate the adapters with it).
     """
     n = len(prompts)
@@ -102,8 +104,12 @@ def build_conditioning(
         subject_prompt(p, config, c.kind) if c is not None else p
         for p, c in zip(prompts, concepts, strict=True)
     ]
-    negatives = list(negative_prompts) if negative_prompts is not None else [""] * n
-    pos, neg = pipe.encode_prompt(texts, device, 1, do_cfg, negatives if do_cfg else None)
+    if do_cfg and negative_prompt_embeds is not None:
+        pos, _ = pipe.encode_prompt(texts, device, 1, False)
+        neg = negative_prompt_embeds
+    else:
+        negatives = list(negative_prompts) if negative_prompts is not None else [""] * n
+        pos, neg = pipe.encode_prompt(texts, device, 1, do_cfg, negatives if do_cfg else None)
     present = [c for c in concepts if c is not None]
     if inject and present:
         positions = identifier_positions(

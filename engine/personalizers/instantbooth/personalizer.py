@@ -1,0 +1,219 @@
+"""The ``instantbooth`` personalizer: encode photos once, render from cached features.
+
+Features (``ConceptFeatures.tensors``, float16):
+- ``concept_token`` [D]: the concept head's vectors averaged over the photos;
+- ``patch_tokens`` [N·P, D']: the patch head's tokens of every photo, concatenated.
+
+A batch may mix concepts with different photo counts: patch tokens are padded and masked.
+α and β come per request from ``extra`` or identity strength (see ``conditioning.knobs``).
+The adapters' hooks are on the UNet only inside the context ``prepare`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL.Image import Image
+
+from engine.errors import CorruptFeatures, MissingWeights
+from engine.personalizers.base import (
+    DenoiseBatch,
+    LoadContext,
+    Personalizer,
+    PreparedConditioning,
+)
+from engine.personalizers.instantbooth.adapters import AdapterState
+from engine.personalizers.instantbooth.conditioning import Concept, build_conditioning, knobs
+from engine.personalizers.instantbooth.encoders import clip_pixels, square_crop_around
+from engine.personalizers.instantbooth.model import InstantBoothModel, concept_features
+from engine.types import ConceptFeatures, ConceptKind, RenderRequest
+
+logger = logging.getLogger(__name__)
+
+NAME = "instantbooth"
+FEATURE_DTYPE = torch.float16  # what is cached: half the bytes, ample precision for features
+TRAIN_HINT = (
+    "Train them with `avatarbot train instantbooth --profile sd15 --data DIR --out OUT` "
+    "(see docs/instantbooth.md) and set AVATARBOT_ENGINE__INSTANTBOOTH_WEIGHTS=OUT/weights"
+)
+
+
+class InstantBoothPersonalizer(Personalizer):
+    name = NAME
+
+    def __init__(self, model: InstantBoothModel, image_encoder: Any) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.image_encoder = image_encoder.eval().requires_grad_(False)
+        self.config = model.config
+        self.encoder_id = model.encoder_id
+
+    # --- encode ---------------------------------------------------------------------------
+    def encode(
+        self,
+        photos: Sequence[Image],
+        kind: ConceptKind,
+        face_boxes: Sequence[Any | None] | None = None,
+    ) -> ConceptFeatures:
+        if not photos:
+            raise ValueError("InstantBooth needs at least one photo")
+        kind = ConceptKind(kind)
+        self.config.class_noun(kind.value)  # refuse kinds the config has no noun for
+        views = []
+        for i, photo in enumerate(photos):
+            box = face_boxes[i] if face_boxes is not None else None
+            if box is not None and self.config.face_crop_scale is not None:
+                photo = square_crop_around(
+                    photo, (box.left, box.top, box.right, box.bottom), self.config.face_crop_scale
+                )
+            views.append(photo)
+        pixels = clip_pixels(views, self.config.image_size)
+        with torch.no_grad():
+            tokens, patches = self.model.encode_pixels(self.image_encoder, pixels)
+            token, flat = concept_features(tokens, patches)
+        return ConceptFeatures(
+            encoder_id=self.encoder_id,
+            kind=kind,
+            tensors={
+                "concept_token": token.to("cpu", FEATURE_DTYPE),
+                "patch_tokens": flat.to("cpu", FEATURE_DTYPE),
+            },
+            photo_count=len(photos),
+        )
+
+    # --- render ---------------------------------------------------------------------------
+    def check(self, request: RenderRequest) -> None:
+        super().check(request)
+        features = request.features
+        assert features is not None  # super().check refuses requests without features
+        token = features.tensors.get("concept_token")
+        patches = features.tensors.get("patch_tokens")
+        cfg = self.config
+        if (
+            token is None
+            or patches is None
+            or tuple(token.shape) != (cfg.text_hidden_size,)
+            or patches.ndim != 2
+            or patches.shape[1] != cfg.patch_dim
+            or patches.shape[0] != features.photo_count * cfg.num_patch_tokens
+        ):
+            raise CorruptFeatures(
+                "InstantBooth features need concept_token "
+                f"[{cfg.text_hidden_size}] and patch_tokens [photos·{cfg.num_patch_tokens}, "
+                f"{cfg.patch_dim}]"
+            )
+        knobs(cfg, request.extra, request.identity_strength)  # refuse bad α/β before batching
+
+    def prepare(self, pipe: Any, batch: DenoiseBatch) -> PreparedConditioning:
+        concepts: list[Concept | None] = []
+        alphas: list[float] = []
+        betas: list[float] = []
+        for request in batch.samples:
+            features = request.features
+            assert features is not None  # check() ran before the request joined the batch
+            concepts.append(
+                Concept(
+                    features.tensors["concept_token"].to(batch.device, batch.dtype),
+                    features.tensors["patch_tokens"].to(batch.device, batch.dtype),
+                    features.kind.value,
+                )
+            )
+            alpha, beta = knobs(self.config, request.extra, request.identity_strength)
+            alphas.append(alpha)
+            betas.append(beta)
+        cond = build_conditioning(
+            pipe,
+            self.config,
+            [r.prompt for r in batch.samples],
+            concepts,
+            alphas=alphas,
+            betas=betas,
+            do_cfg=batch.do_cfg,
+            negative_prompt_embeds=batch.negative_prompt_embeds,
+        )
+        return PreparedConditioning(
+            prompt_embeds=cond.prompt_embeds,
+            negative_prompt_embeds=cond.negative_prompt_embeds,
+            context=self._adapters_on(pipe.unet, cond.adapter_state),
+        )
+
+    @contextmanager
+    def _adapters_on(self, unet: Any, state: AdapterState | None) -> Iterator[None]:
+        if state is None:
+            yield
+            return
+        hooks = self.model.install(unet)
+        try:
+            with hooks.active(state):
+                yield
+        finally:
+            hooks.remove()
+
+
+def load_personalizer(ctx: LoadContext) -> InstantBoothPersonalizer:
+    """The registry's factory. Options: ``random`` ("tiny": random heads and adapters sized for
+    the pipeline, with the tiny image encoder; ``gate``: their tanh-gate pre-activation, open
+    by default so the adapters visibly act) or ``weights`` (a folder written by the trainer)."""
+    options = dict(ctx.options)
+    if options.get("weights"):
+        model = _load_weights(Path(str(options["weights"])))
+        image_encoder = _image_encoder(model.config.image_encoder, ctx)
+    elif options.get("random") == "tiny":
+        from engine.tiny import tiny_image_encoder
+
+        image_encoder = tiny_image_encoder(ctx.seed)
+        torch.manual_seed(ctx.seed + 11)
+        model = InstantBoothModel.for_unet(
+            ctx.pipe.unet, image_encoder, base_model=f"tiny:{ctx.seed}",
+            image_encoder=f"tiny:{ctx.seed}",
+        )  # fmt: skip
+        with torch.no_grad():
+            for adapter in model.adapters.values():
+                adapter.gate.fill_(float(options.get("gate", 0.5)))  # type: ignore[union-attr]
+    else:
+        raise MissingWeights("InstantBooth weights", "(none configured)", TRAIN_HINT)
+    model.install(ctx.pipe.unet).remove()  # fail now if the weights fit another UNet
+    _ = model.weights_digest  # the id names the weights as stored, before any dtype cast
+    model.to(ctx.device, ctx.dtype)
+    image_encoder.to(ctx.device, ctx.dtype)
+    personalizer = InstantBoothPersonalizer(model, image_encoder)
+    logger.info("InstantBooth loaded (%s)", personalizer.encoder_id)
+    return personalizer
+
+
+def _load_weights(directory: Path) -> InstantBoothModel:
+    try:
+        return InstantBoothModel.from_pretrained(directory)
+    except FileNotFoundError as exc:
+        raise MissingWeights(
+            "InstantBooth weights", str(directory), TRAIN_HINT, reason=str(exc)
+        ) from exc
+    except ValueError as exc:
+        raise MissingWeights(
+            "usable InstantBooth weights", str(directory), TRAIN_HINT, reason=str(exc)
+        ) from exc
+
+
+def _image_encoder(location: str, ctx: LoadContext) -> Any:
+    if location.startswith("tiny:"):
+        from engine.tiny import tiny_image_encoder
+
+        return tiny_image_encoder(int(location.split(":", 1)[1]))
+    from transformers import CLIPVisionModelWithProjection
+
+    try:
+        return CLIPVisionModelWithProjection.from_pretrained(
+            location, local_files_only=ctx.offline, cache_dir=ctx.cache_dir
+        )
+    except (OSError, ValueError) as exc:
+        raise MissingWeights(
+            "InstantBooth's CLIP image encoder",
+            location,
+            f"Download it with `huggingface-cli download {location}` (or edit image_encoder in "
+            "the weights' config.json to point at a local folder)",
+            reason=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        ) from exc
