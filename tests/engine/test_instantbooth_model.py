@@ -207,5 +207,5 @@ def test_weights_for_another_unet_are_refused(tmp_path: Path, frozen: FrozenMode
         wrong.install(frozen.unet)
     (tmp_path / "w").mkdir()
     model.config.save(tmp_path / "w")
-    with pytest.raises(FileNotFoundError, match="instantbooth.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"instantbooth\.safetensors"):
         InstantBoothModel.from_pretrained(tmp_path / "w")

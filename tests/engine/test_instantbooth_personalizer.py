@@ -168,5 +168,5 @@ def test_weights_folder_loads_and_missing_weights_say_how(
     )
     with pytest.raises(MissingWeights, match="avatarbot train instantbooth"):
         personalizer_factory("instantbooth")(_context(pipe))
-    with pytest.raises(MissingWeights, match="config.json"):
+    with pytest.raises(MissingWeights, match=r"config\.json"):
         personalizer_factory("instantbooth")(_context(pipe, weights=tmp_path / "nowhere"))

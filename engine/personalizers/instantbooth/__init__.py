@@ -43,8 +43,10 @@ def _register_profiles() -> None:
             name="tiny-instantbooth",
             description="tiny random-weight models with random InstantBooth heads and adapters "
             "(and the tiny IP-Adapter): every code path offline in seconds; renders noise",
-            personalizers=(PersonalizerSpec("instantbooth", {"random": "tiny"}, _OVERRIDES),)
-            + tiny.personalizers,
+            personalizers=(
+                PersonalizerSpec("instantbooth", {"random": "tiny"}, _OVERRIDES),
+                *tiny.personalizers,
+            ),
             default_personalizer="instantbooth",
         )
     )

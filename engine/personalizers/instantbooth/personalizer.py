@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL.Image import Image
@@ -27,7 +27,7 @@ from engine.personalizers.base import (
     Personalizer,
     PreparedConditioning,
 )
-from engine.personalizers.instantbooth.adapters import AdapterState
+from engine.personalizers.instantbooth.adapters import AdapterState, GatedSelfAttention
 from engine.personalizers.instantbooth.conditioning import Concept, build_conditioning, knobs
 from engine.personalizers.instantbooth.encoders import clip_pixels, square_crop_around
 from engine.personalizers.instantbooth.model import InstantBoothModel, concept_features
@@ -159,6 +159,7 @@ def load_personalizer(ctx: LoadContext) -> InstantBoothPersonalizer:
     the pipeline, with the tiny image encoder; ``gate``: their tanh-gate pre-activation, open
     by default so the adapters visibly act) or ``weights`` (a folder written by the trainer)."""
     options = dict(ctx.options)
+    pipe: Any = ctx.pipe
     if options.get("weights"):
         model = _load_weights(Path(str(options["weights"])))
         image_encoder = _image_encoder(model.config.image_encoder, ctx)
@@ -168,15 +169,15 @@ def load_personalizer(ctx: LoadContext) -> InstantBoothPersonalizer:
         image_encoder = tiny_image_encoder(ctx.seed)
         torch.manual_seed(ctx.seed + 11)
         model = InstantBoothModel.for_unet(
-            ctx.pipe.unet, image_encoder, base_model=f"tiny:{ctx.seed}",
+            pipe.unet, image_encoder, base_model=f"tiny:{ctx.seed}",
             image_encoder=f"tiny:{ctx.seed}",
         )  # fmt: skip
         with torch.no_grad():
             for adapter in model.adapters.values():
-                adapter.gate.fill_(float(options.get("gate", 0.5)))  # type: ignore[union-attr]
+                cast(GatedSelfAttention, adapter).gate.fill_(float(options.get("gate", 0.5)))
     else:
         raise MissingWeights("InstantBooth weights", "(none configured)", TRAIN_HINT)
-    model.install(ctx.pipe.unet).remove()  # fail now if the weights fit another UNet
+    model.install(pipe.unet).remove()  # fail now if the weights fit another UNet
     _ = model.weights_digest  # the id names the weights as stored, before any dtype cast
     model.to(ctx.device, ctx.dtype)
     image_encoder.to(ctx.device, ctx.dtype)
