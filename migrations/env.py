@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -18,6 +19,11 @@ from db.session import Database
 
 config = context.config
 target_metadata = Base.metadata
+
+# Only the plain `alembic` tool passes an ini file (migrations/alembic.ini); in the app, logging
+# is already configured and must not be reset.
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
 def _url() -> str:
