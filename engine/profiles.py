@@ -179,7 +179,7 @@ register_profile(
                     "repo": IP_ADAPTER_REPO,
                     "subfolder": "models",
                     "weight_name": IP_ADAPTER_PLUS_FACE_WEIGHTS,
-                    "image_encoder": "models/image_encoder",
+                    "image_encoder_subfolder": "image_encoder",
                 },
                 _IP_ADAPTER_OVERRIDES,
             ),

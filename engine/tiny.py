@@ -133,58 +133,81 @@ def tiny_image_encoder(seed: int = 0) -> CLIPVisionModelWithProjection:
     return CLIPVisionModelWithProjection(config).eval()
 
 
-def _plus_projection_state_dict(image_hidden_size: int, seed: int) -> dict[str, torch.Tensor]:
+def plus_projection_state_dict(
+    image_hidden_size: int,
+    cross_attention_dim: int,
+    *,
+    hidden_dims: int,
+    num_queries: int,
+    seed: int,
+) -> dict[str, torch.Tensor]:
     """A random IP-Adapter Plus resampler in the *original* checkpoint layout (the names
     h94/IP-Adapter ships), so diffusers' own converter runs when it is loaded."""
     torch.manual_seed(seed + 4)
     # diffusers infers heads as to_q rows // 64, so the hidden width must be a multiple of 64.
     proj = IPAdapterPlusImageProjection(
         embed_dims=image_hidden_size,
-        output_dims=TINY_CROSS_ATTENTION_DIM,
-        hidden_dims=64,
-        heads=1,
-        num_queries=TINY_IP_TOKENS,
+        output_dims=cross_attention_dim,
+        hidden_dims=hidden_dims,
+        heads=hidden_dims // 64,
+        num_queries=num_queries,
     )
+    renames = {
+        "ln0.weight": "0.norm1.weight",
+        "ln0.bias": "0.norm1.bias",
+        "ln1.weight": "0.norm2.weight",
+        "ln1.bias": "0.norm2.bias",
+        "attn.to_q.weight": "0.to_q.weight",
+        "attn.to_out.0.weight": "0.to_out.weight",
+        "ff.0.weight": "1.0.weight",
+        "ff.0.bias": "1.0.bias",
+        "ff.1.net.0.proj.weight": "1.1.weight",
+        "ff.1.net.2.weight": "1.3.weight",
+    }
+    state = proj.state_dict()
     out: dict[str, torch.Tensor] = {}
-    for name, value in proj.state_dict().items():
+    for name, value in state.items():
         parts = name.split(".")
         if parts[0] != "layers":
             out[name] = value
             continue
         index, rest = parts[1], ".".join(parts[2:])
-        original = {
-            "ln0.weight": "0.norm1.weight",
-            "ln0.bias": "0.norm1.bias",
-            "ln1.weight": "0.norm2.weight",
-            "ln1.bias": "0.norm2.bias",
-            "attn.to_q.weight": "0.to_q.weight",
-            "attn.to_out.0.weight": "0.to_out.weight",
-            "ff.0.weight": "1.0.weight",
-            "ff.0.bias": "1.0.bias",
-            "ff.1.net.0.proj.weight": "1.1.weight",
-            "ff.1.net.2.weight": "1.3.weight",
-        }
         if rest in ("attn.to_k.weight", "attn.to_v.weight"):
-            continue  # fused below as to_kv, as the original checkpoints store them
-        out[f"layers.{index}.{original[rest]}"] = value
+            continue  # stored fused as to_kv, as the original checkpoints do
+        out[f"layers.{index}.{renames[rest]}"] = value
     for i in range(len(proj.layers)):
-        k = proj.state_dict()[f"layers.{i}.attn.to_k.weight"]
-        v = proj.state_dict()[f"layers.{i}.attn.to_v.weight"]
+        k, v = state[f"layers.{i}.attn.to_k.weight"], state[f"layers.{i}.attn.to_v.weight"]
         out[f"layers.{i}.0.to_kv.weight"] = torch.cat([k, v], dim=0)
     return out
 
 
-def write_tiny_ip_adapter(root: Path, unet: Any, seed: int = 0) -> Path:
-    """Write an IP-Adapter Plus-shaped adapter and its image encoder under ``root`` in the
+def write_random_ip_adapter(
+    root: Path,
+    unet: Any,
+    encoder: CLIPVisionModelWithProjection,
+    *,
+    weight_name: str,
+    hidden_dims: int,
+    num_queries: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random IP-Adapter Plus for ``unet`` and its image encoder under ``root`` in the
     h94/IP-Adapter repository layout (``models/<weights>``, ``models/image_encoder/``)."""
     models = root / "models"
     models.mkdir(parents=True, exist_ok=True)
-    encoder = tiny_image_encoder(seed)
+    # transformers' typed ``to`` wrapper confuses mypy; torch's Module.to is what runs.
+    torch.nn.Module.to(encoder, dtype=dtype)
     encoder.save_pretrained(models / "image_encoder")
-    state: dict[str, torch.Tensor] = {
-        f"image_proj.{k}": v
-        for k, v in _plus_projection_state_dict(encoder.config.hidden_size, seed).items()
-    }
+    cross_dim = int(unet.config.cross_attention_dim)
+    projection = plus_projection_state_dict(
+        encoder.config.hidden_size,
+        cross_dim,
+        hidden_dims=hidden_dims,
+        num_queries=num_queries,
+        seed=seed,
+    )
+    state = {f"image_proj.{k}": v for k, v in projection.items()}
     torch.manual_seed(seed + 5)
     # One odd id per cross-attention processor, in attn_processors order (the loader's scheme).
     key_id = 1
@@ -193,13 +216,25 @@ def write_tiny_ip_adapter(root: Path, unet: Any, seed: int = 0) -> Path:
             continue
         hidden = _attention_hidden_size(unet, name)
         for proj in ("to_k_ip", "to_v_ip"):
-            weight = torch.randn(hidden, TINY_CROSS_ATTENTION_DIM) * 0.3
-            state[f"ip_adapter.{key_id}.{proj}.weight"] = weight
+            state[f"ip_adapter.{key_id}.{proj}.weight"] = torch.randn(hidden, cross_dim) * 0.3
         key_id += 2
-    path = models / TINY_IP_ADAPTER_WEIGHT_NAME
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    logger.debug("wrote tiny IP-Adapter to %s", path)
+    path = models / weight_name
+    save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(path))
+    logger.debug("wrote a random IP-Adapter to %s", path)
     return path
+
+
+def write_tiny_ip_adapter(root: Path, unet: Any, seed: int = 0) -> Path:
+    """The tiny profile's IP-Adapter Plus (4 tokens per photo) and image encoder."""
+    return write_random_ip_adapter(
+        root,
+        unet,
+        tiny_image_encoder(seed),
+        weight_name=TINY_IP_ADAPTER_WEIGHT_NAME,
+        hidden_dims=64,
+        num_queries=TINY_IP_TOKENS,
+        seed=seed,
+    )
 
 
 def _attention_hidden_size(unet: Any, processor_name: str) -> int:

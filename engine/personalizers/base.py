@@ -25,7 +25,6 @@ from engine.errors import InvalidRequest
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
     from PIL.Image import Image
 
     from engine.subject_checks import FaceBox
@@ -107,7 +106,7 @@ class Personalizer(ABC):
         has one entry per photo (None where no single face was found)."""
 
     @abstractmethod
-    def prepare(self, pipe: StableDiffusionPipeline, batch: DenoiseBatch) -> PreparedConditioning:
+    def prepare(self, pipe: Any, batch: DenoiseBatch) -> PreparedConditioning:
         """Conditioning for one batch of samples that all passed ``check``."""
 
     def check(self, request: RenderRequest) -> None:
@@ -130,9 +129,12 @@ class LoadContext:
 
     ``options`` come from the profile (and settings overrides); ``workdir`` is a folder that
     lives as long as the engine (for generated random weights); ``seed`` seeds random weights.
+    ``batch_invariant`` (set on the CPU) asks personalizers to pass their own modules that
+    see one row per sample through ``engine.pipeline.make_batch_invariant``, so an image is
+    bit-identical alone or batched.
     """
 
-    pipe: StableDiffusionPipeline
+    pipe: Any  # the shared engine.pipeline.AvatarPipeline (a StableDiffusionPipeline)
     options: Mapping[str, Any]
     device: torch.device
     dtype: torch.dtype
@@ -140,6 +142,7 @@ class LoadContext:
     cache_dir: str | None
     workdir: str
     seed: int = 0
+    batch_invariant: bool = False
 
 
 PersonalizerFactory = Callable[[LoadContext], Personalizer]

@@ -1,0 +1,361 @@
+"""``DiffusionEngine``: the DESIGN's Engine protocol over one profile on one device.
+
+``create_engine(settings)`` starts the worker thread, which loads the profile (so the model is
+created, used and freed by one thread) and then serves renders, encodes and inspections.
+``render`` never re-encodes photos: it uses the request's cached features, refused loudly
+(``StaleFeatures``) when another encoder made them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from engine.config import EngineSettings
+from engine.errors import UnknownPersonalizer
+from engine.loading import is_offline, load_base_pipeline, pick_device, pick_dtype
+from engine.personalizers import personalizer_factory
+from engine.personalizers.base import LoadContext, Personalizer
+from engine.pipeline import (
+    BatchOutcome,
+    StepCallback,
+    as_avatar_pipeline,
+    make_pipeline_batch_invariant,
+    run_batch,
+)
+from engine.profiles import Profile, resolve_profile
+from engine.types import ConceptFeatures, ConceptKind, RenderRequest, RenderResult
+from engine.worker import Progress, Worker
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from engine.subject_checks import FaceBox, FaceDetector, PhotoReport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """Everything the worker thread owns."""
+
+    profile: Profile
+    pipe: Any
+    device: torch.device
+    dtype: torch.dtype
+    personalizers: dict[str, Personalizer]
+    scheduler_config: Any
+    workdir: str
+    detector: FaceDetector | None = None
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
+    """Build the profile's pipeline and personalizers (runs in the worker thread)."""
+    started = time.perf_counter()
+    device = torch.device(profile.device) if profile.device else pick_device(settings.device)
+    dtype = torch.float32 if device.type == "cpu" else pick_dtype(settings.dtype, device)
+    offline = is_offline(settings.offline)
+    cache_dir = str(settings.cache_dir) if settings.cache_dir else None
+    if profile.random_base is not None:
+        from diffusers import StableDiffusionPipeline
+
+        components = profile.random_base(settings.seed)
+        pipe = StableDiffusionPipeline(
+            **components,
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
+            requires_safety_checker=False,
+        )
+    else:
+        assert profile.base_model is not None, f"profile {profile.name} names no base model"
+        pipe = load_base_pipeline(
+            profile.base_model,
+            config=profile.base_config,
+            dtype=dtype,
+            offline=offline,
+            cache_dir=cache_dir,
+        )
+    pipe = as_avatar_pipeline(pipe).to(device)
+    if pipe.unet.dtype != dtype:  # random weights are built in fp32
+        pipe.to(dtype=dtype)
+    batch_invariant = device.type == "cpu"
+    if batch_invariant:
+        make_pipeline_batch_invariant(pipe)
+    workdir = tempfile.mkdtemp(prefix="avatarbot-engine-")
+    personalizers: dict[str, Personalizer] = {}
+    try:
+        for spec in profile.personalizers:
+            context = LoadContext(
+                pipe=pipe,
+                options=spec.options,
+                device=device,
+                dtype=dtype,
+                offline=offline,
+                cache_dir=cache_dir,
+                workdir=workdir,
+                seed=settings.seed,
+                batch_invariant=batch_invariant,
+            )
+            with torch.inference_mode(False):
+                personalizers[spec.name] = personalizer_factory(spec.name)(context)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    model = LoadedModel(
+        profile=profile,
+        pipe=pipe,
+        device=device,
+        dtype=dtype,
+        personalizers=personalizers,
+        scheduler_config=pipe.scheduler.config,
+        workdir=workdir,
+        detector=_load_detector(),
+        load_seconds=time.perf_counter() - started,
+    )
+    logger.info(
+        "engine profile %s loaded on %s (%s) in %.1fs; personalizers: %s",
+        profile.name,
+        device,
+        str(dtype).removeprefix("torch."),
+        model.load_seconds,
+        ", ".join(f"{n} ({p.encoder_id})" for n, p in personalizers.items()),
+    )
+    if profile.is_noise:
+        logger.warning(
+            "engine profile %s runs random weights: it renders noise by design", profile.name
+        )
+    return model
+
+
+def _load_detector() -> FaceDetector | None:
+    try:
+        from engine.subject_checks import FaceDetector
+    except ImportError:
+        logger.info("subject checks unavailable: no face crops before encoding")
+        return None
+    return FaceDetector.load()
+
+
+class _Runner:
+    """The worker's view of the loaded model."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+
+    def personalizer(self, name: str) -> Personalizer:
+        try:
+            return self.model.personalizers[name]
+        except KeyError:
+            raise UnknownPersonalizer(name, sorted(self.model.personalizers)) from None
+
+    def key(self, request: RenderRequest) -> Hashable:
+        personalizer = self.personalizer(request.personalizer)
+        personalizer.check(request)
+        return (request.batch_key, personalizer.batch_key(request))
+
+    def run(
+        self, samples: Sequence[RenderRequest], seeds: Sequence[int], on_step: StepCallback
+    ) -> BatchOutcome:
+        personalizer = self.personalizer(samples[0].personalizer)
+        with torch.inference_mode():
+            return run_batch(
+                self.model.pipe,
+                personalizer,
+                samples,
+                seeds,
+                scheduler_config=self.model.scheduler_config,
+                on_step=on_step,
+            )
+
+    def result(
+        self, request: RenderRequest, images: list[Any], timings: dict[str, float]
+    ) -> RenderResult:
+        return RenderResult(
+            images=images,
+            seeds=request.seeds,
+            timings=timings,
+            personalizer=request.personalizer,
+            profile=self.model.profile.name,
+            is_noise=self.model.profile.is_noise,
+        )
+
+
+class DiffusionEngine:
+    """The Engine protocol (DESIGN.md) over one loaded profile. Build with ``create_engine``."""
+
+    def __init__(self, settings: EngineSettings, worker: Worker, runner: _Runner) -> None:
+        self.settings = settings
+        self._worker = worker
+        self._runner = runner
+
+    # -- facts -------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> LoadedModel:
+        return self._runner.model
+
+    @property
+    def profile(self) -> Profile:
+        return self.model.profile
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def personalizers(self) -> list[str]:
+        return list(self.model.personalizers)
+
+    @property
+    def default_personalizer(self) -> str:
+        """The profile's default, unless settings name another loaded one."""
+        names = self.model.personalizers
+        for name in (self.settings.default_personalizer, self.profile.default_personalizer):
+            if name in names and names[name].needs_features:
+                return name
+        return next(iter(names))
+
+    @property
+    def encoder_id(self) -> str:
+        """The default personalizer's encoder id (features made under another are stale)."""
+        return self.encoder_id_for(self.default_personalizer)
+
+    def encoder_id_for(self, personalizer: str | None = None) -> str:
+        return self._runner.personalizer(personalizer or self.default_personalizer).encoder_id
+
+    @property
+    def native_size(self) -> int:
+        return self.profile.default_size
+
+    @property
+    def default_steps(self) -> int:
+        return self.profile.default_steps
+
+    @property
+    def is_noise(self) -> bool:
+        return self.profile.is_noise
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Prompt tokens the text encoder reads (its window minus start and end tokens)."""
+        return int(self.model.pipe.tokenizer.model_max_length) - 2
+
+    def count_tokens(self, text: str) -> int:
+        ids = self.model.pipe.tokenizer(text, add_special_tokens=False).input_ids
+        return len(ids)
+
+    # -- the Engine protocol ---------------------------------------------------------------
+
+    async def inspect(
+        self, photos: Sequence[Image], kind: ConceptKind | str = ConceptKind.PERSON
+    ) -> list[PhotoReport]:
+        from engine.subject_checks import inspect_photos
+
+        detector = self.model.detector
+        return await self._worker.call(
+            lambda: inspect_photos(list(photos), ConceptKind(kind).value, detector=detector)
+        )
+
+    async def encode(
+        self,
+        photos: Sequence[Image],
+        kind: ConceptKind | str,
+        personalizer: str | None = None,
+    ) -> ConceptFeatures:
+        """Features of a concept from its photos; for a person, each photo is cropped around
+        its face (with margin) when a face detector is available."""
+        chosen = self._runner.personalizer(personalizer or self.default_personalizer)
+        concept_kind = ConceptKind(kind)
+        images = list(photos)
+
+        def work() -> ConceptFeatures:
+            boxes = self._face_boxes(images) if concept_kind == ConceptKind.PERSON else None
+            with torch.inference_mode():
+                return chosen.encode(images, concept_kind, boxes)
+
+        return await self._worker.call(work)
+
+    async def render(
+        self, request: RenderRequest, progress: Progress | None = None
+    ) -> RenderResult:
+        """Render from the request's cached features (never from photos). Raises
+        ``StaleFeatures`` for features of another encoder, before anything is queued."""
+        self._runner.key(request)
+        return await self._worker.submit(request, progress)
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the model's thread (for tools and tests that need the pipeline)."""
+        return await self._worker.call(fn)
+
+    async def aclose(self) -> None:
+        await self._worker.aclose()
+        shutil.rmtree(self.model.workdir, ignore_errors=True)
+
+    def _face_boxes(self, images: Sequence[Image]) -> list[FaceBox | None] | None:
+        detector = self.model.detector
+        if detector is None:
+            return None
+        from engine.subject_checks import select_faces
+
+        boxes: list[FaceBox | None] = []
+        for image in images:
+            faces = select_faces(detector.detect(image))
+            boxes.append(faces[0] if faces else None)
+        return boxes
+
+
+async def create_engine(settings: EngineSettings) -> DiffusionEngine:
+    """Start an engine for ``settings``: resolve the profile, load it on the worker thread.
+
+    Raises ``UnknownProfile``, ``MissingWeights`` (with what is missing and how to get it) or
+    ``UnknownPersonalizer`` when the profile cannot load.
+    """
+    profile = resolve_profile(settings)
+    holder: dict[str, _Runner] = {}
+
+    def setup() -> None:
+        holder["runner"] = _Runner(load_model(settings, profile))
+
+    runner_proxy = _LazyRunner(holder)
+    worker = Worker(
+        runner_proxy,
+        max_batch=settings.max_batch,
+        gather_window_ms=settings.gather_window_ms,
+        setup=setup,
+    )
+    try:
+        await worker.call(lambda: None)  # waits for setup; re-raises its failure
+    except BaseException:
+        await worker.aclose()
+        raise
+    return DiffusionEngine(settings, worker, holder["runner"])
+
+
+class _LazyRunner:
+    """Forwards to the runner that the worker thread creates in its setup."""
+
+    def __init__(self, holder: dict[str, _Runner]) -> None:
+        self._holder = holder
+
+    def key(self, request: RenderRequest) -> Hashable:
+        return self._holder["runner"].key(request)
+
+    def run(
+        self, samples: Sequence[RenderRequest], seeds: Sequence[int], on_step: StepCallback
+    ) -> BatchOutcome:
+        return self._holder["runner"].run(samples, seeds, on_step)
+
+    def result(
+        self, request: RenderRequest, images: list[Any], timings: dict[str, float]
+    ) -> RenderResult:
+        return self._holder["runner"].result(request, images, timings)

@@ -1,0 +1,256 @@
+"""The render pipeline, as named stages (diffusers' own shape):
+
+    check_inputs → encode_prompt → personalizer.prepare → prepare_latents → denoise (+decode)
+
+Denoising is the stock ``StableDiffusionPipeline.__call__``, fed precomputed prompt embeddings,
+per-sample image embeddings, initial latents drawn from one CPU ``torch.Generator`` per image,
+and the same generators for the scheduler's noise, so an image depends on its own seed only,
+never on its batch mates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL.Image import Image
+
+from engine.errors import InvalidRequest
+from engine.personalizers.base import DenoiseBatch, Personalizer
+from engine.types import SCHEDULER_NAMES, RenderRequest
+
+if TYPE_CHECKING:
+    # diffusers' lazily imported pipelines are opaque to mypy: type them as Any.
+    StableDiffusionPipeline = Any
+else:
+    from diffusers import StableDiffusionPipeline
+
+logger = logging.getLogger(__name__)
+
+# name → (scheduler class, config overrides)
+SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
+}
+assert set(SCHEDULERS) == set(SCHEDULER_NAMES), "engine.types.SCHEDULER_NAMES is out of date"
+
+# Called after each denoising step with (steps done, steps total); returns False to stop.
+StepCallback = Callable[[int, int], bool]
+
+
+class AvatarPipeline(StableDiffusionPipeline):
+    """The stock pipeline, except that precomputed IP-Adapter embeddings are taken as already
+    laid out for the batch: one row per UNet row (2B under CFG, negatives first).
+
+    The stock method broadcasts ONE set of embeddings to the whole batch; a batch of several
+    users' requests needs one set per sample. Live images (``ip_adapter_image``) still take the
+    stock path.
+    """
+
+    def prepare_ip_adapter_image_embeds(  # type: ignore[override]
+        self,
+        ip_adapter_image: Any,
+        ip_adapter_image_embeds: list[torch.Tensor] | None,
+        device: torch.device,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+    ) -> list[torch.Tensor]:
+        if ip_adapter_image is not None or ip_adapter_image_embeds is None:
+            return super().prepare_ip_adapter_image_embeds(  # type: ignore[no-any-return]
+                ip_adapter_image,
+                ip_adapter_image_embeds,
+                device,
+                num_images_per_prompt,
+                do_classifier_free_guidance,
+            )
+        rows = num_images_per_prompt * (2 if do_classifier_free_guidance else 1)
+        for embeds in ip_adapter_image_embeds:
+            if embeds.shape[0] != rows:
+                raise ValueError(f"image embeddings have {embeds.shape[0]} rows, need {rows}")
+        return [embeds.to(device=device) for embeds in ip_adapter_image_embeds]
+
+
+def as_avatar_pipeline(pipe: StableDiffusionPipeline) -> AvatarPipeline:
+    """Rebuild a loaded stock pipeline (same modules) as an ``AvatarPipeline``."""
+    components = dict(pipe.components)
+    components["safety_checker"] = None
+    components.setdefault("image_encoder", None)
+    components.setdefault("feature_extractor", None)
+    avatar = AvatarPipeline(**components, requires_safety_checker=False)
+    avatar.set_progress_bar_config(disable=True)
+    return avatar
+
+
+class RowwiseLinear(torch.nn.Linear):
+    """A Linear that multiplies a 2-D input one row at a time.
+
+    CPU BLAS computes a matmul with a few rows by other kernels than one with many, so the
+    UNet's time embedding (one row per sample) would depend on the batch size in the last bits.
+    One row at a time always takes the same kernel; 3-D inputs (tokens) are unaffected.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2 and x.shape[0] > 1:
+            return torch.cat([F.linear(row, self.weight, self.bias) for row in x.split(1)])
+        return super().forward(x)
+
+
+def make_batch_invariant(module: torch.nn.Module) -> int:
+    """Swap every ``nn.Linear`` under ``module`` for a ``RowwiseLinear`` sharing its weights.
+
+    Used on the CPU, with oneDNN convolutions off and the VAE decoding one image at a time,
+    so that an image is bit-identical alone or batched. Returns the number of swaps.
+    """
+    swapped = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear:
+                rowwise = RowwiseLinear.__new__(RowwiseLinear)
+                rowwise.__dict__.update(child.__dict__)
+                setattr(parent, name, rowwise)
+                swapped += 1
+    return swapped
+
+
+def make_pipeline_batch_invariant(pipe: StableDiffusionPipeline) -> None:
+    # oneDNN picks batch-size-dependent convolution algorithms; the native ones are not.
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
+    make_batch_invariant(pipe.unet)
+    pipe.vae.enable_slicing()
+    logger.info("CPU batch-invariant mode: oneDNN off, row-wise linears, per-image VAE decode")
+
+
+@dataclass
+class BatchOutcome:
+    images: list[Image]
+    interrupted: bool
+
+
+def check_inputs(samples: Sequence[RenderRequest], personalizer: Personalizer) -> None:
+    """One batch = compatible samples that this personalizer accepts."""
+    if not samples:
+        raise InvalidRequest("empty batch")
+    keys = {(s.batch_key, personalizer.batch_key(s)) for s in samples}
+    if len(keys) != 1:
+        raise InvalidRequest(f"incompatible requests in one batch: {sorted(map(str, keys))}")
+    for sample in samples:
+        personalizer.check(sample)
+
+
+def use_scheduler(pipe: StableDiffusionPipeline, name: str, base_config: Any) -> None:
+    """A fresh scheduler per batch (schedulers keep per-run state)."""
+    cls, overrides = SCHEDULERS[name]
+    pipe.scheduler = cls.from_config(base_config, **overrides)
+
+
+def encode_prompt(
+    pipe: StableDiffusionPipeline, samples: Sequence[RenderRequest], do_cfg: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Text embeddings per sample: (B, L, D) positives and, under CFG, negatives."""
+    positive, negative = pipe.encode_prompt(
+        [s.prompt for s in samples],
+        pipe._execution_device,
+        1,
+        do_cfg,
+        negative_prompt=[s.negative_prompt for s in samples] if do_cfg else None,
+    )
+    return positive, negative
+
+
+def prepare_latents(
+    pipe: StableDiffusionPipeline,
+    seeds: Sequence[int],
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Initial noise from one CPU generator per image (the same noise on every device); the
+    generators, already advanced, go on to the scheduler's own noise."""
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    shape = (
+        len(seeds),
+        pipe.unet.config.in_channels,
+        height // pipe.vae_scale_factor,
+        width // pipe.vae_scale_factor,
+    )
+    latents = randn_tensor(shape, generator=generators, device=pipe._execution_device, dtype=dtype)
+    return latents, generators
+
+
+def run_batch(
+    pipe: StableDiffusionPipeline,
+    personalizer: Personalizer,
+    samples: Sequence[RenderRequest],
+    seeds: Sequence[int],
+    *,
+    scheduler_config: Any,
+    on_step: StepCallback | None = None,
+) -> BatchOutcome:
+    """Render one batch: ``samples[i]`` with ``seeds[i]``; images in the same order."""
+    check_inputs(samples, personalizer)
+    first = samples[0]
+    do_cfg = first.guidance > 1.0
+    use_scheduler(pipe, first.scheduler, scheduler_config)
+    prompt_embeds, negative_embeds = encode_prompt(pipe, samples, do_cfg)
+    batch = DenoiseBatch(
+        samples=samples,
+        do_cfg=do_cfg,
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
+        device=pipe._execution_device,
+        dtype=prompt_embeds.dtype,
+    )
+    prepared = personalizer.prepare(pipe, batch)
+    if prepared.prompt_embeds is not None:
+        prompt_embeds = prepared.prompt_embeds
+    if prepared.negative_prompt_embeds is not None:
+        negative_embeds = prepared.negative_prompt_embeds
+    latents, generators = prepare_latents(
+        pipe, seeds, first.height, first.width, prompt_embeds.dtype
+    )
+    interrupted = False
+
+    def step_end(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        nonlocal interrupted
+        if on_step is not None and not on_step(step + 1, first.steps):
+            # Every request of the batch is gone: stop denoising early.
+            p._interrupt = True
+            interrupted = True
+        return {}
+
+    with prepared.context:
+        output = pipe(
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            ip_adapter_image_embeds=prepared.ip_adapter_image_embeds,
+            latents=latents,
+            generator=generators,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            height=first.height,
+            width=first.width,
+            cross_attention_kwargs=prepared.cross_attention_kwargs,
+            callback_on_step_end=step_end,
+            output_type="pil",
+        )
+    images = [] if interrupted else list(output.images)
+    return BatchOutcome(images=images, interrupted=interrupted)

@@ -1,0 +1,342 @@
+"""The worker: one thread owns the model on one device; the asyncio side only submits.
+
+Render requests that are compatible (same ``key``) are gathered into one batch, up to
+``max_batch`` images, waiting at most ``gather_window_ms`` for company. Each request gets its
+progress (on its own event loop) and its images; cancelling the awaiting task drops the
+request before its batch starts, or discards its rows when the batch is already running
+(its batch mates' images are unaffected: they depend only on their own seeds). A failure
+is isolated: a failing batch of several requests is retried one request at a time, and on
+out-of-memory the batch is split in two and retried once. ``call`` runs any other model work
+(encode, inspect) on the same thread, in submission order with the renders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+from engine.errors import EngineClosed, RequestCancelled
+from engine.pipeline import BatchOutcome, StepCallback
+from engine.types import RenderRequest, RenderResult
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Progress = Callable[[float], None]
+
+
+class BatchRunner(Protocol):
+    """What the worker needs from the engine."""
+
+    def key(self, request: RenderRequest) -> Hashable:
+        """The batch compatibility key; raises for a request that cannot be rendered."""
+        ...
+
+    def run(
+        self, samples: Sequence[RenderRequest], seeds: Sequence[int], on_step: StepCallback
+    ) -> BatchOutcome: ...
+
+    def result(
+        self, request: RenderRequest, images: list[Any], timings: dict[str, float]
+    ) -> RenderResult: ...
+
+
+@dataclass(eq=False)
+class _Job:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Hand the outcome to the submitter's loop (thread-safe; ignores a gone future)."""
+
+        def settle() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(value)
+
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the submitter's loop is closed: nobody is waiting
+            logger.debug("dropping a result for a closed event loop")
+
+
+@dataclass(eq=False)
+class _RenderJob(_Job):
+    request: RenderRequest | None = None
+    key: Hashable = None
+    progress: Progress | None = None
+
+    def report(self, fraction: float) -> None:
+        if self.progress is None or self.cancelled.is_set():
+            return
+        progress = self.progress
+
+        def call() -> None:
+            try:
+                progress(fraction)
+            except Exception:  # a broken progress callback must not break the render
+                logger.exception("progress callback failed")
+
+        try:
+            self.loop.call_soon_threadsafe(call)
+        except RuntimeError:
+            pass
+
+
+@dataclass(eq=False)
+class _CallJob(_Job):
+    fn: Callable[[], Any] | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        runner: BatchRunner,
+        *,
+        max_batch: int,
+        gather_window_ms: int,
+        setup: Callable[[], None] | None = None,
+        name: str = "avatarbot-engine",
+    ) -> None:
+        self._runner = runner
+        self._max_batch = max_batch
+        self._window = gather_window_ms / 1000.0
+        self._setup = setup
+        self._pending: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._batch_ids = itertools.count(1)
+        self._thread.start()
+
+    # -- asyncio side ------------------------------------------------------------------------
+
+    async def submit(
+        self, request: RenderRequest, progress: Progress | None = None
+    ) -> RenderResult:
+        loop = asyncio.get_running_loop()
+        job = _RenderJob(loop=loop, future=loop.create_future(), request=request, progress=progress)
+        self._enqueue(job)
+        try:
+            result: RenderResult = await asyncio.shield(job.future)
+            return result
+        except asyncio.CancelledError:
+            # The caller gave up: drop the request (before its batch) or discard its rows.
+            job.cancelled.set()
+            with self._cond:
+                self._cond.notify_all()
+            raise
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the worker thread (model work other than rendering)."""
+        loop = asyncio.get_running_loop()
+        job = _CallJob(loop=loop, future=loop.create_future(), fn=fn)
+        self._enqueue(job)
+        try:
+            value: T = await asyncio.shield(job.future)
+            return value
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            raise
+
+    async def aclose(self) -> None:
+        """Finish the batch in progress, refuse pending work, stop the thread."""
+        with self._cond:
+            self._closing = True
+            dropped = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        for job in dropped:
+            job.resolve(error=EngineClosed("the engine is shutting down"))
+        await asyncio.to_thread(self._thread.join)
+
+    def _enqueue(self, job: _Job) -> None:
+        with self._cond:
+            if self._closing:
+                raise EngineClosed("the engine is shut down")
+            self._pending.append(job)
+            self._cond.notify_all()
+
+    # -- worker thread -----------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            if self._setup is not None:
+                self._setup()
+        except BaseException as exc:  # no model: fail everything that comes
+            logger.exception("engine worker setup failed")
+            self._fail_forever(exc)
+            return
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            if isinstance(job, _CallJob):
+                self._run_call(job)
+            elif isinstance(job, _RenderJob):
+                self._run_renders(self._gather(job))
+
+    def _next_job(self) -> _Job | None:
+        with self._cond:
+            while True:
+                while self._pending:
+                    job = self._pending.popleft()
+                    if job.cancelled.is_set():
+                        job.resolve(error=RequestCancelled("cancelled before it started"))
+                        continue
+                    return job
+                if self._closing:
+                    return None
+                self._cond.wait()
+
+    def _gather(self, first: _RenderJob) -> list[_RenderJob]:
+        """``first`` plus compatible pending renders, waiting up to the gather window."""
+        try:
+            first.key = self._runner.key(_request(first))
+        except Exception as exc:
+            first.resolve(error=exc)
+            return []
+        batch = [first]
+        size = _request(first).count
+        deadline = time.monotonic() + self._window
+        with self._cond:
+            while size < self._max_batch:
+                for job in list(self._pending):
+                    if not isinstance(job, _RenderJob) or job.cancelled.is_set():
+                        continue
+                    if job.key is None:
+                        try:
+                            job.key = self._runner.key(_request(job))
+                        except Exception as exc:
+                            self._pending.remove(job)
+                            job.resolve(error=exc)
+                            continue
+                    count = _request(job).count
+                    if job.key == first.key and size + count <= self._max_batch:
+                        self._pending.remove(job)
+                        batch.append(job)
+                        size += count
+                remaining = deadline - time.monotonic()
+                if size >= self._max_batch or remaining <= 0 or self._closing:
+                    break
+                self._cond.wait(remaining)
+        return batch
+
+    def _run_renders(self, jobs: list[_RenderJob], *, may_split: bool = True) -> None:
+        jobs = [job for job in jobs if not self._drop_if_cancelled(job)]
+        if not jobs:
+            return
+        batch_id = next(self._batch_ids)
+        samples = [_request(j) for j in jobs for _ in range(_request(j).count)]
+        seeds = [seed for j in jobs for seed in _request(j).seeds]
+        steps = samples[0].steps
+
+        def on_step(done: int, total: int) -> bool:
+            for job in jobs:
+                job.report(done / total)
+            return not all(job.cancelled.is_set() for job in jobs)
+
+        started = time.perf_counter()
+        try:
+            outcome = self._runner.run(samples, seeds, on_step)
+        except torch.OutOfMemoryError:
+            _free_device_memory()
+            if may_split and len(jobs) > 1:
+                half = len(jobs) // 2
+                logger.warning("out of memory on a batch of %d images: splitting", len(samples))
+                self._run_renders(jobs[:half], may_split=False)
+                self._run_renders(jobs[half:], may_split=False)
+                return
+            logger.exception("out of memory rendering batch %d", batch_id)
+            for job in jobs:
+                job.resolve(error=_error_now())
+            return
+        except Exception as exc:
+            if len(jobs) > 1:
+                # Find the culprit: the others must not fail with it.
+                logger.warning(
+                    "batch %d failed (%s): retrying its requests one by one", batch_id, exc
+                )
+                for job in jobs:
+                    self._run_renders([job], may_split=False)
+                return
+            logger.exception("render failed")
+            jobs[0].resolve(error=exc)
+            return
+        elapsed = time.perf_counter() - started
+        logger.debug(
+            "batch %d: %d requests, %d images, %d steps in %.3fs",
+            batch_id,
+            len(jobs),
+            len(samples),
+            steps,
+            elapsed,
+        )
+        offset = 0
+        for job in jobs:
+            request = _request(job)
+            images = outcome.images[offset : offset + request.count]
+            offset += request.count
+            if self._drop_if_cancelled(job) or outcome.interrupted:
+                continue
+            timings = {
+                "queued": started - job.submitted,
+                "batch": elapsed,
+                "batch_images": float(len(samples)),
+            }
+            job.report(1.0)
+            job.resolve(self._runner.result(request, list(images), timings))
+
+    def _run_call(self, job: _CallJob) -> None:
+        assert job.fn is not None
+        try:
+            value = job.fn()
+        except BaseException as exc:
+            job.resolve(error=exc)
+        else:
+            job.resolve(value)
+
+    @staticmethod
+    def _drop_if_cancelled(job: _RenderJob) -> bool:
+        if job.cancelled.is_set():
+            job.resolve(error=RequestCancelled("the render was cancelled"))
+            return True
+        return False
+
+    def _fail_forever(self, exc: BaseException) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            job.resolve(error=exc)
+
+
+def _request(job: _RenderJob) -> RenderRequest:
+    assert job.request is not None
+    return job.request
+
+
+def _free_device_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _error_now() -> BaseException:
+    import sys
+
+    exc = sys.exc_info()[1]
+    return exc if exc is not None else RuntimeError("render failed")
