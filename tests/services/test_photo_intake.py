@@ -10,6 +10,7 @@ import sys
 import textwrap
 import tracemalloc
 import zlib
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,15 @@ def test_png_bomb_builder_really_builds_a_bomb() -> None:
     assert len(data) < 200_000
     assert data[12:16] == b"IHDR" and data[16:24] == (20_000).to_bytes(4, "big") * 2
     assert zlib.crc32(data[12:29]).to_bytes(4, "big") == data[29:33]
+
+
+def test_shipped_sample_photos_pass_intake() -> None:
+    """The demo's samples (bot/assets/samples, package data) are real, distinct, accepted."""
+    samples = files("bot") / "assets" / "samples"
+    names = sorted(p.name for p in samples.iterdir() if p.name.endswith(".jpg"))
+    assert names == ["cat-1.jpg", "person-1.jpg", "person-2.jpg"]
+    results = check_batch([(n, (samples / n).read_bytes()) for n in names], LIMITS)
+    for name, result in zip(names, results, strict=True):
+        assert isinstance(result, NormalizedPhoto), result
+        assert len((samples / name).read_bytes()) < 100 * 1024
+        assert_clean(result, LIMITS)
