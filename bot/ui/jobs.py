@@ -10,6 +10,10 @@ production.
 The sweeper delivers finished jobs nobody delivered yet (another worker process finished them,
 a delivery failed, the bot was down) and, when this process is a worker, requeues jobs whose
 worker died and purges expired outputs.
+
+Both poll with a backoff: every ``poll_seconds`` right after activity (a job enqueued here, a
+job run or delivered), doubling while nothing happens, up to ``MAX_POLL``. An idle bot thus
+wakes about once a minute, while a busy one notices remote workers' results within seconds.
 """
 
 from __future__ import annotations
@@ -29,8 +33,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 QUEUED_EVENT = "avatarbot_job_queued"
-SWEEP_EVENT = "avatarbot_sweep"
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 30.0  # after errors
+MAX_POLL = 60.0  # when idle
+
+
+class PollBackoff:
+    """The next idle wait: ``base`` after activity, doubling up to ``cap`` while idle."""
+
+    def __init__(self, base: float, cap: float = MAX_POLL) -> None:
+        self.base = base
+        self.cap = max(cap, base)
+        self._next = base
+
+    def reset(self) -> None:
+        self._next = self.base
+
+    def next(self) -> float:
+        value = self._next
+        self._next = min(self.cap, self._next * 2)
+        return value
 
 
 class JobRunner:
@@ -78,35 +99,45 @@ class JobRunner:
 
     # ------------------------------------------------------------------ loops
 
-    async def _idle(self, event: str, seconds: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await self.bot.wait_for(event, timeout=seconds)
+    async def _idle(self, seconds: float) -> bool:
+        """Wait for a job to be enqueued here, at most ``seconds``; True when one was."""
+        try:
+            await self.bot.wait_for(QUEUED_EVENT, timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def _lane(self) -> None:
-        backoff = 0.5
+        poll = PollBackoff(self._dispatcher.config.poll_seconds)
+        error_delay = 0.5
         while True:
             try:
                 job_id = await self._dispatcher.run_once()
-                backoff = 0.5
+                error_delay = 0.5
             except Exception:
-                logger.exception("running a job failed; retrying in %.1f s", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                logger.exception("running a job failed; retrying in %.1f s", error_delay)
+                await asyncio.sleep(error_delay)
+                error_delay = min(error_delay * 2, MAX_BACKOFF)
                 continue
             if job_id is not None:
+                poll.reset()
                 continue
             if self._wake_pending:  # a job arrived while this lane was claiming
                 self._wake_pending = False
                 continue
-            await self._idle(QUEUED_EVENT, self._dispatcher.config.poll_seconds)
+            if await self._idle(poll.next()):
+                poll.reset()
             self._wake_pending = False
 
     async def _sweeper(self) -> None:
+        poll = PollBackoff(self._dispatcher.config.poll_seconds)
         await self.sweep()
         while True:
-            await self._idle(SWEEP_EVENT, self._dispatcher.config.poll_seconds)
+            if await self._idle(poll.next()):
+                poll.reset()
             try:
-                await self.sweep()
+                if await self.sweep():
+                    poll.reset()
             except Exception:
                 logger.exception("job sweep failed")
 
