@@ -151,7 +151,7 @@ def test_items_have_target_subject_view_and_prompt(tmp_path: Path) -> None:
     assert item["prompt"] == "a sks object on a table"
     # Augmentation is seeded per (seed, epoch, item): reproducible, and new each epoch.
     assert torch.equal(dataset[0]["subject_pixels"], item["subject_pixels"])
-    dataset.set_epoch(1)
+    dataset.use_epoch(1)
     assert not torch.equal(dataset[0]["subject_pixels"], item["subject_pixels"])
     # The target is the whole image, never augmented.
     assert torch.equal(dataset[0]["pixel_values"], item["pixel_values"])

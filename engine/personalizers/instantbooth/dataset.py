@@ -238,7 +238,7 @@ class InstantBoothDataset(Dataset[dict[str, Any]]):
         self.augment = augment or Augment()
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:

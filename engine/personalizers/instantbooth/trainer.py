@@ -81,6 +81,7 @@ class TrainOptions:
     image_encoder: str | None = None
     init_weights: Path | None = None  # start from trained weights instead of random heads
     offline: bool = False
+    cache_dir: str | None = None
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,14 +96,17 @@ class TrainResult:
 
 class EpochSampler(Sampler[int]):
     """A shuffled order that depends only on (seed, epoch): identical on every process and
-    after a resume, so accelerate can shard it and ``skip_first_batches`` can skip into it."""
+    after a resume, so accelerate can shard it and ``skip_first_batches`` can skip into it.
+
+    The method is deliberately not called ``set_epoch``: accelerate's data loader calls any
+    ``set_epoch`` with its own count of iterations, which restarts at 0 after a resume."""
 
     def __init__(self, length: int, seed: int) -> None:
         self.length = length
         self.seed = seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -113,13 +117,31 @@ class EpochSampler(Sampler[int]):
         return iter(torch.randperm(self.length, generator=g).tolist())
 
 
+class NoiseRNG:
+    """The training noise's own generator (latent sampling, noise, timesteps), saved in
+    checkpoints. The global RNG would not do: every new DataLoader iterator draws from it, so a
+    resumed run (which starts a new iterator mid-epoch) would see shifted noise."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["state"])
+
+
 class TrainingStep(nn.Module):
     """One forward of the loss. The trainable model is the only registered submodule, so
     accelerate/DDP wraps and synchronises exactly the trainable parameters."""
 
-    def __init__(self, model: InstantBoothModel, frozen: FrozenModels, hooks: AdapterHooks):
+    def __init__(
+        self, model: InstantBoothModel, frozen: FrozenModels, hooks: AdapterHooks, rng: NoiseRNG
+    ) -> None:
         super().__init__()
         self.model = model
+        self.rng = rng
         self.frozen = frozen  # a plain dataclass: not registered, never wrapped or saved
         self.hooks = hooks
         self.ident = identifier_ids(frozen.tokenizer, model.config.identifier)
@@ -130,14 +152,17 @@ class TrainingStep(nn.Module):
         f = self.frozen
         dtype = next(f.unet.parameters()).dtype
         with torch.no_grad():
-            latents = f.vae.encode(pixel_values.to(dtype)).latent_dist.sample()
+            dist = f.vae.encode(pixel_values.to(dtype)).latent_dist
+            eps = torch.randn(dist.mean.shape, generator=self.rng.generator)
+            latents = dist.mean + dist.std * eps.to(dist.mean.device, dist.mean.dtype)
             latents = latents * f.vae.config.scaling_factor
             text = f.text_encoder(input_ids)[0]
             backbone_dtype = next(f.image_encoder.parameters()).dtype
             image = f.image_encoder(pixel_values=subject_pixels.to(backbone_dtype))
-        noise = torch.randn_like(latents)
+        g = self.rng.generator
+        noise = torch.randn(latents.shape, generator=g).to(latents.device, latents.dtype)
         steps = f.noise_scheduler.config.num_train_timesteps
-        t = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
+        t = torch.randint(0, steps, (latents.shape[0],), generator=g).to(latents.device)
         noisy = f.noise_scheduler.add_noise(latents, noise, t)
         concepts = self.model.concept(image.image_embeds)
         patches = self.model.patch(image.last_hidden_state)
@@ -205,7 +230,9 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
             base_model=options.base_model,
             image_encoder=options.image_encoder,
             offline=options.offline,
-            seed=options.seed if options.profile != "tiny" else 0,
+            cache_dir=options.cache_dir,
+            # The tiny models must be the tiny profile's (seed 0) for the weights to fit it.
+            seed=0,
         )
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         options.mixed_precision, torch.float32
@@ -246,7 +273,10 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
         ],
         weight_decay=0.0,
     )
-    step_module = TrainingStep(model, frozen, hooks)
+    # Each process draws its own noise; all of them resume where they were.
+    rng = NoiseRNG(options.seed * 1_000 + accelerator.process_index)
+    accelerator.register_for_checkpointing(rng)
+    step_module = TrainingStep(model, frozen, hooks, rng)
     step_module, optimizer, loader = accelerator.prepare(step_module, optimizer, loader)
     step = 0
     checkpoint = latest_checkpoint(options.out) if options.resume else None
@@ -267,8 +297,8 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
     started = time.monotonic()
     window: list[float] = []
     while step < options.steps:
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
+        sampler.use_epoch(epoch)
+        dataset.use_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         skip = 0
         for batch in epoch_loader:

@@ -1,0 +1,97 @@
+"""`avatarbot train instantbooth`: train InstantBooth's heads and adapters on a dataset.
+
+Single process by default; for several GPUs run it under accelerate, e.g.
+``accelerate launch --multi_gpu --num_processes 4 -m bot train instantbooth ...``.
+See docs/instantbooth.md for the dataset layout and the paper's setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bot.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", help="train a personalizer's encoders (InstantBooth)")
+    targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    ib = targets.add_parser(
+        "instantbooth",
+        help="train InstantBooth's concept/patch heads and gated adapters",
+        description="Train InstantBooth on image-caption pairs (a folder with sidecar .txt "
+        "captions and optional .mask.png subject masks, or a JSONL manifest).",
+    )
+    ib.add_argument("--data", type=Path, required=True, help="dataset folder or JSONL manifest")
+    ib.add_argument("--out", type=Path, required=True, help="output folder (weights/, ...)")
+    ib.add_argument("--profile", choices=["tiny", "sd15"], default="sd15")
+    ib.add_argument("--kind", choices=["person", "pet", "object"], default="person")
+    ib.add_argument("--steps", type=int, default=1000, help="optimiser steps")
+    ib.add_argument("--batch-size", type=int, default=4, help="per process and micro-batch")
+    ib.add_argument("--lr-linear", type=float, default=1e-4, help="concept/patch heads")
+    ib.add_argument("--lr-adapter", type=float, default=1e-6, help="gated adapters")
+    ib.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    ib.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    ib.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    ib.add_argument("--validate-every", type=int, default=0, help="steps (0: at the end)")
+    ib.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps")
+    ib.add_argument("--keep-checkpoints", type=int, default=3)
+    ib.add_argument("--max-images", type=int, default=None, help="use only the first N")
+    ib.add_argument("--resolution", type=int, default=None, help="default: 64 tiny, 512 sd15")
+    ib.add_argument("--seed", type=int, default=0)
+    ib.add_argument("--num-workers", type=int, default=2, help="data loader processes")
+    ib.add_argument("--log-every", type=int, default=10)
+    ib.add_argument("--base-model", default=None, help="override the sd15 base model")
+    ib.add_argument("--image-encoder", default=None, help="override the CLIP image encoder")
+    ib.add_argument("--init-weights", type=Path, default=None, help="start from these weights")
+    ib.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.errors import EngineError
+    from engine.personalizers.instantbooth.trainer import TrainOptions, train
+
+    if args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1:
+        print(
+            "avatarbot: --steps, --batch-size and --grad-accum must be at least 1", file=sys.stderr
+        )
+        return 2
+    options = TrainOptions(
+        data=args.data,
+        out=args.out,
+        profile=args.profile,
+        kind=args.kind,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr_linear=args.lr_linear,
+        lr_adapter=args.lr_adapter,
+        grad_accum=args.grad_accum,
+        mixed_precision=args.mixed_precision,
+        resume=args.resume,
+        validate_every=args.validate_every,
+        save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints,
+        max_images=args.max_images,
+        resolution=args.resolution,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        log_every=args.log_every,
+        base_model=args.base_model or settings.engine.base_model,
+        image_encoder=args.image_encoder,
+        init_weights=args.init_weights,
+        offline=settings.engine.offline,
+        cache_dir=str(settings.engine.cache_dir) if settings.engine.cache_dir else None,
+    )
+    try:
+        result = train(options)
+    except (EngineError, FileNotFoundError, ValueError) as exc:
+        print(f"avatarbot: training failed: {exc}", file=sys.stderr)
+        return 1
+    last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
+    print(f"trained {result.step} steps (last loss {last}); weights: {result.weights}")
+    print(f"use them with AVATARBOT_ENGINE__INSTANTBOOTH_WEIGHTS={result.weights}")
+    return 0
