@@ -5,7 +5,8 @@ The steps, cheapest first, so that hostile input is refused before it costs memo
 
 1. byte limit (``limits.max_bytes``) and empty files;
 2. the real format, sniffed from the magic bytes (never the filename): JPEG (MPO too: its first
-   picture), PNG, WebP, HEIC/HEIF (pillow-heif) and GIF; everything else is refused;
+   picture), PNG, WebP, HEIC/HEIF (pillow-heif; its primary image) and GIF; everything else,
+   AVIF included (no AV1 decoder in this libheif), is refused;
 3. the header only (``Image.open`` is lazy): decoded size against ``limits.max_pixels`` (and
    Pillow's own decompression-bomb ceiling), shortest side against ``limits.min_side``, aspect
    ratio (the stored photo keeps ``min_side`` once fitted into ``max_stored_side``), animation
@@ -97,15 +98,15 @@ REASON_MESSAGES: Final[Mapping[Reason, str]] = MappingProxyType(
 ACCEPTED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "HEIF", "GIF")
 _LOSSLESS_SOURCES: Final = frozenset({"PNG", "GIF"})
 _ANIMATABLE: Final = frozenset({"GIF", "PNG", "WEBP"})
-# HEIF major brands that pillow-heif opens (HEVC-coded and generic); AVIF (AV1) is refused:
-# this build of libheif has no AV1 decoder, and the issue accepts HEIC only.
+# HEIF major brands that pillow-heif opens (HEVC-coded and generic); AVIF (AV1-coded, also
+# "mif1" with an "avif" compatible brand) is refused: pillow-heif's libheif has no AV1 decoder.
 _HEIF_BRANDS: Final = frozenset(
     {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
 )
 _AV1_BRANDS: Final = frozenset({b"avif", b"avis"})
 
-# Transparent areas become this light, neutral grey: no colour cast for the encoders, and
-# unlike white or black it cannot be mistaken for over/under-exposure by the subject checks.
+# Transparent areas become this light, neutral grey: no colour cast for the encoders, and a
+# softer edge against most subjects than white or black would give.
 BACKGROUND: Final = (224, 224, 224)
 _MAX_NAME_CHARS: Final = 60
 
@@ -125,7 +126,7 @@ _TRANSPOSE: Final[Mapping[int, Image.Transpose]] = MappingProxyType(
 _EXIF_ORIENTATION: Final = 0x0112
 
 # warnings.catch_warnings swaps the process-wide filter list; serialising our own use keeps two
-# intake threads from restoring each other's filters. Held only while headers are parsed.
+# intake threads from restoring each other's filters. Held only while headers/EXIF are parsed.
 _WARNINGS_LOCK = threading.Lock()
 
 
@@ -286,7 +287,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _normalize(
     data: bytes, filename: str, source_format: str, limits: PhotoLimits
 ) -> NormalizedPhoto:
-    with _bomb_guard():
+    with _quiet_pillow():
         image = Image.open(io.BytesIO(data), formats=[source_format])
     with image:
         width, height = image.size
@@ -294,10 +295,10 @@ def _normalize(
         if source_format == "PNG":
             # Pillow checks chunk CRCs only up to the first IDAT; verify() walks them all
             # (without decoding), so a damaged PNG is refused whichever chunk was hit.
-            with _bomb_guard(), Image.open(io.BytesIO(data), formats=["PNG"]) as probe:
+            with _quiet_pillow(), Image.open(io.BytesIO(data), formats=["PNG"]) as probe:
                 probe.verify()
         if source_format in _ANIMATABLE:
-            with _bomb_guard():
+            with _quiet_pillow():
                 animated = bool(getattr(image, "is_animated", False))
             if animated:
                 raise refusal(Reason.ANIMATED, filename)
@@ -344,12 +345,14 @@ def _encode(image: Image.Image, lossless: bool, jpeg_quality: int) -> bytes:
 
 
 @contextmanager
-def _bomb_guard() -> Iterator[None]:
+def _quiet_pillow() -> Iterator[None]:
     # Pillow warns above MAX_IMAGE_PIXELS (and raises DecompressionBombError above twice that,
-    # which normalize_photo turns into too_many_pixels). The warning is noise here: our own,
-    # lower limit is checked right after the header is read.
+    # which normalize_photo turns into too_many_pixels), and warns about truncated EXIF blocks.
+    # Both are noise here: our own, lower pixel limit is checked right after the header is
+    # read, and a broken EXIF block only loses its orientation.
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)
         yield
 
 
@@ -390,7 +393,8 @@ def _too_many_pixels(
 
 def _orientation(image: Image.Image) -> int:
     try:
-        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+        with _quiet_pillow():
+            value = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception as exc:  # a broken EXIF block is no reason to refuse the pixels
         logger.debug("unreadable EXIF ignored: %s: %s", type(exc).__name__, exc)
         return 1
