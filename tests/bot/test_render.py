@@ -8,12 +8,15 @@ import pytest
 from bot.errors import NotFound, PromptRefused, QuotaExceeded
 from tests.fixtures.discord import (
     BLOCKED_WORD,
+    SIMCORD,
     World,
     button_ids,
     create_avatar,
     edits,
     expect_errors,
 )
+
+pytestmark = SIMCORD
 
 
 async def render(world: World, member, **options):

@@ -13,7 +13,9 @@ from bot.ui.notifier import REQUEUED_TEXT
 from db import queue
 from db.session import Database
 from db.types import utcnow
-from tests.fixtures.discord import World, button_ids, create_avatar, edits, expect_errors
+from tests.fixtures.discord import SIMCORD, World, button_ids, create_avatar, edits, expect_errors
+
+pytestmark = SIMCORD
 
 
 async def queued_render(world: World, prompt: str = "as a knight") -> tuple[object, int]:
