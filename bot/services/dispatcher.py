@@ -90,7 +90,10 @@ class JobDispatcher:
         self.worker_id = worker_id or make_worker_id()
         self._hub = ObserverHub()
         self._wakeup = asyncio.Event()
-        self._running: dict[int, asyncio.Task[None]] = {}
+        # Per running job: its render task (what cancellation stops) and the task running
+        # ``_run`` (what ``stop`` waits for).
+        self._renders: dict[int, asyncio.Task[RenderOutput]] = {}
+        self._owners: dict[int, asyncio.Task[object]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_maintenance = 0.0
@@ -107,9 +110,9 @@ class JobDispatcher:
 
     def job_cancelled(self, job_id: int) -> None:
         """A job was cancelled (already refunded): abandon its render if it runs here."""
-        task = self._running.get(job_id)
-        if task is not None:
-            task.cancel()
+        render = self._renders.get(job_id)
+        if render is not None:
+            render.cancel()
         asyncio.get_running_loop().create_task(self._announce_finished(job_id))
 
     @property
@@ -134,11 +137,11 @@ class JobDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+        for render in list(self._renders.values()):
+            render.cancel()
+        owners = [t for t in self._owners.values() if t is not asyncio.current_task()]
+        if owners:
+            await asyncio.wait(owners, timeout=grace)
         await self._hub.drain(grace)
         logger.info("dispatcher %s stopped", self.worker_id)
 
@@ -222,23 +225,32 @@ class JobDispatcher:
     # -- one job ---------------------------------------------------------------------------
 
     async def _run(self, claim: _Claim) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._running[claim.id] = task
+        """Render one claimed job and write its outcome.
+
+        The render runs in a task of its own, the only thing a job cancellation, a lost lease
+        or ``stop`` cancels; the writes after it are never cut off midway.
+        """
+        loop = asyncio.get_running_loop()
         progress = [0.0]
-        keeper = asyncio.get_running_loop().create_task(self._keep_lease(claim.id, task, progress))
+        render = loop.create_task(
+            asyncio.wait_for(self._render(claim, progress), self.config.job_timeout_seconds),
+            name=f"render-{claim.id}",
+        )
+        self._renders[claim.id] = render
+        owner = asyncio.current_task()
+        if owner is not None:
+            self._owners[claim.id] = owner
+        keeper = loop.create_task(self._keep_lease(claim.id, render, progress))
         try:
             try:
-                output = await asyncio.wait_for(
-                    self._render(claim, progress), self.config.job_timeout_seconds
-                )
+                output = await render
             except asyncio.CancelledError:
-                keeper.cancel()
-                if self._stopping:
+                current = asyncio.current_task()
+                if self._stopping or (current is not None and current.cancelling()):
                     await self._requeue(claim.id)
                     raise
-                # Cancelled, deleted or reaped: someone else already wrote its final state.
-                logger.info("job %s abandoned (cancelled or lease lost)", claim.id)
+                # Cancelled, deleted or reaped: whoever did it wrote the final state.
+                logger.info("job %s abandoned (cancelled, deleted or lease lost)", claim.id)
                 return
             except TimeoutError:
                 await self._fail(claim, "timeout", "The render took too long and was stopped.")
@@ -260,7 +272,8 @@ class JobDispatcher:
             await self._complete(claim, output.pngs, output.seeds, dict(output.timings))
         finally:
             keeper.cancel()
-            self._running.pop(claim.id, None)
+            self._renders.pop(claim.id, None)
+            self._owners.pop(claim.id, None)
 
     async def _render(self, claim: _Claim, progress: list[float]) -> RenderOutput:
         if claim.avatar_id is None:
@@ -291,7 +304,7 @@ class JobDispatcher:
         return output
 
     async def _keep_lease(
-        self, job_id: int, task: asyncio.Task[None], progress: list[float]
+        self, job_id: int, render: asyncio.Task[RenderOutput], progress: list[float]
     ) -> None:
         """Renew the lease (recording progress) until cancelled; abandon the job if lost."""
         interval = max(min(self.config.lease_seconds / 3, 2.0), 0.05)
@@ -314,7 +327,7 @@ class JobDispatcher:
                 continue
             if not held:
                 logger.info("job %s is no longer ours; abandoning its render", job_id)
-                task.cancel()
+                render.cancel()
                 return
 
     async def _complete(

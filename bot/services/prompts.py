@@ -17,6 +17,8 @@ from bot.services.results import Aspect
 logger = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 1000
+# The engine refuses smaller renders (engine/types.py MIN_SIDE).
+MIN_RENDER_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -108,17 +110,23 @@ def styled_prompt(prompt: str, negative: str, style: str) -> tuple[str, str]:
 
 
 def size_for(aspect: Aspect, native: int, max_side: int) -> tuple[int, int]:
-    """Width and height for an aspect: the native square, or 3:4 / 4:3 around it.
+    """Width and height for an aspect, as multiples of 8 (the VAE's factor).
 
-    The long side is the native side (capped by the guild's ``max_side``); sizes are rounded
-    down to multiples of 8, as the VAE needs.
+    Square is the model's native side; portrait and landscape keep the native side as the
+    short one and make the long one 4/3 of it (SD1.5 composes best near its training size).
+    The guild's ``max_side`` caps the long side, scaling the short one with it, never below
+    ``MIN_RENDER_SIDE``.
     """
-    long_side = max(8, min(native, max_side) // 8 * 8)
-    short_side = max(8, (long_side * 3 // 4) // 8 * 8)
-    if aspect == "square":
-        return long_side, long_side
+    if aspect not in ("square", "portrait", "landscape"):
+        raise InvalidInput(f"Unknown aspect {aspect!r}.")
+    cap = max(MIN_RENDER_SIDE, max_side // 8 * 8)
+    short = max(MIN_RENDER_SIDE, native // 8 * 8)
+    long = short if aspect == "square" else short * 4 // 3 // 8 * 8
+    if long > cap:
+        short = max(MIN_RENDER_SIDE, short * cap // long // 8 * 8)
+        long = cap
     if aspect == "portrait":
-        return short_side, long_side
+        return short, long
     if aspect == "landscape":
-        return long_side, short_side
-    raise InvalidInput(f"Unknown aspect {aspect!r}.")
+        return long, short
+    return long, long

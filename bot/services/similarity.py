@@ -21,7 +21,7 @@ NEAR_DUPLICATE_BITS = 6
 def dhash(data: bytes) -> int:
     with Image.open(io.BytesIO(data)) as image:
         small = image.convert("L").resize((9, 8), Image.Resampling.LANCZOS)
-    pixels = list(small.getdata())
+    pixels = small.tobytes()  # mode L: one byte per pixel, row-major
     bits = 0
     for row in range(8):
         for col in range(8):

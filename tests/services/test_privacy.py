@@ -1,0 +1,179 @@
+"""Privacy: forget-me leaves no byte behind, member purge, guild removal, retention purge,
+encryption at rest and key rotation."""
+
+from __future__ import annotations
+
+import base64
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from bot.errors import Forbidden, InternalError
+from bot.services.container import Services, build_services
+from bot.services.crypto import sealed_key_id
+from bot.services.ledger import day_bounds
+from db.models import (
+    Avatar,
+    Consent,
+    Feature,
+    GuildSettings,
+    JobOutput,
+    Photo,
+    RenderJob,
+    UsageLedger,
+)
+from db.session import Database
+from db.types import utcnow
+from tests.fixtures.services import CHANNEL, GUILD, make_avatar, service_settings
+
+
+def _key(key_id: str) -> str:
+    return f"{key_id}:" + base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def _raw_files(database: Database) -> bytes:
+    """The SQLite database file and its WAL, as they are on disk."""
+    path = Path(str(database.url.database))
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+def _windows(blob: bytes) -> list[bytes]:
+    """Three 48-byte windows from the body of a blob (compressed image data: unique bytes)."""
+    assert len(blob) >= 512
+    return [blob[i : i + 48] for i in (len(blob) // 4, len(blob) // 2, 3 * len(blob) // 4)]
+
+
+def _found(blobs: list[bytes], raw: bytes) -> list[bool]:
+    return [any(w in raw for w in _windows(b)) for b in blobs]
+
+
+async def _count(services: Services, model: type) -> int:
+    async with services.database.begin(readonly=True) as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def _render_one(services: Services, owner: int, avatar: str) -> int:
+    ticket = await services.renders.request(owner, GUILD, CHANNEL, avatar, "a portrait")
+    assert await services.dispatcher.run_once() == ticket.job_id
+    return ticket.job_id
+
+
+async def test_forget_me_erases_every_row_and_byte(services: Services) -> None:
+    await make_avatar(services, 7, "Mia", photos=3)
+    await make_avatar(services, 8, "Keep", photos=1)
+    job = await _render_one(services, 7, "Mia")
+    await _render_one(services, 8, "Keep")
+    photos = await services.avatars.photos(7, "Mia")
+    outputs = await services.jobs.outputs(job)
+    if services.database.dialect == "sqlite":  # the check below must be able to fail
+        assert _found(photos, _raw_files(services.database)) == [True] * 3
+
+    report = await services.privacy.forget_me(7)
+    assert (report.avatars, report.photos, report.features, report.consents) == (1, 3, 1, 1)
+    assert (report.jobs, report.outputs, report.ledger_rows_anonymised) == (1, 1, 1)
+    assert await services.avatars.list(7) == []
+    async with services.database.begin(readonly=True) as session:
+        assert (await session.scalars(select(RenderJob.user_id))).all() == [8]
+        assert (await session.scalars(select(Consent.user_id))).all() == [8]
+        assert (await session.scalars(select(Avatar.owner_id))).all() == [8]
+        ledger = (await session.execute(select(UsageLedger.user_id, UsageLedger.amount))).all()
+    assert sorted(ledger, key=str) == sorted([(None, 1), (8, 1)], key=str)  # counts stay
+    assert (await services.quotas.report(GUILD, 1, actor_is_admin=True)).rows[0].user_id in (
+        None,
+        8,
+    )
+    assert await services.avatars.list(8) != []  # another member is untouched
+    if services.database.dialect == "sqlite":
+        assert _found([*photos, *outputs], _raw_files(services.database)) == [False] * 4
+
+
+async def test_member_purge_and_guild_removal(services: Services) -> None:
+    await make_avatar(services, 7, "Mia")
+    await services.quotas.set(GUILD, actor_is_admin=True, renders_per_day=5)
+    await _render_one(services, 7, "Mia")
+    other_guild = await services.renders.request(7, GUILD + 1, CHANNEL, "Mia", "elsewhere")
+    with pytest.raises(Forbidden):
+        await services.privacy.purge_member(GUILD, 7, actor_is_admin=False)
+    purged = await services.privacy.purge_member(GUILD, 7, actor_is_admin=True)
+    assert (purged.jobs, purged.outputs) == (1, 1)
+    assert (await services.jobs.view(other_guild.job_id)).status == "queued"
+
+    assert await services.dispatcher.run_once() == other_guild.job_id
+    await _render_one(services, 7, "Mia")
+    erased = await services.privacy.guild_removed(GUILD)
+    assert erased.settings == 1 and erased.jobs == 1 and erased.ledger_rows >= 1
+    assert await _count(services, GuildSettings) == 0
+    assert (await services.quotas.get(GUILD)).renders_per_day == 10  # defaults again
+    assert [a.name for a in await services.avatars.list(7)] == ["Mia"]  # the member's own
+    assert (await services.jobs.view(other_guild.job_id)).status == "done"
+
+
+async def test_retention_purge(services: Services) -> None:
+    await make_avatar(services, 7, "Mia")
+    delivered = await _render_one(services, 7, "Mia")
+    undelivered = await _render_one(services, 7, "Mia")
+    recent = await _render_one(services, 7, "Mia")
+    await services.jobs.mark_delivered(delivered)
+    await services.jobs.mark_delivered(recent)
+    start_of_today = day_bounds(utcnow())[0]
+    async with services.database.begin() as session:
+        for job_id, age in ((delivered, 30), (undelivered, 30), (recent, 23)):
+            finished = utcnow() - timedelta(hours=age)
+            await session.execute(
+                update(RenderJob)
+                .where(RenderJob.id == job_id)
+                .values(finished_at=finished, created_at=min(finished, start_of_today))
+            )
+    assert await services.jobs.purge_expired() == 1  # delivered and past 24 h
+    remaining = {j.id for j in await services.jobs.undelivered()} | {recent}
+    assert remaining == {undelivered, recent}
+    # An undelivered job is kept up to a week longer, then goes too.
+    later = utcnow() + timedelta(days=8)
+    assert await services.jobs.purge_expired(now=later) == 2
+    assert await _count(services, JobOutput) == 0
+    assert await _count(services, UsageLedger) == 3  # the ledger keeps its counts
+
+
+async def test_encryption_at_rest_and_key_rotation(
+    database: Database, tmp_path: Path, tiny_engine_port
+) -> None:  # type: ignore[no-untyped-def]
+    key1, key2 = _key("one"), _key("two")
+    first = await build_services(
+        service_settings(tmp_path, data_key=key1), database, tiny_engine_port
+    )
+    await make_avatar(first, 7, "Mia", photos=2)
+    job = await _render_one(first, 7, "Mia")
+    photos = await first.avatars.photos(7, "Mia")
+    outputs = await first.jobs.outputs(job)
+    assert all(p[:8] == b"\x89PNG\r\n\x1a\n" for p in [*photos, *outputs])
+    async with database.begin(readonly=True) as session:
+        stored = [*(await session.scalars(select(Photo))).all()]
+        features = [*(await session.scalars(select(Feature))).all()]
+        blobs = [r.data for r in stored] + [r.data for r in features]
+        blobs += (await session.scalars(select(JobOutput.data))).all()
+    assert {sealed_key_id(b) for b in blobs} == {"one"}
+    assert {r.key_id for r in stored + features} == {"one"}
+    if database.dialect == "sqlite":
+        assert _found([*photos, *outputs], _raw_files(database)) == [False] * 3
+
+    # Rotation: the new key writes, the old one still reads; re-encryption moves everything.
+    rotated = await build_services(
+        service_settings(tmp_path, data_key=key2, old_data_keys=key1), database, tiny_engine_port
+    )
+    assert await rotated.avatars.photos(7, "Mia") == photos
+    report = await rotated.privacy.reencrypt(batch_size=1)
+    assert (report.photos, report.features, report.outputs) == (2, 1, 1)
+    assert (await rotated.privacy.reencrypt()).unchanged == 4  # idempotent
+    new_only = await build_services(
+        service_settings(tmp_path, data_key=key2), database, tiny_engine_port
+    )
+    assert await new_only.avatars.photos(7, "Mia") == photos
+    assert await new_only.jobs.outputs(job) == outputs
+    assert await new_only.renders.request(7, GUILD, CHANNEL, "Mia", "again")  # features decrypt
+    assert await new_only.dispatcher.run_once() is not None
+    without_key = await build_services(service_settings(tmp_path), database, tiny_engine_port)
+    with pytest.raises(InternalError):
+        await without_key.avatars.photos(7, "Mia")
