@@ -19,7 +19,15 @@ from bot.errors import AvatarbotError
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 # Modules under bot.cli that contribute subcommands, in help order.
-COMMAND_MODULES = ("config_cmd", "db_cmd", "photo_cmd", "train_cmd", "engine_cmd")
+COMMAND_MODULES = (
+    "config_cmd",
+    "db_cmd",
+    "photo_cmd",
+    "train_cmd",
+    "engine_cmd",
+    "avatar_cmd",
+    "worker_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,8 +75,8 @@ class IPAdapterPersonalizer(Personalizer):
             make_batch_invariant(self._projection)
         config_text = json.dumps(
             {
-                "encoder": self._image_encoder.config.to_dict(),
-                "preprocess": self._feature_extractor.to_dict(),
+                "encoder": _stable_config(self._image_encoder.config.to_dict()),
+                "preprocess": _stable_config(self._feature_extractor.to_dict()),
                 "plus": self.plus,
                 "face_margin": face_margin,
                 "version": _ENCODING_VERSION,
@@ -192,6 +192,12 @@ class IPAdapterPersonalizer(Personalizer):
                 proc.sample_scale = None
             unet.encoder_hid_proj = previous_projection
             unet.set_attn_processor(dict(previous_processors))
+
+
+def _stable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config without what says where it was loaded from or by which library version
+    (``_name_or_path``, ``transformers_version``...): the same model must keep its id."""
+    return {k: v for k, v in config.items() if not k.startswith("_") and not k.endswith("_version")}
 
 
 def load_ip_adapter(context: LoadContext) -> IPAdapterPersonalizer:

@@ -1,0 +1,226 @@
+"""The worker's scheduling, with a fake model: batching, progress, cancellation, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import pytest
+import torch
+
+from engine import EngineClosed, InvalidRequest, MissingWeights, RenderRequest, RenderResult
+from engine.pipeline import BatchOutcome, StepCallback
+from engine.worker import Worker
+
+
+class FakeRunner:
+    """Renders "images" named after their seeds; can be slow, fail or run out of memory."""
+
+    def __init__(self, step_seconds: float = 0.0) -> None:
+        self.step_seconds = step_seconds
+        self.batches: list[list[int]] = []
+        self.fail_prompt = "boom"
+        self.oom_above: int | None = None
+        self.threads: set[int] = set()
+
+    def key(self, request: RenderRequest) -> Hashable:
+        if request.prompt == "invalid":
+            raise InvalidRequest("refused by key")
+        return request.batch_key
+
+    def run(
+        self, samples: Sequence[RenderRequest], seeds: Sequence[int], on_step: StepCallback
+    ) -> BatchOutcome:
+        self.threads.add(threading.get_ident())
+        self.batches.append(list(seeds))
+        if self.oom_above is not None and len(samples) > self.oom_above:
+            raise torch.OutOfMemoryError("fake: out of memory")
+        if any(s.prompt == self.fail_prompt for s in samples):
+            raise RuntimeError("boom")
+        steps = samples[0].steps
+        for step in range(steps):
+            time.sleep(self.step_seconds)
+            if not on_step(step + 1, steps):
+                return BatchOutcome(images=[], interrupted=True)
+        return BatchOutcome(images=[f"img-{s}" for s in seeds], interrupted=False)
+
+    def result(
+        self, request: RenderRequest, images: list[Any], timings: dict[str, float]
+    ) -> RenderResult:
+        return RenderResult(images, request.seeds, timings, request.personalizer)
+
+
+def _req(seed: int, count: int = 1, **kw: Any) -> RenderRequest:
+    values: dict[str, Any] = {"prompt": "p", "width": 64, "height": 64, "steps": 3}
+    values.update(kw)
+    return RenderRequest(seed=seed, count=count, **values)
+
+
+def _worker(runner: FakeRunner, max_batch: int = 4, window_ms: int = 50) -> Worker:
+    return Worker(runner, max_batch=max_batch, gather_window_ms=window_ms)
+
+
+async def test_compatible_requests_share_a_batch_up_to_max_batch() -> None:
+    runner = FakeRunner()
+    worker = _worker(runner, max_batch=4)
+    requests = [_req(1), _req(10, count=2), _req(20, width=128), _req(30), _req(40)]
+    results = await asyncio.gather(*(worker.submit(r) for r in requests))
+    await worker.aclose()
+    assert [r.images for r in results] == [
+        ["img-1"],
+        ["img-10", "img-11"],
+        ["img-20"],
+        ["img-30"],
+        ["img-40"],
+    ]
+    # 4 compatible images fill the first batch; the other size and the overflow wait.
+    assert runner.batches == [[1, 10, 11, 30], [20], [40]]
+    assert results[0].timings["batch_images"] == 4.0
+    assert len(runner.threads) == 1
+
+
+async def test_progress_arrives_on_the_callers_loop_in_order() -> None:
+    runner = FakeRunner()
+    worker = _worker(runner)
+    seen: list[tuple[float, int]] = []
+    await worker.submit(_req(1, steps=4), lambda f: seen.append((f, threading.get_ident())))
+    await worker.aclose()
+    fractions = [f for f, _ in seen]
+    assert fractions[:4] == [0.25, 0.5, 0.75, 1.0] and fractions[-1] == 1.0
+    assert {thread for _, thread in seen} == {threading.get_ident()}
+
+
+async def test_cancel_before_the_batch_drops_the_request() -> None:
+    runner = FakeRunner()
+    worker = _worker(runner)
+    gate = threading.Event()
+    blocker = asyncio.create_task(worker.call(gate.wait))
+    await asyncio.sleep(0.05)
+    doomed = asyncio.create_task(worker.submit(_req(7)))
+    kept = asyncio.create_task(worker.submit(_req(8, width=128)))
+    await asyncio.sleep(0.05)
+    doomed.cancel()
+    gate.set()
+    await blocker
+    result = await kept
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    await worker.aclose()
+    assert result.images == ["img-8"]
+    assert runner.batches == [[8]]
+
+
+async def test_cancel_during_the_batch_keeps_the_others() -> None:
+    runner = FakeRunner(step_seconds=0.05)
+    worker = _worker(runner)
+    tasks: list[asyncio.Task[RenderResult]] = []
+
+    def cancel_second(fraction: float) -> None:
+        if fraction < 1.0:
+            tasks[1].cancel()
+
+    tasks.append(asyncio.create_task(worker.submit(_req(1, steps=6), cancel_second)))
+    tasks.append(asyncio.create_task(worker.submit(_req(2, steps=6))))
+    tasks.append(asyncio.create_task(worker.submit(_req(3, steps=6))))
+    first = await tasks[0]
+    third = await tasks[2]
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[1]
+    await worker.aclose()
+    assert runner.batches == [[1, 2, 3]]
+    assert (first.images, third.images) == (["img-1"], ["img-3"])
+
+
+async def test_a_batch_whose_requests_are_all_cancelled_stops_early() -> None:
+    runner = FakeRunner(step_seconds=0.05)
+    worker = _worker(runner)
+    task = asyncio.create_task(worker.submit(_req(1, steps=40)))
+    started = time.monotonic()
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await worker.call(lambda: None)  # the worker is free again
+    assert time.monotonic() - started < 1.5  # not the 2 s that 40 steps take
+    after = await worker.submit(_req(5))
+    await worker.aclose()
+    assert after.images == ["img-5"]
+
+
+async def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
+    runner = FakeRunner()
+    worker = _worker(runner)
+    outcomes = await asyncio.gather(
+        worker.submit(_req(1)),
+        worker.submit(_req(2, prompt="boom")),
+        worker.submit(_req(3)),
+        worker.submit(_req(4, prompt="invalid")),
+        return_exceptions=True,
+    )
+    later = await worker.submit(_req(9))
+    await worker.aclose()
+    assert isinstance(outcomes[0], RenderResult) and outcomes[0].images == ["img-1"]
+    assert isinstance(outcomes[1], RuntimeError)
+    assert isinstance(outcomes[2], RenderResult) and outcomes[2].images == ["img-3"]
+    assert isinstance(outcomes[3], InvalidRequest)
+    assert later.images == ["img-9"]
+    # The whole batch, then each request alone to isolate the failure.
+    assert runner.batches[:4] == [[1, 2, 3], [1], [2], [3]]
+
+
+async def test_out_of_memory_splits_the_batch_once() -> None:
+    runner = FakeRunner()
+    runner.oom_above = 2
+    worker = _worker(runner)
+    results = await asyncio.gather(*(worker.submit(_req(s)) for s in (1, 2, 3, 4)))
+    await worker.aclose()
+    assert [r.images for r in results] == [["img-1"], ["img-2"], ["img-3"], ["img-4"]]
+    assert runner.batches == [[1, 2, 3, 4], [1, 2], [3, 4]]
+
+
+async def test_out_of_memory_after_the_split_fails_the_requests() -> None:
+    runner = FakeRunner()
+    runner.oom_above = 0
+    worker = _worker(runner)
+    outcomes = await asyncio.gather(
+        worker.submit(_req(1)), worker.submit(_req(2)), return_exceptions=True
+    )
+    ok = await worker.call(lambda: "alive")
+    await worker.aclose()
+    assert all(isinstance(o, torch.OutOfMemoryError) for o in outcomes)
+    assert ok == "alive"
+
+
+async def test_close_refuses_new_and_pending_work() -> None:
+    runner = FakeRunner()
+    worker = _worker(runner)
+    gate = threading.Event()
+    blocker = asyncio.create_task(worker.call(gate.wait))
+    await asyncio.sleep(0.05)
+    pending = asyncio.create_task(worker.submit(_req(1)))
+    await asyncio.sleep(0.02)
+    closing = asyncio.create_task(worker.aclose())
+    await asyncio.sleep(0.02)
+    gate.set()
+    await closing
+    await blocker
+    with pytest.raises(EngineClosed):
+        await pending
+    with pytest.raises(EngineClosed):
+        await worker.submit(_req(2))
+    assert runner.batches == []
+
+
+async def test_setup_failure_reaches_every_caller() -> None:
+    def setup() -> None:
+        raise MissingWeights("base model", "/nowhere", "Check the path.")
+
+    worker = Worker(FakeRunner(), max_batch=2, gather_window_ms=0, setup=setup)
+    with pytest.raises(MissingWeights):
+        await worker.call(lambda: None)
+    with pytest.raises(MissingWeights):
+        await worker.submit(_req(1))
+    await worker.aclose()
