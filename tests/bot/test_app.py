@@ -1,0 +1,89 @@
+"""The bot as a whole: ``create_bot``, command sync only on change, sharding, unexpected errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import discord
+import pytest
+import simcord
+
+from bot.app import AvatarBot, ShardedAvatarBot, create_bot
+from bot.errors import InternalError
+from bot.ui.sync import forget_hash, tree_hash
+from tests.fixtures.discord import SIMCORD, World, bot_test_settings, create_avatar
+
+pytestmark = SIMCORD
+
+
+def syncs(env) -> int:
+    return sum(
+        1
+        for e in env.http_requests
+        if e.method == "PUT"
+        and e.path.startswith("/applications/")
+        and e.path.endswith("/commands")
+    )
+
+
+def test_create_bot_builds_without_connecting(tmp_path: Path) -> None:
+    bot = create_bot(bot_test_settings(tmp_path))
+    assert isinstance(bot, AvatarBot) and not isinstance(bot, discord.AutoShardedClient)
+    assert bot.is_closed() is False and bot.user is None
+    with pytest.raises(InternalError):
+        bot.services  # noqa: B018 - built in setup_hook, after login
+    sharded = create_bot(bot_test_settings(tmp_path, shard_count=3))
+    assert isinstance(sharded, ShardedAvatarBot) and sharded.shard_count == 3
+    assert not bot.intents.message_content and not bot.intents.members  # nothing privileged
+
+
+async def test_commands_are_synced_only_when_the_tree_changed(world: World, bots) -> None:
+    assert syncs(world.env) == 1
+    old = world.bot
+    stored = tree_hash(old.tree)
+
+    await world.env.restart_bot(bots())
+    await old.close()
+    assert syncs(world.env) == 1  # same tree, same hash: no call to Discord
+    listed = await world.alice.slash(world.channel, "avatar list")  # still registered
+    assert listed.response.content.startswith("You have no avatar")
+    assert tree_hash(world.bot.tree) == stored
+
+    await forget_hash(world.bot.database, world.bot.application_id)
+    old = world.bot
+    await world.env.restart_bot(bots())
+    await old.close()
+    assert syncs(world.env) == 2
+
+
+async def test_a_sharded_bot_serves_guilds_on_every_shard(tmp_path: Path, bots) -> None:
+    bots.settings = bot_test_settings(tmp_path, shard_count=2)
+    bot = bots()
+    assert isinstance(bot, discord.AutoShardedClient)
+    async with simcord.run(bot, settle_timeout=60.0) as env:
+        for shard in (0, 1):
+            guild = env.create_guild(name=f"shard {shard}", shard_id=shard)
+            channel = guild.create_text_channel("general")
+            member = guild.add_member(env.create_user(f"user{shard}"))
+            result = await member.slash(channel, "avatar list")
+            assert result.response.content.startswith("You have no avatar")
+        assert sorted(bot.shards) == [0, 1]
+
+
+async def test_unexpected_errors_show_only_a_reference_that_the_log_has(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await create_avatar(world, world.alice)
+
+    async def broken(owner_id: int) -> list[object]:
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(world.bot.services.avatars, "list", broken)
+    with caplog.at_level(logging.ERROR):
+        result = await world.alice.slash(world.channel, "avatar list")
+    assert [type(e.original) for e in world.env.errors] == [RuntimeError]
+    text = result.response.content
+    assert result.ephemeral and "database on fire" not in text
+    reference = text.split("`")[1]
+    assert any(reference in r.getMessage() and r.exc_info for r in caplog.records)
