@@ -27,7 +27,7 @@ from bot.services import photo_intake
 from bot.services.crypto import DataCipher
 from bot.services.names import name_key, normalize_name
 from bot.services.photo_intake import NormalizedPhoto, display_name
-from bot.services.ports import SUBJECT_KINDS, EnginePort, SubjectKind
+from bot.services.ports import SUBJECT_KINDS, EnginePort, EngineUnavailable, SubjectKind
 from bot.services.quotas import QuotaService
 from bot.services.results import (
     AvatarCreated,
@@ -419,7 +419,10 @@ class AvatarService:
         ids = [a.id for a in avatars]
         counts = await repo.photo_counts(session, ids)
         encoders = await repo.encoders_present(session, ids)
-        current = {self._engine.encoder_id(self._engine.default_personalizer())}
+        try:
+            current = {self._engine.encoder_id(self._engine.default_personalizer())}
+        except EngineUnavailable:  # a data-only process: any cached encoding counts
+            current = set().union(*encoders.values()) if encoders else set()
         return [
             AvatarView(
                 id=a.id,

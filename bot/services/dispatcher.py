@@ -130,6 +130,7 @@ class JobDispatcher:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, put running jobs back in the queue, wait for hooks (bounded)."""
+        was_running = self.started or bool(self._owners)
         self._stopping = True
         self._wakeup.set()
         if self._loop_task is not None:
@@ -143,7 +144,8 @@ class JobDispatcher:
         if owners:
             await asyncio.wait(owners, timeout=grace)
         await self._hub.drain(grace)
-        logger.info("dispatcher %s stopped", self.worker_id)
+        if was_running:
+            logger.info("dispatcher %s stopped", self.worker_id)
 
     async def run_once(self) -> int | None:
         """Claim and run one job to its end in this task; its id, or None if none was queued.

@@ -77,6 +77,10 @@ class StaleFeaturesError(Exception):
     """Raised by ``EnginePort.render`` when the features come from another encoder."""
 
 
+class EngineUnavailable(Exception):
+    """This process runs no engine (see ``NoEngine``)."""
+
+
 @runtime_checkable
 class EnginePort(Protocol):
     """The engine as the services see it.
@@ -114,3 +118,44 @@ class EnginePort(Protocol):
     ) -> RenderOutput: ...
 
     async def aclose(self) -> None: ...
+
+
+class NoEngine:
+    """The port of a process that manages data but never renders (the CLI's list, delete,
+    forget-me, usage): loading a model just to list avatars would take minutes on real
+    weights. Every question and every piece of work raises ``EngineUnavailable``; services
+    that can do without (an avatar's ``features_ready``) say so in their docstrings."""
+
+    def _refuse(self) -> EngineUnavailable:
+        return EngineUnavailable("no engine is loaded in this process")
+
+    def encoder_id(self, personalizer: str) -> str:
+        raise self._refuse()
+
+    def default_personalizer(self) -> str:
+        raise self._refuse()
+
+    def native_size(self) -> int:
+        raise self._refuse()
+
+    def count_tokens(self, text: str) -> int:
+        raise self._refuse()
+
+    def max_prompt_tokens(self) -> int:
+        raise self._refuse()
+
+    async def inspect(self, images: Sequence[Image], kind: SubjectKind) -> list[SubjectReport]:
+        raise self._refuse()
+
+    async def encode(
+        self, images: Sequence[Image], kind: SubjectKind, personalizer: str
+    ) -> EncodedFeatures:
+        raise self._refuse()
+
+    async def render(
+        self, spec: RenderSpec, features: bytes, progress: ProgressCallback | None = None
+    ) -> RenderOutput:
+        raise self._refuse()
+
+    async def aclose(self) -> None:
+        return None

@@ -33,7 +33,8 @@ class AvatarView:
     created_at: datetime
     updated_at: datetime
     # True when cached features exist for the running engine's encoder (else the next render
-    # re-encodes from the stored photos first).
+    # re-encodes from the stored photos first). In a process without an engine (``NoEngine``):
+    # True when features exist for any encoder.
     features_ready: bool
 
 

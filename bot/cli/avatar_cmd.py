@@ -1,0 +1,263 @@
+"""`avatarbot avatar ...`: the service layer without Discord, for operators and offline demos.
+
+    avatarbot avatar create --user 42 --name Mia --kind person a.jpg b.jpg --consent
+    avatarbot avatar list --user 42
+    avatarbot avatar render --user 42 --avatar Mia --prompt "Mia as an astronaut" \\
+        --count 2 --seed 7 --out renders/
+    avatarbot avatar delete --user 42 --avatar Mia
+    avatarbot avatar forget-me --user 42
+    avatarbot avatar usage --user 42 [--guild 123]
+    avatarbot avatar reencrypt            # after rotating AVATARBOT_DATA_KEY
+
+Every command acts for the member ``--user`` (a Discord user id), through the same services
+the bot uses, on the configured database (upgraded to head first). ``create`` and ``render``
+load the engine (``AVATARBOT_ENGINE__PROFILE=tiny`` runs offline in seconds); the others do
+not. ``render`` queues the job, runs the in-process dispatcher until it finishes and writes
+the PNGs. Without ``--guild`` the default quotas apply, counted apart from every guild.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bot.config import Settings
+
+if TYPE_CHECKING:
+    from bot.services.container import Services
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("avatar", help="avatars and renders for a user, without Discord")
+    actions = parser.add_subparsers(dest="avatar_command", metavar="ACTION", required=True)
+
+    create = actions.add_parser("create", help="create an avatar from photos")
+    _user(create)
+    create.add_argument("--name", required=True)
+    create.add_argument("--kind", choices=["person", "pet", "object"], default="person")
+    create.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
+    create.add_argument(
+        "--consent",
+        action="store_true",
+        help="confirm these are photos of the user, or ones they may use (required)",
+    )
+    create.set_defaults(handler=_handler(_create, engine=True, precheck=_check_create))
+
+    listing = actions.add_parser("list", help="list the user's avatars")
+    _user(listing)
+    listing.set_defaults(handler=_handler(_list, engine=False))
+
+    render = actions.add_parser("render", help="render an avatar and write the PNGs")
+    _user(render)
+    render.add_argument("--avatar", required=True, metavar="NAME")
+    render.add_argument("--prompt", required=True)
+    render.add_argument("--negative-prompt", default="")
+    render.add_argument("--style", default="none")
+    render.add_argument("--aspect", choices=["square", "portrait", "landscape"], default="square")
+    render.add_argument("--count", type=int, default=1)
+    render.add_argument("--seed", type=int)
+    render.add_argument("--steps", type=int)
+    render.add_argument("--strength", type=float, default=0.7, help="identity strength 0..1")
+    render.add_argument("--out", type=Path, default=Path("renders"), metavar="DIR")
+    render.add_argument("--timeout", type=float, default=3600, help="seconds to wait")
+    render.set_defaults(handler=_handler(_render, engine=True))
+
+    delete = actions.add_parser("delete", help="delete one of the user's avatars")
+    _user(delete)
+    delete.add_argument("--avatar", required=True, metavar="NAME")
+    delete.set_defaults(handler=_handler(_delete, engine=False))
+
+    forget = actions.add_parser("forget-me", help="erase everything stored about the user")
+    _user(forget)
+    forget.set_defaults(handler=_handler(_forget, engine=False))
+
+    usage = actions.add_parser("usage", help="the user's renders today and when they reset")
+    _user(usage)
+    usage.set_defaults(handler=_handler(_usage, engine=False))
+
+    reencrypt = actions.add_parser(
+        "reencrypt", help="re-seal every stored photo, feature and output with the current key"
+    )
+    reencrypt.set_defaults(handler=_handler(_reencrypt, engine=False))
+
+
+def _user(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", type=int, required=True, metavar="ID", help="Discord user id")
+    parser.add_argument("--guild", type=int, metavar="ID", help="act as in this guild")
+
+
+Action = Callable[[argparse.Namespace, "Services"], Awaitable[int]]
+
+
+def _handler(
+    action: Action,
+    *,
+    engine: bool,
+    precheck: Callable[[argparse.Namespace], int | None] | None = None,
+) -> Callable[[argparse.Namespace, Settings], int]:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        # Refuse what can be refused before loading a model (seconds to minutes).
+        status = precheck(args) if precheck is not None else None
+        if status is not None:
+            return status
+
+        async def main() -> int:
+            async with _services(settings, with_engine=engine) as services:
+                return await action(args, services)
+
+        return asyncio.run(main())
+
+    return run
+
+
+@asynccontextmanager
+async def _services(settings: Settings, *, with_engine: bool) -> AsyncIterator[Services]:
+    from bot.services.container import build_services
+    from bot.services.dispatcher import DispatcherConfig
+    from bot.services.ports import EnginePort, NoEngine
+    from db.migrate import upgrade
+    from db.session import Database
+
+    database = Database.from_url(settings.effective_database_url)
+    engine: EnginePort = NoEngine()
+    try:
+        await upgrade(database)
+        if with_engine:
+            from bot.engine_adapter import build_engine_port
+
+            print(f"loading engine profile {settings.engine.profile}...", file=sys.stderr)
+            engine = await build_engine_port(settings)
+        config = DispatcherConfig(concurrency=settings.engine.max_batch, poll_seconds=0.2)
+        services = await build_services(settings, database, engine, dispatcher_config=config)
+        try:
+            yield services
+        finally:
+            await services.aclose()
+    finally:
+        await engine.aclose()
+        await database.dispose()
+
+
+def _check_create(args: argparse.Namespace) -> int | None:
+    if not args.consent:
+        print(
+            "avatarbot: pass --consent to confirm these are photos of the user, or photos "
+            "they have permission to use",
+            file=sys.stderr,
+        )
+        return 2
+    args.files = []
+    for path in args.photos:
+        try:
+            args.files.append((path.name, path.read_bytes()))
+        except OSError as exc:
+            print(f"avatarbot: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            return 1
+    return None
+
+
+async def _create(args: argparse.Namespace, services: Services) -> int:
+    created = await services.avatars.create(
+        args.user, args.guild, args.name, args.kind, args.files, consent=True
+    )
+    avatar = created.avatar
+    print(f"created {avatar.kind} avatar “{avatar.name}” with {avatar.photo_count} photo(s)")
+    for name in created.kept:
+        print(f"  kept     {name}")
+    for refusal in created.refused:
+        print(f"  refused  {refusal.filename}: {refusal.reason}: {refusal.message}")
+    for warning in created.warnings:
+        print(f"  warning  {warning.filename}: {warning.message}")
+    return 0
+
+
+async def _list(args: argparse.Namespace, services: Services) -> int:
+    avatars = await services.avatars.list(args.user)
+    if not avatars:
+        print(f"user {args.user} has no avatars")
+    for a in avatars:
+        print(f"{a.name}\t{a.kind}\t{a.photo_count} photo(s)\tcreated {a.created_at:%Y-%m-%d}")
+    return 0
+
+
+async def _render(args: argparse.Namespace, services: Services) -> int:
+    from bot.services.events import JobObserver
+    from bot.services.results import RenderOptions
+
+    options = RenderOptions(
+        negative_prompt=args.negative_prompt,
+        style=args.style,
+        aspect=args.aspect,
+        count=args.count,
+        seed=args.seed,
+        identity_strength=args.strength,
+        steps=args.steps,
+    )
+    ticket = await services.renders.request(
+        args.user, args.guild, None, args.avatar, args.prompt, options
+    )
+    print(f"job {ticket.job_id} queued (position {ticket.position})", file=sys.stderr)
+
+    class Progress(JobObserver):
+        async def job_progress(self, job_id: int, fraction: float) -> None:
+            if job_id == ticket.job_id:
+                print(f"\rrendering job {job_id}: {fraction:4.0%}", end="", file=sys.stderr)
+
+    services.dispatcher.add_observer(Progress())
+    await services.dispatcher.start()
+    view = await services.dispatcher.wait_finished(ticket.job_id, within=args.timeout)
+    print(file=sys.stderr)
+    if view.status != "done":
+        print(f"avatarbot: job {view.id} {view.status}: {view.error or ''}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    for image, seed in zip(await services.jobs.outputs(view.id), view.seeds, strict=True):
+        path = args.out / f"job{view.id}-seed{seed}.png"
+        path.write_bytes(image)
+        print(path)
+    await services.jobs.mark_delivered(view.id)
+    return 0
+
+
+async def _delete(args: argparse.Namespace, services: Services) -> int:
+    await services.avatars.delete(args.user, args.avatar)
+    print(f"deleted avatar “{args.avatar}” of user {args.user}")
+    return 0
+
+
+async def _forget(args: argparse.Namespace, services: Services) -> int:
+    report = await services.privacy.forget_me(args.user)
+    print(
+        f"erased user {args.user}: {report.avatars} avatar(s), {report.photos} photo(s), "
+        f"{report.features} feature set(s), {report.consents} consent record(s), "
+        f"{report.jobs} job(s), {report.outputs} image(s); "
+        f"{report.ledger_rows_anonymised} usage record(s) kept without the user id"
+    )
+    return 0
+
+
+async def _usage(args: argparse.Namespace, services: Services) -> int:
+    usage = await services.quotas.usage(args.guild, args.user)
+    print(
+        f"{usage.used} of {usage.limit} renders used today; {usage.remaining} left; "
+        f"resets at {usage.resets_at:%Y-%m-%d %H:%M} UTC"
+    )
+    return 0
+
+
+async def _reencrypt(args: argparse.Namespace, services: Services) -> int:
+    try:
+        report = await services.privacy.reencrypt()
+    except ValueError as exc:
+        print(f"avatarbot: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"re-sealed {report.photos} photo(s), {report.features} feature set(s), "
+        f"{report.outputs} output(s); {report.unchanged} already under the current key"
+    )
+    return 0

@@ -1,0 +1,92 @@
+"""`avatarbot avatar ...` end to end on the tiny engine: create, list, render, usage, delete,
+forget-me, as an operator would run them (one process per command, one SQLite file)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.cli import main
+from bot.services.ports import EnginePort
+from tests.fixtures.services import make_photo
+
+
+class _Shared:
+    """The session's tiny engine lent to each command (which closes its engine at exit)."""
+
+    def __init__(self, inner: EnginePort) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_avatar_session(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tiny_engine_port: EnginePort,
+) -> None:
+    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AVATARBOT_ENGINE__PROFILE", "tiny")
+    monkeypatch.setenv("AVATARBOT_ENGINE__DEFAULT_STEPS", "2")
+    monkeypatch.delenv("AVATARBOT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("AVATARBOT_DATA_KEY", raising=False)
+    loads: list[str] = []
+
+    async def build_engine_port(settings: object) -> EnginePort:
+        loads.append("engine")
+        return _Shared(tiny_engine_port)  # type: ignore[return-value]
+
+    monkeypatch.setattr("bot.engine_adapter.build_engine_port", build_engine_port)
+    photos = []
+    for i in range(2):
+        path = tmp_path / f"photo{i}.png"
+        path.write_bytes(make_photo(i))
+        photos.append(str(path))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(["--log-level", "WARNING", "avatar", *argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, _, err = run("create", "--user", "42", "--name", "Mia", "--kind", "object", *photos)
+    assert code == 2 and "--consent" in err and loads == []
+    code, out, _ = run(
+        "create", "--user", "42", "--name", "Mia", "--kind", "object", *photos, "--consent"
+    )
+    assert code == 0 and "created object avatar “Mia” with 2 photo(s)" in out
+    code, out, _ = run("list", "--user", "42")
+    assert code == 0 and out.startswith("Mia\tobject\t2 photo(s)")
+    assert loads == ["engine"]  # listing needs no engine
+
+    out_dir = tmp_path / "renders"
+    code, out, err = run(
+        "render", "--user", "42", "--avatar", "mia", "--prompt", "a cat",
+        "--count", "2", "--seed", "7", "--out", str(out_dir),
+    )  # fmt: skip
+    assert code == 0, err
+    written = out.split()
+    assert written == [str(out_dir / "job1-seed7.png"), str(out_dir / "job1-seed8.png")]
+    for path in written:
+        with Image.open(io.BytesIO(Path(path).read_bytes())) as image:
+            assert (image.format, image.size) == ("PNG", (64, 64))
+    code, out, _ = run("usage", "--user", "42")
+    assert code == 0 and out.startswith("1 of 25 renders used today; 24 left")
+
+    code, _, err = run("render", "--user", "43", "--avatar", "Mia", "--prompt", "a cat")
+    assert code == 1 and "no avatar" in err  # another user's avatar does not exist for them
+    code, out, _ = run("delete", "--user", "42", "--avatar", "Mia")
+    assert code == 0
+    code, out, _ = run("forget-me", "--user", "42")
+    assert code == 0 and "1 job(s), 2 image(s)" in out
+    code, out, _ = run("list", "--user", "42")
+    assert out.strip() == "user 42 has no avatars"
+    code, _, err = run("reencrypt")
+    assert code == 2 and "AVATARBOT_DATA_KEY" in err
