@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "engine_cmd",
     "avatar_cmd",
     "worker_cmd",
+    "run_cmd",
+    "demo_cmd",
 )
 
 

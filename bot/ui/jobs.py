@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 QUEUED_EVENT = "avatarbot_job_queued"
+RESUME_EVENT = "avatarbot_jobs_resumed"
 MAX_BACKOFF = 30.0  # after errors
 MAX_POLL = 60.0  # when idle
 
@@ -62,6 +63,7 @@ class JobRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._remove_observer: Any = None
         self._wake_pending = False
+        self._paused = False
         self._last_maintenance = 0.0
 
     @property
@@ -92,6 +94,20 @@ class JobRunner:
             self._remove_observer()
             self._remove_observer = None
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Stop starting jobs (those running finish); requests still queue. For maintenance,
+        and for the demo, which shows a job waiting in line."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self.bot.dispatch(RESUME_EVENT)
+        self.wake()
+
     def wake(self, job_id: int | None = None) -> None:
         """A job was committed to the queue: idle lanes look now."""
         self._wake_pending = True
@@ -111,6 +127,9 @@ class JobRunner:
         poll = PollBackoff(self._dispatcher.config.poll_seconds)
         error_delay = 0.5
         while True:
+            if self._paused:
+                await self.bot.wait_for(RESUME_EVENT)
+                continue
             try:
                 job_id = await self._dispatcher.run_once()
                 error_delay = 0.5

@@ -1,0 +1,277 @@
+"""The offline demo: the real bot (``create_bot``, real discord.py) on SimCord, an in-memory
+Discord, with the ``tiny`` engine. No token, no GPU, no network.
+
+A scripted session — create an avatar from the sample photos, render, reroll, cancel a queued
+render, delete a result — is recorded step by step; the images and an HTML transcript of the
+conversation are written to a folder. ``interactive=True`` then opens SimCord's local browser
+preview of the same channel, where a newcomer can run the commands and press the buttons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from bot.app import create_bot
+from bot.config import Settings
+from bot.ui.transcript import Shown, Step, write_transcript
+
+logger = logging.getLogger(__name__)
+
+SAMPLES = ("person-1.jpg", "person-2.jpg", "cat-1.jpg")
+SETTLE_SECONDS = 300.0  # a tiny render on a slow, busy machine; a hang still ends the demo
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class DemoReport:
+    out_dir: Path
+    transcript: Path
+    images: list[Path] = field(default_factory=list)
+    steps: int = 0
+    preview_url: str | None = None
+
+
+def demo_settings(base: Settings, workdir: Path) -> Settings:
+    """The user's settings, pointed at a throwaway database and the tiny engine, offline."""
+    engine = base.engine.model_copy(update={"profile": "tiny", "offline": True})
+    return base.model_copy(
+        update={
+            "data_dir": workdir,
+            "database_url": f"sqlite+aiosqlite:///{workdir / 'demo.db'}",
+            "engine": engine,
+            "run_worker": True,
+            "shard_count": None,
+        }
+    )
+
+
+def sample_photos() -> list[tuple[str, bytes]]:
+    folder = files("bot") / "assets" / "samples"
+    return [(name, (folder / name).read_bytes()) for name in SAMPLES]
+
+
+class _Recorder:
+    """Turns what the bot answered into transcript entries and saved images."""
+
+    def __init__(self, env: Any, out_dir: Path, member: Any) -> None:
+        self.env = env
+        self.out_dir = out_dir
+        self.member = member
+        self.steps: list[Step] = []
+        self.images: list[Path] = []
+        self._http_seen = 0
+        self._channel_seen: set[int] = set()
+
+    def begin(self, title: str, action: str) -> Step:
+        step = Step(title=title, action=action)
+        self.steps.append(step)
+        self._http_seen = len(self.env.http_requests)
+        return step
+
+    def seen_now(self, channel: Any) -> None:
+        """Everything in the channel so far is old news for the next step."""
+        self._channel_seen.update(m.id for m in channel.history(viewer=self.member))
+
+    def progress_edits(self) -> list[str]:
+        """Contents of the interaction-message edits since the step began (progress)."""
+        out = []
+        for entry in self.env.http_requests[self._http_seen :]:
+            if entry.method == "PATCH" and entry.path.startswith("/webhooks/") and entry.json:
+                content = entry.json.get("content")
+                if content:
+                    out.append(content)
+        return out
+
+    async def shown(self, message: Any, *, ephemeral: bool, note: str = "") -> Shown:
+        """One message as the member saw it; its images are saved next to the transcript."""
+        images = []
+        for attachment in getattr(message, "attachments", []):
+            name = f"step{len(self.steps)}-{len(self.images) + 1}-{attachment.filename}"
+            path = self.out_dir / "images" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(await attachment.read())
+            self.images.append(path)
+            images.append(f"images/{name}")
+        buttons = []
+        for row in getattr(message, "components", []) or []:
+            children = row["components"] if isinstance(row, dict) else row.children
+            for child in children:
+                buttons.append(child["label"] if isinstance(child, dict) else child.label)
+        embeds = [embed.to_dict() for embed in getattr(message, "embeds", [])]
+        return Shown(
+            content=getattr(message, "content", "") or "",
+            ephemeral=ephemeral,
+            embeds=embeds,
+            images=images,
+            buttons=[b for b in buttons if b],
+            note=note,
+        )
+
+    async def new_channel_messages(self, channel: Any) -> list[Shown]:
+        """Public messages posted since the step began (ephemeral ones are recorded from the
+        interaction results)."""
+        out = []
+        for message in channel.history(viewer=self.member):
+            if message.id in self._channel_seen or message.flags.ephemeral:
+                continue
+            self._channel_seen.add(message.id)
+            out.append(await self.shown(message, ephemeral=False))
+        return out
+
+
+async def run_demo(
+    settings: Settings,
+    out_dir: Path,
+    *,
+    interactive: bool = False,
+    minutes: float = 30.0,
+    port: int | None = None,
+    say: Say = logger.info,
+) -> DemoReport:
+    """Run the scripted session, write the transcript, optionally open the browser preview."""
+    import simcord
+
+    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="avatarbot-demo-") as tmp:
+        bot = create_bot(demo_settings(settings, Path(tmp)))
+        say("Starting the bot on SimCord (an in-memory Discord) with the tiny engine…")
+        try:
+            async with simcord.run(bot, settle_timeout=SETTLE_SECONDS) as env:
+                guild = env.create_guild(name="avatarbot demo")
+                channel = guild.create_text_channel("renders")
+                member = guild.add_member(env.create_user("you"))
+                guild.add_member(env.create_user("a-friend"))
+                recorder = _Recorder(env, out_dir, member)
+                recorder.seen_now(channel)
+                await _script(bot, channel, member, recorder, say)
+                transcript = write_transcript(
+                    out_dir / "transcript.html", recorder.steps, env.transcript()
+                )
+                report = DemoReport(out_dir, transcript, recorder.images, len(recorder.steps))
+                say(f"Wrote {len(recorder.images)} images and {transcript}")
+                if interactive:
+                    await _preview(env, channel, member, minutes, port, report, say)
+        finally:
+            if not bot.is_closed():
+                await bot.close()
+    return report
+
+
+async def _script(bot: Any, channel: Any, member: Any, rec: _Recorder, say: Say) -> None:
+    step = rec.begin("Help", "/avatar help")
+    say("1/7 /avatar help")
+    result = await member.slash(channel, "avatar help")
+    step.shown.append(await rec.shown(result.response, ephemeral=True))
+
+    step = rec.begin(
+        "Create an avatar from three photos",
+        "/avatar create → name: Me, kind: person, photos: person-1.jpg, person-2.jpg, "
+        "cat-1.jpg, consent ✓",
+    )
+    say("2/7 /avatar create (the form, with the sample photos)")
+    form = await member.slash(channel, "avatar create")
+    result = await member.submit_modal(
+        form,
+        {"name": "Me", "kind": ["person"], "photos": sample_photos(), "consent": ["accepted"]},
+    )
+    step.shown.append(await rec.shown(result.response, ephemeral=True))
+
+    step = rec.begin(
+        "Render",
+        "/avatar render avatar: Me, prompt: as an astronaut on the moon, style: Photo, "
+        "count: 2, seed: 42",
+    )
+    say("3/7 /avatar render")
+    result = await member.slash(
+        channel,
+        "avatar render",
+        avatar="Me",
+        prompt="as an astronaut on the moon",
+        style="photo",
+        count=2,
+        seed=42,
+    )
+    step.progress = rec.progress_edits()
+    step.shown.append(await rec.shown(result.response, ephemeral=True))
+    step.shown += await rec.new_channel_messages(channel)
+    posted = result.followups[-1] if result.followups else None
+
+    step = rec.begin("Reroll", "pressed 🎲 Reroll under the result")
+    say("4/7 Reroll")
+    rerolled = None
+    if posted is not None:
+        clicked = await member.click(posted, label="Reroll")
+        step.progress = rec.progress_edits()
+        step.shown.append(await rec.shown(clicked.response, ephemeral=True))
+        step.shown += await rec.new_channel_messages(channel)
+        rerolled = clicked.followups[-1] if clicked.followups else None
+
+    step = rec.begin(
+        "Cancel a queued render",
+        "/avatar render prompt: as a knight in shining armour — then ✖️ Cancel while it waits "
+        "(the demo pauses the worker so the render stays in line)",
+    )
+    say("5/7 Cancel a queued render")
+    bot.jobs.pause()
+    try:
+        result = await member.slash(
+            channel, "avatar render", avatar="Me", prompt="as a knight in shining armour"
+        )
+        step.shown.append(await rec.shown(result.response, ephemeral=True, note="before"))
+        await member.click(result.response, label="Cancel")
+        step.shown.append(await rec.shown(result.response, ephemeral=True, note="after Cancel"))
+    finally:
+        bot.jobs.resume()
+
+    step = rec.begin("Delete a result", "pressed 🗑️ Delete under the rerolled result")
+    say("6/7 Delete")
+    if rerolled is not None:
+        clicked = await member.click(rerolled, label="Delete")
+        gone = all(m.id != rerolled.id for m in channel.history(viewer=member))
+        for message in clicked.followups:
+            step.shown.append(
+                await rec.shown(
+                    message, ephemeral=True, note="the result message is gone" if gone else ""
+                )
+            )
+
+    step = rec.begin("Usage", "/avatar usage")
+    say("7/7 /avatar usage")
+    result = await member.slash(channel, "avatar usage")
+    step.shown.append(await rec.shown(result.response, ephemeral=True))
+
+
+async def _preview(
+    env: Any,
+    channel: Any,
+    member: Any,
+    minutes: float,
+    port: int | None,
+    report: DemoReport,
+    say: Say,
+) -> None:
+    try:
+        preview = env.preview(channel, viewers=[member], layout="channel", port=port)
+    except Exception as exc:  # the preview extra is missing or broken
+        raise RuntimeError(
+            f"the browser preview is unavailable ({exc}); install it with "
+            "`pip install 'avatarbot[demo]'` (it pulls simcord[preview])"
+        ) from exc
+    async with preview:
+        report.preview_url = preview.url
+        say(
+            f"Open {preview.url} in a browser on this machine (the address is a secret). "
+            f"Type / in the composer to run commands. Closes after {minutes:g} minutes, "
+            "with “End preview session”, or Ctrl-C."
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(preview.wait_closed(), timeout=minutes * 60)

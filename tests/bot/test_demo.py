@@ -1,0 +1,61 @@
+"""``avatarbot demo``: the scripted session end to end, and the browser preview it can open."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import aiohttp
+from PIL import Image
+
+from bot.cli import main
+from bot.demo import DemoReport, _preview
+from tests.fixtures.discord import SIMCORD, World
+
+
+def test_demo_writes_images_and_a_transcript(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path / "untouched"))
+    out = tmp_path / "demo-output"
+    assert main(["--log-level", "WARNING", "demo", "--out", str(out)]) == 0
+
+    printed = capsys.readouterr().out
+    assert f"transcript: {out / 'transcript.html'}" in printed
+    html = (out / "transcript.html").read_text()
+    for title in ("Create an avatar", "Render", "Reroll", "Cancel a queued render", "Delete"):
+        assert title in html
+    assert "Cancelled. Your render was refunded." in html
+    assert "Deleted: the images and the prompt." in html
+    assert "the result message is gone" in html
+    assert "no face" in html  # the cat photo, refused for a person avatar
+
+    images = sorted((out / "images").iterdir())
+    renders = [p for p in images if "render-" in p.name]
+    assert len(renders) == 4  # two images, then their reroll
+    assert len([p for p in images if "photos." in p.name]) == 1  # the contact sheet, once
+    for path in images:
+        with Image.open(path) as img:
+            img.verify()
+        assert f'src="images/{path.name}"' in html
+    # Nothing was written outside the output folder and the temporary database.
+    assert not (tmp_path / "untouched").exists()
+
+
+@SIMCORD
+async def test_the_interactive_preview_serves_the_channel(world: World) -> None:
+    said: list[str] = []
+    report = DemoReport(Path("."), Path("transcript.html"))
+    task = asyncio.ensure_future(
+        _preview(world.env, world.channel, world.alice, 0.05, None, report, said.append)
+    )
+    for _ in range(200):
+        if report.preview_url:
+            break
+        await asyncio.sleep(0.01)
+    url = report.preview_url
+    assert url and re.fullmatch(r"http://127\.0\.0\.1:\d+/#[\w-]{20,}", url)
+    assert url in said[0]
+    async with aiohttp.ClientSession() as session, session.get(url.split("#")[0]) as page:
+        assert page.status == 200
+        assert "html" in page.headers["Content-Type"]
+    await task  # closes by itself after its time (3 s here)
