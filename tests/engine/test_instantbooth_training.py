@@ -68,7 +68,7 @@ def _cli(data: Path, out: Path, steps: int, *extra: str) -> int:
         [
             "train", "instantbooth", "--profile", "tiny", "--kind", "object",
             "--data", str(data), "--out", str(out), "--steps", str(steps),
-            "--batch-size", "2", "--resolution", "32", "--lr-adapter", "1e-3",
+            "--batch-size", "2", "--resolution", "16", "--lr-adapter", "1e-3",
             "--save-every", "3", "--num-workers", "0", *extra,
         ]
     )  # fmt: skip

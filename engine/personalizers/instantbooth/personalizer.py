@@ -180,6 +180,11 @@ def load_personalizer(ctx: LoadContext) -> InstantBoothPersonalizer:
     model.install(pipe.unet).remove()  # fail now if the weights fit another UNet
     _ = model.weights_digest  # the id names the weights as stored, before any dtype cast
     model.to(ctx.device, ctx.dtype)
+    if ctx.batch_invariant:
+        from engine.pipeline import make_batch_invariant
+
+        # The concept head sees one row per photo: row-wise, N photos encode like N single ones.
+        make_batch_invariant(model)
     image_encoder.to(ctx.device, ctx.dtype)
     personalizer = InstantBoothPersonalizer(model, image_encoder)
     logger.info("InstantBooth loaded (%s)", personalizer.encoder_id)
