@@ -11,19 +11,15 @@ read checked (name free, avatar count), so a concurrent creation cannot slip pas
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import io
 import logging
 from collections.abc import Sequence
 
-from PIL import Image
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import PhotoLimits
-from bot.errors import ConsentRequired, InvalidInput, InvalidPhoto, NotFound, QuotaExceeded
-from bot.services import photo_intake
+from bot.errors import ConsentRequired, InvalidInput, NotFound, QuotaExceeded
 from bot.services.crypto import DataCipher
 from bot.services.names import name_key, normalize_name
 from bot.services.photo_intake import NormalizedPhoto, display_name
@@ -32,12 +28,9 @@ from bot.services.quotas import QuotaService
 from bot.services.results import (
     AvatarCreated,
     AvatarView,
-    PhotoRefusal,
     PhotosAdded,
-    PhotoWarning,
 )
-from bot.services.similarity import near_duplicates
-from bot.services.subject_messages import problem_message, warning_message
+from bot.services.screening import NoUsablePhotos, decode_all, screen_photos
 from db.models import Avatar
 from db.repositories import avatars as repo
 from db.repositories.avatars import NewPhoto
@@ -58,17 +51,6 @@ CONSENT_TEXT = (
 
 PHOTO_PURPOSE = b"photo"
 FEATURES_PURPOSE = b"features"
-
-
-class NoUsablePhotos(InvalidPhoto):
-    """Every photo was refused; ``refused`` says why, per file."""
-
-    def __init__(self, refused: Sequence[PhotoRefusal]) -> None:
-        reasons = "\n".join(f"- {r.message}" for r in refused[:10])
-        super().__init__(
-            "no_usable_photos", f"None of the photos can be used for this avatar:\n{reasons}"
-        )
-        self.refused = tuple(refused)
 
 
 class AvatarService:
@@ -144,17 +126,20 @@ class AvatarService:
             await self._check_new(session, owner_id, clean, quotas.avatars_per_member)
         self._check_count(len(files), 0, quotas.photos_per_avatar)
 
-        kept, refused, warnings = await self._screen(files, subject, existing=())
+        screened = await screen_photos(self._engine, self._limits, files, subject)
+        kept = screened.kept
         if not kept:
-            raise NoUsablePhotos(refused)
+            raise NoUsablePhotos(screened.refused)
         personalizer = quotas.personalizer or self._engine.default_personalizer()
         encoded = await self._engine.encode(
-            await _decode_all([p.data for _, p in kept]), subject, personalizer
+            await decode_all([p.data for _, p in kept]), subject, personalizer
         )
         now = utcnow()
         try:
             async with self._db.begin() as session:
-                await lock_scope(session, guild_id)
+                # Serialise this member's creations (the avatar count is theirs, across
+                # guilds). Discord ids are unique across users and guilds: no lock collides.
+                await lock_scope(session, owner_id)
                 await self._check_new(session, owner_id, clean, quotas.avatars_per_member)
                 avatar = await repo.insert_avatar(
                     session,
@@ -185,8 +170,8 @@ class AvatarService:
         return AvatarCreated(
             avatar=view,
             kept=tuple(f for f, _ in kept),
-            refused=tuple(refused),
-            warnings=tuple(warnings),
+            refused=tuple(screened.refused),
+            warnings=tuple(screened.warnings),
         )
 
     async def add_photos(
@@ -199,15 +184,16 @@ class AvatarService:
             stored = await repo.photos_of(session, avatar.id)
         self._check_count(len(files), len(stored), quotas.photos_per_avatar)
         subject = _kind(avatar.kind)
-        kept, refused, warnings = await self._screen(
-            files, subject, existing=[p.sha256 for p in stored]
+        screened = await screen_photos(
+            self._engine, self._limits, files, subject, existing=[p.sha256 for p in stored]
         )
+        kept = screened.kept
         if not kept:
-            raise NoUsablePhotos(refused)
+            raise NoUsablePhotos(screened.refused)
         old = [self._cipher.open(p.data, PHOTO_PURPOSE) for p in stored]
         personalizer = quotas.personalizer or self._engine.default_personalizer()
         encoded = await self._engine.encode(
-            await _decode_all([*old, *(p.data for _, p in kept)]), subject, personalizer
+            await decode_all([*old, *(p.data for _, p in kept)]), subject, personalizer
         )
         async with self._db.begin() as session:
             current = await self._require(session, owner_id, name)
@@ -229,8 +215,8 @@ class AvatarService:
         return PhotosAdded(
             avatar=view,
             kept=tuple(f for f, _ in kept),
-            refused=tuple(refused),
-            warnings=tuple(warnings),
+            refused=tuple(screened.refused),
+            warnings=tuple(screened.warnings),
         )
 
     async def remove_photo(self, owner_id: int, name: str, number: int) -> AvatarView:
@@ -250,7 +236,7 @@ class AvatarService:
         rest = [self._cipher.open(p.data, PHOTO_PURPOSE) for p in stored if p.id != removed.id]
         personalizer = quotas.personalizer or self._engine.default_personalizer()
         encoded = await self._engine.encode(
-            await _decode_all(rest), _kind(avatar.kind), personalizer
+            await decode_all(rest), _kind(avatar.kind), personalizer
         )
         async with self._db.begin() as session:
             current = await self._require(session, owner_id, name)
@@ -318,7 +304,7 @@ class AvatarService:
         if not photos:
             raise NotFound("This avatar has no photos left.")
         logger.info("re-encoding avatar %s for %s", avatar_id, encoder_id)
-        encoded = await self._engine.encode(await _decode_all(photos), kind, personalizer)
+        encoded = await self._engine.encode(await decode_all(photos), kind, personalizer)
         try:
             async with self._db.begin() as session:
                 if await repo.by_id(session, avatar_id) is not None:
@@ -356,53 +342,6 @@ class AvatarService:
             raise InvalidInput(
                 f"An avatar can have at most {limit} photos here; you can add {room} more."
             )
-
-    async def _screen(
-        self, files: Sequence[tuple[str, bytes]], kind: SubjectKind, existing: Sequence[str]
-    ) -> tuple[
-        builtins.list[tuple[str, NormalizedPhoto]],
-        builtins.list[PhotoRefusal],
-        builtins.list[PhotoWarning],
-    ]:
-        """Intake, then the engine's subject checks: (kept, refused, warnings), in order."""
-        results = await asyncio.to_thread(
-            photo_intake.check_batch, list(files), self._limits, existing_sha256=existing
-        )
-        refused: builtins.list[PhotoRefusal] = []
-        candidates: builtins.list[tuple[str, NormalizedPhoto]] = []
-        for (filename, _), result in zip(files, results, strict=True):
-            if isinstance(result, InvalidPhoto):
-                refused.append(PhotoRefusal(display_name(filename), result.reason, result.message))
-            else:
-                candidates.append((filename, result))
-        if not candidates:
-            return [], refused, []
-        reports = await self._engine.inspect(
-            await _decode_all([p.data for _, p in candidates]), kind
-        )
-        kept: builtins.list[tuple[str, NormalizedPhoto]] = []
-        warnings: builtins.list[PhotoWarning] = []
-        for (filename, photo), report in zip(candidates, reports, strict=True):
-            shown = display_name(filename)
-            if report.problems:
-                code = report.problems[0]
-                refused.append(PhotoRefusal(shown, code, problem_message(code, shown, kind)))
-                continue
-            kept.append((filename, photo))
-            warnings.extend(
-                PhotoWarning(shown, code, warning_message(code, shown)) for code in report.warnings
-            )
-        pairs = await asyncio.to_thread(near_duplicates, [p.data for _, p in kept])
-        for i, j in pairs:
-            a, b = display_name(kept[i][0]), display_name(kept[j][0])
-            warnings.append(
-                PhotoWarning(
-                    b,
-                    "near_duplicate",
-                    f"`{b}` looks almost the same as `{a}`; varied photos give better results.",
-                )
-            )
-        return kept, refused, warnings
 
     def _seal_photo(self, photo: NormalizedPhoto) -> NewPhoto:
         data = self._cipher.seal(photo.data, PHOTO_PURPOSE)
@@ -444,15 +383,6 @@ def _kind(kind: str) -> SubjectKind:
         if kind == known:
             return known
     raise InvalidInput(f"The kind must be one of {', '.join(SUBJECT_KINDS)}.")
-
-
-def _decode(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
-
-
-async def _decode_all(blobs: Sequence[bytes]) -> list[Image.Image]:
-    return await asyncio.to_thread(lambda: [_decode(b) for b in blobs])
 
 
 __all__ = ["CONSENT_TEXT", "CONSENT_VERSION", "AvatarService", "NoUsablePhotos"]

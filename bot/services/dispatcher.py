@@ -95,6 +95,7 @@ class JobDispatcher:
         self._renders: dict[int, asyncio.Task[RenderOutput]] = {}
         self._owners: dict[int, asyncio.Task[object]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._last_maintenance = 0.0
 
@@ -113,7 +114,9 @@ class JobDispatcher:
         render = self._renders.get(job_id)
         if render is not None:
             render.cancel()
-        asyncio.get_running_loop().create_task(self._announce_finished(job_id))
+        task = asyncio.get_running_loop().create_task(self._announce_finished(job_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def started(self) -> bool:
@@ -174,6 +177,9 @@ class JobDispatcher:
         backoff = 0.5
         while not self._stopping:
             await slots.acquire()
+            # Cleared before claiming, so an enqueue committed after this claim's snapshot
+            # still wakes the wait below.
+            self._wakeup.clear()
             try:
                 claim = await self._claim()
                 backoff = 0.5
@@ -188,11 +194,12 @@ class JobDispatcher:
                 await self._idle()
                 continue
             task = asyncio.get_running_loop().create_task(self._run(claim), name=f"job-{claim.id}")
+            self._background.add(task)  # the loop holds tasks only weakly
+            task.add_done_callback(self._background.discard)
             task.add_done_callback(lambda _t: slots.release())
 
     async def _idle(self) -> None:
         """Wait for a wake-up or the poll interval; run maintenance when it is due."""
-        self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), self.config.poll_seconds)
         if time.monotonic() - self._last_maintenance >= self.config.maintenance_seconds:
@@ -232,6 +239,9 @@ class JobDispatcher:
         The render runs in a task of its own, the only thing a job cancellation, a lost lease
         or ``stop`` cancels; the writes after it are never cut off midway.
         """
+        if self._stopping:  # claimed just as ``stop`` began: not ours to start any more
+            await self._requeue(claim.id)
+            return
         loop = asyncio.get_running_loop()
         progress = [0.0]
         render = loop.create_task(

@@ -30,7 +30,8 @@ def eq_or_null(column: Any, value: Any) -> ColumnElement[bool]:
 
 
 async def lock_scope(session: AsyncSession, scope: int | None) -> None:
-    """Serialise the transactions that check-then-write one scope (a guild's quotas, queue).
+    """Serialise the transactions that check-then-write one scope: a guild (its quotas and
+    queue) or a member (their avatar count); Discord snowflakes never repeat across the two.
 
     PostgreSQL: a transaction-scoped advisory lock on the scope (0 for "no guild"), released at
     commit or rollback; a concurrent request for the same scope waits here, then sees the rows

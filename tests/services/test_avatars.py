@@ -117,7 +117,7 @@ async def test_add_and_remove_photos_reencode(services: Services) -> None:
     await make_avatar(services, 7, "Mia", photos=2)
     before = await _feature_bytes(services)
     added = await services.avatars.add_photos(
-        7, "Mia", [("new.png", make_photo(50)), ("dup.png", make_photo(700))]
+        7, "Mia", [("new.png", make_photo(50)), ("dup.png", make_photo(700, size=256))]
     )
     assert added.kept == ("new.png",)
     assert [(r.filename, r.reason) for r in added.refused] == [("dup.png", "duplicate")]
