@@ -9,8 +9,8 @@ save/load), ``conditioning`` (a render batch's inputs), ``personalizer`` (the en
 ``dataset``/``trainer``/``validation``/``frozen`` (training).
 
 Importing this package registers the ``instantbooth`` personalizer and the
-``tiny-instantbooth`` and ``sd15-instantbooth`` profiles; torch loads only when a profile
-actually builds the personalizer.
+``tiny-instantbooth``, ``sd15-shaped-instantbooth`` and ``sd15-instantbooth`` profiles; the
+personalizer's own modules load only when a profile builds it.
 """
 
 from __future__ import annotations
@@ -46,6 +46,21 @@ def _register_profiles() -> None:
             personalizers=(
                 PersonalizerSpec("instantbooth", {"random": "tiny"}, _OVERRIDES),
                 *tiny.personalizers,
+            ),
+            default_personalizer="instantbooth",
+        )
+    )
+    shaped = get_profile("sd15-shaped")
+    register_profile(
+        dataclasses.replace(
+            shaped,
+            name="sd15-shaped-instantbooth",
+            description="the real SD1.5 architecture with random weights, random InstantBooth "
+            "parts on a ViT-L/14-shaped encoder (and the random IP-Adapter Plus): real FLOPs "
+            "for benchmarks; renders noise",
+            personalizers=(
+                PersonalizerSpec("instantbooth", {"random": "sd15"}, _OVERRIDES),
+                *shaped.personalizers,
             ),
             default_personalizer="instantbooth",
         )

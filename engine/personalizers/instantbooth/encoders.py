@@ -67,6 +67,25 @@ def square_crop_around(
     return image.crop((round(x0), round(y0), round(x0 + side), round(y0 + side)))
 
 
+def vit_l14_image_encoder(seed: int = 0) -> nn.Module:
+    """``openai/clip-vit-large-patch14``'s vision tower (ViT-L/14 at 224 px: 257 tokens of
+    1024, a 768-d projection) with random weights: the real encode cost, nothing to download."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed + 13)
+    config = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
+    return CLIPVisionModelWithProjection(config).eval()
+
+
 class ConceptHead(nn.Module):
     """Global image embedding → one text-space token."""
 

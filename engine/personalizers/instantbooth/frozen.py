@@ -74,7 +74,7 @@ def load_frozen(
             noise_scheduler=scheduler,
             image_encoder=tiny_image_encoder(seed),
             base_model=f"tiny:{seed}",
-            image_encoder_id=f"tiny:{seed}",
+            image_encoder_id=f"tiny:{seed}",  # the personalizer rebuilds it from this name
         )
     if profile == "sd15":
         return _load_sd15(base_model or SD15_BASE, image_encoder or SD15_IMAGE_ENCODER,

@@ -29,7 +29,11 @@ from engine.personalizers.base import (
 )
 from engine.personalizers.instantbooth.adapters import AdapterState, GatedSelfAttention
 from engine.personalizers.instantbooth.conditioning import Concept, build_conditioning, knobs
-from engine.personalizers.instantbooth.encoders import clip_pixels, square_crop_around
+from engine.personalizers.instantbooth.encoders import (
+    clip_pixels,
+    square_crop_around,
+    vit_l14_image_encoder,
+)
 from engine.personalizers.instantbooth.model import InstantBoothModel, concept_features
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest
 
@@ -155,23 +159,25 @@ class InstantBoothPersonalizer(Personalizer):
 
 
 def load_personalizer(ctx: LoadContext) -> InstantBoothPersonalizer:
-    """The registry's factory. Options: ``random`` ("tiny": random heads and adapters sized for
-    the pipeline, with the tiny image encoder; ``gate``: their tanh-gate pre-activation, open
-    by default so the adapters visibly act) or ``weights`` (a folder written by the trainer)."""
+    """The registry's factory. Options: ``weights`` (a folder written by the trainer) or
+    ``random`` (random heads and adapters sized for the pipeline's UNet, on a random image
+    encoder: "tiny" = the tiny CLIP, "sd15" = ViT-L/14-shaped; ``gate`` sets their gates'
+    pre-activation, open by default so the adapters visibly act)."""
     options = dict(ctx.options)
     pipe: Any = ctx.pipe
     if options.get("weights"):
         model = _load_weights(Path(str(options["weights"])))
         image_encoder = _image_encoder(model.config.image_encoder, ctx)
-    elif options.get("random") == "tiny":
-        from engine.tiny import tiny_image_encoder
-
-        image_encoder = tiny_image_encoder(ctx.seed)
+    elif options.get("random") in ("tiny", "sd15"):
+        shape = str(options["random"])
+        image_encoder = _random_image_encoder(shape, ctx.seed)
         torch.manual_seed(ctx.seed + 11)
         model = InstantBoothModel.for_unet(
-            pipe.unet, image_encoder, base_model=f"tiny:{ctx.seed}",
-            image_encoder=f"tiny:{ctx.seed}",
-        )  # fmt: skip
+            pipe.unet,
+            image_encoder,
+            base_model=f"{'tiny' if shape == 'tiny' else 'sd15-shaped'}:{ctx.seed}",
+            image_encoder=f"{shape}:{ctx.seed}",
+        )
         with torch.no_grad():
             for adapter in model.adapters.values():
                 cast(GatedSelfAttention, adapter).gate.fill_(float(options.get("gate", 0.5)))
@@ -204,11 +210,19 @@ def _load_weights(directory: Path) -> InstantBoothModel:
         ) from exc
 
 
-def _image_encoder(location: str, ctx: LoadContext) -> Any:
-    if location.startswith("tiny:"):
+def _random_image_encoder(shape: str, seed: int) -> Any:
+    if shape == "tiny":
         from engine.tiny import tiny_image_encoder
 
-        return tiny_image_encoder(int(location.split(":", 1)[1]))
+        return tiny_image_encoder(seed)
+    return vit_l14_image_encoder(seed)
+
+
+def _image_encoder(location: str, ctx: LoadContext) -> Any:
+    # "tiny:<seed>" / "sd15:<seed>": the random encoders the trainer and the random profiles use.
+    shape, _, seed = location.partition(":")
+    if shape in ("tiny", "sd15") and seed.isdigit():
+        return _random_image_encoder(shape, int(seed))
     from transformers import CLIPVisionModelWithProjection
 
     try:
