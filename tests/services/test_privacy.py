@@ -17,6 +17,7 @@ from bot.services.crypto import sealed_key_id
 from bot.services.ledger import day_bounds
 from db.models import (
     Avatar,
+    Base,
     Consent,
     Feature,
     GuildSettings,
@@ -86,6 +87,15 @@ async def test_forget_me_erases_every_row_and_byte(services: Services) -> None:
         8,
     )
     assert await services.avatars.list(8) != []  # another member is untouched
+    # Whatever tables exist (now or added later), no row names the erased member any more.
+    async with services.database.begin(readonly=True) as session:
+        for table in Base.metadata.sorted_tables:
+            for column in table.columns:
+                if column.name in ("user_id", "owner_id"):
+                    hits = await session.scalar(
+                        select(func.count()).select_from(table).where(column == 7)
+                    )
+                    assert hits == 0, f"{table.name}.{column.name} still names user 7"
     if services.database.dialect == "sqlite":
         assert _found([*photos, *outputs], _raw_files(services.database)) == [False] * 4
 
