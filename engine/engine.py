@@ -90,6 +90,7 @@ def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
         pipe.to(dtype=dtype)
     batch_invariant = device.type == "cpu"
     if batch_invariant:
+        _realign(pipe)
         make_pipeline_batch_invariant(pipe)
     workdir = tempfile.mkdtemp(prefix="avatarbot-engine-")
     personalizers: dict[str, Personalizer] = {}
@@ -117,7 +118,7 @@ def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
         device=device,
         dtype=dtype,
         personalizers=personalizers,
-        scheduler_config=pipe.scheduler.config,
+        scheduler_config=_explicit_config(pipe.scheduler.config),
         workdir=workdir,
         detector=_load_detector(),
         load_seconds=time.perf_counter() - started,
@@ -135,6 +136,27 @@ def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
             "engine profile %s runs random weights: it renders noise by design", profile.name
         )
     return model
+
+
+def _realign(pipe: Any) -> None:
+    """Copy weights that sit at unaligned addresses (a single-file checkpoint's memory-mapped
+    tensors do) into fresh memory: MKL rounds differently on unaligned data, so the same
+    weights would render slightly different images depending on how they were loaded."""
+    with torch.no_grad():
+        for component in pipe.components.values():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            for tensor in [*component.parameters(), *component.buffers()]:
+                if tensor.data_ptr() % 64:
+                    tensor.data = tensor.data.clone()
+
+
+def _explicit_config(config: Any) -> dict[str, Any]:
+    """A scheduler config with every value explicit. diffusers marks values a scheduler was
+    built with by default (``_use_default_values``) and lets *another* scheduler class built
+    from that config use its own defaults instead; a config saved to disk has no such marks.
+    Dropping them makes a model behave the same built in memory or loaded from a folder."""
+    return {k: v for k, v in dict(config).items() if k != "_use_default_values"}
 
 
 def _load_detector() -> FaceDetector | None:

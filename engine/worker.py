@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from engine.errors import EngineClosed, RequestCancelled
+from engine.errors import EngineClosed, EngineError, RequestCancelled
 from engine.pipeline import BatchOutcome, StepCallback
 from engine.types import RenderRequest, RenderResult
 
@@ -178,7 +178,10 @@ class Worker:
             if self._setup is not None:
                 self._setup()
         except BaseException as exc:  # no model: fail everything that comes
-            logger.exception("engine worker setup failed")
+            if isinstance(exc, EngineError):  # precise already: no traceback needed
+                logger.error("engine worker setup failed: %s", exc)
+            else:
+                logger.exception("engine worker setup failed")
             self._fail_forever(exc)
             return
         while True:
@@ -253,7 +256,7 @@ class Worker:
         started = time.perf_counter()
         try:
             outcome = self._runner.run(samples, seeds, on_step)
-        except torch.OutOfMemoryError:
+        except torch.OutOfMemoryError as oom:
             _free_device_memory()
             if may_split and len(jobs) > 1:
                 half = len(jobs) // 2
@@ -263,7 +266,7 @@ class Worker:
                 return
             logger.exception("out of memory rendering batch %d", batch_id)
             for job in jobs:
-                job.resolve(error=_error_now())
+                job.resolve(error=oom)
             return
         except Exception as exc:
             if len(jobs) > 1:
@@ -333,10 +336,3 @@ def _request(job: _RenderJob) -> RenderRequest:
 def _free_device_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _error_now() -> BaseException:
-    import sys
-
-    exc = sys.exc_info()[1]
-    return exc if exc is not None else RuntimeError("render failed")
