@@ -157,6 +157,14 @@ def load_base_pipeline(
     }
     if is_single_file(location):
         path = str(Path(location).expanduser())
+        if config is not None and looks_local(config) and not Path(config).expanduser().exists():
+            raise MissingWeights(
+                "base model configs",
+                config,
+                "Point engine.base_model_config at the diffusers folder (or hub id) whose "
+                "configs describe the checkpoint.",
+                reason="no such path",
+            )
         if config is not None:
             common["config"] = config
             common["local_files_only"] = offline or looks_local(config)
@@ -173,10 +181,7 @@ def load_base_pipeline(
 
         what = "base model"
     with hub_offline(offline):
-        pipe = load_or_explain(what, location, load, what_setting="engine.base_model")
-    if config is not None and looks_local(config) and not Path(config).expanduser().exists():
-        raise MissingWeights("base model configs", config, "Check engine.base_model_config.")
-    return pipe
+        return load_or_explain(what, location, load, what_setting="engine.base_model")
 
 
 def fingerprint_module(module: torch.nn.Module, *extra: str) -> str:

@@ -137,6 +137,7 @@ class Worker:
         except asyncio.CancelledError:
             # The caller gave up: drop the request (before its batch) or discard its rows.
             job.cancelled.set()
+            job.future.cancel()  # nobody will read its outcome
             with self._cond:
                 self._cond.notify_all()
             raise
@@ -151,6 +152,7 @@ class Worker:
             return value
         except asyncio.CancelledError:
             job.cancelled.set()
+            job.future.cancel()
             raise
 
     async def aclose(self) -> None:

@@ -154,8 +154,10 @@ async def test_a_single_file_without_its_configs_is_missing_weights(
         base_model_config=str(tmp_path / "no-configs"),
         offline=True,
     )
-    with pytest.raises(MissingWeights):
+    with pytest.raises(MissingWeights) as info:
         await create_engine(settings)
+    assert info.value.what == "base model configs"
+    assert "engine.base_model_config" in str(info.value)
 
 
 async def test_unknown_profiles_list_the_known_ones() -> None:
