@@ -61,6 +61,9 @@ class LoadedModel:
 def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
     """Build the profile's pipeline and personalizers (runs in the worker thread)."""
     started = time.perf_counter()
+    if profile.cpu_threads is not None:
+        # Process-wide in torch: only profiles meant for CPUs (tiny) set it.
+        torch.set_num_threads(profile.cpu_threads)
     device = torch.device(profile.device) if profile.device else pick_device(settings.device)
     dtype = torch.float32 if device.type == "cpu" else pick_dtype(settings.dtype, device)
     offline = is_offline(settings.offline)
@@ -240,9 +243,12 @@ class DiffusionEngine:
 
     @property
     def default_personalizer(self) -> str:
-        """The profile's default, unless settings name another loaded one."""
+        """The personalizer settings name explicitly, else the profile's default."""
         names = self.model.personalizers
-        for name in (self.settings.default_personalizer, self.profile.default_personalizer):
+        order = [self.profile.default_personalizer, self.settings.default_personalizer]
+        if "default_personalizer" in self.settings.model_fields_set:
+            order.reverse()
+        for name in order:
             if name in names and names[name].needs_features:
                 return name
         return next(iter(names))

@@ -61,6 +61,10 @@ class Profile:
     device: str | None = None
     default_size: int = 512
     default_steps: int = 25
+    # Intra-op CPU threads (torch.set_num_threads, process-wide; None: torch's default). Tiny
+    # models run fastest on one: their ops are too small to split, and waiting OpenMP threads
+    # spin against every other process on a shared CPU (measured: 5x slower tests).
+    cpu_threads: int | None = None
 
     @property
     def personalizer_names(self) -> list[str]:
@@ -153,6 +157,7 @@ register_profile(
         device="cpu",
         default_size=64,
         default_steps=4,
+        cpu_threads=1,
     )
 )
 register_profile(

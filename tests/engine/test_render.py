@@ -31,7 +31,7 @@ def _req(features: ConceptFeatures | None, **kw: Any) -> RenderRequest:
         "prompt": "a photo of a cat",
         "width": 64,
         "height": 64,
-        "steps": 3,
+        "steps": 2,
         "guidance": 5.0,
         "scheduler": "ddim",
         "identity_strength": 0.6,
@@ -103,7 +103,7 @@ async def test_cached_features_render_like_diffusers_fed_with_the_photos(
                     "a photo of a cat",
                     ip_adapter_image=[engine_photos],
                     generator=[torch.Generator().manual_seed(5)],
-                    num_inference_steps=3,
+                    num_inference_steps=2,
                     guidance_scale=5.0,
                     height=64,
                     width=64,
@@ -151,7 +151,7 @@ async def test_identity_strength_applies_per_sample_inside_a_batch(
 async def test_cancelling_one_request_mid_batch_leaves_the_others_intact(
     tiny_engine: DiffusionEngine, features: ConceptFeatures
 ) -> None:
-    requests = [_req(features, seed=s, steps=4) for s in (21, 22, 23)]
+    requests = [_req(features, seed=s, steps=3) for s in (21, 22, 23)]
     tasks: list[asyncio.Task[RenderResult]] = []
 
     def cancel_middle(fraction: float) -> None:
