@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -167,7 +166,3 @@ def concept_features(
     concepts [N, D] → [D]; patches [N, P, D'] → [N·P, D'] (photo order kept).
     """
     return concepts.mean(dim=0), patches.reshape(-1, patches.shape[-1])
-
-
-def split_photos(patch_tokens: torch.Tensor, per_photo: int) -> Sequence[torch.Tensor]:
-    return patch_tokens.split(per_photo, dim=0)

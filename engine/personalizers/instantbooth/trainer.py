@@ -14,6 +14,7 @@ Layout of ``--out``: ``weights/`` (config.json + instantbooth.safetensors: what 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -254,7 +255,7 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
     samples = prepare_samples(options) if accelerator.is_main_process else []
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        samples = prepare_samples(TrainOptions(**{**options.__dict__, "resume": True}))
+        samples = prepare_samples(dataclasses.replace(options, resume=True))
     dataset = InstantBoothDataset(samples, model.config, resolution, seed=options.seed)
     sampler = EpochSampler(len(dataset), options.seed)
     loader = DataLoader(
@@ -278,18 +279,21 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
     accelerator.register_for_checkpointing(rng)
     step_module = TrainingStep(model, frozen, hooks, rng)
     step_module, optimizer, loader = accelerator.prepare(step_module, optimizer, loader)
-    step = 0
+    # Where training stands: optimiser steps, and the data position (epoch, batches of it
+    # consumed), saved as such because accelerate also ends an accumulation window at the end
+    # of each epoch, so steps alone do not say how much data was used.
+    position = {"step": 0, "epoch": 0, "batch": 0}
     checkpoint = latest_checkpoint(options.out) if options.resume else None
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / STATE_FILE).read_text())["step"]
-        logger.info("resumed from %s at step %d", checkpoint, step)
+        position.update(json.loads((checkpoint / STATE_FILE).read_text()))
+        logger.info("resumed from %s at step %d", checkpoint, position["step"])
     elif options.resume:
         logger.warning("--resume: no checkpoint in %s, starting from scratch", options.out)
 
-    batches_per_epoch = max(1, len(loader))
-    micro = step * options.grad_accum  # micro-batches already consumed
-    epoch, skip = divmod(micro, batches_per_epoch)
+    step, epoch, skip = position["step"], position["epoch"], position["batch"]
+    if skip >= len(loader):
+        epoch, skip = epoch + 1, 0
     losses: list[float] = []
     log_path = options.out / "loss.jsonl"
     validation: list[Path] = []
@@ -300,8 +304,10 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
         sampler.use_epoch(epoch)
         dataset.use_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        position.update(epoch=epoch, batch=skip)
         skip = 0
         for batch in epoch_loader:
+            position["batch"] += 1
             input_ids = tokenize(frozen.tokenizer, batch["prompt"]).to(accelerator.device)
             with accelerator.accumulate(step_module):
                 loss = step_module(batch["pixel_values"], batch["subject_pixels"], input_ids)
@@ -314,6 +320,7 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            position["step"] = step
             step_loss = sum(window) / len(window)
             window.clear()
             losses.append(step_loss)
@@ -322,14 +329,14 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
             if accelerator.is_main_process:
                 _log_step(log_path, step, step_loss, model, optimizer, started, options.log_every)
             if options.save_every and step % options.save_every == 0:
-                last_checkpoint = _save(accelerator, model, options, step)
+                last_checkpoint = _save(accelerator, model, options, position)
             if options.validate_every and step % options.validate_every == 0:
                 validation += _validate(accelerator, model, frozen, hooks, dataset, options, step)
             if step >= options.steps:
                 break
         epoch += 1
     if last_checkpoint is None or not last_checkpoint.name.endswith(f"-{step}"):
-        last_checkpoint = _save(accelerator, model, options, step)
+        last_checkpoint = _save(accelerator, model, options, position)
     if not options.validate_every or step % options.validate_every:
         validation += _validate(accelerator, model, frozen, hooks, dataset, options, step)
     hooks.remove()
@@ -361,11 +368,13 @@ def _log_step(
         logger.info("step %d loss %.5f tanh(gate) mean %.4f", step, loss, row["gate_mean"])
 
 
-def _save(accelerator: Any, model: InstantBoothModel, options: TrainOptions, step: int) -> Path:
-    directory = options.out / CHECKPOINTS / f"step-{step}"
+def _save(
+    accelerator: Any, model: InstantBoothModel, options: TrainOptions, position: dict[str, int]
+) -> Path:
+    directory = options.out / CHECKPOINTS / f"step-{position['step']}"
     accelerator.save_state(str(directory))
     if accelerator.is_main_process:
-        (directory / STATE_FILE).write_text(json.dumps({"step": step}) + "\n")
+        (directory / STATE_FILE).write_text(json.dumps(position) + "\n")
         model.invalidate_digest()
         model.save_pretrained(options.out / "weights")
         old = sorted(
