@@ -53,8 +53,9 @@ SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
 }
 assert set(SCHEDULERS) == set(SCHEDULER_NAMES), "engine.types.SCHEDULER_NAMES is out of date"
 
-# Called after each denoising step with (steps done, steps total); returns False to stop.
-StepCallback = Callable[[int, int], bool]
+# Called after each denoising step with (steps done, steps total); returns, per sample of
+# the batch (in its original order), whether it is still wanted.
+StepCallback = Callable[[int, int], Sequence[bool]]
 
 
 class AvatarPipeline(StableDiffusionPipeline):
@@ -86,7 +87,10 @@ class AvatarPipeline(StableDiffusionPipeline):
         for embeds in ip_adapter_image_embeds:
             if embeds.shape[0] != rows:
                 raise ValueError(f"image embeddings have {embeds.shape[0]} rows, need {rows}")
-        return [embeds.to(device=device) for embeds in ip_adapter_image_embeds]
+        # Kept so that samples dropped mid-denoising can leave this list too (it is the one
+        # the denoising loop reads).
+        self.batch_image_embeds = [embeds.to(device=device) for embeds in ip_adapter_image_embeds]
+        return self.batch_image_embeds
 
 
 def as_avatar_pipeline(pipe: StableDiffusionPipeline) -> AvatarPipeline:
@@ -141,8 +145,30 @@ def make_pipeline_batch_invariant(pipe: StableDiffusionPipeline) -> None:
 
 @dataclass
 class BatchOutcome:
+    """The images of the samples that stayed (``kept``: their indices in the batch)."""
+
     images: list[Image]
-    interrupted: bool
+    kept: list[int]
+
+    @property
+    def interrupted(self) -> bool:
+        return not self.kept
+
+
+def select_scheduler_rows(scheduler: Any, keep: Sequence[int], batch: int) -> None:
+    """Keep only ``keep``'s rows of a scheduler's per-sample state (multistep solvers remember
+    earlier model outputs: DPM-Solver's ``model_outputs``, PNDM's ``ets``...)."""
+
+    def select(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.ndim == 4 and value.shape[0] == batch:
+            return value[list(keep)]
+        if isinstance(value, list):
+            return [select(v) for v in value]
+        return value
+
+    for name, value in list(vars(scheduler).items()):
+        if isinstance(value, torch.Tensor | list):
+            setattr(scheduler, name, select(value))
 
 
 def check_inputs(samples: Sequence[RenderRequest], personalizer: Personalizer) -> None:
@@ -227,15 +253,31 @@ def run_batch(
     latents, generators = prepare_latents(
         pipe, seeds, first.height, first.width, prompt_embeds.dtype
     )
-    interrupted = False
+    alive = list(range(len(samples)))  # batch positions still being denoised
+    pipe.batch_image_embeds = None
 
     def step_end(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        nonlocal interrupted
-        if on_step is not None and not on_step(step + 1, first.steps):
-            # Every request of the batch is gone: stop denoising early.
+        nonlocal alive
+        if on_step is None:
+            return {}
+        wanted = on_step(step + 1, first.steps)
+        keep = [j for j, sample in enumerate(alive) if wanted[sample]]
+        if not keep:  # every request of the batch is gone: stop denoising
             p._interrupt = True
-            interrupted = True
-        return {}
+            alive = []
+            return {}
+        if len(keep) == len(alive) or step + 1 >= first.steps:
+            return {}
+        if prepared.select_rows is None:
+            return {}  # this personalizer cannot shrink: the rows run on, discarded at the end
+        rows = keep + [len(alive) + j for j in keep] if do_cfg else keep
+        select_scheduler_rows(p.scheduler, keep, len(alive))
+        generators[:] = [generators[j] for j in keep]
+        if p.batch_image_embeds is not None:
+            p.batch_image_embeds[:] = [embeds[rows] for embeds in p.batch_image_embeds]
+        prepared.select_rows(keep, rows)
+        alive = [alive[j] for j in keep]
+        return {"latents": kwargs["latents"][keep], "prompt_embeds": kwargs["prompt_embeds"][rows]}
 
     with prepared.context:
         output = pipe(
@@ -250,7 +292,10 @@ def run_batch(
             width=first.width,
             cross_attention_kwargs=prepared.cross_attention_kwargs,
             callback_on_step_end=step_end,
+            callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
             output_type="pil",
         )
-    images = [] if interrupted else list(output.images)
-    return BatchOutcome(images=images, interrupted=interrupted)
+    pipe.batch_image_embeds = None
+    if not alive:
+        return BatchOutcome(images=[], kept=[])
+    return BatchOutcome(images=list(output.images)[: len(alive)], kept=alive)

@@ -250,10 +250,10 @@ class Worker:
         seeds = [seed for j in jobs for seed in _request(j).seeds]
         steps = samples[0].steps
 
-        def on_step(done: int, total: int) -> bool:
+        def on_step(done: int, total: int) -> list[bool]:
             for job in jobs:
                 job.report(done / total)
-            return not all(job.cancelled.is_set() for job in jobs)
+            return [not j.cancelled.is_set() for j in jobs for _ in range(_request(j).count)]
 
         started = time.perf_counter()
         try:
@@ -291,12 +291,17 @@ class Worker:
             steps,
             elapsed,
         )
+        image_of = dict(zip(outcome.kept, outcome.images, strict=True))
         offset = 0
         for job in jobs:
             request = _request(job)
-            images = outcome.images[offset : offset + request.count]
+            positions = range(offset, offset + request.count)
             offset += request.count
-            if self._drop_if_cancelled(job) or outcome.interrupted:
+            if self._drop_if_cancelled(job):
+                continue
+            images = [image_of[p] for p in positions if p in image_of]
+            if len(images) != request.count:  # cannot happen: only whole requests leave
+                job.resolve(error=RuntimeError("the batch lost this request's images"))
                 continue
             timings = {
                 "queued": started - job.submitted,

@@ -74,6 +74,10 @@ class PreparedConditioning:
       key log a warning on every call).
     - ``context``: entered right around denoising and exited afterwards, also on errors and
       cancellation: install processors / per-batch state on enter, restore on exit.
+    - ``select_rows(samples, rows)``: called when samples leave the batch mid-denoising (their
+      requests were cancelled), with the positions (in the current batch) of the samples and
+      of the UNet rows that stay; keep only those in any per-sample state you hold. Without
+      it, cancelled samples are computed to the end of the batch and discarded.
     """
 
     prompt_embeds: torch.Tensor | None = None
@@ -81,6 +85,7 @@ class PreparedConditioning:
     ip_adapter_image_embeds: list[torch.Tensor] | None = None
     cross_attention_kwargs: dict[str, Any] | None = None
     context: AbstractContextManager[Any] = field(default_factory=nullcontext)
+    select_rows: Callable[[Sequence[int], Sequence[int]], None] | None = None
 
 
 class Personalizer(ABC):

@@ -167,8 +167,16 @@ class IPAdapterPersonalizer(Personalizer):
             negatives = negative.unsqueeze(0).expand(batch.size, photos, *negative.shape[1:])
             embeds = torch.cat([negatives, positives])
         scales = batch.per_row([s.identity_strength for s in batch.samples])
+
+        def select_rows(samples: Sequence[int], rows: Sequence[int]) -> None:
+            for proc in self._ip_processors:
+                if proc.sample_scale is not None:
+                    proc.sample_scale = [scale[list(rows)] for scale in proc.sample_scale]
+
         return PreparedConditioning(
-            ip_adapter_image_embeds=[embeds], context=self.activated(pipe, scales)
+            ip_adapter_image_embeds=[embeds],
+            context=self.activated(pipe, scales),
+            select_rows=select_rows,
         )
 
     @contextlib.contextmanager

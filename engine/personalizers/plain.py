@@ -30,7 +30,8 @@ class PlainPersonalizer(Personalizer):
         raise InvalidRequest("the 'none' personalizer renders without a concept: nothing to encode")
 
     def prepare(self, pipe: Any, batch: DenoiseBatch) -> PreparedConditioning:
-        return PreparedConditioning()
+        # No per-sample state: dropping rows needs nothing from us.
+        return PreparedConditioning(select_rows=lambda samples, rows: None)
 
 
 def _factory(context: LoadContext) -> Personalizer:

@@ -148,21 +148,41 @@ async def test_identity_strength_applies_per_sample_inside_a_batch(
     assert np.array_equal(_pixels(plain), _pixels(batched[0]))
 
 
-async def test_cancelling_one_request_mid_batch_leaves_the_others_intact(
+async def test_cancelling_one_request_mid_batch_drops_its_rows_and_keeps_the_others(
     tiny_engine: DiffusionEngine, features: ConceptFeatures
 ) -> None:
-    requests = [_req(features, seed=s, steps=3) for s in (21, 22, 23)]
+    import threading
+
+    # A multistep solver: its remembered outputs must shrink with the batch too.
+    requests = [_req(features, seed=s, steps=4, scheduler="dpmpp_2m") for s in (21, 22, 23)]
+    unet = tiny_engine.model.pipe.unet
+    rows: list[int] = []
+    cancelled = threading.Event()
+
+    def watch(module: Any, args: Any, kwargs: Any) -> None:
+        rows.append(int(args[0].shape[0]))
+        if len(rows) == 2:  # hold step 2 until the cancellation has landed
+            cancelled.wait(10)
+
     tasks: list[asyncio.Task[RenderResult]] = []
 
     def cancel_middle(fraction: float) -> None:
-        if fraction < 1.0:
+        if not tasks[1].done() and not cancelled.is_set():
             tasks[1].cancel()
+            asyncio.get_running_loop().call_soon(cancelled.set)
 
-    tasks.append(asyncio.create_task(tiny_engine.render(requests[0], cancel_middle)))
-    tasks.extend(asyncio.create_task(tiny_engine.render(r)) for r in requests[1:])
-    first, third = await tasks[0], await tasks[2]
-    with pytest.raises(asyncio.CancelledError):
-        await tasks[1]
+    hook = unet.register_forward_pre_hook(watch, with_kwargs=True)
+    try:
+        tasks.append(asyncio.create_task(tiny_engine.render(requests[0], cancel_middle)))
+        tasks.extend(asyncio.create_task(tiny_engine.render(r)) for r in requests[1:])
+        first, third = await tasks[0], await tasks[2]
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[1]
+    finally:
+        hook.remove()
+    # 3 samples x 2 (classifier-free guidance) rows, then the cancelled one's rows are gone
+    # (after step 1 or 2, depending on when the cancellation reached the worker).
+    assert rows in ([6, 4, 4, 4], [6, 6, 4, 4])
     assert first.timings["batch_images"] == 3.0
     for request, result in ((requests[0], first), (requests[2], third)):
         assert np.array_equal(_pixels(await tiny_engine.render(request)), _pixels(result))

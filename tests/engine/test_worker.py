@@ -41,11 +41,14 @@ class FakeRunner:
         if any(s.prompt == self.fail_prompt for s in samples):
             raise RuntimeError("boom")
         steps = samples[0].steps
+        alive = list(range(len(samples)))
         for step in range(steps):
             time.sleep(self.step_seconds)
-            if not on_step(step + 1, steps):
-                return BatchOutcome(images=[], interrupted=True)
-        return BatchOutcome(images=[f"img-{s}" for s in seeds], interrupted=False)
+            wanted = on_step(step + 1, steps)
+            alive = [i for i in alive if wanted[i]]
+            if not alive:
+                return BatchOutcome(images=[], kept=[])
+        return BatchOutcome(images=[f"img-{seeds[i]}" for i in alive], kept=alive)
 
     def result(
         self, request: RenderRequest, images: list[Any], timings: dict[str, float]
