@@ -132,6 +132,20 @@ async def test_a_request_renders_the_same_alone_and_batched(
     assert not np.array_equal(_pixels(batch[0]), _pixels(batch[1]))
 
 
+async def test_without_guidance_a_single_row_still_matches_its_batched_self(
+    tiny_engine: DiffusionEngine, features: ConceptFeatures
+) -> None:
+    # guidance 1: no classifier-free guidance, so a lone request is ONE UNet row.
+    target = _req(features, seed=8, guidance=1.0, scheduler="euler_a")
+    solo = await tiny_engine.render(target)
+    pair = await asyncio.gather(
+        tiny_engine.render(target),
+        tiny_engine.render(_req(features, seed=9, guidance=1.0, scheduler="euler_a")),
+    )
+    assert pair[0].timings["batch_images"] == 2.0
+    assert np.array_equal(_pixels(solo), _pixels(pair[0]))
+
+
 async def test_identity_strength_applies_per_sample_inside_a_batch(
     tiny_engine: DiffusionEngine, features: ConceptFeatures
 ) -> None:
