@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -42,7 +42,13 @@ class DemoReport:
 
 def demo_settings(base: Settings, workdir: Path) -> Settings:
     """The user's settings, pointed at a throwaway database and the tiny engine, offline."""
-    engine = base.engine.model_copy(update={"profile": "tiny", "offline": True})
+    from engine.profiles import get_profile
+
+    # The tiny profile's own step count: ``engine.default_steps`` is sized for real models.
+    steps = get_profile("tiny").default_steps
+    engine = base.engine.model_copy(
+        update={"profile": "tiny", "offline": True, "default_steps": steps}
+    )
     return base.model_copy(
         update={
             "data_dir": workdir,
@@ -57,6 +63,21 @@ def demo_settings(base: Settings, workdir: Path) -> Settings:
 def sample_photos() -> list[tuple[str, bytes]]:
     folder = files("bot") / "assets" / "samples"
     return [(name, (folder / name).read_bytes()) for name in SAMPLES]
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """The tiny models are too small to gain from intra-op threads, and on a small shared CPU
+    torch's default pool oversubscribes it (a tiny render: 0.5 s with one thread, 5–20 s
+    without, measured here). Restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Recorder:
@@ -141,7 +162,7 @@ async def run_demo(
     import simcord
 
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="avatarbot-demo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="avatarbot-demo-") as tmp, _one_torch_thread():
         bot = create_bot(demo_settings(settings, Path(tmp)))
         say("Starting the bot on SimCord (an in-memory Discord) with the tiny engine…")
         try:

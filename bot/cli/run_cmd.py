@@ -24,7 +24,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from bot.app import configure_discord_endpoints, create_bot
 
     configure_discord_endpoints(settings)
-    bot = create_bot(settings)
+    bot = create_bot(settings, freeze_gc=True)
     # discord.py runs the loop, closes the bot on Ctrl-C/SIGTERM (``close`` puts running jobs
     # back in the queue); logging is already configured by the CLI.
     bot.run(settings.discord_token.get_secret_value(), log_handler=None)

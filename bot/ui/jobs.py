@@ -131,7 +131,11 @@ class JobRunner:
                 await self.bot.wait_for(RESUME_EVENT)
                 continue
             try:
-                job_id = await self._dispatcher.run_once()
+                # Its own task: cancelling a job (``dispatcher.job_cancelled``) cancels the task
+                # rendering it, which must not be this lane.
+                job_id = await asyncio.get_running_loop().create_task(
+                    self._dispatcher.run_once(), name="avatarbot-job"
+                )
                 error_delay = 0.5
             except Exception:
                 logger.exception("running a job failed; retrying in %.1f s", error_delay)

@@ -54,6 +54,7 @@ class JobNotifier(JobObserver):
         self._shown.pop(job_id, None)
         self._jobs.pop(job_id, None)
         self.throttle.forget(job_id)
+        self.delivery.filesize_limits.pop(job_id, None)
 
     # ------------------------------------------------------------------ from the cog
 

@@ -87,3 +87,30 @@ async def test_unexpected_errors_show_only_a_reference_that_the_log_has(
     assert result.ephemeral and "database on fire" not in text
     reference = text.split("`")[1]
     assert any(reference in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_discord_endpoints_come_from_the_settings(tmp_path: Path, monkeypatch) -> None:
+    from discord.gateway import DiscordWebSocket
+    from discord.http import Route
+
+    from bot.app import configure_discord_endpoints
+
+    monkeypatch.setattr(Route, "BASE", Route.BASE)
+    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", DiscordWebSocket.DEFAULT_GATEWAY)
+    settings = bot_test_settings(
+        tmp_path,
+        discord_api_base="http://127.0.0.1:8080/api/v10/",
+        discord_gateway_url="ws://127.0.0.1:8081/",
+    )
+    configure_discord_endpoints(settings)
+    assert Route.BASE == "http://127.0.0.1:8080/api/v10"
+    assert str(DiscordWebSocket.DEFAULT_GATEWAY) == "ws://127.0.0.1:8081/"
+
+
+def test_run_without_a_token_explains_where_to_get_one(tmp_path: Path, monkeypatch, capsys) -> None:
+    from bot.cli import main
+
+    monkeypatch.delenv("AVATARBOT_DISCORD_TOKEN", raising=False)
+    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path))
+    assert main(["run"]) == 2
+    assert "AVATARBOT_DISCORD_TOKEN" in capsys.readouterr().err
