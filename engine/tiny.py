@@ -8,6 +8,7 @@ are impossible here, so the CLIP tokenizer is built from a hand-written byte-lev
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,60 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
+# Common prompt words get whole-word merges so that the tiny profile counts tokens roughly as
+# CLIP does (about one per word): with bytes alone, a 77-token limit refused ordinary prompts.
+_COMMON_WORDS = """
+a an the of in on at by with and or as to from for into over under near its his her their
+photo photograph portrait picture image painting drawing sketch illustration render selfie
+person man woman boy girl child people face head eyes hair smile cat dog pet animal object
+sks v toy car house city street forest beach mountain mountains sea ocean lake river snow
+rain sky sunset sunrise night day light dark neon studio background wearing holding sitting
+standing walking running riding flying astronaut knight wizard pirate chef doctor king queen
+superhero robot dragon castle space moon mars planet stars garden park cafe kitchen library
+office desert jungle field flowers tree trees red blue green yellow black white gold silver
+pink purple orange brown colorful bright soft warm cold detailed high quality realistic
+cinematic lighting dramatic style art oil watercolor anime cartoon pixel digital film
+vintage retro modern futuristic fantasy epic beautiful cute happy sad funny close up
+closeup full body shot wide angle lens bokeh sharp focus 4k 8k hd professional award
+winning trending by artist hat glasses suit dress jacket armor crown helmet costume
+blurry lowres bad ugly deformed distorted watermark text signature cropped worst low
+""".split()  # noqa: SIM905 (a word list reads better as prose)
+
+
+def _trained_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE merges learnt from the word list until each listed word is one token.
+
+    Hand-chained merges conflict (BPE applies the lowest-ranked pair first), so they are learnt
+    the way CLIP's were: repeatedly merge the most frequent adjacent pair. Ties break by the
+    pair itself so the vocabulary (and so the tiny text encoder's shape) is always the same.
+    """
+    corpus = [[*w[:-1], w[-1] + "</w>"] for w in dict.fromkeys(words) if len(w) > 1]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in corpus:
+            for pair in itertools.pairwise(symbols):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        joined = best[0] + best[1]
+        for symbols in corpus:
+            i = 0
+            while i < len(symbols) - 1:
+                if (symbols[i], symbols[i + 1]) == best:
+                    symbols[i : i + 2] = [joined]
+                i += 1
+
+
 def tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer with no learned merges beyond a few common pairs."""
+    """A byte-level CLIP tokenizer with whole-word merges for common prompt words."""
     chars = list(_bytes_to_unicode().values())
-    merges = [("t", "h"), ("th", "e</w>"), ("o", "n</w>"), ("a", "n")]
-    vocab_list = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    merges = _trained_merges(_COMMON_WORDS)
+    vocab_list = chars + [c + "</w>" for c in chars]
+    known = set(vocab_list)
+    vocab_list += [t for t in dict.fromkeys(a + b for a, b in merges) if t not in known]
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: i for i, token in enumerate(vocab_list)}
     # The tokenizers backend wants merge pairs; transformers' hint says list[str].

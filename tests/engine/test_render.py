@@ -198,8 +198,13 @@ async def test_cancelling_one_request_mid_batch_drops_its_rows_and_keeps_the_oth
     # (after step 1 or 2, depending on when the cancellation reached the worker).
     assert rows in ([6, 4, 4, 4], [6, 6, 4, 4])
     assert first.timings["batch_images"] == 3.0
+    # The survivors are not disturbed. Not bit-exact here: after the cut the UNet runs 4 rows,
+    # and CPU kernels may round differently for that batch size than for the solo run's 2, so a
+    # pixel may move by one level; a wrong row selection would change the whole image.
     for request, result in ((requests[0], first), (requests[2], third)):
-        assert np.array_equal(_pixels(await tiny_engine.render(request)), _pixels(result))
+        solo = _pixels(await tiny_engine.render(request)).astype(int)
+        diff = np.abs(solo - _pixels(result).astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 async def test_cancelling_before_the_batch_drops_the_request(
