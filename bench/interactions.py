@@ -200,11 +200,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def bench_settings(workdir: Path, args: argparse.Namespace) -> Any:
     from bot.config import QuotaDefaults, Settings
     from engine.config import EngineSettings
-    from engine.profiles import get_profile
 
     device = args.device
-    # The profile's own step count (4 on tiny); ``default_steps`` is sized for real models.
-    steps = get_profile(args.profile).default_steps
     return Settings(
         data_dir=workdir,
         database_url=f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
@@ -213,7 +210,6 @@ def bench_settings(workdir: Path, args: argparse.Namespace) -> Any:
             device=device,
             offline=True,
             max_batch=args.max_batch,
-            default_steps=steps,
         ),
         quotas=QuotaDefaults(
             renders_per_day=1000,

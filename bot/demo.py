@@ -42,12 +42,8 @@ class DemoReport:
 
 def demo_settings(base: Settings, workdir: Path) -> Settings:
     """The user's settings, pointed at a throwaway database and the tiny engine, offline."""
-    from engine.profiles import get_profile
-
-    # The tiny profile's own step count: ``engine.default_steps`` is sized for real models.
-    steps = get_profile("tiny").default_steps
     engine = base.engine.model_copy(
-        update={"profile": "tiny", "offline": True, "default_steps": steps}
+        update={"profile": "tiny", "offline": True, "default_steps": None}
     )
     return base.model_copy(
         update={

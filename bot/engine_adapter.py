@@ -61,6 +61,9 @@ class EngineAdapter:
     def native_size(self) -> int:
         return int(self.engine.native_size)
 
+    def default_steps(self) -> int:
+        return self.engine.default_steps
+
     def count_tokens(self, text: str) -> int:
         return self.engine.count_tokens(text)
 

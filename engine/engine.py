@@ -267,7 +267,7 @@ class DiffusionEngine:
 
     @property
     def default_steps(self) -> int:
-        return self.profile.default_steps
+        return self.settings.default_steps or self.profile.default_steps
 
     @property
     def is_noise(self) -> bool:

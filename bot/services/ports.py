@@ -99,6 +99,10 @@ class EnginePort(Protocol):
         """The side (px) the model renders best at (512 for SD1.5, 64 for ``tiny``)."""
         ...
 
+    def default_steps(self) -> int:
+        """Denoising steps of a render that asks for none (the profile's or the operator's)."""
+        ...
+
     def count_tokens(self, text: str) -> int:
         """The prompt's length in the text encoder's tokens (without start/end tokens)."""
         ...
@@ -136,6 +140,9 @@ class NoEngine:
         raise self._refuse()
 
     def native_size(self) -> int:
+        raise self._refuse()
+
+    def default_steps(self) -> int:
         raise self._refuse()
 
     def count_tokens(self, text: str) -> int:

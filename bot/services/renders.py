@@ -56,7 +56,7 @@ class RenderService:
         jobs: JobService,
         *,
         blocklist: PromptBlocklist,
-        default_steps: int,
+        default_steps: int | None,
         default_guidance: float,
     ) -> None:
         self._db = database
@@ -172,7 +172,7 @@ class RenderService:
             raise InvalidInput(
                 f"You can ask for 1 to {quotas.images_per_render} images per render here."
             )
-        steps = options.steps if options.steps is not None else self._default_steps
+        steps = options.steps or self._default_steps or self._engine.default_steps()
         if options.steps is None:
             steps = min(steps, quotas.max_steps)
         if not 1 <= steps <= quotas.max_steps:
