@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +14,6 @@ from PIL import Image
 from engine import ConceptFeatures, ConceptKind, EngineSettings, RenderRequest, create_engine
 from engine.engine import DiffusionEngine
 from engine.errors import MissingWeights, StaleFeatures
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine torch's spinning worker threads made
-    these tests several times slower (measured: 270 s vs 40 s under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _photos(n: int, seed: int = 0) -> list[Image.Image]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,6 @@ from engine.personalizers.instantbooth.frozen import load_frozen
 from engine.personalizers.instantbooth.personalizer import InstantBoothPersonalizer
 from engine.personalizers.instantbooth.validation import validation_pipeline
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine torch's spinning worker threads made
-    these tests several times slower (measured: 270 s vs 40 s under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ from engine.personalizers.instantbooth.frozen import load_frozen
 from engine.personalizers.instantbooth.model import InstantBoothModel
 from engine.personalizers.instantbooth.trainer import TrainOptions, train
 from tests.engine.test_instantbooth_dataset import make_shapes_dataset
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine torch's spinning worker threads made
-    these tests several times slower (measured: 270 s vs 40 s under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_training_lowers_the_loss_and_changes_only_trainable_parts(tmp_path: Path) -> None:
