@@ -25,6 +25,7 @@ from bench.common import (
     BenchContext,
     base_parser,
     headline_text,
+    is_large_on_cpu,
     prepare_context,
     record,
     render_defaults,
@@ -68,10 +69,11 @@ async def measure(
 ) -> dict[str, Any]:
     from engine import RenderRequest
 
-    size, steps, repeats = render_defaults(ctx.profile, ctx.device)
+    size, steps, _ = render_defaults(ctx.profile, ctx.device)
     size, steps = args.size or size, args.steps or steps
-    # Each round renders sum(concurrency) images twice: fewer rounds than the overhead test.
-    repeats = 1 if ctx.quick else (args.batch_repeats or max(1, repeats // 2))
+    # Each round renders sum(concurrency) images twice: one round for SD1.5 on a CPU.
+    default_repeats = 1 if is_large_on_cpu(ctx.profile, ctx.device) else 3
+    repeats = 1 if ctx.quick else (args.batch_repeats or default_repeats)
     device = ctx.device
     concurrency = sorted(set(args.concurrency))
     if max(concurrency) > engine.settings.max_batch:
@@ -92,19 +94,19 @@ async def measure(
             features=features,
         )
 
-    async def together(seeds: list[int]) -> tuple[float, list[Any]]:
+    async def together(seeds: list[int]) -> tuple[float, float, list[Any]]:
         synchronize(device)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         results = await asyncio.gather(*(engine.render(request(s)) for s in seeds))
         synchronize(device)
-        return time.perf_counter() - started, list(results)
+        return time.perf_counter() - started, time.process_time() - cpu_started, list(results)
 
-    async def one_by_one(seeds: list[int]) -> tuple[float, list[Any]]:
+    async def one_by_one(seeds: list[int]) -> tuple[float, float, list[Any]]:
         synchronize(device)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         results = [await engine.render(request(s)) for s in seeds]
         synchronize(device)
-        return time.perf_counter() - started, results
+        return time.perf_counter() - started, time.process_time() - cpu_started, results
 
     # Warm-up: a lone render, and on a GPU the largest batch (allocations grow with it; on a
     # CPU it would only cost minutes).
@@ -112,21 +114,26 @@ async def measure(
     if device != "cpu":
         await together(list(range(max(concurrency))))
     levels = []
-    identical = True
     for n in concurrency:
         seeds = list(range(100, 100 + n))
         batched_s: list[float] = []
         single_s: list[float] = []
+        batched_cpu: list[float] = []
+        single_cpu: list[float] = []
         batch_sizes: set[int] = set()
+        pixel_diff = 0
         for i in range(repeats):
             ways = (together, one_by_one) if i % 2 == 0 else (one_by_one, together)
             outputs = {}
             for way in ways:
-                elapsed, results = await way(seeds)
+                elapsed, cpu, results = await way(seeds)
                 (batched_s if way is together else single_s).append(elapsed)
+                (batched_cpu if way is together else single_cpu).append(cpu)
                 outputs[way.__name__] = results
             batch_sizes |= {int(r.timings["batch_images"]) for r in outputs["together"]}
-            identical &= _same_images(outputs["together"], outputs["one_by_one"])
+            pixel_diff = max(
+                pixel_diff, _max_pixel_diff(outputs["together"], outputs["one_by_one"])
+            )
         batched, single = min(batched_s), min(single_s)
         levels.append(
             {
@@ -137,12 +144,17 @@ async def measure(
                 "together_s": batched,
                 "one_by_one_s": single,
                 "batch_sizes_formed": sorted(batch_sizes),
+                "together_cpu_s": min(batched_cpu),
+                "one_by_one_cpu_s": min(single_cpu),
+                "cpu_time_speedup": min(single_cpu) / min(batched_cpu),
+                "max_pixel_difference": pixel_diff,
                 "together_all_s": [round(t, 6) for t in batched_s],
                 "one_by_one_all_s": [round(t, 6) for t in single_s],
             }
         )
     window_ms = engine.settings.gather_window_ms
     max_batch = engine.settings.max_batch
+    identical = all(level["max_pixel_difference"] == 0 for level in levels)
 
     headline = [
         {
@@ -160,8 +172,16 @@ async def measure(
         "goes first.",
         f"The worker gathers compatible requests for up to {window_ms} ms, max_batch "
         f"{max_batch}; a lone request waits the whole window.",
+        "CPU-time speedup: the process's CPU time one by one / together (steadier than wall "
+        "time on a shared machine; meaningless on a GPU).",
         "Same seeds gave the same images together and one by one: "
-        + ("yes (bit-exact)." if identical else "NO: the images differ."),
+        + (
+            "yes (bit-exact)."
+            if identical
+            else "NO: largest pixel difference per level "
+            + ", ".join(f"{lv['requests']}: {lv['max_pixel_difference']}" for lv in levels)
+            + "."
+        ),
     ]
     if device == "cpu":
         notes.append(
@@ -180,6 +200,7 @@ async def measure(
                 "together img/s": level["together_images_per_s"],
                 "one by one img/s": level["one_by_one_images_per_s"],
                 "speedup": level["speedup"],
+                "CPU-time speedup": level["cpu_time_speedup"],
                 "batches formed": level["batch_sizes_formed"],
             }
             for level in levels
@@ -218,14 +239,14 @@ async def run(args: argparse.Namespace) -> Path:
     return record(ctx.out, ctx.profile.name, ctx.device, NAME, section)
 
 
-def _same_images(a: list[Any], b: list[Any]) -> bool:
+def _max_pixel_diff(a: list[Any], b: list[Any]) -> int:
+    """The largest pixel difference between the images of two runs of the same requests."""
+    worst = 0
     for ra, rb in zip(a, b, strict=True):
-        if len(ra.images) != len(rb.images):
-            return False
         for x, y in zip(ra.images, rb.images, strict=True):
-            if not np.array_equal(np.asarray(x), np.asarray(y)):
-                return False
-    return True
+            diff = np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16))
+            worst = max(worst, int(diff.max()))
+    return worst
 
 
 def main(argv: list[str] | None = None) -> None:

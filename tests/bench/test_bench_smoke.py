@@ -84,6 +84,11 @@ async def test_engine_overhead(tmp_path: Path) -> None:
     assert section["ratio"] == pytest.approx(
         section["engine"]["median_s"] / section["bare"]["median_s"]
     )
+    assert section["cpu_time_ratio"] == pytest.approx(
+        section["engine_cpu"]["median_s"] / section["bare_cpu"]["median_s"]
+    )
+    figures = [head["figure"] for head in section["headline"]]
+    assert any("CPU time" in figure for figure in figures)
 
 
 async def test_batching(tmp_path: Path) -> None:
@@ -97,8 +102,12 @@ async def test_batching(tmp_path: Path) -> None:
     assert levels[3]["batch_sizes_formed"] == [3]
     assert levels[1]["batch_sizes_formed"] == [1]
     assert section["same_images_together_and_alone"] is True
+    assert all(level["max_pixel_difference"] == 0 for level in levels.values())
     for level in levels.values():
         assert level["speedup"] == pytest.approx(level["one_by_one_s"] / level["together_s"])
+        assert level["cpu_time_speedup"] == pytest.approx(
+            level["one_by_one_cpu_s"] / level["together_cpu_s"]
+        )
 
 
 def test_sections_merge_and_markdown(tmp_path: Path) -> None:
