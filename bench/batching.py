@@ -185,9 +185,11 @@ async def measure(
     ]
     if device == "cpu":
         notes.append(
-            "On a CPU, batching adds no compute: the cores are already busy with one image, "
-            "and the engine's batch-invariant CPU mode (row-wise linears, oneDNN off, "
-            "per-image VAE decode) trades batch efficiency for bit-exact seeds."
+            "On a CPU, batching adds no compute (the cores are already busy with one image); "
+            "it only amortises per-call costs (Python, small kernels, weight reads), which "
+            "dominate tiny models and not SD1.5-sized ones. The engine's batch-invariant CPU "
+            "mode (row-wise linears, oneDNN off, per-image VAE decode) also trades batch "
+            "efficiency for reproducible seeds."
         )
     return {
         "description": "Throughput with concurrent compatible requests vs the same requests "
