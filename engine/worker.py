@@ -1,7 +1,9 @@
 """The worker: one thread owns the model on one device; the asyncio side only submits.
 
 Render requests that are compatible (same ``key``) are gathered into one batch, up to
-``max_batch`` images, waiting at most ``gather_window_ms`` for company. Each request gets its
+``max_batch`` images, waiting at most ``gather_window_ms`` for company, but only when company
+is likely (see ``_gather``): a lone request reaching an idle engine starts after a short settle
+(``SETTLE_S``), so the window costs nothing at low load. Each request gets its
 progress (on its own event loop) and its images; cancelling the awaiting task drops the
 request before its batch starts, or discards its rows when the batch is already running
 (its batch mates' images are unaffected: they depend only on their own seeds). A failure
@@ -31,6 +33,10 @@ from engine.types import RenderRequest, RenderResult
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Requests submitted in the same event-loop turn (an ``asyncio.gather``, a burst of claims)
+# reach the queue within microseconds: this short wait lets them share a batch without
+# charging the whole gather window to every lone request.
+SETTLE_S = 0.002
 Progress = Callable[[float], None]
 
 
@@ -79,6 +85,8 @@ class _RenderJob(_Job):
     request: RenderRequest | None = None
     key: Hashable = None
     progress: Progress | None = None
+    # Seconds since the render submitted before this one: a small gap means a burst.
+    gap: float = float("inf")
 
     def report(self, fraction: float) -> None:
         if self.progress is None or self.cancelled.is_set():
@@ -121,6 +129,7 @@ class Worker:
         self._closing = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._batch_ids = itertools.count(1)
+        self._last_render_at = float("-inf")
         self._thread.start()
 
     # -- asyncio side ------------------------------------------------------------------------
@@ -170,6 +179,10 @@ class Worker:
         with self._cond:
             if self._closing:
                 raise EngineClosed("the engine is shut down")
+            if isinstance(job, _RenderJob):
+                now = time.monotonic()
+                job.gap = now - self._last_render_at
+                self._last_render_at = now
             self._pending.append(job)
             self._cond.notify_all()
 
@@ -209,7 +222,12 @@ class Worker:
                 self._cond.wait()
 
     def _gather(self, first: _RenderJob) -> list[_RenderJob]:
-        """``first`` plus compatible pending renders, waiting up to the gather window."""
+        """``first`` plus compatible pending renders.
+
+        The full gather window is spent only when company is likely: a batch mate was already
+        found, or ``first`` came within a window of the render before it (a burst, or load).
+        Otherwise only ``SETTLE_S`` (same-turn submissions), so an idle engine adds no latency.
+        """
         try:
             first.key = self._runner.key(_request(first))
         except Exception as exc:
@@ -217,7 +235,9 @@ class Worker:
             return []
         batch = [first]
         size = _request(first).count
-        deadline = time.monotonic() + self._window
+        started = time.monotonic()
+        settle = started + min(self._window, SETTLE_S)
+        full = started + self._window
         with self._cond:
             while size < self._max_batch:
                 for job in list(self._pending):
@@ -235,7 +255,8 @@ class Worker:
                         self._pending.remove(job)
                         batch.append(job)
                         size += count
-                remaining = deadline - time.monotonic()
+                likely = len(batch) > 1 or first.gap < self._window
+                remaining = (full if likely else settle) - time.monotonic()
                 if size >= self._max_batch or remaining <= 0 or self._closing:
                     break
                 self._cond.wait(remaining)

@@ -85,6 +85,20 @@ async def test_compatible_requests_share_a_batch_up_to_max_batch() -> None:
     assert len(runner.threads) == 1
 
 
+async def test_a_lone_request_on_an_idle_worker_skips_the_gather_window() -> None:
+    # A 60 s window: waiting it would trip wait_for; a burst still batches.
+    runner = FakeRunner()
+    worker = _worker(runner, max_batch=4, window_ms=60_000)
+    alone = await asyncio.wait_for(worker.submit(_req(1)), timeout=30)
+    assert alone.timings["batch_images"] == 1.0
+    await asyncio.sleep(0.01)
+    burst = [_req(10), _req(20), _req(30), _req(40)]  # fills max_batch: no window either
+    results = await asyncio.wait_for(asyncio.gather(*(worker.submit(r) for r in burst)), timeout=30)
+    await worker.aclose()
+    assert runner.batches == [[1], [10, 20, 30, 40]]
+    assert all(r.timings["batch_images"] == 4.0 for r in results)
+
+
 async def test_progress_arrives_on_the_callers_loop_in_order() -> None:
     runner = FakeRunner()
     worker = _worker(runner)
