@@ -11,11 +11,13 @@ returns scores and the policy in `inspect.py` looks at scores and sizes, never a
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import logging
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,17 @@ def _rgb_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 
+RECENT_DETECTIONS = 32
+
+
+def _digest(image: Image.Image) -> bytes:
+    """Identity of an image's pixels (mode and size included), for the detection cache."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.digest()
+
+
 class FaceDetector:
     """dlib's HOG frontal-face detector, run on a reduced copy of the photo, with scores.
 
@@ -147,6 +160,9 @@ class FaceDetector:
         self.upsample = upsample
         # One dlib object shared between threads: serialise calls rather than trust it.
         self._lock = threading.Lock()
+        # Recent results by pixel digest: creating an avatar inspects its photos, then crops
+        # the same photos around their faces to encode them; detecting twice doubled the time.
+        self._recent: OrderedDict[tuple[bytes, float], list[FaceBox]] = OrderedDict()
 
     @classmethod
     def load(cls, *, max_side: int = 800, upsample: int = 1) -> FaceDetector | None:
@@ -164,6 +180,20 @@ class FaceDetector:
         width, height = image.size
         if width < 1 or height < 1:
             raise ValueError(f"cannot detect faces in an empty image ({width}x{height})")
+        key = (_digest(image), min_score)
+        with self._lock:
+            if key in self._recent:
+                self._recent.move_to_end(key)
+                return list(self._recent[key])
+        faces = self._detect(image, min_score)
+        with self._lock:
+            self._recent[key] = faces
+            while len(self._recent) > RECENT_DETECTIONS:
+                self._recent.popitem(last=False)
+        return list(faces)
+
+    def _detect(self, image: Image.Image, min_score: float) -> list[FaceBox]:
+        width, height = image.size
         scale = min(1.0, self.max_side / max(width, height))
         work = image
         if scale < 1.0:

@@ -383,3 +383,23 @@ def test_same_face_is_closer_than_another_person_or_noise(
     best_different = max(face_similarity(reference, v) for v in (other, noise))
     assert worst_same > best_different
     assert face_similarity(reference, reference) == pytest.approx(1.0)
+
+
+def test_detector_remembers_recent_photos(astronaut: Image.Image) -> None:
+    detector = FaceDetector.load()
+    assert detector is not None
+    calls: list[int] = []
+    real_run = detector._detector.run
+
+    def counting_run(*args: object) -> object:
+        calls.append(1)
+        return real_run(*args)
+
+    detector._detector = type("Counting", (), {"run": staticmethod(counting_run)})()
+    photo = astronaut
+    first = detector.detect(photo)
+    again = detector.detect(photo.copy())  # same pixels, another object
+    assert again == first and first
+    assert len(calls) == 1
+    detector.detect(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    assert len(calls) == 2
