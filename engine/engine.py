@@ -8,11 +8,12 @@ created, used and freed by one thread) and then serves renders, encodes and insp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,29 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@contextlib.contextmanager
+def _quiet_progress_bars(quiet: bool) -> Iterator[None]:
+    """Silence transformers' and diffusers' progress bars for the duration (restored after)."""
+    if not quiet:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    restore = [
+        module.enable_progress_bar
+        for module in (transformers_logging, diffusers_logging)
+        if module.is_progress_bar_enabled()
+    ]
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()
+
+
 def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
     """Build the profile's pipeline and personalizers (runs in the worker thread)."""
     started = time.perf_counter()
@@ -98,20 +122,23 @@ def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
     workdir = tempfile.mkdtemp(prefix="avatarbot-engine-")
     personalizers: dict[str, Personalizer] = {}
     try:
-        for spec in profile.personalizers:
-            context = LoadContext(
-                pipe=pipe,
-                options=spec.options,
-                device=device,
-                dtype=dtype,
-                offline=offline,
-                cache_dir=cache_dir,
-                workdir=workdir,
-                seed=settings.seed,
-                batch_invariant=batch_invariant,
-            )
-            with torch.inference_mode(False):
-                personalizers[spec.name] = personalizer_factory(spec.name)(context)
+        # Random-weight profiles write adapters to a temp folder and read them back: progress
+        # bars for that say nothing and clutter the demo. Real weights keep theirs.
+        with _quiet_progress_bars(profile.is_noise):
+            for spec in profile.personalizers:
+                context = LoadContext(
+                    pipe=pipe,
+                    options=spec.options,
+                    device=device,
+                    dtype=dtype,
+                    offline=offline,
+                    cache_dir=cache_dir,
+                    workdir=workdir,
+                    seed=settings.seed,
+                    batch_invariant=batch_invariant,
+                )
+                with torch.inference_mode(False):
+                    personalizers[spec.name] = personalizer_factory(spec.name)(context)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
