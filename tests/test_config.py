@@ -1,0 +1,113 @@
+"""Settings: sources and their order, secrets only from the environment, masking, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bot.cli import main
+from bot.config import Settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AVATARBOT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+def test_defaults_put_a_sqlite_file_in_the_data_dir(tmp_path: Path) -> None:
+    settings = Settings.load()
+    assert settings.data_dir == tmp_path / "xdg" / "avatarbot"
+    assert settings.effective_database_url == (
+        f"sqlite+aiosqlite:///{tmp_path / 'xdg' / 'avatarbot' / 'avatarbot.db'}"
+    )
+    assert settings.engine.profile == "tiny"
+    assert settings.discord_token is None and settings.data_key is None
+
+
+def test_environment_beats_toml_and_nests_with_double_underscore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = tmp_path / "avatarbot.toml"
+    toml.write_text(
+        'log_level = "DEBUG"\n'
+        'prompt_blocklist = ["badword"]\n'
+        "[engine]\n"
+        'profile = "sd15-shaped"\n'
+        "max_batch = 2\n"
+        "[quotas]\n"
+        "renders_per_day = 5\n"
+    )
+    monkeypatch.setenv("AVATARBOT_ENGINE__PROFILE", "tiny")
+    monkeypatch.setenv("AVATARBOT_QUOTAS__AVATARS_PER_MEMBER", "7")
+    settings = Settings.load(toml)
+    assert settings.engine.profile == "tiny"  # environment wins
+    assert settings.engine.max_batch == 2  # the file fills what the environment leaves
+    assert settings.quotas.renders_per_day == 5
+    assert settings.quotas.avatars_per_member == 7
+    assert settings.log_level == "DEBUG"
+    assert settings.prompt_blocklist == ["badword"]
+    # Overrides (the CLI's flags) beat both.
+    assert Settings.load(toml, log_level="ERROR").log_level == "ERROR"
+
+
+def test_config_file_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text("output_retention_hours = 5\n")
+    monkeypatch.setenv("AVATARBOT_CONFIG_FILE", str(toml))
+    assert Settings.load().output_retention_hours == 5
+
+
+@pytest.mark.parametrize("secret", ["discord_token", "data_key"])
+def test_a_config_file_naming_a_secret_is_refused(tmp_path: Path, secret: str) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'{secret} = "hunter2"\n')
+    with pytest.raises(ValueError, match=f"AVATARBOT_{secret.upper()}"):
+        Settings.load(toml)
+
+
+def test_a_named_config_file_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Settings.load(tmp_path / "missing.toml")
+
+
+def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text("databse_url = 'typo'\n")
+    with pytest.raises(ValidationError):
+        Settings.load(toml)
+    with pytest.raises(ValidationError):
+        Settings.load(engine={"max_batch": 0})
+
+
+def test_the_config_command_masks_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AVATARBOT_DISCORD_TOKEN", "token-value-123")
+    monkeypatch.setenv("AVATARBOT_DATA_KEY", "key-value-456")
+    monkeypatch.setenv("AVATARBOT_DATABASE_URL", "postgresql+asyncpg://bot:pw-789@db/avatarbot")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out)
+    assert shown["discord_token"] == "**********"
+    assert shown["data_key"] == "**********"
+    assert shown["old_data_keys"] is None
+    for secret in ("token-value-123", "key-value-456", "pw-789"):
+        assert secret not in out
+    assert shown["database_url"].startswith("postgresql+asyncpg://bot:***@db/")
+
+
+def test_the_cli_reports_invalid_settings_with_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('data_key = "x"\n')
+    assert main(["--config", str(toml), "config"]) == 2
+    assert "AVATARBOT_DATA_KEY" in capsys.readouterr().err
