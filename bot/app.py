@@ -1,17 +1,21 @@
-"""The Discord bot: a ``commands.Bot`` that owns the database, the services, the engine and the
-job runner, and loads one cog per feature.
+"""The Discord bot: a ``commands.Bot`` that owns the database, the services (with the job
+loop), the engine when it renders itself, and the job feed; it loads one cog per feature.
 
 ``create_bot(settings)`` builds it without connecting: ``avatarbot run`` then starts it with the
 token, while the demo, the tests and the benchmark hand it to SimCord. Resources are created in
 ``setup_hook`` (after login, inside the running loop) and released in ``close``; the ones a
 caller injects (a shared engine, a database) are the caller's to close.
+
+With ``run_worker`` false (the scale-out setup) the bot loads no engine and never imports torch
+or diffusers: ``avatarbot worker`` processes render, and what the bot must know of their engine
+comes from the database. Its job loop then only reaps expired leases and purges.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
@@ -20,14 +24,19 @@ from bot.config import Settings
 from bot.errors import InternalError
 from bot.services.ports import EnginePort
 from bot.ui.errors import on_app_command_error
-from bot.ui.jobs import JobRunner
+from bot.ui.jobs import JobFeed
 from bot.ui.sync import sync_if_changed
+from bot.ui.waker import DiscordWaker
 from db.session import Database
+
+if TYPE_CHECKING:
+    from bot.services.container import Services
 
 logger = logging.getLogger(__name__)
 
 # Loaded in this order; each package's ``setup`` adds its cog (and its persistent buttons).
 COGS = ("bot.cogs.avatars", "bot.cogs.render", "bot.cogs.admin")
+DISPATCHER_WAKE_EVENT = "avatarbot_dispatcher_wake"
 
 
 def bot_intents() -> discord.Intents:
@@ -65,15 +74,15 @@ class AvatarBot(commands.Bot):
         self._owns_engine = engine_port is None
         self._sync_commands = sync_commands
         self._freeze_gc = freeze_gc
-        self._services: Any = None
-        self.jobs = JobRunner(self)
+        self._services: Services | None = None
+        self.jobs = JobFeed(self, settings.jobs.poll_seconds)
         self.tree.on_error = on_app_command_error  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ resources
 
     @property
-    def services(self) -> Any:
-        """The ``Services`` container (avatars, renders, quotas, jobs, privacy)."""
+    def services(self) -> Services:
+        """The ``Services`` container (avatars, renders, quotas, jobs, privacy, the loop)."""
         if self._services is None:
             raise InternalError()  # used before setup_hook: a bug, shown with a reference
         return self._services
@@ -86,30 +95,28 @@ class AvatarBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         from bot.services.container import build_services
-        from bot.services.dispatcher import DispatcherConfig
         from db.migrate import upgrade
 
         if self._database is None:
             self._database = Database.from_url(self.settings.effective_database_url)
         await upgrade(self._database)
-        if self._engine_port is None:
-            self._engine_port = await _build_engine_port(self.settings)
+        engine: EnginePort | None = None
+        if self.settings.run_worker:
+            if self._engine_port is None:
+                self._engine_port = await _build_engine_port(self.settings)
+            engine = self._engine_port
         self._services = await build_services(
             self.settings,
             self._database,
-            self._engine_port,
-            dispatcher_config=DispatcherConfig(
-                concurrency=self.settings.engine.max_batch,
-                # The embedded SQLite setup has one worker, this process: whatever it left
-                # running when it died is its own to adopt at start.
-                exclusive=self.settings.run_worker and self._database.dialect == "sqlite",
-            ),
+            engine,
+            waker=DiscordWaker(self, DISPATCHER_WAKE_EVENT),
         )
         for name in COGS:
             await self.load_extension(name)
         if self._sync_commands:
             await sync_if_changed(self.tree, self._database, self.application_id)
-        await self.jobs.start()
+        self.jobs.start()
+        await self._services.start()
         if self._freeze_gc:
             _freeze_heap()
         logger.info("bot set up: %d cogs, worker=%s", len(self.cogs), self.settings.run_worker)
@@ -117,8 +124,8 @@ class AvatarBot(commands.Bot):
     async def close(self) -> None:
         try:
             if self._services is not None:
-                # First, so jobs rendering in the lanes go back to the queue (not counted as
-                # an attempt) instead of being cut off mid-render.
+                # First, so running jobs go back to the queue (not counted as an attempt)
+                # instead of being cut off mid-render.
                 await self._services.aclose()
             await self.jobs.stop()
         finally:
@@ -165,6 +172,7 @@ def _freeze_heap() -> None:
 
 
 async def _build_engine_port(settings: Settings) -> EnginePort:
+    # Imported here: only a bot that renders itself loads torch.
     from bot.engine_adapter import build_engine_port
 
     return await build_engine_port(settings)

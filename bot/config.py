@@ -58,6 +58,27 @@ class QuotaDefaults(BaseModel):
     max_side: int = Field(default=768, ge=64, le=2048)
 
 
+class JobSettings(BaseModel):
+    """The job runtime's intervals (bot/services/dispatcher.py). Every process that runs the
+    job loop (the bot, each worker) should use the same values."""
+
+    # A running job's lease; renewed every min(lease/3, progress_seconds) by its worker.
+    lease_seconds: float = Field(default=30.0, ge=1.0)
+    # How often each loop looks for expired leases (a killed worker's jobs run again within
+    # about lease_seconds + reap_seconds).
+    reap_seconds: float = Field(default=10.0, gt=0.0)
+    # A look at the queue without a wake-up. On PostgreSQL enqueues are pushed (LISTEN/NOTIFY),
+    # so this only covers lost notifications.
+    poll_seconds: float = Field(default=5.0, gt=0.0)
+    # Progress is recorded and announced at most this often per job (Discord edits follow it).
+    progress_seconds: float = Field(default=1.5, gt=0.0)
+    job_timeout_seconds: float = Field(default=900.0, gt=0.0)
+    # Purging finished jobs past their retention.
+    maintenance_seconds: float = Field(default=600.0, gt=0.0)
+    # A job whose worker died this many times is failed and refunded.
+    max_attempts: int = Field(default=3, ge=1)
+
+
 class _SecretlessToml(TomlConfigSettingsSource):
     """A TOML source that refuses secrets: they belong in the environment."""
 
@@ -98,6 +119,7 @@ class Settings(BaseSettings):
     photos: PhotoLimits = Field(default_factory=PhotoLimits)
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     # Finished outputs are kept this long (buttons work on them), then purged.
     output_retention_hours: int = Field(default=72, ge=1)
     # Words or /regex/ patterns refused in prompts before any GPU work.

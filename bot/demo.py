@@ -238,7 +238,7 @@ async def _script(bot: Any, channel: Any, member: Any, rec: _Recorder, say: Say)
         "(the demo pauses the worker so the render stays in line)",
     )
     say("5/7 Cancel a queued render")
-    bot.jobs.pause()
+    bot.services.dispatcher.pause()
     try:
         result = await member.slash(
             channel, "avatar render", avatar="Me", prompt="as a knight in shining armour"
@@ -247,7 +247,7 @@ async def _script(bot: Any, channel: Any, member: Any, rec: _Recorder, say: Say)
         await member.click(result.response, label="Cancel")
         step.shown.append(await rec.shown(result.response, ephemeral=True, note="after Cancel"))
     finally:
-        bot.jobs.resume()
+        bot.services.dispatcher.resume()
 
     step = rec.begin("Delete a result", "pressed 🗑️ Delete under the rerolled result")
     say("6/7 Delete")

@@ -20,6 +20,7 @@ from bot.config import Settings
 from bot.errors import InvalidInput
 from bot.services.ports import (
     EncodedFeatures,
+    EngineFacts,
     EnginePort,
     ProgressCallback,
     RenderOutput,
@@ -41,6 +42,7 @@ class EngineAdapter:
 
     def __init__(self, engine: DiffusionEngine) -> None:
         self.engine = engine
+        self._facts: EngineFacts | None = None
 
     @classmethod
     async def create(cls, settings: EngineSettings) -> EngineAdapter:
@@ -52,23 +54,20 @@ class EngineAdapter:
 
     # -- facts -----------------------------------------------------------------------------
 
-    def encoder_id(self, personalizer: str) -> str:
-        return self.engine.encoder_id_for(personalizer)
-
-    def default_personalizer(self) -> str:
-        return self.engine.default_personalizer
-
-    def native_size(self) -> int:
-        return int(self.engine.native_size)
-
-    def default_steps(self) -> int:
-        return self.engine.default_steps
-
-    def count_tokens(self, text: str) -> int:
-        return self.engine.count_tokens(text)
-
-    def max_prompt_tokens(self) -> int:
-        return self.engine.max_prompt_tokens
+    def facts(self) -> EngineFacts:
+        """What the services must know of this engine (published for bots without one)."""
+        if self._facts is None:
+            engine = self.engine
+            self._facts = EngineFacts(
+                profile=engine.profile.name,
+                default_personalizer=engine.default_personalizer,
+                encoders={p: engine.encoder_id_for(p) for p in engine.personalizers},
+                native_size=int(engine.native_size),
+                default_steps=engine.default_steps,
+                max_prompt_tokens=engine.max_prompt_tokens,
+                tokenizer_json=engine.tokenizer_json(),
+            )
+        return self._facts
 
     # -- work ------------------------------------------------------------------------------
 

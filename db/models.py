@@ -61,6 +61,26 @@ class JobStatus(StrEnum):
 FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class JobKind(StrEnum):
+    RENDER = "render"  # render images of an avatar
+    ENCODE = "encode"  # check a new avatar's photos and encode them (avatar creation)
+
+
+class AttemptOutcome(StrEnum):
+    """How one attempt of a job ended (NULL while it runs)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # the member cancelled (or deleted) it meanwhile
+    LOST = "lost"  # its lease expired: the worker died or hung; reaped by another loop
+    HANDED_BACK = "handed_back"  # a graceful stop put it back; not counted as an attempt
+
+
+class AvatarStatus(StrEnum):
+    PENDING = "pending"  # photos stored, the encode job has not finished yet
+    READY = "ready"
+
+
 class AvatarKind(StrEnum):
     PERSON = "person"
     PET = "pet"
@@ -114,6 +134,7 @@ class Avatar(Base):
         # Also serves lookups by owner_id alone (leftmost column), so no separate index.
         UniqueConstraint("owner_id", "name_key"),
         CheckConstraint(_in("kind", AvatarKind), name="kind"),
+        CheckConstraint(_in("status", AvatarStatus), name="status"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -123,6 +144,13 @@ class Avatar(Base):
     # casefold()ed name: uniqueness per owner regardless of case (ß == SS too).
     name_key: Mapped[str] = mapped_column(String(64), nullable=False)
     kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    # Pending while its encode job checks and encodes the photos; deleted if none is usable.
+    status: Mapped[str] = mapped_column(
+        String(16),
+        nullable=False,
+        default=AvatarStatus.READY,
+        server_default=AvatarStatus.READY,
+    )
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False
@@ -202,11 +230,13 @@ class Consent(Base):
 
 
 class RenderJob(Base):
-    """One render request: a row of the queue (see db/queue.py) and its whole lifecycle."""
+    """One job (a render, or an avatar's encoding): a row of the queue (see db/queue.py) and
+    its whole lifecycle. The table keeps its first name; ``kind`` says what the job does."""
 
     __tablename__ = "render_jobs"
     __table_args__ = (
         CheckConstraint(_in("status", JobStatus), name="status"),
+        CheckConstraint(_in("kind", JobKind), name="kind"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
         CheckConstraint("reserved >= 0", name="reserved_nonnegative"),
         CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
@@ -222,6 +252,9 @@ class RenderJob(Base):
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    kind: Mapped[str] = mapped_column(
+        String(16), nullable=False, default=JobKind.RENDER, server_default=JobKind.RENDER
+    )
     user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     guild_id: Mapped[int | None] = mapped_column(BigInteger)
     channel_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -255,6 +288,8 @@ class RenderJob(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # What a finished job reports beyond its outputs (an encode job: photos kept and refused).
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     # The interaction to answer (follow-ups work for 15 minutes after it was created).
@@ -275,6 +310,52 @@ class RenderJob(Base):
         passive_deletes=True,
         lazy="raise_on_sql",
     )
+
+
+class JobAttempt(Base):
+    """One attempt of a job: which worker claimed it, when, and how it ended (the history an
+    operator reads with ``avatarbot job show``). Removed with its job."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (
+        UniqueConstraint("job_id", "number"),
+        CheckConstraint(_in("outcome", AttemptOutcome), name="outcome"),
+        # The open attempt of a job is found by (job_id, ended_at IS NULL): the unique index's
+        # leftmost column serves it.
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("render_jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    # 1, 2, ... in claim order (handed-back attempts included).
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    worker_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Worker(Base):
+    """A process that runs the job loop (a worker, or the bot): who it is, what its engine can
+    do (``facts``, published so a bot without the model can validate and size requests), and
+    when it was last seen. Holds nothing about members."""
+
+    __tablename__ = "workers"
+    __table_args__ = (Index(None, "seen_at"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    # Engine facts (profile, personalizers and encoder ids, sizes, steps, prompt length);
+    # NULL for a loop without an engine (a bot that only reaps and delivers).
+    facts: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # The text encoder's tokenizer (tokenizers' JSON), so prompts are measured without torch.
+    tokenizer: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class JobOutput(Base):

@@ -8,10 +8,18 @@ Fairness: the next job goes to the user served least recently, i.e. the user who
 oldest. One user with 20 queued jobs therefore gets one job, then everyone else waiting gets
 one, and so on: round-robin across users, not first-come.
 
-Concurrency: on PostgreSQL the claim locks its row ``FOR UPDATE SKIP LOCKED``, so concurrent
-workers each get a different job without waiting on each other. SQLite has one writer, and
-``Database`` starts every write transaction with ``BEGIN IMMEDIATE``, which serialises claims.
-The UPDATE also re-checks ``status = 'queued'``, so a job can never be handed out twice.
+Concurrency: the choice of the next job must see every claim committed before it, or two
+workers claiming at the same moment would both serve the member who waited longest (the
+"least recently served" order reads committed ``started_at`` values only). So claims are
+serialised: on PostgreSQL by a transaction-scoped advisory lock taken first (``CLAIM_LOCK``, a
+two-key lock, a key space apart from ``lock_scope``'s one-key locks), held for the few
+milliseconds of the claim; SQLite has one writer, and ``Database`` starts every write
+transaction with ``BEGIN IMMEDIATE``. The row is also locked ``FOR UPDATE SKIP LOCKED`` (a
+cancellation holding it is passed over) and the UPDATE re-checks ``status = 'queued'``, so a
+job can never be handed out twice.
+
+Attempts: every claim opens a ``job_attempts`` row (worker, claimed at); the job's final state,
+a reaped lease and a graceful hand-back close it with their outcome, in the same transaction.
 
 Worker ids must be unique per process *incarnation* (e.g. host, pid and a random suffix): a
 lease is renewed and a job finished only by the worker id that claimed it, so a restarted
@@ -29,7 +37,8 @@ from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from db.models import FINAL_STATUSES, JobStatus, RenderJob
+from db.models import FINAL_STATUSES, AttemptOutcome, JobAttempt, JobStatus, RenderJob
+from db.repositories.common import dialect_name
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +65,10 @@ CLAIM_SQL: Select[int] = (
 )
 
 
+# pg_advisory_xact_lock(CLAIM_LOCK): the two-int form, a key space of its own.
+CLAIM_LOCK = (0x61766174, 1)  # "avat", 1
+
+
 def _lease_end(now: datetime, lease_seconds: float) -> datetime:
     return now + timedelta(seconds=lease_seconds)
 
@@ -66,8 +79,10 @@ async def claim_next(
     """Claim the next job fairly for ``worker_id``, or None when nothing is queued.
 
     The job becomes ``running`` with ``attempts + 1``, ``started_at = now`` and a lease until
-    ``now + lease_seconds``; the caller commits.
+    ``now + lease_seconds``, and an attempt row is opened; the caller commits.
     """
+    if dialect_name(session) == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(*CLAIM_LOCK)))
     job_id = (await session.execute(CLAIM_SQL)).scalar_one_or_none()
     if job_id is None:
         return None
@@ -89,6 +104,13 @@ async def claim_next(
     if job is None:  # only under an isolation level weaker than we set up; never hand it out
         logger.warning("job %s changed between selection and claim; not claimed", job_id)
         return None
+    number = (
+        await session.execute(
+            select(func.coalesce(func.max(JobAttempt.number), 0)).where(JobAttempt.job_id == job.id)
+        )
+    ).scalar_one()
+    session.add(JobAttempt(job_id=job.id, number=number + 1, worker_id=worker_id, claimed_at=now))
+    await session.flush()
     logger.debug("worker %s claimed job %s (attempt %s)", worker_id, job.id, job.attempts)
     return job
 
@@ -122,6 +144,23 @@ async def renew_lease(
         .execution_options(synchronize_session=False)
     )
     return renewed.one_or_none() is not None
+
+
+async def close_attempt(
+    session: AsyncSession,
+    job_id: int,
+    outcome: AttemptOutcome,
+    now: datetime,
+    *,
+    error: str | None = None,
+) -> None:
+    """End the job's open attempt (if any) with ``outcome``; same transaction as the job."""
+    await session.execute(
+        update(JobAttempt)
+        .where(JobAttempt.job_id == job_id, JobAttempt.ended_at.is_(None))
+        .values(ended_at=now, outcome=outcome, error=error)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def expired_running(session: AsyncSession, now: datetime) -> list[RenderJob]:
@@ -175,6 +214,7 @@ async def reset_orphans(
         candidates = await expired_running(session, now)
     report = OrphanReport()
     for job in candidates:
+        await close_attempt(session, job.id, AttemptOutcome.LOST, now, error="lease expired")
         if job.attempts < max_attempts and not job.cancel_requested:
             job.status = JobStatus.QUEUED
             job.worker_id = None
@@ -228,11 +268,16 @@ async def finish_job(
         values["progress"] = 1.0
     if timings is not None:
         values["timings"] = timings
-    finished = await session.scalars(
-        update(RenderJob)
-        .where(*conditions)
-        .values(**values)
-        .returning(RenderJob)
-        .execution_options(populate_existing=True, synchronize_session=False)
-    )
-    return finished.one_or_none()
+    finished = (
+        await session.scalars(
+            update(RenderJob)
+            .where(*conditions)
+            .values(**values)
+            .returning(RenderJob)
+            .execution_options(populate_existing=True, synchronize_session=False)
+        )
+    ).one_or_none()
+    if finished is not None and worker_id is not None:
+        # The reaper (worker_id None) already closed the attempt as lost.
+        await close_attempt(session, job_id, AttemptOutcome(status.value), now, error=error)
+    return finished

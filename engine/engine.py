@@ -309,6 +309,17 @@ class DiffusionEngine:
         ids = self.model.pipe.tokenizer(text, add_special_tokens=False).input_ids
         return len(ids)
 
+    def tokenizer_json(self) -> str | None:
+        """The text encoder's tokenizer in the ``tokenizers`` library's JSON (the same counts
+        as ``count_tokens``, without torch or transformers), or None if it has no such form."""
+        backend = getattr(self.model.pipe.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        try:
+            return str(backend.to_str())
+        except Exception:
+            return None
+
     # -- the Engine protocol ---------------------------------------------------------------
 
     async def inspect(

@@ -29,8 +29,10 @@ SCHEDULER_NAMES = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "p
 MIN_SIDE, MAX_SIDE = 64, 1536
 MAX_STEPS = 150
 MAX_COUNT = 4
-# Seeds of a request are seed, seed+1, ... seed+count-1; all must fit torch's manual_seed.
-MAX_SEED = 2**63 - 1 - MAX_COUNT
+# The one seed range of the whole project: seeds of a request are seed, seed+1, ...
+# seed+count-1, and every layer must carry them exactly. Torch takes up to 2**63-1; Discord's
+# integer options and JSON numbers only up to 2**53-1, the narrowest, so that is the bound.
+MAX_SEED = 2**53 - 1 - MAX_COUNT
 
 
 class ConceptKind(StrEnum):

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "train_cmd",
     "engine_cmd",
     "avatar_cmd",
+    "job_cmd",
     "worker_cmd",
     "run_cmd",
     "demo_cmd",

@@ -11,9 +11,10 @@
 
 Every command acts for the member ``--user`` (a Discord user id), through the same services
 the bot uses, on the configured database (upgraded to head first). ``create`` and ``render``
-load the engine (``AVATARBOT_ENGINE__PROFILE=tiny`` runs offline in seconds); the others do
-not. ``render`` queues the job, runs the in-process dispatcher until it finishes and writes
-the PNGs. Without ``--guild`` the default quotas apply, counted apart from every guild.
+load the engine (``AVATARBOT_ENGINE__PROFILE=tiny`` runs offline in seconds) and queue a job
+like the bot does, then run the queue in this process until that job has run (jobs queued
+before it, in the fair order, run too); the others load no engine. Without ``--guild`` the
+default quotas apply, counted apart from every guild.
 """
 
 from __future__ import annotations
@@ -118,13 +119,12 @@ def _handler(
 @asynccontextmanager
 async def _services(settings: Settings, *, with_engine: bool) -> AsyncIterator[Services]:
     from bot.services.container import build_services
-    from bot.services.dispatcher import DispatcherConfig
-    from bot.services.ports import EnginePort, NoEngine
+    from bot.services.ports import EnginePort
     from db.migrate import upgrade
     from db.session import Database
 
     database = Database.from_url(settings.effective_database_url)
-    engine: EnginePort = NoEngine()
+    engine: EnginePort | None = None
     try:
         await upgrade(database)
         if with_engine:
@@ -132,14 +132,14 @@ async def _services(settings: Settings, *, with_engine: bool) -> AsyncIterator[S
 
             print(f"loading engine profile {settings.engine.profile}...", file=sys.stderr)
             engine = await build_engine_port(settings)
-        config = DispatcherConfig(concurrency=settings.engine.max_batch, poll_seconds=0.2)
-        services = await build_services(settings, database, engine, dispatcher_config=config)
+        services = await build_services(settings, database, engine)
         try:
             yield services
         finally:
             await services.aclose()
     finally:
-        await engine.aclose()
+        if engine is not None:
+            await engine.aclose()
         await database.dispose()
 
 
@@ -162,9 +162,12 @@ def _check_create(args: argparse.Namespace) -> int | None:
 
 
 async def _create(args: argparse.Namespace, services: Services) -> int:
-    created = await services.avatars.create(
+    ticket = await services.avatars.create(
         args.user, args.guild, args.name, args.kind, args.files, consent=True
     )
+    await services.dispatcher.run_job(ticket.job_id)
+    created = await services.avatars.creation_result(ticket.job_id)
+    await services.jobs.mark_delivered(ticket.job_id)
     avatar = created.avatar
     print(f"created {avatar.kind} avatar “{avatar.name}” with {avatar.photo_count} photo(s)")
     for name in created.kept:
@@ -186,7 +189,6 @@ async def _list(args: argparse.Namespace, services: Services) -> int:
 
 
 async def _render(args: argparse.Namespace, services: Services) -> int:
-    from bot.services.events import JobObserver
     from bot.services.results import RenderOptions
 
     options = RenderOptions(
@@ -202,16 +204,13 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
         args.user, args.guild, None, args.avatar, args.prompt, options
     )
     print(f"job {ticket.job_id} queued (position {ticket.position})", file=sys.stderr)
-
-    class Progress(JobObserver):
-        async def job_progress(self, job_id: int, fraction: float) -> None:
-            if job_id == ticket.job_id:
-                print(f"\rrendering job {job_id}: {fraction:4.0%}", end="", file=sys.stderr)
-
-    services.dispatcher.add_observer(Progress())
-    await services.dispatcher.start()
-    view = await services.dispatcher.wait_finished(ticket.job_id, within=args.timeout)
-    print(file=sys.stderr)
+    try:
+        view = await asyncio.wait_for(services.dispatcher.run_job(ticket.job_id), args.timeout)
+    except TimeoutError:
+        print(
+            f"avatarbot: job {ticket.job_id} did not finish in {args.timeout:g} s", file=sys.stderr
+        )
+        return 1
     if view.status != "done":
         print(f"avatarbot: job {view.id} {view.status}: {view.error or ''}", file=sys.stderr)
         return 1

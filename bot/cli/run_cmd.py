@@ -1,11 +1,22 @@
-"""`avatarbot run`: the Discord bot (token from AVATARBOT_DISCORD_TOKEN)."""
+"""`avatarbot run`: the Discord bot (token from AVATARBOT_DISCORD_TOKEN).
+
+SIGTERM (``docker stop``, ``systemctl stop``) and SIGINT stop it cleanly: the job loop stops
+claiming and hands running jobs back to the queue without counting an attempt, the bot closes
+its Discord connection and the database, and the process exits 0. (discord.py's
+``Client.run`` only handles Ctrl-C, so the loop and the signals are ours.)
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
 import sys
 
 from bot.config import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,11 +32,34 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    return asyncio.run(_main(settings))
+
+
+async def _main(settings: Settings) -> int:
     from bot.app import configure_discord_endpoints, create_bot
 
+    assert settings.discord_token is not None
     configure_discord_endpoints(settings)
     bot = create_bot(settings, freeze_gc=True)
-    # discord.py runs the loop, closes the bot on Ctrl-C/SIGTERM (``close`` puts running jobs
-    # back in the queue); logging is already configured by the CLI.
-    bot.run(settings.discord_token.get_secret_value(), log_handler=None)
+    loop = asyncio.get_running_loop()
+    runner = loop.create_task(bot.start(settings.discord_token.get_secret_value()))
+
+    closing: list[asyncio.Task[None]] = []
+
+    def stop(signum: int) -> None:
+        logger.info("%s received: stopping", signal.Signals(signum).name)
+        # ``close`` hands running jobs back, then closes Discord and the database; ``start``
+        # returns once the connection is closed.
+        if not closing:
+            closing.append(loop.create_task(bot.close()))
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        await runner
+    finally:
+        if closing:
+            await closing[0]
+        elif not bot.is_closed():
+            await bot.close()
     return 0

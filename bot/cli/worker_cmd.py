@@ -1,9 +1,10 @@
-"""`avatarbot worker`: a render worker process over the shared database (scale-out).
+"""`avatarbot worker`: a job worker process over the shared database (scale-out).
 
-Runs the engine and the job dispatcher, nothing else: no Discord. Start any number of them on
-GPU machines against one PostgreSQL (DESIGN.md, "Jobs"); set ``AVATARBOT_RUN_WORKER=false``
-on the bot so it only queues and delivers. SIGINT/SIGTERM stop it gracefully: the jobs it was
-rendering go back to the queue without counting an attempt.
+Runs the engine and the job loop, nothing else: no Discord. Start any number of them on GPU
+machines against one PostgreSQL (README, "Scale-out"); set ``AVATARBOT_RUN_WORKER=false`` on
+the bot so it only queues and delivers. SIGTERM and SIGINT stop it cleanly: it stops claiming,
+hands the jobs it was running back to the queue without counting an attempt (another worker
+takes them at once), closes the database and exits 0.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("worker", help="render queued jobs (a worker process, no Discord)")
+    parser = sub.add_parser("worker", help="run queued jobs (a worker process, no Discord)")
     parser.add_argument(
         "--concurrency", type=int, help="jobs at a time (default: engine.max_batch)"
     )
@@ -27,31 +28,43 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.concurrency is not None and args.concurrency < 1:
+        raise SystemExit("avatarbot worker: --concurrency must be at least 1")
     return asyncio.run(_main(settings, args.concurrency))
 
 
 async def _main(settings: Settings, concurrency: int | None) -> int:
     from bot.engine_adapter import build_engine_port
-    from bot.services.container import build_services
-    from bot.services.dispatcher import DispatcherConfig
+    from bot.services.container import build_services, default_dispatcher_config
     from db.migrate import upgrade
     from db.session import Database
 
-    database = Database.from_url(settings.effective_database_url)
-    await upgrade(database)
-    engine = await build_engine_port(settings)
-    config = DispatcherConfig(concurrency=concurrency or settings.engine.max_batch)
-    services = await build_services(settings, database, engine, dispatcher_config=config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    database = Database.from_url(settings.effective_database_url)
     try:
-        await services.dispatcher.start()
-        logger.info("worker %s running; Ctrl-C to stop", services.dispatcher.worker_id)
-        await stop.wait()
+        await upgrade(database)
+        engine = await build_engine_port(settings)
+        try:
+            config = default_dispatcher_config(settings, database, engine)
+            if concurrency is not None:
+                from dataclasses import replace
+
+                config = replace(config, concurrency=concurrency)
+            services = await build_services(settings, database, engine, dispatcher_config=config)
+            try:
+                await services.start()
+                logger.info(
+                    "worker %s running; SIGTERM or Ctrl-C stops it", services.dispatcher.worker_id
+                )
+                await stop.wait()
+                logger.info("stopping: handing running jobs back to the queue")
+            finally:
+                await services.aclose()
+        finally:
+            await engine.aclose()
     finally:
-        await services.aclose()
-        await engine.aclose()
         await database.dispose()
     return 0

@@ -1,12 +1,15 @@
-"""Avatars: create from photos (with consent), list, show, rename, delete, add/remove photos.
+"""Avatars: create from photos (with consent), list, show, rename, delete.
 
 An avatar belongs to one Discord user; every lookup is by ``(owner_id, name)``, so another
 member's avatar is simply not found. Photos and features are sealed with the data key when one
 is configured (bot/services/crypto.py) and are only ever returned to their owner.
 
-Engine work (inspect, encode) runs outside database transactions: on SQLite a transaction holds
-the only write lock, and encoding takes seconds. The write transaction then re-checks what the
-read checked (name free, avatar count), so a concurrent creation cannot slip past a limit.
+Creation is two-phase, because its GPU work is a job like a render: ``create`` runs intake
+(format, size, duplicates; no engine), then in one transaction stores the avatar as
+``pending`` with its photos, the consent record and an ``encode`` job. A worker claims that job
+(bot/services/job_work.py ``EncodeWork``), runs the subject checks, drops refused photos,
+encodes the rest and makes the avatar ``ready``; ``creation_result`` reads what it decided. A
+pending avatar holds its name and counts against the member's limit; it cannot be rendered.
 """
 
 from __future__ import annotations
@@ -19,20 +22,29 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import PhotoLimits
-from bot.errors import ConsentRequired, InvalidInput, NotFound, QuotaExceeded
+from bot.errors import AvatarbotError, ConsentRequired, InvalidInput, NotFound, QuotaExceeded
 from bot.services.crypto import DataCipher
+from bot.services.events import JobEventKind, JobEvents
+from bot.services.job_work import refusals_json
+from bot.services.jobs import FEATURES_PURPOSE, PHOTO_PURPOSE, JobService
 from bot.services.names import name_key, normalize_name
 from bot.services.photo_intake import NormalizedPhoto, display_name
-from bot.services.ports import SUBJECT_KINDS, EnginePort, EngineUnavailable, SubjectKind
+from bot.services.ports import SUBJECT_KINDS, SubjectKind
 from bot.services.quotas import QuotaService
 from bot.services.results import (
     AvatarCreated,
     AvatarView,
-    PhotosAdded,
+    CreationTicket,
+    InteractionRef,
+    PhotoRefusal,
+    PhotoWarning,
+    interaction_columns,
 )
-from bot.services.screening import NoUsablePhotos, decode_all, screen_photos
-from db.models import Avatar
+from bot.services.screening import NoUsablePhotos, screen_uploads
+from bot.services.workers import WorkerRegistry
+from db.models import Avatar, AvatarStatus, JobKind, JobStatus
 from db.repositories import avatars as repo
+from db.repositories import jobs as jobs_repo
 from db.repositories.avatars import NewPhoto
 from db.repositories.common import checkpoint, lock_scope, scrub_deletes
 from db.session import Database
@@ -49,24 +61,25 @@ CONSENT_TEXT = (
     "I can delete them at any time with /avatar forget-me."
 )
 
-PHOTO_PURPOSE = b"photo"
-FEATURES_PURPOSE = b"features"
-
 
 class AvatarService:
     def __init__(
         self,
         database: Database,
-        engine: EnginePort,
         cipher: DataCipher,
         quotas: QuotaService,
         photo_limits: PhotoLimits,
+        registry: WorkerRegistry,
+        events: JobEvents,
+        jobs: JobService,
     ) -> None:
         self._db = database
-        self._engine = engine
         self._cipher = cipher
         self._quotas = quotas
         self._limits = photo_limits
+        self._registry = registry
+        self._events = events
+        self._jobs = jobs
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -107,15 +120,17 @@ class AvatarService:
         kind: str,
         files: Sequence[tuple[str, bytes]],
         consent: bool,
-    ) -> AvatarCreated:
-        """Create an avatar from ``(filename, bytes)`` photos.
+        *,
+        channel_id: int | None = None,
+        interaction: InteractionRef | None = None,
+    ) -> CreationTicket:
+        """Store a new avatar from ``(filename, bytes)`` photos and queue its encode job.
 
         Refuses (raising) a bad name or kind, a name the owner already uses, missing consent,
-        too many avatars or photos for the guild, and a batch where no photo is usable
-        (``NoUsablePhotos``). Otherwise keeps the usable photos, refuses the others with a
-        reason each (intake: format, size, duplicates; for a person, the engine's checks: no
-        face, several faces, face too small, too blurry...) and stores photos, features and
-        the consent record in one transaction.
+        too many avatars or photos for the guild, and a batch where intake keeps no photo
+        (``NoUsablePhotos``). Otherwise stores the avatar as pending with the photos intake
+        kept, the consent record and the encode job, in one transaction; the photos intake
+        refused are in the ticket (and, with the worker's refusals, in ``creation_result``).
         """
         clean = normalize_name(name)
         subject = _kind(kind)
@@ -125,15 +140,14 @@ class AvatarService:
             quotas = await self._quotas.quotas_in(session, guild_id)
             await self._check_new(session, owner_id, clean, quotas.avatars_per_member)
         self._check_count(len(files), 0, quotas.photos_per_avatar)
+        facts = await self._registry.current_facts()
+        personalizer = quotas.personalizer or facts.default_personalizer
+        facts.encoder_id(personalizer)  # refuses a personalizer the workers do not have
 
-        screened = await screen_photos(self._engine, self._limits, files, subject)
+        screened = await screen_uploads(self._limits, files)
         kept = screened.kept
         if not kept:
             raise NoUsablePhotos(screened.refused)
-        personalizer = quotas.personalizer or self._engine.default_personalizer()
-        encoded = await self._engine.encode(
-            await decode_all([p.data for _, p in kept]), subject, personalizer
-        )
         now = utcnow()
         try:
             async with self._db.begin() as session:
@@ -148,12 +162,10 @@ class AvatarService:
                     name=clean,
                     name_key=name_key(clean),
                     kind=subject,
+                    status=AvatarStatus.PENDING,
                 )
                 await repo.add_photos(
                     session, avatar.id, [self._seal_photo(p) for _, p in kept], first_position=1
-                )
-                await repo.replace_features(
-                    session, avatar.id, encoded.encoder_id, *self._seal_features(encoded.data)
                 )
                 await repo.add_consent(
                     session,
@@ -163,95 +175,71 @@ class AvatarService:
                     text_version=CONSENT_VERSION,
                     now=now,
                 )
+                job = await jobs_repo.insert(
+                    session,
+                    kind=JobKind.ENCODE,
+                    user_id=owner_id,
+                    guild_id=guild_id,
+                    channel_id=channel_id,
+                    avatar_id=avatar.id,
+                    prompt="",
+                    settings={
+                        "personalizer": personalizer,
+                        "avatar_name": clean,
+                        "photo_names": [display_name(f) for f, _ in kept],
+                        "intake_refused": refusals_json(screened.refused),
+                    },
+                    seed=0,
+                    reserved=0,
+                    created_at=now,
+                    **interaction_columns(interaction),
+                )
+                await self._events.publish(session, JobEventKind.ENQUEUED, job.id)
                 view = (await self._views(session, [avatar]))[0]
+                job_id = job.id
         except IntegrityError as exc:  # the unique (owner, name) index: a concurrent create
             raise InvalidInput(f"You already have an avatar named “{clean}”.") from exc
-        logger.info("user %s created avatar %s (%s photos)", owner_id, view.id, len(kept))
+        logger.info(
+            "user %s created avatar %s (%s photos, encode job %s)",
+            owner_id,
+            view.id,
+            len(kept),
+            job_id,
+        )
+        return CreationTicket(avatar=view, job_id=job_id, refused=tuple(screened.refused))
+
+    async def creation_result(self, job_id: int) -> AvatarCreated:
+        """What avatar creation's encode job decided. Raises the job's error when it failed
+        (``NoUsablePhotos`` with every refusal, or another ``AvatarbotError``); ``NotFound``
+        when it has not finished or no longer exists."""
+        async with self._db.begin(readonly=True) as session:
+            job = await jobs_repo.get(session, job_id)
+            if job is None or job.kind != JobKind.ENCODE:
+                raise NotFound("This avatar creation no longer exists.")
+            if job.status == JobStatus.FAILED:
+                # The worker's message names every refused photo and why.
+                raise AvatarbotError(
+                    job.error or "The avatar could not be created.", code=job.error_code
+                )
+            if job.status != JobStatus.DONE or job.avatar_id is None:
+                raise NotFound("This avatar is not ready yet.")
+            avatar = await repo.by_id(session, job.avatar_id)
+            if avatar is None:
+                raise NotFound("This avatar no longer exists.")
+            view = (await self._views(session, [avatar]))[0]
+            result = job.result or {}
         return AvatarCreated(
             avatar=view,
-            kept=tuple(f for f, _ in kept),
-            refused=tuple(screened.refused),
-            warnings=tuple(screened.warnings),
+            kept=tuple(str(k) for k in result.get("kept", [])),
+            refused=tuple(
+                PhotoRefusal(str(r["filename"]), str(r["reason"]), str(r["message"]))
+                for r in result.get("refused", [])
+            ),
+            warnings=tuple(
+                PhotoWarning(str(w["filename"]), str(w["code"]), str(w["message"]))
+                for w in result.get("warnings", [])
+            ),
         )
-
-    async def add_photos(
-        self, owner_id: int, name: str, files: Sequence[tuple[str, bytes]]
-    ) -> PhotosAdded:
-        """Add photos to an avatar and re-encode it from all of its photos."""
-        async with self._db.begin(readonly=True) as session:
-            avatar = await self._require(session, owner_id, name)
-            quotas = await self._quotas.quotas_in(session, avatar.guild_id)
-            stored = await repo.photos_of(session, avatar.id)
-        self._check_count(len(files), len(stored), quotas.photos_per_avatar)
-        subject = _kind(avatar.kind)
-        screened = await screen_photos(
-            self._engine, self._limits, files, subject, existing=[p.sha256 for p in stored]
-        )
-        kept = screened.kept
-        if not kept:
-            raise NoUsablePhotos(screened.refused)
-        old = [self._cipher.open(p.data, PHOTO_PURPOSE) for p in stored]
-        personalizer = quotas.personalizer or self._engine.default_personalizer()
-        encoded = await self._engine.encode(
-            await decode_all([*old, *(p.data for _, p in kept)]), subject, personalizer
-        )
-        async with self._db.begin() as session:
-            current = await self._require(session, owner_id, name)
-            now_stored = await repo.photos_of(session, current.id)
-            if [p.id for p in now_stored] != [p.id for p in stored]:
-                raise InvalidInput("The avatar changed meanwhile; please try again.")
-            self._check_count(len(kept), len(now_stored), quotas.photos_per_avatar)
-            await repo.add_photos(
-                session,
-                current.id,
-                [self._seal_photo(p) for _, p in kept],
-                first_position=len(now_stored) + 1,
-            )
-            await repo.replace_features(
-                session, current.id, encoded.encoder_id, *self._seal_features(encoded.data)
-            )
-            await repo.touch(session, current.id)
-            view = (await self._views(session, [current]))[0]
-        return PhotosAdded(
-            avatar=view,
-            kept=tuple(f for f, _ in kept),
-            refused=tuple(screened.refused),
-            warnings=tuple(screened.warnings),
-        )
-
-    async def remove_photo(self, owner_id: int, name: str, number: int) -> AvatarView:
-        """Remove photo ``number`` (1-based, as shown to the owner) and re-encode the rest.
-
-        The last photo cannot be removed: delete the avatar instead.
-        """
-        async with self._db.begin(readonly=True) as session:
-            avatar = await self._require(session, owner_id, name)
-            quotas = await self._quotas.quotas_in(session, avatar.guild_id)
-            stored = await repo.photos_of(session, avatar.id)
-        if not 1 <= number <= len(stored):
-            raise InvalidInput(f"There is no photo {number}; this avatar has {len(stored)}.")
-        if len(stored) == 1:
-            raise InvalidInput("An avatar needs at least one photo; delete the avatar instead.")
-        removed = stored[number - 1]
-        rest = [self._cipher.open(p.data, PHOTO_PURPOSE) for p in stored if p.id != removed.id]
-        personalizer = quotas.personalizer or self._engine.default_personalizer()
-        encoded = await self._engine.encode(
-            await decode_all(rest), _kind(avatar.kind), personalizer
-        )
-        async with self._db.begin() as session:
-            current = await self._require(session, owner_id, name)
-            if [p.id for p in await repo.photos_of(session, current.id)] != [p.id for p in stored]:
-                raise InvalidInput("The avatar changed meanwhile; please try again.")
-            await scrub_deletes(session)
-            await repo.delete_photo(session, removed.id)
-            await repo.renumber_photos(session, current.id)
-            await repo.replace_features(
-                session, current.id, encoded.encoder_id, *self._seal_features(encoded.data)
-            )
-            await repo.touch(session, current.id)
-            view = (await self._views(session, [current]))[0]
-        await checkpoint(self._db)
-        return view
 
     # -- renaming, deleting ----------------------------------------------------------------
 
@@ -282,37 +270,6 @@ class AvatarService:
             await repo.delete_avatar(session, avatar.id)
         await checkpoint(self._db)
         logger.info("user %s deleted avatar %s", owner_id, avatar.id)
-
-    # -- features for rendering ------------------------------------------------------------
-
-    async def features_for(self, avatar_id: int, personalizer: str) -> bytes:
-        """The avatar's features for the running engine, re-encoded from its photos when the
-        cached ones come from another encoder (lazy re-encoding). Plain bytes, never sealed."""
-        encoder_id = self._engine.encoder_id(personalizer)
-        async with self._db.begin(readonly=True) as session:
-            avatar = await repo.by_id(session, avatar_id)
-            if avatar is None:
-                raise NotFound("This avatar no longer exists.")
-            cached = await repo.feature_for(session, avatar_id, encoder_id)
-            if cached is not None:
-                return self._cipher.open(cached.data, FEATURES_PURPOSE)
-            photos = [
-                self._cipher.open(p.data, PHOTO_PURPOSE)
-                for p in await repo.photos_of(session, avatar_id)
-            ]
-            kind = _kind(avatar.kind)
-        if not photos:
-            raise NotFound("This avatar has no photos left.")
-        logger.info("re-encoding avatar %s for %s", avatar_id, encoder_id)
-        encoded = await self._engine.encode(await decode_all(photos), kind, personalizer)
-        try:
-            async with self._db.begin() as session:
-                if await repo.by_id(session, avatar_id) is not None:
-                    data, key_id = self._seal_features(encoded.data)
-                    await repo.add_features(session, avatar_id, encoded.encoder_id, data, key_id)
-        except IntegrityError:  # a concurrent job re-encoded the same avatar first: fine
-            logger.debug("features of avatar %s were stored concurrently", avatar_id)
-        return encoded.data
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -359,8 +316,9 @@ class AvatarService:
         counts = await repo.photo_counts(session, ids)
         encoders = await repo.encoders_present(session, ids)
         try:
-            current = {self._engine.encoder_id(self._engine.default_personalizer())}
-        except EngineUnavailable:  # a data-only process: any cached encoding counts
+            facts = await self._registry.current_facts()
+            current = {facts.encoder_id(facts.default_personalizer)}
+        except AvatarbotError:  # no worker yet: any cached encoding counts
             current = set().union(*encoders.values()) if encoders else set()
         return [
             AvatarView(
@@ -373,16 +331,24 @@ class AvatarService:
                 created_at=a.created_at,
                 updated_at=a.updated_at,
                 features_ready=bool(encoders.get(a.id, set()) & current),
+                pending=a.status == AvatarStatus.PENDING,
             )
             for a in avatars
         ]
 
 
 def _kind(kind: str) -> SubjectKind:
-    for known in SUBJECT_KINDS:
-        if kind == known:
-            return known
-    raise InvalidInput(f"The kind must be one of {', '.join(SUBJECT_KINDS)}.")
+    try:
+        return SubjectKind(kind)
+    except ValueError:
+        raise InvalidInput(f"The kind must be one of {', '.join(SUBJECT_KINDS)}.") from None
 
 
-__all__ = ["CONSENT_TEXT", "CONSENT_VERSION", "AvatarService", "NoUsablePhotos"]
+__all__ = [
+    "CONSENT_TEXT",
+    "CONSENT_VERSION",
+    "FEATURES_PURPOSE",
+    "PHOTO_PURPOSE",
+    "AvatarService",
+    "NoUsablePhotos",
+]

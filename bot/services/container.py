@@ -1,12 +1,17 @@
-"""Wiring: every service built from the settings, one database and one engine port.
+"""Wiring: every service built from the settings, one database and (in a process that renders)
+one engine port.
 
-The bot (``setup_hook``), the CLI and the tests all build the services through
+The bot (``setup_hook``), the workers, the CLI and the tests all build the services through
 ``build_services``; nothing else constructs them, so the wiring lives in one place::
 
-    services = await build_services(settings, database, engine_port)
-    await services.dispatcher.start()        # when this process renders (settings.run_worker)
+    services = await build_services(settings, database, engine_port_or_None)
+    await services.start()      # listen for job events, run the job loop
     ...
-    await services.aclose()                   # stops the dispatcher; the caller owns db/engine
+    await services.aclose()     # stop the loop (running jobs go back to the queue)
+
+A process without an engine (the bot in the scale-out setup, the CLI's data commands) gets a
+job loop that claims nothing and only reaps expired leases and purges; what it must know of
+the engine comes from the workers through the database (bot/services/workers.py).
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ from dataclasses import dataclass
 from bot.config import Settings
 from bot.services.avatars import AvatarService
 from bot.services.crypto import DataCipher
-from bot.services.dispatcher import DispatcherConfig, JobDispatcher
+from bot.services.dispatcher import DispatcherConfig, JobDispatcher, Waker
+from bot.services.events import JobEvents
+from bot.services.job_work import EncodeWork, JobWork, RenderWork
 from bot.services.jobs import JobService
 from bot.services.ports import EnginePort
 from bot.services.privacy import PrivacyService
 from bot.services.prompts import PromptBlocklist
 from bot.services.quotas import QuotaService
 from bot.services.renders import RenderService
+from bot.services.workers import WorkerRegistry
+from db.models import JobKind
 from db.session import Database
 
 logger = logging.getLogger(__name__)
@@ -35,8 +44,10 @@ class Services:
 
     settings: Settings
     database: Database
-    engine: EnginePort
+    engine: EnginePort | None
     cipher: DataCipher
+    events: JobEvents
+    workers: WorkerRegistry
     avatars: AvatarService
     renders: RenderService
     quotas: QuotaService
@@ -44,55 +55,88 @@ class Services:
     privacy: PrivacyService
     dispatcher: JobDispatcher
 
+    async def start(self, *, run_loop: bool = True) -> None:
+        """Listen for job events (PostgreSQL), then start the job loop unless told not to
+        (one-shot tools drive ``dispatcher.run_job`` themselves)."""
+        await self.events.start()
+        if run_loop:
+            await self.dispatcher.start()
+
     async def aclose(self) -> None:
-        """Stop the dispatcher (running jobs go back to the queue). The database and the
-        engine belong to whoever created them."""
-        await self.dispatcher.stop()
+        """Stop the job loop (running jobs go back to the queue) and the event listener. The
+        database and the engine belong to whoever created them."""
+        try:
+            await self.dispatcher.stop(grace=self.settings.jobs.lease_seconds)
+        finally:
+            await self.events.aclose()
+
+
+def default_dispatcher_config(
+    settings: Settings, database: Database, engine: EnginePort | None
+) -> DispatcherConfig:
+    """One job per engine batch slot when this process renders, none otherwise; the sole
+    worker of the embedded SQLite setup adopts what it left running when it died."""
+    renders = engine is not None
+    return DispatcherConfig.from_settings(
+        settings.jobs,
+        concurrency=settings.engine.max_batch if renders else 0,
+        exclusive=renders and database.dialect == "sqlite",
+    )
 
 
 async def build_services(
     settings: Settings,
     database: Database,
-    engine: EnginePort,
+    engine: EnginePort | None,
     *,
     dispatcher_config: DispatcherConfig | None = None,
+    waker: Waker | None = None,
+    worker_id: str | None = None,
 ) -> Services:
-    """Build and wire every service; the schema must already be at head (db.migrate).
-
-    ``dispatcher_config`` defaults to one job at a time per engine batch slot
-    (``settings.engine.max_batch``), adopting orphaned jobs at start only on SQLite, where the
-    embedded worker is the only one.
-    """
+    """Build and wire every service; the schema must already be at head (db.migrate)."""
     cipher = DataCipher.from_settings(
         settings.data_key.get_secret_value() if settings.data_key else None,
         settings.old_data_keys.get_secret_value() if settings.old_data_keys else None,
     )
     if cipher.enabled:
         logger.info("photos, features and outputs are encrypted at rest")
+    events = JobEvents(database)
+    registry = WorkerRegistry(database, engine.facts() if engine is not None else None)
     quotas = QuotaService(database, settings.quotas)
-    jobs = JobService(database, cipher, settings.output_retention_hours)
-    avatars = AvatarService(database, engine, cipher, quotas, settings.photos)
+    jobs = JobService(database, cipher, settings.output_retention_hours, events)
+    avatars = AvatarService(database, cipher, quotas, settings.photos, registry, events, jobs)
     renders = RenderService(
         database,
-        engine,
+        registry,
         quotas,
         jobs,
+        events,
         blocklist=PromptBlocklist(settings.prompt_blocklist),
         default_steps=settings.engine.default_steps,
         default_guidance=settings.engine.default_guidance,
     )
-    config = dispatcher_config or DispatcherConfig(
-        concurrency=settings.engine.max_batch, exclusive=False
+    work: dict[JobKind, JobWork] = {}
+    if engine is not None:
+        work[JobKind.RENDER] = RenderWork(database, engine, cipher)
+        work[JobKind.ENCODE] = EncodeWork(database, engine, cipher)
+    dispatcher = JobDispatcher(
+        database,
+        jobs,
+        events,
+        registry,
+        work,
+        dispatcher_config or default_dispatcher_config(settings, database, engine),
+        worker_id=worker_id,
+        waker=waker,
     )
-    dispatcher = JobDispatcher(database, engine, jobs, avatars, cipher, config)
-    renders.on_enqueued(dispatcher.wake)
-    renders.on_cancelled(dispatcher.job_cancelled)
     privacy = PrivacyService(database, cipher)
     return Services(
         settings=settings,
         database=database,
         engine=engine,
         cipher=cipher,
+        events=events,
+        workers=registry,
         avatars=avatars,
         renders=renders,
         quotas=quotas,

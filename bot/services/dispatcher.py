@@ -1,16 +1,25 @@
-"""The in-process job dispatcher: claims jobs from the database queue and renders them.
+"""The job loop: the only one, in the embedded bot and in every ``avatarbot worker``.
 
-Shape (after RoboDanny's reminder loop): one loop waits on an ``asyncio.Event`` set when a job
-is enqueued (and polls every ``poll_seconds`` for jobs queued by other processes), claims the
-next job fairly (db/queue.py), and runs it in a task, up to ``concurrency`` at a time so the
-engine can batch them. While a job runs its lease is renewed; a renewal that fails means the
-job was cancelled, deleted or reaped, and the render is abandoned without writing anything.
+One loop per process (after RoboDanny's reminder loop): it waits on a wake-up, claims the next
+job fairly (db/queue.py) while it has free slots, and runs each claimed job in a task of its
+own, up to ``concurrency`` at a time so the engine can batch them. Whatever it does, every
+``reap_seconds`` it also requeues jobs whose lease expired (their worker died or hung), so a
+killed worker's jobs run again within about one lease period, under load too. A loop with
+``concurrency=0`` (the bot when separate workers render) claims nothing and only reaps and
+purges.
 
-Outcomes, each one transaction: ``done`` with its outputs; ``failed`` with a user-safe error
-and the refund; a graceful stop puts running jobs back in the queue without counting the
-attempt. A crash leaves the job ``running``; at the next start (or when its lease runs out,
-for another worker) it is requeued, or failed and refunded after ``MAX_ATTEMPTS`` tries.
-Expired outputs are purged every ``maintenance_seconds``.
+While a job runs, its lease is renewed every ``min(lease/3, progress_seconds)``, recording its
+progress and announcing it (the one progress throttle). A renewal that matches nothing means
+the job was cancelled, deleted or reaped: the work is abandoned without writing anything.
+
+Outcomes, each one transaction with its event: ``done`` with what the work produced; ``failed``
+with a user-safe error and the refund; a stop puts running jobs back in the queue without
+counting the attempt. A crash leaves the job ``running`` until its lease expires (or, for the
+embedded SQLite worker, its next start adopts it): requeued, or failed and refunded after
+``max_attempts`` tries.
+
+Waiting is injectable (``Waker``): the default is an ``asyncio.Event``; the bot passes one built
+on discord.py's ``wait_for`` so its test harness sees the wait for what it is.
 """
 
 from __future__ import annotations
@@ -22,22 +31,20 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
+from bot.config import JobSettings
 from bot.errors import AvatarbotError, InternalError
-from bot.services.avatars import AvatarService
-from bot.services.crypto import DataCipher
-from bot.services.events import JobObserver, ObserverHub
-from bot.services.jobs import OUTPUT_PURPOSE, JobService
-from bot.services.ledger import refund
-from bot.services.ports import EnginePort, RenderOutput, RenderSpec
-from bot.services.prompts import styled_prompt
-from bot.services.results import JobView, RenderSettings
+from bot.services.events import JobEvent, JobEventKind, JobEvents
+from bot.services.job_work import ClaimedJob, JobWork
+from bot.services.jobs import JobService, release_failed
+from bot.services.results import JobView
+from bot.services.workers import WorkerRegistry
 from db import queue
-from db.models import JobStatus
+from db.models import JobKind, JobStatus
 from db.repositories import jobs as jobs_repo
-from db.repositories.jobs import NewOutput
 from db.session import Database
 from db.types import utcnow
 
@@ -46,23 +53,66 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DispatcherConfig:
+    # Jobs run at once; 0 = claim nothing (only reap and purge).
     concurrency: int = 1
     lease_seconds: float = 30.0
+    reap_seconds: float = 10.0
+    # A look at the queue without a wake-up (a lost notification, a clock-based retry).
     poll_seconds: float = 5.0
+    progress_seconds: float = 1.5
     job_timeout_seconds: float = 900.0
     maintenance_seconds: float = 600.0
+    max_attempts: int = 3
     # Adopt every running job at start, whatever its lease: only when this process is the
     # queue's sole worker (the embedded SQLite default).
     exclusive: bool = False
 
+    @classmethod
+    def from_settings(
+        cls, jobs: JobSettings, *, concurrency: int, exclusive: bool = False
+    ) -> DispatcherConfig:
+        return cls(
+            concurrency=concurrency,
+            lease_seconds=jobs.lease_seconds,
+            reap_seconds=jobs.reap_seconds,
+            poll_seconds=jobs.poll_seconds,
+            progress_seconds=jobs.progress_seconds,
+            job_timeout_seconds=jobs.job_timeout_seconds,
+            maintenance_seconds=jobs.maintenance_seconds,
+            max_attempts=jobs.max_attempts,
+            exclusive=exclusive,
+        )
 
-@dataclass(frozen=True)
-class _Claim:
-    id: int
-    user_id: int
-    avatar_id: int | None
-    prompt: str
-    settings: RenderSettings
+
+class Waker(Protocol):
+    """How the loop sleeps: ``wait`` returns True when ``wake`` was called since ``clear``,
+    False when ``seconds`` passed first."""
+
+    def wake(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    async def wait(self, seconds: float) -> bool: ...
+
+
+class EventWaker:
+    """The default ``Waker``: an ``asyncio.Event``."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    async def wait(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._event.wait(), max(seconds, 0.0))
+        except TimeoutError:
+            return False
+        return True
 
 
 def make_worker_id() -> str:
@@ -74,150 +124,209 @@ class JobDispatcher:
     def __init__(
         self,
         database: Database,
-        engine: EnginePort,
         jobs: JobService,
-        avatars: AvatarService,
-        cipher: DataCipher,
+        events: JobEvents,
+        registry: WorkerRegistry,
+        work: Mapping[JobKind, JobWork],
         config: DispatcherConfig = DispatcherConfig(),
+        *,
         worker_id: str | None = None,
+        waker: Waker | None = None,
     ) -> None:
         self._db = database
-        self._engine = engine
         self._jobs = jobs
-        self._avatars = avatars
-        self._cipher = cipher
+        self._events = events
+        self._registry = registry
+        self._work = dict(work)
         self.config = config
         self.worker_id = worker_id or make_worker_id()
-        self._hub = ObserverHub()
-        self._wakeup = asyncio.Event()
-        # Per running job: its render task (what cancellation stops) and the task running
-        # ``_run`` (what ``stop`` waits for).
-        self._renders: dict[int, asyncio.Task[RenderOutput]] = {}
-        self._owners: dict[int, asyncio.Task[object]] = {}
+        self._waker: Waker = waker or EventWaker()
+        # Per running job: the task doing its work (what a cancellation stops) and the task
+        # running ``_run`` (what ``stop`` waits for).
+        self._work_tasks: dict[int, asyncio.Task[object]] = {}
+        self._runs: dict[int, asyncio.Task[None]] = {}
+        self._progress: dict[int, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._last_maintenance = 0.0
+        self._paused = False
+        self._unsubscribe: Callable[[], None] | None = None
+        self._next_reap = 0.0
+        self._next_maintenance = 0.0
 
     # -- public API ------------------------------------------------------------------------
 
-    def add_observer(self, observer: JobObserver) -> Callable[[], None]:
-        """Register an observer; returns a function that unregisters it."""
-        return self._hub.add(observer)
-
-    def wake(self, job_id: int | None = None) -> None:
-        """A job was enqueued: look at the queue now rather than at the next poll."""
-        self._wakeup.set()
-
-    def job_cancelled(self, job_id: int) -> None:
-        """A job was cancelled (already refunded): abandon its render if it runs here."""
-        render = self._renders.get(job_id)
-        if render is not None:
-            render.cancel()
-        task = asyncio.get_running_loop().create_task(self._announce_finished(job_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    @property
+    def claims(self) -> bool:
+        """True when this loop runs jobs (it has work and slots), False when it only reaps."""
+        return self.config.concurrency > 0 and bool(self._work)
 
     @property
     def started(self) -> bool:
         return self._loop_task is not None and not self._loop_task.done()
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Claim nothing new (running jobs finish); requests still queue. For maintenance, and
+        for the demo, which shows a job waiting in line."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._waker.wake()
+
+    def wake(self) -> None:
+        """Look at the queue now rather than at the next poll."""
+        self._waker.wake()
+
     async def start(self) -> None:
-        """Recover jobs a crash left behind, purge expired outputs, then run the loop."""
+        """Register, recover what a crash left behind, purge expired outputs, run the loop."""
         if self.started:
             return
         self._stopping = False
-        await self._maintain(at_start=True)
+        await self._registry.register(self.worker_id)
+        self._unsubscribe = self._events.subscribe(self._on_event)
+        await self._reap(at_start=True)
+        await self._purge()
+        now = time.monotonic()
+        self._next_reap = now + self.config.reap_seconds
+        self._next_maintenance = now + self.config.maintenance_seconds
         self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="dispatcher")
-        logger.info("dispatcher %s started", self.worker_id)
+        logger.info(
+            "job loop %s started (%s)",
+            self.worker_id,
+            f"{self.config.concurrency} slot(s)" if self.claims else "reaping only",
+        )
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop claiming, put running jobs back in the queue, wait for hooks (bounded)."""
-        was_running = self.started or bool(self._owners)
+        """Stop claiming, hand running jobs back to the queue (not counted as an attempt),
+        wait (bounded) for those writes, and mark this loop stopped."""
+        was_running = self.started or bool(self._runs)
         self._stopping = True
-        self._wakeup.set()
+        self._waker.wake()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._loop_task is not None:
-            self._loop_task.cancel()
+            # Not cancelled: a claim cut off between its commit and the start of its run
+            # would leave a job running here that nobody hands back. Woken, the loop ends
+            # after the step it is in; a job it claims meanwhile is handed back by ``_run``.
+            done, _ = await asyncio.wait({self._loop_task}, timeout=grace)
+            if not done:
+                self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
-        for render in list(self._renders.values()):
-            render.cancel()
-        owners = [t for t in self._owners.values() if t is not asyncio.current_task()]
-        if owners:
-            await asyncio.wait(owners, timeout=grace)
-        await self._hub.drain(grace)
+        for task in list(self._work_tasks.values()):
+            task.cancel()
+        runs = [t for t in self._runs.values() if t is not asyncio.current_task()]
+        if runs:
+            await asyncio.wait(runs, timeout=grace)
         if was_running:
-            logger.info("dispatcher %s stopped", self.worker_id)
+            try:
+                await self._registry.stopped(self.worker_id)
+            except Exception:
+                logger.exception("could not mark job loop %s stopped", self.worker_id)
+            logger.info("job loop %s stopped", self.worker_id)
 
     async def run_once(self) -> int | None:
         """Claim and run one job to its end in this task; its id, or None if none was queued.
-        (Tests and one-shot tools; the loop does the same with ``concurrency`` tasks.)"""
+        (One-shot tools and tests; the loop does the same with ``concurrency`` tasks.)"""
         claim = await self._claim()
         if claim is None:
             return None
         await self._run(claim)
         return claim.id
 
-    async def wait_finished(self, job_id: int, within: float | None = None) -> JobView:
-        """Wait until ``job_id`` is done, failed or cancelled (the loop must be running)."""
-        deadline = None if within is None else time.monotonic() + within
+    async def run_job(self, job_id: int) -> JobView:
+        """Run the queued jobs until ``job_id`` has run (one-shot tools, e.g. the CLI); its
+        final view. Other members' jobs claimed first run too, in the fair order."""
         while True:
             view = await self._jobs.view(job_id)
             if view.finished:
                 return view
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {view.status} after {within} s")
-            await asyncio.sleep(0.05)
+            if await self.run_once() is None:
+                view = await self._jobs.view(job_id)
+                if view.finished:
+                    return view
+                raise InternalError()  # queued, yet nothing to claim: held by another worker
 
     # -- the loop --------------------------------------------------------------------------
 
+    def _on_event(self, job_event: JobEvent) -> None:
+        if job_event.kind in (JobEventKind.ENQUEUED, JobEventKind.REQUEUED):
+            self._waker.wake()
+        elif job_event.kind is JobEventKind.CANCELLED:
+            task = self._work_tasks.get(job_event.job_id)
+            if task is not None:
+                task.cancel()
+
+    def _can_claim(self) -> bool:
+        return (
+            self.claims
+            and not self._paused
+            and not self._stopping
+            and len(self._runs) < self.config.concurrency
+        )
+
     async def _loop(self) -> None:
-        slots = asyncio.Semaphore(self.config.concurrency)
         backoff = 0.5
         while not self._stopping:
-            await slots.acquire()
-            # Cleared before claiming, so an enqueue committed after this claim's snapshot
-            # still wakes the wait below.
-            self._wakeup.clear()
-            try:
-                claim = await self._claim()
-                backoff = 0.5
-            except Exception:
-                slots.release()
-                logger.exception("claiming a job failed; retrying in %.1f s", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            if claim is None:
-                slots.release()
-                await self._idle()
-                continue
-            task = asyncio.get_running_loop().create_task(self._run(claim), name=f"job-{claim.id}")
-            self._background.add(task)  # the loop holds tasks only weakly
-            task.add_done_callback(self._background.discard)
-            task.add_done_callback(lambda _t: slots.release())
+            now = time.monotonic()
+            if now >= self._next_reap:
+                self._next_reap = now + self.config.reap_seconds
+                await self._guarded(self._reap, "reaping expired leases")
+            if now >= self._next_maintenance:
+                self._next_maintenance = now + self.config.maintenance_seconds
+                await self._guarded(self._purge, "purging expired jobs")
+            if self._can_claim():
+                # Cleared before claiming: an enqueue committed after this claim's snapshot
+                # still wakes the wait below.
+                self._waker.clear()
+                try:
+                    claim = await self._claim()
+                    backoff = 0.5
+                except Exception:
+                    logger.exception("claiming a job failed; retrying in %.1f s", backoff)
+                    await self._waker.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                if claim is not None:
+                    task = asyncio.get_running_loop().create_task(
+                        self._run(claim), name=f"job-{claim.id}"
+                    )
+                    self._runs[claim.id] = task
+                    continue
+                deadline = min(self._next_reap, time.monotonic() + self.config.poll_seconds)
+            else:
+                self._waker.clear()
+                deadline = self._next_reap
+            deadline = min(deadline, self._next_maintenance)
+            if self._stopping:  # set before its wake-up, which ``clear`` may have undone
+                break
+            await self._waker.wait(deadline - time.monotonic())
 
-    async def _idle(self) -> None:
-        """Wait for a wake-up or the poll interval; run maintenance when it is due."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), self.config.poll_seconds)
-        if time.monotonic() - self._last_maintenance >= self.config.maintenance_seconds:
-            try:
-                await self._maintain(at_start=False)
-            except Exception:
-                logger.exception("queue maintenance failed")
+    async def _guarded(self, step: Callable[[], Awaitable[None]], what: str) -> None:
+        try:
+            await step()
+        except Exception:
+            logger.exception("%s failed", what)
 
-    async def _maintain(self, *, at_start: bool) -> None:
-        self._last_maintenance = time.monotonic()
-        report = await self._jobs.recover(all_running=at_start and self.config.exclusive)
-        for view in report.requeued:
-            self._hub.requeued(view)
-        for view in report.given_up:
-            self._hub.finished(view)
+    async def _reap(self, *, at_start: bool = False) -> None:
+        """Requeue (or give up on) jobs whose lease expired; tell the world we are alive."""
+        await self._jobs.recover(
+            all_running=at_start and self.config.exclusive,
+            max_attempts=self.config.max_attempts,
+        )
+        if not at_start:
+            await self._registry.heartbeat(self.worker_id)
+
+    async def _purge(self) -> None:
         await self._jobs.purge_expired()
 
-    async def _claim(self) -> _Claim | None:
+    async def _claim(self) -> ClaimedJob | None:
         async with self._db.begin() as session:
             job = await queue.claim_next(
                 session,
@@ -227,45 +336,62 @@ class JobDispatcher:
             )
             if job is None:
                 return None
-            view = (await self._jobs.views_in(session, [job]))[0]
-        self._hub.started(view)
-        return _Claim(job.id, job.user_id, job.avatar_id, job.prompt, view.settings)
+            await self._events.publish(session, JobEventKind.STARTED, job.id)
+            return ClaimedJob.of(job)
 
     # -- one job ---------------------------------------------------------------------------
 
-    async def _run(self, claim: _Claim) -> None:
-        """Render one claimed job and write its outcome.
+    async def _run(self, claim: ClaimedJob) -> None:
+        """Do one claimed job's work and write its outcome.
 
-        The render runs in a task of its own, the only thing a job cancellation, a lost lease
-        or ``stop`` cancels; the writes after it are never cut off midway.
+        The work runs in a task of its own, the only thing a cancellation, a lost lease or
+        ``stop`` cancels; the writes after it are never cut off midway.
         """
-        if self._stopping:  # claimed just as ``stop`` began: not ours to start any more
-            await self._requeue(claim.id)
-            return
+        current = asyncio.current_task()
+        if current is not None:
+            self._runs[claim.id] = current
+        try:
+            if self._stopping:  # claimed just as ``stop`` began: not ours to start any more
+                await self._hand_back(claim.id)
+                return
+            work = self._work.get(JobKind(claim.kind))
+            if work is None:  # a loop without this kind of work never claims: a bug
+                await self._fail(claim, "internal_error", InternalError().message)
+                return
+            await self._execute(claim, work)
+        finally:
+            self._runs.pop(claim.id, None)
+            self._progress.pop(claim.id, None)
+            self._waker.wake()  # a slot is free
+
+    async def _execute(self, claim: ClaimedJob, work: JobWork) -> None:
         loop = asyncio.get_running_loop()
-        progress = [0.0]
-        render = loop.create_task(
-            asyncio.wait_for(self._render(claim, progress), self.config.job_timeout_seconds),
-            name=f"render-{claim.id}",
+        self._progress[claim.id] = 0.0
+
+        def on_progress(fraction: float) -> None:
+            self._progress[claim.id] = fraction
+
+        task: asyncio.Task[object] = loop.create_task(
+            asyncio.wait_for(work.run(claim, on_progress), self.config.job_timeout_seconds),
+            name=f"work-{claim.id}",
         )
-        self._renders[claim.id] = render
-        owner = asyncio.current_task()
-        if owner is not None:
-            self._owners[claim.id] = owner
-        keeper = loop.create_task(self._keep_lease(claim.id, render, progress))
+        self._work_tasks[claim.id] = task
+        keeper = loop.create_task(self._keep_lease(claim.id, task), name=f"lease-{claim.id}")
         try:
             try:
-                output = await render
+                outcome = await task
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if self._stopping or (current is not None and current.cancelling()):
-                    await self._requeue(claim.id)
-                    raise
+                    await self._hand_back(claim.id)
+                    if current is not None and current.cancelling():
+                        raise
+                    return
                 # Cancelled, deleted or reaped: whoever did it wrote the final state.
                 logger.info("job %s abandoned (cancelled, deleted or lease lost)", claim.id)
                 return
             except TimeoutError:
-                await self._fail(claim, "timeout", "The render took too long and was stopped.")
+                await self._fail(claim, "timeout", "The job took too long and was stopped.")
                 return
             except AvatarbotError as exc:
                 await self._fail(claim, exc.code, exc.message)
@@ -281,47 +407,19 @@ class JobDispatcher:
                 await self._fail(claim, "internal_error", error.message)
                 return
             keeper.cancel()
-            await self._complete(claim, output.pngs, output.seeds, dict(output.timings))
+            await self._complete(claim, work, outcome)
         finally:
             keeper.cancel()
-            self._renders.pop(claim.id, None)
-            self._owners.pop(claim.id, None)
+            self._work_tasks.pop(claim.id, None)
 
-    async def _render(self, claim: _Claim, progress: list[float]) -> RenderOutput:
-        if claim.avatar_id is None:
-            raise AvatarbotError("The avatar of this render was deleted.", code="avatar_deleted")
-        s = claim.settings
-        started = time.perf_counter()
-        features = await self._avatars.features_for(claim.avatar_id, s.personalizer)
-        prompt, negative = styled_prompt(claim.prompt, s.negative_prompt, s.style)
-        spec = RenderSpec(
-            prompt=prompt,
-            negative_prompt=negative,
-            width=s.width,
-            height=s.height,
-            steps=s.steps,
-            guidance=s.guidance,
-            seed=s.seed,
-            count=s.count,
-            identity_strength=s.identity_strength,
-            personalizer=s.personalizer,
-        )
-
-        def on_progress(fraction: float) -> None:
-            progress[0] = fraction
-            self._hub.progress(claim.id, fraction)
-
-        output = await self._engine.render(spec, features, on_progress)
-        logger.info("job %s rendered in %.2f s", claim.id, time.perf_counter() - started)
-        return output
-
-    async def _keep_lease(
-        self, job_id: int, render: asyncio.Task[RenderOutput], progress: list[float]
-    ) -> None:
-        """Renew the lease (recording progress) until cancelled; abandon the job if lost."""
-        interval = max(min(self.config.lease_seconds / 3, 2.0), 0.05)
+    async def _keep_lease(self, job_id: int, task: asyncio.Task[object]) -> None:
+        """Renew the lease and record progress (announcing it when it moved) until
+        cancelled; abandon the job if it is no longer ours."""
+        interval = max(min(self.config.lease_seconds / 3, self.config.progress_seconds), 0.05)
+        announced = 0.0
         while True:
             await asyncio.sleep(interval)
+            fraction = self._progress.get(job_id, 0.0)
             try:
                 async with self._db.begin() as session:
                     held = await queue.renew_lease(
@@ -330,27 +428,23 @@ class JobDispatcher:
                         self.worker_id,
                         self.config.lease_seconds,
                         utcnow(),
-                        progress=progress[0],
+                        progress=fraction,
                     )
+                    if held and fraction > announced:
+                        await self._events.publish(session, JobEventKind.PROGRESS, job_id)
             except Exception:
-                # A transient database error: keep rendering; the next renewal may succeed and
+                # A transient database error: keep working; the next renewal may succeed and
                 # the lease (3 renewal intervals) covers the gap.
                 logger.exception("renewing the lease of job %s failed", job_id)
                 continue
             if not held:
-                logger.info("job %s is no longer ours; abandoning its render", job_id)
-                render.cancel()
+                logger.info("job %s is no longer ours; abandoning it", job_id)
+                task.cancel()
                 return
+            announced = max(announced, fraction)
 
-    async def _complete(
-        self,
-        claim: _Claim,
-        pngs: tuple[bytes, ...],
-        seeds: tuple[int, ...],
-        timings: dict[str, float],
-    ) -> None:
+    async def _complete(self, claim: ClaimedJob, work: JobWork, outcome: object) -> None:
         now = utcnow()
-        s = claim.settings
         async with self._db.begin() as session:
             finished = await queue.finish_job(
                 session,
@@ -358,24 +452,15 @@ class JobDispatcher:
                 worker_id=self.worker_id,
                 status=JobStatus.DONE,
                 now=now,
-                timings=timings,
+                timings=work.timings(outcome),
             )
             if finished is None:
                 logger.info("job %s finished after it was taken away; output dropped", claim.id)
                 return
-            await jobs_repo.add_outputs(
-                session,
-                claim.id,
-                [
-                    NewOutput(self._cipher.seal(png, OUTPUT_PURPOSE), seed, s.width, s.height)
-                    for png, seed in zip(pngs, seeds, strict=True)
-                ],
-                now,
-            )
-            view = (await self._jobs.views_in(session, [finished]))[0]
-        self._hub.finished(view)
+            await work.commit(session, claim, outcome, now)
+            await self._events.publish(session, JobEventKind.FINISHED, claim.id)
 
-    async def _fail(self, claim: _Claim, code: str, message: str) -> None:
+    async def _fail(self, claim: ClaimedJob, code: str, message: str) -> None:
         now = utcnow()
         async with self._db.begin() as session:
             finished = await queue.finish_job(
@@ -389,23 +474,15 @@ class JobDispatcher:
             )
             if finished is None:
                 return
-            await refund(session, finished, now, note=f"failed: {code}")
-            view = (await self._jobs.views_in(session, [finished]))[0]
+            await release_failed(session, finished, now, note=f"failed: {code}")
+            await self._events.publish(session, JobEventKind.FINISHED, claim.id)
         logger.info("job %s failed (%s), refunded", claim.id, code)
-        self._hub.finished(view)
 
-    async def _requeue(self, job_id: int) -> None:
-        """Graceful stop: back to the queue; the interrupted attempt does not count."""
+    async def _hand_back(self, job_id: int) -> None:
+        """A stop: back to the queue; the interrupted attempt does not count."""
         try:
             async with self._db.begin() as session:
-                await jobs_repo.requeue_own(session, job_id, self.worker_id)
+                if await jobs_repo.requeue_own(session, job_id, self.worker_id, utcnow()):
+                    await self._events.publish(session, JobEventKind.REQUEUED, job_id)
         except Exception:
-            logger.exception("could not requeue job %s at stop; its lease will expire", job_id)
-
-    async def _announce_finished(self, job_id: int) -> None:
-        try:
-            view = await self._jobs.view(job_id)
-        except AvatarbotError:
-            return
-        if view.finished:
-            self._hub.finished(view)
+            logger.exception("could not hand job %s back at stop; its lease will expire", job_id)

@@ -1,95 +1,147 @@
-"""The dispatcher's observer API: how the bot (or the CLI) hears about job progress.
+"""Job events: the one path by which a change to a job reaches whoever acts on it.
 
-Subclass ``JobObserver`` and override the hooks you need, then
-``services.dispatcher.add_observer(observer)`` (it returns a function that removes it). Hooks
-run as their own tasks on the event loop, so a slow hook (a Discord edit, retried) never holds
-up rendering; an exception in a hook is logged and otherwise ignored. Progress is coalesced:
-a hook sees at most one update per ``PROGRESS_INTERVAL`` per job (plus every state change),
-the newest value winning.
+The job row is the truth (status, progress, attempts); an event only says "job 42 changed
+this way, look at it". Events are published *inside* the transaction that makes the change and
+delivered only if it commits:
+
+- PostgreSQL (scale-out): ``pg_notify`` in the transaction; every process LISTENing (workers,
+  the bot; this one too) gets it at commit. A worker sleeping on an empty queue wakes within
+  milliseconds of an enqueue; the bot hears a remote worker's progress.
+- SQLite (one process): delivered in-process right after the commit.
+
+Subscribers are plain callbacks, run on the event loop; they must not block (they note the
+job and wake their own loop). Progress is throttled once, at its source (the dispatcher's
+lease keeper writes and publishes it at most every ``progress_seconds``).
+
+After the notification connection is restored, notifications sent meanwhile are lost:
+``on_resync`` callbacks run so their owners look at the database afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 
-from bot.services.results import JobView
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.notify import Listener, notify
+from db.session import Database
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL = 0.5  # seconds; the bot edits messages at most every ~1.5 s anyway
+
+class JobEventKind(StrEnum):
+    ENQUEUED = "enqueued"  # a new job is queued (workers: claim)
+    STARTED = "started"  # a worker claimed it
+    PROGRESS = "progress"  # its progress column moved
+    REQUEUED = "requeued"  # its worker died; it is queued again
+    FINISHED = "finished"  # done, failed or cancelled by the system
+    CANCELLED = "cancelled"  # the member cancelled or deleted it (workers: stop rendering it)
 
 
-class JobObserver:
-    """Hooks for job events; every hook is optional (the defaults do nothing)."""
+@dataclass(frozen=True)
+class JobEvent:
+    kind: JobEventKind
+    job_id: int
 
-    async def job_started(self, job: JobView) -> None:
-        """A worker picked the job up (``job.status == "running"``)."""
+    def payload(self) -> str:
+        return f"{self.kind}:{self.job_id}"
 
-    async def job_progress(self, job_id: int, fraction: float) -> None:
-        """Rendering progress in [0, 1]."""
-
-    async def job_requeued(self, job: JobView) -> None:
-        """The job's worker died; it is back in the queue and will run again."""
-
-    async def job_finished(self, job: JobView) -> None:
-        """The job reached ``done``, ``failed`` or ``cancelled``: deliver it, then call
-        ``jobs.mark_delivered(job.id)``."""
+    @classmethod
+    def parse(cls, payload: str) -> JobEvent | None:
+        kind, _, job_id = payload.partition(":")
+        try:
+            return cls(JobEventKind(kind), int(job_id))
+        except ValueError:
+            return None
 
 
-class ObserverHub:
-    """Fans job events out to observers as tracked background tasks."""
+EventListener = Callable[[JobEvent], None]
 
-    def __init__(self) -> None:
-        self._observers: list[JobObserver] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._last_progress: dict[int, float] = {}
 
-    def add(self, observer: JobObserver) -> Callable[[], None]:
-        self._observers.append(observer)
+class JobEvents:
+    """Publishes job events with the transaction that makes them true; fans them out."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._listeners: list[EventListener] = []
+        self._resync: list[Callable[[], None]] = []
+        self._pg: Listener | None = None
+
+    @property
+    def cross_process(self) -> bool:
+        """True on PostgreSQL: events reach other processes too."""
+        return self._database.dialect == "postgresql"
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event; returns a function that unsubscribes."""
+        self._listeners.append(listener)
 
         def remove() -> None:
-            if observer in self._observers:
-                self._observers.remove(observer)
+            if listener in self._listeners:
+                self._listeners.remove(listener)
 
         return remove
 
-    def started(self, job: JobView) -> None:
-        self._emit(lambda o: o.job_started(job))
+    def on_resync(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` whenever events may have been missed (a reconnection)."""
+        self._resync.append(callback)
 
-    def requeued(self, job: JobView) -> None:
-        self._emit(lambda o: o.job_requeued(job))
+        def remove() -> None:
+            if callback in self._resync:
+                self._resync.remove(callback)
 
-    def finished(self, job: JobView) -> None:
-        self._last_progress.pop(job.id, None)
-        self._emit(lambda o: o.job_finished(job))
+        return remove
 
-    def progress(self, job_id: int, fraction: float) -> None:
-        now = time.monotonic()
-        last = self._last_progress.get(job_id)
-        if last is not None and now - last < PROGRESS_INTERVAL and fraction < 1.0:
+    async def start(self) -> None:
+        """On PostgreSQL, start listening (idempotent)."""
+        if self.cross_process and self._pg is None:
+            self._pg = Listener(self._database.url, self._on_payload, self._on_connected)
+            await self._pg.start()
+
+    async def aclose(self) -> None:
+        listener, self._pg = self._pg, None
+        if listener is not None:
+            await listener.aclose()
+
+    async def publish(self, session: AsyncSession, kind: JobEventKind, job_id: int) -> None:
+        """Announce ``kind`` for ``job_id`` once ``session``'s transaction commits."""
+        job_event = JobEvent(kind, job_id)
+        if self.cross_process:
+            await notify(session, job_event.payload())
             return
-        self._last_progress[job_id] = now
-        self._emit(lambda o: o.job_progress(job_id, fraction))
+        loop = asyncio.get_running_loop()
 
-    def _emit(self, call: Callable[[JobObserver], Awaitable[None]]) -> None:
-        for observer in list(self._observers):
-            task = asyncio.get_running_loop().create_task(self._guard(observer, call(observer)))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        def committed(_session: object) -> None:
+            loop.call_soon(self._deliver, job_event)
 
-    @staticmethod
-    async def _guard(observer: JobObserver, awaitable: Awaitable[None]) -> None:
-        try:
-            await awaitable
-        except Exception:
-            logger.exception("job observer %r failed", observer)
+        event.listen(session.sync_session, "after_commit", committed, once=True)
 
-    async def drain(self, grace: float = 10.0) -> None:
-        """Wait (bounded) for the hooks already started."""
-        if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
+    def deliver_local(self, job_event: JobEvent) -> None:
+        """Hand an event to this process's subscribers only (nothing was committed)."""
+        self._deliver(job_event)
+
+    def _on_payload(self, payload: str) -> None:
+        job_event = JobEvent.parse(payload)
+        if job_event is None:
+            logger.warning("ignoring a malformed job notification %r", payload)
+            return
+        self._deliver(job_event)
+
+    def _on_connected(self) -> None:
+        for callback in list(self._resync):
+            try:
+                callback()
+            except Exception:
+                logger.exception("resync callback %r failed", callback)
+
+    def _deliver(self, job_event: JobEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(job_event)
+            except Exception:
+                logger.exception("job event listener %r failed on %s", listener, job_event)

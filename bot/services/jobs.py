@@ -1,10 +1,10 @@
-"""Render jobs as the bot sees them: views, outputs, delivery, recovery, retention.
+"""Jobs as the bot sees them: views, outputs, history, delivery, recovery, retention.
 
 Lifecycle: ``queued → running → done | failed | cancelled``. The dispatcher
-(bot/services/dispatcher.py) moves jobs through it; the renders service creates and cancels
-them. Final states are written by conditional updates (db/queue.py ``finish_job``,
-db/repositories/jobs.py ``cancel``), so a job reaches one final state once and its refund, in
-the same transaction, is written at most once.
+(bot/services/dispatcher.py) moves jobs through it; the renders and avatars services create
+them (renders cancel them). Final states are written by conditional updates (db/queue.py
+``finish_job``, db/repositories/jobs.py ``cancel``), so a job reaches one final state once
+and its refund, in the same transaction, is written at most once.
 
 Retention: a finished job (prompt, settings and output images) is kept until it was delivered
 and ``Settings.output_retention_hours`` have passed since it finished; an undelivered one at
@@ -23,16 +23,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import NotFound
 from bot.services.crypto import DataCipher
+from bot.services.events import JobEventKind, JobEvents
 from bot.services.ledger import day_bounds, refund
 from bot.services.results import (
+    AttemptView,
     InteractionRef,
-    JobStatus,
+    JobHistory,
     JobView,
     RenderSettings,
 )
 from db import queue
-from db.models import JobStatus as DbStatus
-from db.models import RenderJob
+from db.models import AvatarStatus, JobKind, JobStatus, RenderJob
 from db.repositories import avatars as avatars_repo
 from db.repositories import jobs as repo
 from db.repositories.common import checkpoint, scrub_deletes
@@ -41,10 +42,14 @@ from db.types import utcnow
 
 logger = logging.getLogger(__name__)
 
+# What each kind of sealed blob is bound to (bot/services/crypto.py).
+PHOTO_PURPOSE = b"photo"
+FEATURES_PURPOSE = b"features"
 OUTPUT_PURPOSE = b"output"
 # How long past its retention an undelivered job waits for delivery before it goes anyway.
 UNDELIVERED_GRACE = timedelta(days=7)
-# A job is tried at most this many times (the first run plus requeues after worker crashes).
+# A job is tried at most this many times (the first run plus requeues after worker crashes);
+# the default of ``Settings.jobs.max_attempts``.
 MAX_ATTEMPTS = 3
 
 INTERRUPTED_MESSAGE = (
@@ -58,10 +63,24 @@ class RecoveryReport:
     given_up: list[JobView]
 
 
+async def release_failed(session: AsyncSession, job: RenderJob, now: datetime, note: str) -> None:
+    """What a job that failed (or was given up) gives back, in its final transaction: a
+    render's quota reservation; an avatar creation's pending avatar (its name and photos)."""
+    await refund(session, job, now, note=note)
+    if job.kind == JobKind.ENCODE and job.avatar_id is not None:
+        avatar = await avatars_repo.by_id(session, job.avatar_id)
+        if avatar is not None and avatar.status == AvatarStatus.PENDING:
+            await scrub_deletes(session)
+            await avatars_repo.delete_avatar(session, avatar.id)
+
+
 class JobService:
-    def __init__(self, database: Database, cipher: DataCipher, retention_hours: int) -> None:
+    def __init__(
+        self, database: Database, cipher: DataCipher, retention_hours: int, events: JobEvents
+    ) -> None:
         self._db = database
         self._cipher = cipher
+        self._events = events
         self.retention = timedelta(hours=retention_hours)
 
     async def view(self, job_id: int) -> JobView:
@@ -87,7 +106,7 @@ class JobService:
         async with self._db.begin(readonly=True) as session:
             rows = await repo.in_status(
                 session,
-                [DbStatus.DONE, DbStatus.FAILED, DbStatus.CANCELLED],
+                [JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED],
                 undelivered_only=True,
             )
             return await self.views_in(session, rows)
@@ -95,8 +114,26 @@ class JobService:
     async def active(self) -> list[JobView]:
         """Queued and running jobs, oldest first (the bot resumes their progress messages)."""
         async with self._db.begin(readonly=True) as session:
-            rows = await repo.in_status(session, [DbStatus.QUEUED, DbStatus.RUNNING])
+            rows = await repo.in_status(session, [JobStatus.QUEUED, JobStatus.RUNNING])
             return await self.views_in(session, rows)
+
+    async def history(self, job_id: int) -> JobHistory:
+        """A job with every attempt (which worker, when, how it ended): for operators."""
+        async with self._db.begin(readonly=True) as session:
+            job = await repo.get(session, job_id)
+            if job is None:
+                raise NotFound(f"There is no job {job_id}.")
+            view = (await self.views_in(session, [job]))[0]
+            attempts = await repo.attempts_of(session, job_id)
+            return JobHistory(
+                job=view,
+                attempts=tuple(
+                    AttemptView(a.number, a.worker_id, a.claimed_at, a.ended_at, a.outcome, a.error)
+                    for a in attempts
+                ),
+                worker_id=job.worker_id,
+                lease_expires_at=job.lease_expires_at,
+            )
 
     async def mark_delivered(self, job_id: int) -> bool:
         """Record that the result was delivered; False if it already was (or is gone)."""
@@ -115,9 +152,12 @@ class JobService:
 
     # -- maintenance (the dispatcher calls these) -----------------------------------------
 
-    async def recover(self, *, all_running: bool = False) -> RecoveryReport:
+    async def recover(
+        self, *, all_running: bool = False, max_attempts: int = MAX_ATTEMPTS
+    ) -> RecoveryReport:
         """Requeue jobs whose worker died (bounded attempts) and fail, refunding, those out of
-        attempts (they stay undelivered, so the bot tells their members).
+        attempts (they stay undelivered, so the bot tells their members). Each change is
+        announced (``requeued`` wakes workers and tells the member; ``finished`` delivers).
 
         ``all_running`` adopts every running job regardless of its lease: only for a process
         that knows it is the queue's only worker.
@@ -125,12 +165,14 @@ class JobService:
         now = utcnow()
         async with self._db.begin() as session:
             report = await queue.reset_orphans(
-                session, now=now, max_attempts=MAX_ATTEMPTS, all_running=all_running
+                session, now=now, max_attempts=max_attempts, all_running=all_running
             )
+            for job in report.requeued:
+                await self._events.publish(session, JobEventKind.REQUEUED, job.id)
             given_up: list[RenderJob] = []
             for job in report.abandoned:
                 cancelled = job.cancel_requested
-                status = DbStatus.CANCELLED if cancelled else DbStatus.FAILED
+                status = JobStatus.CANCELLED if cancelled else JobStatus.FAILED
                 finished = await queue.finish_job(
                     session,
                     job.id,
@@ -141,7 +183,8 @@ class JobService:
                     error=None if cancelled else INTERRUPTED_MESSAGE,
                 )
                 if finished is not None:
-                    await refund(session, finished, now, note=f"recovery: {status}")
+                    await release_failed(session, finished, now, note=f"recovery: {status}")
+                    await self._events.publish(session, JobEventKind.FINISHED, finished.id)
                     given_up.append(finished)
             result = RecoveryReport(
                 requeued=await self.views_in(session, report.requeued),
@@ -193,17 +236,17 @@ def job_view(job: RenderJob, seeds: Sequence[int], avatar_names: dict[int, str])
             expires_at=job.interaction_expires_at,
             message_id=job.progress_message_id,
         )
-    status: JobStatus = DbStatus(job.status).value  # type: ignore[assignment]
     return JobView(
         id=job.id,
+        kind=JobKind(job.kind),
         user_id=job.user_id,
         guild_id=job.guild_id,
         channel_id=job.channel_id,
         avatar_id=job.avatar_id,
         avatar_name=avatar_names.get(job.avatar_id or 0, str(s.get("avatar_name", ""))),
         prompt=job.prompt,
-        settings=settings_from_json(s, job),
-        status=status,
+        settings=settings_from_json(s, job.negative_prompt, int(job.seed)),
+        status=JobStatus(job.status),
         progress=float(job.progress),
         attempts=job.attempts,
         seeds=tuple(seeds),
@@ -237,9 +280,9 @@ def settings_to_json(settings: RenderSettings, *, avatar_name: str) -> dict[str,
     }
 
 
-def settings_from_json(s: dict[str, object], job: RenderJob) -> RenderSettings:
+def settings_from_json(s: dict[str, object], negative_prompt: str, seed: int) -> RenderSettings:
     return RenderSettings(
-        negative_prompt=job.negative_prompt,
+        negative_prompt=negative_prompt,
         style=str(s.get("style", "none")),
         aspect=s.get("aspect", "square"),  # type: ignore[arg-type]
         width=int(s.get("width", 512)),  # type: ignore[call-overload]
@@ -247,7 +290,7 @@ def settings_from_json(s: dict[str, object], job: RenderJob) -> RenderSettings:
         steps=int(s.get("steps", 25)),  # type: ignore[call-overload]
         guidance=float(s.get("guidance", 6.0)),  # type: ignore[arg-type]
         count=int(s.get("count", 1)),  # type: ignore[call-overload]
-        seed=int(job.seed),
+        seed=seed,
         identity_strength=float(s.get("identity_strength", 0.7)),  # type: ignore[arg-type]
         personalizer=str(s.get("personalizer", "ip-adapter")),
     )

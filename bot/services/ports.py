@@ -9,14 +9,21 @@ Everything that crosses this boundary is a PIL image, bytes or a frozen dataclas
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from PIL.Image import Image
 
-SubjectKind = Literal["person", "pet", "object"]
-SUBJECT_KINDS: tuple[SubjectKind, ...] = ("person", "pet", "object")
+from engine.types import ConceptKind
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+# The kind of subject an avatar shows: defined once, by the engine that acts on it.
+SubjectKind = ConceptKind
+SUBJECT_KINDS: tuple[SubjectKind, ...] = tuple(ConceptKind)
 
 ProgressCallback = Callable[[float], None]
 
@@ -77,39 +84,101 @@ class StaleFeaturesError(Exception):
     """Raised by ``EnginePort.render`` when the features come from another encoder."""
 
 
-class EngineUnavailable(Exception):
-    """This process runs no engine (see ``NoEngine``)."""
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the services must know of an engine to accept and size requests, in plain data.
+
+    A worker publishes its engine's facts in the database (``workers.facts``), so a bot that
+    loads no model can still validate prompts, pick sizes and steps, and tell stale features.
+    ``tokenizer_json`` is the text encoder's tokenizer in the ``tokenizers`` library's format:
+    prompts are measured with it without torch.
+    """
+
+    profile: str
+    default_personalizer: str
+    # personalizer name -> the encoder id its features carry
+    encoders: Mapping[str, str]
+    native_size: int
+    default_steps: int
+    max_prompt_tokens: int
+    tokenizer_json: str | None = field(default=None, repr=False, compare=False)
+
+    def encoder_id(self, personalizer: str) -> str:
+        try:
+            return self.encoders[personalizer]
+        except KeyError:
+            raise UnknownPersonalizer(personalizer, tuple(self.encoders)) from None
+
+    def count_tokens(self, text: str) -> int | None:
+        """The prompt's length in the text encoder's tokens (no start/end tokens); None when
+        the engine published no tokenizer (the worker then checks the length itself)."""
+        tokenizer = _tokenizer(self.tokenizer_json) if self.tokenizer_json else None
+        if tokenizer is None:
+            return None
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON column's value (the tokenizer has a column of its own)."""
+        return {
+            "profile": self.profile,
+            "default_personalizer": self.default_personalizer,
+            "encoders": dict(self.encoders),
+            "native_size": self.native_size,
+            "default_steps": self.default_steps,
+            "max_prompt_tokens": self.max_prompt_tokens,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object], tokenizer_json: str | None) -> EngineFacts:
+        encoders = data["encoders"]
+        if not isinstance(encoders, Mapping):
+            raise ValueError("engine facts: encoders must be a mapping")
+        return cls(
+            profile=str(data["profile"]),
+            default_personalizer=str(data["default_personalizer"]),
+            encoders={str(k): str(v) for k, v in encoders.items()},
+            native_size=_int(data["native_size"]),
+            default_steps=_int(data["default_steps"]),
+            max_prompt_tokens=_int(data["max_prompt_tokens"]),
+            tokenizer_json=tokenizer_json,
+        )
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int | float | str):
+        raise ValueError(f"engine facts: not a number: {value!r}")
+    return int(value)
+
+
+class UnknownPersonalizer(Exception):
+    """The engine has no personalizer by this name."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        super().__init__(f"unknown personalizer {name!r}; the engine has {', '.join(known)}")
+        self.name = name
+        self.known = tuple(known)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(tokenizer_json: str) -> Tokenizer | None:
+    # ``tokenizers`` is the Rust tokenizer library transformers builds on: no torch.
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(tokenizer_json)
+    except Exception:
+        return None
 
 
 @runtime_checkable
 class EnginePort(Protocol):
-    """The engine as the services see it.
+    """The engine as the job runtime sees it (only processes that render hold one).
 
     ``progress`` callbacks passed to ``render`` are invoked on the caller's event loop thread
     (the adapter marshals them), with a fraction in [0, 1].
     """
 
-    def encoder_id(self, personalizer: str) -> str:
-        """The id that features encoded now with this personalizer would carry."""
-        ...
-
-    def default_personalizer(self) -> str: ...
-
-    def native_size(self) -> int:
-        """The side (px) the model renders best at (512 for SD1.5, 64 for ``tiny``)."""
-        ...
-
-    def default_steps(self) -> int:
-        """Denoising steps of a render that asks for none (the profile's or the operator's)."""
-        ...
-
-    def count_tokens(self, text: str) -> int:
-        """The prompt's length in the text encoder's tokens (without start/end tokens)."""
-        ...
-
-    def max_prompt_tokens(self) -> int:
-        """How many tokens of a prompt the text encoder can read (75 for CLIP)."""
-        ...
+    def facts(self) -> EngineFacts: ...
 
     async def inspect(self, images: Sequence[Image], kind: SubjectKind) -> list[SubjectReport]: ...
 
@@ -122,47 +191,3 @@ class EnginePort(Protocol):
     ) -> RenderOutput: ...
 
     async def aclose(self) -> None: ...
-
-
-class NoEngine:
-    """The port of a process that manages data but never renders (the CLI's list, delete,
-    forget-me, usage): loading a model just to list avatars would take minutes on real
-    weights. Every question and every piece of work raises ``EngineUnavailable``; services
-    that can do without (an avatar's ``features_ready``) say so in their docstrings."""
-
-    def _refuse(self) -> EngineUnavailable:
-        return EngineUnavailable("no engine is loaded in this process")
-
-    def encoder_id(self, personalizer: str) -> str:
-        raise self._refuse()
-
-    def default_personalizer(self) -> str:
-        raise self._refuse()
-
-    def native_size(self) -> int:
-        raise self._refuse()
-
-    def default_steps(self) -> int:
-        raise self._refuse()
-
-    def count_tokens(self, text: str) -> int:
-        raise self._refuse()
-
-    def max_prompt_tokens(self) -> int:
-        raise self._refuse()
-
-    async def inspect(self, images: Sequence[Image], kind: SubjectKind) -> list[SubjectReport]:
-        raise self._refuse()
-
-    async def encode(
-        self, images: Sequence[Image], kind: SubjectKind, personalizer: str
-    ) -> EncodedFeatures:
-        raise self._refuse()
-
-    async def render(
-        self, spec: RenderSpec, features: bytes, progress: ProgressCallback | None = None
-    ) -> RenderOutput:
-        raise self._refuse()
-
-    async def aclose(self) -> None:
-        return None

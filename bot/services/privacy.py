@@ -21,9 +21,8 @@ from __future__ import annotations
 import logging
 
 from bot.errors import Forbidden
-from bot.services.avatars import FEATURES_PURPOSE, PHOTO_PURPOSE
 from bot.services.crypto import DataCipher
-from bot.services.jobs import OUTPUT_PURPOSE
+from bot.services.jobs import FEATURES_PURPOSE, OUTPUT_PURPOSE, PHOTO_PURPOSE
 from bot.services.results import ErasureReport, GuildErasure, ReencryptReport
 from db.repositories import avatars as avatars_repo
 from db.repositories import guilds as guilds_repo

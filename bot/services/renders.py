@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
-from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import InvalidInput, NotFound, NotOwner, QueueFull, QuotaExceeded
+from bot.services.events import JobEventKind, JobEvents
 from bot.services.jobs import JobService, queue_position, settings_to_json
 from bot.services.ledger import UNITS_PER_RENDER, day_bounds, refund, reserve
 from bot.services.names import name_key
-from bot.services.ports import EnginePort
+from bot.services.ports import EngineFacts, UnknownPersonalizer
 from bot.services.prompts import PromptBlocklist, clean_prompt, size_for, styled_prompt
 from bot.services.quotas import QuotaService
 from bot.services.results import (
@@ -31,51 +30,43 @@ from bot.services.results import (
     JobView,
     RenderOptions,
     RenderSettings,
+    interaction_columns,
 )
-from db.models import RenderJob
+from bot.services.workers import WorkerRegistry
+from db.models import AvatarStatus, RenderJob
 from db.repositories import avatars as avatars_repo
 from db.repositories import jobs as repo
 from db.repositories.common import checkpoint, lock_scope, scrub_deletes
 from db.session import Database
 from db.types import utcnow
+from engine.types import MAX_SEED
 
 logger = logging.getLogger(__name__)
 
-MAX_SEED = 2**53 - 1  # what Discord's integer options and JSON carry exactly
 MAX_GUIDANCE = 30.0
-
-JobCallback = Callable[[int], None]
 
 
 class RenderService:
     def __init__(
         self,
         database: Database,
-        engine: EnginePort,
+        registry: WorkerRegistry,
         quotas: QuotaService,
         jobs: JobService,
+        events: JobEvents,
         *,
         blocklist: PromptBlocklist,
         default_steps: int | None,
         default_guidance: float,
     ) -> None:
         self._db = database
-        self._engine = engine
+        self._registry = registry
         self._quotas = quotas
         self._jobs = jobs
+        self._events = events
         self._blocklist = blocklist
         self._default_steps = default_steps
         self._default_guidance = default_guidance
-        self._on_enqueued: list[JobCallback] = []
-        self._on_cancelled: list[JobCallback] = []
-
-    def on_enqueued(self, callback: JobCallback) -> None:
-        """Call ``callback(job_id)`` after a job was committed to the queue (wakes workers)."""
-        self._on_enqueued.append(callback)
-
-    def on_cancelled(self, callback: JobCallback) -> None:
-        """Call ``callback(job_id)`` after a job was cancelled (aborts a running render)."""
-        self._on_cancelled.append(callback)
 
     async def request(
         self,
@@ -100,10 +91,15 @@ class RenderService:
             )
             if avatar is None:
                 raise NotFound("You have no avatar by that name. See /avatar list.")
+            if avatar.status == AvatarStatus.PENDING:
+                raise InvalidInput(
+                    f"“{avatar.name}” is still being checked; try again in a moment."
+                )
             avatar_id, shown_name = avatar.id, avatar.name
         text = clean_prompt(prompt)
         negative = clean_prompt(options.negative_prompt, what="negative prompt", allow_empty=True)
-        settings = self._settings(text, negative, options, quotas)
+        facts = await self._registry.current_facts()
+        settings = self._settings(text, negative, options, quotas, facts)
         return await self._enqueue(
             user_id=user_id,
             guild_id=guild_id,
@@ -139,10 +135,10 @@ class RenderService:
             if cancelled is None:
                 raise InvalidInput("This render has already finished.")
             await refund(session, cancelled, now, note="cancelled by user")
+            # Its worker, wherever it runs, stops rendering it.
+            await self._events.publish(session, JobEventKind.CANCELLED, job.id)
             view = (await self._jobs.views_in(session, [cancelled]))[0]
         logger.info("user %s cancelled job %s", user_id, job_id)
-        for callback in self._on_cancelled:
-            callback(job_id)
         return view
 
     async def delete(self, user_id: int, job_id: int) -> None:
@@ -154,17 +150,21 @@ class RenderService:
             cancelled = await repo.cancel(session, job.id, now)
             if cancelled is not None:
                 await refund(session, cancelled, now, note="deleted by user")
+                await self._events.publish(session, JobEventKind.CANCELLED, job.id)
             await scrub_deletes(session)
             await repo.delete_job(session, job.id)
-        if cancelled is not None:
-            for callback in self._on_cancelled:
-                callback(job_id)
         await checkpoint(self._db)
 
     # -- internals -------------------------------------------------------------------------
 
     def _settings(
-        self, prompt: str, negative: str, options: RenderOptions, quotas: GuildQuotas
+        self,
+        prompt: str,
+        negative: str,
+        options: RenderOptions,
+        quotas: GuildQuotas,
+        facts: EngineFacts,
+        personalizer: str | None = None,
     ) -> RenderSettings:
         if options.aspect not in ASPECTS:
             raise InvalidInput(f"The aspect must be one of {', '.join(ASPECTS)}.")
@@ -172,7 +172,7 @@ class RenderService:
             raise InvalidInput(
                 f"You can ask for 1 to {quotas.images_per_render} images per render here."
             )
-        steps = options.steps or self._default_steps or self._engine.default_steps()
+        steps = options.steps or self._default_steps or facts.default_steps
         if options.steps is None:
             steps = min(steps, quotas.max_steps)
         if not 1 <= steps <= quotas.max_steps:
@@ -187,9 +187,17 @@ class RenderService:
             raise InvalidInput(f"The seed must be between 0 and {MAX_SEED}.")
         full, full_negative = styled_prompt(prompt, negative, options.style)
         self._blocklist.check(prompt, negative)
-        self._check_tokens(full, "prompt")
-        self._check_tokens(full_negative, "negative prompt")
-        width, height = size_for(options.aspect, self._engine.native_size(), quotas.max_side)
+        self._check_tokens(facts, full, "prompt")
+        self._check_tokens(facts, full_negative, "negative prompt")
+        width, height = size_for(options.aspect, facts.native_size, quotas.max_side)
+        personalizer = personalizer or quotas.personalizer or facts.default_personalizer
+        try:
+            facts.encoder_id(personalizer)
+        except UnknownPersonalizer as exc:
+            raise InvalidInput(
+                f"The render workers have no “{personalizer}” personalizer; an admin can pick "
+                f"one of {', '.join(exc.known)}."
+            ) from exc
         return RenderSettings(
             negative_prompt=negative,
             style=options.style,
@@ -201,13 +209,13 @@ class RenderService:
             count=options.count,
             seed=seed,
             identity_strength=options.identity_strength,
-            personalizer=quotas.personalizer or self._engine.default_personalizer(),
+            personalizer=personalizer,
         )
 
-    def _check_tokens(self, text: str, what: str) -> None:
-        limit = self._engine.max_prompt_tokens()
-        used = self._engine.count_tokens(text)
-        if used > limit:
+    def _check_tokens(self, facts: EngineFacts, text: str, what: str) -> None:
+        limit = facts.max_prompt_tokens
+        used = facts.count_tokens(text)
+        if used is not None and used > limit:
             raise InvalidInput(
                 f"The {what} is too long: {used} tokens (with the style), the limit is {limit}."
             )
@@ -236,7 +244,10 @@ class RenderService:
             steps=min(previous.steps, quotas.max_steps),
             guidance=previous.guidance,
         )
-        settings = self._settings(old.prompt, previous.negative_prompt, options, quotas)
+        facts = await self._registry.current_facts()
+        settings = self._settings(
+            old.prompt, previous.negative_prompt, options, quotas, facts, previous.personalizer
+        )
         return await self._enqueue(
             user_id=user_id,
             guild_id=old.guild_id,
@@ -244,7 +255,7 @@ class RenderService:
             avatar_id=avatar.id,
             avatar_name=avatar.name,
             prompt=old.prompt,
-            settings=replace(settings, personalizer=previous.personalizer),
+            settings=settings,
             interaction=interaction,
             parent_job_id=old.id,
         )
@@ -294,15 +305,14 @@ class RenderService:
                 seed=settings.seed,
                 reserved=UNITS_PER_RENDER,
                 created_at=now,
-                **_interaction_columns(interaction),
+                **interaction_columns(interaction),
             )
             await reserve(session, job, now)
+            await self._events.publish(session, JobEventKind.ENQUEUED, job.id)
             job_id = job.id
         async with self._db.begin(readonly=True) as session:
             position = await queue_position(session, job_id)
         logger.info("user %s queued job %s (position %s)", user_id, job_id, position)
-        for callback in self._on_enqueued:
-            callback(job_id)
         return JobTicket(job_id=job_id, position=position if position is not None else 0)
 
     async def _owned(self, session: AsyncSession, user_id: int, job_id: int) -> RenderJob:
@@ -314,15 +324,4 @@ class RenderService:
         return job
 
 
-def _interaction_columns(interaction: InteractionRef | None) -> dict[str, object]:
-    if interaction is None:
-        return {}
-    return {
-        "interaction_app_id": interaction.application_id,
-        "interaction_token": interaction.token,
-        "interaction_expires_at": interaction.expires_at,
-        "progress_message_id": interaction.message_id,
-    }
-
-
-__all__ = ["MAX_SEED", "RenderService"]
+__all__ = ["RenderService"]

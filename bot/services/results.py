@@ -10,9 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from bot.services.ports import SubjectKind
+from db.models import FINAL_STATUSES, JobKind, JobStatus
 
-JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
-FINISHED_STATUSES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 Aspect = Literal["square", "portrait", "landscape"]
 ASPECTS: tuple[Aspect, ...] = ("square", "portrait", "landscape")
 
@@ -32,10 +31,12 @@ class AvatarView:
     photo_count: int
     created_at: datetime
     updated_at: datetime
-    # True when cached features exist for the running engine's encoder (else the next render
-    # re-encodes from the stored photos first). In a process without an engine (``NoEngine``):
-    # True when features exist for any encoder.
+    # True when cached features exist for the render workers' encoder (else the next render
+    # re-encodes from the stored photos first). With no worker known yet: True when features
+    # exist for any encoder.
     features_ready: bool
+    # True until its encode job (avatar creation's checks and encoding) has finished.
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,13 @@ class AvatarCreated:
 
 
 @dataclass(frozen=True)
-class PhotosAdded(AvatarCreated):
-    """The summary of ``avatars.add_photos`` (same shape as a creation)."""
+class CreationTicket:
+    """An avatar stored as pending, with its encode job queued; ``refused`` are the photos
+    intake refused before anything was stored."""
+
+    avatar: AvatarView
+    job_id: int
+    refused: tuple[PhotoRefusal, ...]
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,18 @@ class InteractionRef:
         return datetime.now(UTC) < self.expires_at - timedelta(seconds=30)
 
 
+def interaction_columns(interaction: InteractionRef | None) -> dict[str, object]:
+    """The job row's columns that remember the interaction to answer."""
+    if interaction is None:
+        return {}
+    return {
+        "interaction_app_id": interaction.application_id,
+        "interaction_token": interaction.token,
+        "interaction_expires_at": interaction.expires_at,
+        "progress_message_id": interaction.message_id,
+    }
+
+
 @dataclass(frozen=True)
 class RenderSettings:
     """The effective, validated settings of a job (stored with it; reroll starts from them)."""
@@ -134,9 +152,11 @@ class JobTicket:
 
 @dataclass(frozen=True)
 class JobView:
-    """A render job as the bot needs it to report progress and deliver results."""
+    """A job as the bot needs it to report progress and deliver results. ``settings`` are a
+    render's (an encode job carries placeholder values there)."""
 
     id: int
+    kind: JobKind
     user_id: int
     guild_id: int | None
     channel_id: int | None
@@ -161,7 +181,27 @@ class JobView:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
+        return self.status in FINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    """One attempt of a job (``avatarbot job show``)."""
+
+    number: int
+    worker_id: str
+    claimed_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class JobHistory:
+    job: JobView
+    attempts: tuple[AttemptView, ...]
+    worker_id: str | None
+    lease_expires_at: datetime | None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
-"""Screening a batch of uploaded photos for an avatar: intake, then the engine's subject
-checks, then near-duplicates. Every file ends kept (maybe with warnings) or refused with a
-stable reason code and a user-safe message naming it; nothing raises for a bad file."""
+"""Screening photos for an avatar, in two halves: intake on the bot (``screen_uploads``:
+format, size, duplicates; Pillow only), then on the worker that claims the avatar's encode job
+the engine's subject checks and near-duplicates (``inspect_photos``). Every file ends kept
+(maybe with warnings) or refused with a stable reason code and a user-safe message naming it;
+nothing raises for a bad file."""
 
 from __future__ import annotations
 
@@ -34,49 +36,66 @@ class NoUsablePhotos(InvalidPhoto):
 
 @dataclass(frozen=True)
 class Screened:
-    """``kept`` pairs the user's filename with its normalised photo, in upload order."""
+    """Intake's verdict on uploads: ``kept`` pairs the user's filename with its normalised
+    photo, in upload order."""
 
     kept: list[tuple[str, NormalizedPhoto]]
     refused: list[PhotoRefusal]
-    warnings: list[PhotoWarning]
 
 
-async def screen_photos(
-    engine: EnginePort,
+async def screen_uploads(
     limits: PhotoLimits,
     files: Sequence[tuple[str, bytes]],
-    kind: SubjectKind,
     existing: Sequence[str] = (),
 ) -> Screened:
-    """Screen ``(filename, bytes)`` uploads; ``existing`` are the sha256 of stored photos
-    (a repeat of one is refused as a duplicate). CPU work runs in threads."""
+    """Intake on ``(filename, bytes)`` uploads (format, size, duplicates; no engine): what the
+    bot checks before storing photos. ``existing`` are the sha256 of stored photos."""
     results = await asyncio.to_thread(
         photo_intake.check_batch, list(files), limits, existing_sha256=existing
     )
     refused: list[PhotoRefusal] = []
-    candidates: list[tuple[str, NormalizedPhoto]] = []
+    kept: list[tuple[str, NormalizedPhoto]] = []
     for (filename, _), result in zip(files, results, strict=True):
         if isinstance(result, InvalidPhoto):
             refused.append(PhotoRefusal(display_name(filename), result.reason, result.message))
         else:
-            candidates.append((filename, result))
-    if not candidates:
-        return Screened([], refused, [])
-    reports = await engine.inspect(await decode_all([p.data for _, p in candidates]), kind)
-    kept: list[tuple[str, NormalizedPhoto]] = []
+            kept.append((filename, result))
+    return Screened(kept, refused)
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """The engine's verdict on stored photos: indices kept, refusals by index, remarks."""
+
+    kept: list[int]
+    refused: list[tuple[int, PhotoRefusal]]
+    warnings: list[PhotoWarning]
+
+
+async def inspect_photos(
+    engine: EnginePort, photos: Sequence[tuple[str, bytes]], kind: SubjectKind
+) -> Inspected:
+    """The subject checks (a face for a person, sharpness, exposure) and near-duplicates, on
+    ``(filename, normalised bytes)``: the worker's half of screening."""
+    if not photos:
+        return Inspected([], [], [])
+    reports = await engine.inspect(await decode_all([d for _, d in photos]), kind)
+    kept: list[int] = []
+    refused: list[tuple[int, PhotoRefusal]] = []
     warnings: list[PhotoWarning] = []
-    for (filename, photo), report in zip(candidates, reports, strict=True):
+    for index, ((filename, _), report) in enumerate(zip(photos, reports, strict=True)):
         shown = display_name(filename)
         if report.problems:
             code = report.problems[0]
-            refused.append(PhotoRefusal(shown, code, problem_message(code, shown, kind)))
+            refused.append((index, PhotoRefusal(shown, code, problem_message(code, shown, kind))))
             continue
-        kept.append((filename, photo))
+        kept.append(index)
         warnings.extend(
             PhotoWarning(shown, code, warning_message(code, shown)) for code in report.warnings
         )
-    for i, j in await asyncio.to_thread(near_duplicates, [p.data for _, p in kept]):
-        first, repeat = display_name(kept[i][0]), display_name(kept[j][0])
+    duplicates = await asyncio.to_thread(near_duplicates, [photos[i][1] for i in kept])
+    for i, j in duplicates:
+        first, repeat = display_name(photos[kept[i]][0]), display_name(photos[kept[j]][0])
         warnings.append(
             PhotoWarning(
                 repeat,
@@ -85,7 +104,7 @@ async def screen_photos(
                 "results.",
             )
         )
-    return Screened(kept, refused, warnings)
+    return Inspected(kept, refused, warnings)
 
 
 def _decode(data: bytes) -> Image.Image:

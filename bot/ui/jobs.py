@@ -1,19 +1,17 @@
-"""The bot's side of the job queue: worker lanes, the delivery sweeper, recovery at start.
+"""The bot's view of jobs: from job events to the messages members see.
 
-Lanes call the dispatcher's ``run_once`` (claim one job fairly, render it, store the outcome)
-until the queue is empty, then wait for a wake-up: a job was enqueued (``bot.dispatch``) or
-the poll interval passed (jobs queued by other processes). Waiting through
-``Client.wait_for`` rather than a bare ``asyncio.Event`` keeps the wait visible to discord.py
-tooling (SimCord's settling recognises it, so tests stay deterministic) and costs nothing in
-production.
+``JobFeed`` subscribes to the services' job events (bot/services/events.py: pushed from any
+worker on PostgreSQL, in-process on SQLite), reads each changed job from the database (the row
+is the truth) and hands it to the presenter registered for its kind: the render feature shows
+queue position, progress and results; the avatars feature shows creation's checks and the
+contact sheet. The feed renders nothing and claims nothing: the job loop does that, here in
+embedded mode or in ``avatarbot worker`` processes.
 
-The sweeper delivers finished jobs nobody delivered yet (another worker process finished them,
-a delivery failed, the bot was down) and, when this process is a worker, requeues jobs whose
-worker died and purges expired outputs.
-
-Both poll with a backoff: every ``poll_seconds`` right after activity (a job enqueued here, a
-job run or delivered), doubling while nothing happens, up to ``MAX_POLL``. An idle bot thus
-wakes about once a minute, while a busy one notices remote workers' results within seconds.
+Nothing is lost across restarts or missed notifications: at start (and whenever the
+notification connection comes back) the feed shows every active job's current state and
+delivers every finished, undelivered one; a periodic sweep (every ``poll_seconds`` after
+activity, doubling while idle up to ``MAX_POLL``) retries deliveries that Discord refused for
+the moment.
 """
 
 from __future__ import annotations
@@ -21,21 +19,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
-from bot.ui.delivery import Delivery
-from bot.ui.notifier import JobNotifier
+from bot.errors import AvatarbotError
+from bot.services.events import JobEvent, JobEventKind
+from bot.services.results import JobView
+from bot.ui.waker import DiscordWaker
+from db.models import JobKind
 
 if TYPE_CHECKING:
     from bot.app import AvatarBot
 
 logger = logging.getLogger(__name__)
 
-QUEUED_EVENT = "avatarbot_job_queued"
-RESUME_EVENT = "avatarbot_jobs_resumed"
+WAKE_EVENT = "avatarbot_job_feed"
 MAX_BACKOFF = 30.0  # after errors
 MAX_POLL = 60.0  # when idle
+
+
+class JobPresenter(Protocol):
+    """One feature's messages about its jobs (one presenter per job kind)."""
+
+    async def show(self, job: JobView, event: JobEventKind | None) -> None:
+        """The job is queued or running: show its state (``event`` None: resumed at start)."""
+
+    async def deliver(self, job: JobView) -> bool:
+        """The job finished: post its outcome and mark it delivered; False to retry later."""
 
 
 class PollBackoff:
@@ -55,136 +65,109 @@ class PollBackoff:
         return value
 
 
-class JobRunner:
-    def __init__(self, bot: AvatarBot) -> None:
-        self.bot = bot
-        self.delivery = Delivery(bot)
-        self.notifier = JobNotifier(bot, self.delivery)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._remove_observer: Any = None
-        self._wake_pending = False
-        self._paused = False
-        self._last_maintenance = 0.0
+class JobFeed:
+    def __init__(self, bot: AvatarBot, poll_seconds: float) -> None:
+        self._bot = bot
+        self._poll_seconds = poll_seconds
+        self._presenters: dict[JobKind, JobPresenter] = {}
+        self._waker = DiscordWaker(bot, WAKE_EVENT)
+        # Jobs that changed since the feed last looked, with the latest event (or None: look
+        # at everything active and undelivered).
+        self._pending: dict[int, JobEventKind] = {}
+        self._resync = True
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
 
-    @property
-    def _dispatcher(self) -> Any:
-        return self.bot.services.dispatcher
+    def register(self, kind: JobKind, presenter: JobPresenter) -> None:
+        """The presenter of ``kind``'s jobs (each feature registers its own at load)."""
+        self._presenters[kind] = presenter
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        services = self.bot.services
-        self._remove_observer = self._dispatcher.add_observer(self.notifier)
-        services.renders.on_enqueued(self.wake)
-        loop = asyncio.get_running_loop()
-        if self.bot.settings.run_worker:
-            await self._recover(at_start=True)
-            for lane in range(max(1, self._dispatcher.config.concurrency)):
-                self._tasks.append(loop.create_task(self._lane(), name=f"avatarbot-lane-{lane}"))
-        self._tasks.append(loop.create_task(self._sweeper(), name="avatarbot-sweeper"))
+    def start(self) -> None:
+        events = self._bot.services.events
+        self._unsubscribe = [events.subscribe(self._on_event), events.on_resync(self._on_resync)]
+        self._resync = True
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="avatarbot-jobs")
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
+        for remove in self._unsubscribe:
+            remove()
+        self._unsubscribe = []
+        task, self._task = self._task, None
+        if task is not None:
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._remove_observer is not None:
-            self._remove_observer()
-            self._remove_observer = None
 
-    @property
-    def paused(self) -> bool:
-        return self._paused
+    def _on_event(self, job_event: JobEvent) -> None:
+        if job_event.kind is JobEventKind.ENQUEUED:
+            return  # the member was answered when they asked; nothing to show yet
+        # A requeue is news even if the job runs again by the time the feed looks at it.
+        if self._pending.get(job_event.job_id) is not JobEventKind.REQUEUED:
+            self._pending[job_event.job_id] = job_event.kind
+        self._waker.wake()
 
-    def pause(self) -> None:
-        """Stop starting jobs (those running finish); requests still queue. For maintenance,
-        and for the demo, which shows a job waiting in line."""
-        self._paused = True
+    def _on_resync(self) -> None:
+        self._resync = True
+        self._waker.wake()
 
-    def resume(self) -> None:
-        self._paused = False
-        self.bot.dispatch(RESUME_EVENT)
-        self.wake()
+    # ------------------------------------------------------------------ the loop
 
-    def wake(self, job_id: int | None = None) -> None:
-        """A job was committed to the queue: idle lanes look now."""
-        self._wake_pending = True
-        self.bot.dispatch(QUEUED_EVENT, job_id)
-
-    # ------------------------------------------------------------------ loops
-
-    async def _idle(self, seconds: float) -> bool:
-        """Wait for a job to be enqueued here, at most ``seconds``; True when one was."""
-        try:
-            await self.bot.wait_for(QUEUED_EVENT, timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _lane(self) -> None:
-        poll = PollBackoff(self._dispatcher.config.poll_seconds)
+    async def _loop(self) -> None:
+        poll = PollBackoff(self._poll_seconds)
         error_delay = 0.5
         while True:
-            if self._paused:
-                await self.bot.wait_for(RESUME_EVENT)
-                continue
             try:
-                # Its own task: cancelling a job (``dispatcher.job_cancelled``) cancels the task
-                # rendering it, which must not be this lane.
-                job_id = await asyncio.get_running_loop().create_task(
-                    self._dispatcher.run_once(), name="avatarbot-job"
-                )
+                active = await self._step()
                 error_delay = 0.5
             except Exception:
-                logger.exception("running a job failed; retrying in %.1f s", error_delay)
-                await asyncio.sleep(error_delay)
+                logger.exception("job feed step failed; retrying in %.1f s", error_delay)
+                await self._waker.wait(error_delay)
                 error_delay = min(error_delay * 2, MAX_BACKOFF)
                 continue
-            if job_id is not None:
+            if active:
                 poll.reset()
+            if self._pending or self._resync:
                 continue
-            if self._wake_pending:  # a job arrived while this lane was claiming
-                self._wake_pending = False
-                continue
-            if await self._idle(poll.next()):
+            if not await self._waker.wait(poll.next()):
+                self._resync = True  # the periodic sweep
+            else:
                 poll.reset()
-            self._wake_pending = False
 
-    async def _sweeper(self) -> None:
-        poll = PollBackoff(self._dispatcher.config.poll_seconds)
-        await self.sweep()
-        while True:
-            if await self._idle(poll.next()):
-                poll.reset()
+    async def _step(self) -> bool:
+        """Handle what changed; True when something was shown or delivered."""
+        did = False
+        if self._resync:
+            self._resync = False
+            did = await self.sweep()
+        while self._pending:
+            job_id, kind = self._pending.popitem()
             try:
-                if await self.sweep():
-                    poll.reset()
-            except Exception:
-                logger.exception("job sweep failed")
+                job = await self._bot.services.jobs.view(job_id)
+            except AvatarbotError:
+                continue  # deleted meanwhile (forget-me, Delete)
+            await self._present(job, kind)
+            did = True
+        return did
 
-    async def sweep(self) -> int:
-        """Deliver what is pending; maintenance when due. Returns how many were delivered."""
-        delivered = 0
-        for job in await self.bot.services.jobs.undelivered():
-            if await self.notifier.deliver(job):
-                delivered += 1
-        if self.bot.settings.run_worker:
-            due = time.monotonic() - self._last_maintenance
-            if due >= self._dispatcher.config.maintenance_seconds:
-                await self._recover(at_start=False)
-        return delivered
+    async def sweep(self) -> bool:
+        """Show every active job's state, deliver every finished one not yet delivered."""
+        did = False
+        jobs = self._bot.services.jobs
+        for job in await jobs.active():
+            if job.status == "running":
+                await self._present(job, None)
+                did = True
+        for job in await jobs.undelivered():
+            did = await self._present(job, JobEventKind.FINISHED) or did
+        return did
 
-    async def _recover(self, *, at_start: bool) -> None:
-        """Requeue jobs whose worker died, give up (and refund) those out of attempts; tell
-        their members. At start, a sole worker adopts every job left running."""
-        self._last_maintenance = time.monotonic()
-        services = self.bot.services
-        exclusive = at_start and self._dispatcher.config.exclusive
-        report = await services.jobs.recover(all_running=exclusive)
-        for job in report.requeued:
-            await self.notifier.job_requeued(job)
-        for job in report.given_up:
-            await self.notifier.deliver(job)
-        await services.jobs.purge_expired()
+    async def _present(self, job: JobView, kind: JobEventKind | None) -> bool:
+        presenter = self._presenters.get(job.kind)
+        if presenter is None:
+            return False
+        if job.finished:
+            return await presenter.deliver(job)
+        await presenter.show(job, kind)
+        return True

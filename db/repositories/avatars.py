@@ -95,8 +95,16 @@ async def insert_avatar(
     name: str,
     name_key: str,
     kind: str,
+    status: str,
 ) -> Avatar:
-    avatar = Avatar(owner_id=owner_id, guild_id=guild_id, name=name, name_key=name_key, kind=kind)
+    avatar = Avatar(
+        owner_id=owner_id,
+        guild_id=guild_id,
+        name=name,
+        name_key=name_key,
+        kind=kind,
+        status=status,
+    )
     session.add(avatar)
     await session.flush()
     return avatar

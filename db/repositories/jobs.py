@@ -10,7 +10,15 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import FINAL_STATUSES, JobOutput, JobStatus, RenderJob
+from db.models import (
+    FINAL_STATUSES,
+    AttemptOutcome,
+    JobAttempt,
+    JobOutput,
+    JobStatus,
+    RenderJob,
+)
+from db.queue import close_attempt
 from db.repositories.common import eq_or_null
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -147,12 +155,15 @@ async def cancel(session: AsyncSession, job_id: int, now: datetime) -> RenderJob
         .returning(RenderJob)
         .execution_options(populate_existing=True, synchronize_session=False)
     )
-    return cancelled.one_or_none()
+    job = cancelled.one_or_none()
+    if job is not None:
+        await close_attempt(session, job.id, AttemptOutcome.CANCELLED, now)
+    return job
 
 
-async def requeue_own(session: AsyncSession, job_id: int, worker_id: str) -> bool:
+async def requeue_own(session: AsyncSession, job_id: int, worker_id: str, now: datetime) -> bool:
     """Put a job this worker runs back in the queue without counting the attempt (a graceful
-    stop interrupted it; it did nothing wrong)."""
+    stop interrupted it; it did nothing wrong). Its attempt row stays, as ``handed_back``."""
     result = await session.execute(
         update(RenderJob)
         .where(
@@ -170,7 +181,22 @@ async def requeue_own(session: AsyncSession, job_id: int, worker_id: str) -> boo
             attempts=RenderJob.attempts - 1,
         )
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    handed_back = bool(result.rowcount)  # type: ignore[attr-defined]
+    if handed_back:
+        await close_attempt(session, job_id, AttemptOutcome.HANDED_BACK, now)
+    return handed_back
+
+
+async def attempts_of(session: AsyncSession, job_id: int) -> list[JobAttempt]:
+    """The job's attempts, first to last."""
+    rows = await session.scalars(
+        select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.number)
+    )
+    return list(rows)
+
+
+async def set_result(session: AsyncSession, job_id: int, result: dict[str, Any]) -> None:
+    await session.execute(update(RenderJob).where(RenderJob.id == job_id).values(result=result))
 
 
 async def set_progress(session: AsyncSession, job_id: int, progress: float) -> None:
@@ -183,6 +209,7 @@ async def set_progress(session: AsyncSession, job_id: int, progress: float) -> N
 
 async def delete_job(session: AsyncSession, job_id: int) -> int:
     """Delete a job and its outputs (ledger rows keep their counts, job_id becomes NULL)."""
+    await session.execute(delete(JobAttempt).where(JobAttempt.job_id == job_id))
     await session.execute(delete(JobOutput).where(JobOutput.job_id == job_id))
     result = await session.execute(delete(RenderJob).where(RenderJob.id == job_id))
     return result.rowcount or 0  # type: ignore[attr-defined]
@@ -190,16 +217,23 @@ async def delete_job(session: AsyncSession, job_id: int) -> int:
 
 @dataclass(frozen=True)
 class JobErasure:
-    jobs: int
+    jobs: int  # render jobs (encode jobs are deleted too, not counted)
     outputs: int
 
 
 async def _delete_where(session: AsyncSession, condition: Any) -> JobErasure:
+    # What members call their renders: avatar creations' encode jobs go too, uncounted.
+    renders = await session.scalar(
+        select(func.count()).select_from(RenderJob).where(condition, RenderJob.kind == "render")
+    )
     job_ids = select(RenderJob.id).where(condition).scalar_subquery()
+    # Attempts cascade in the database; deleted explicitly too, like outputs, so the delete
+    # does not depend on the connection's foreign-key switch.
+    await session.execute(delete(JobAttempt).where(JobAttempt.job_id.in_(job_ids)))
     outputs_deleted = await session.execute(delete(JobOutput).where(JobOutput.job_id.in_(job_ids)))
-    jobs_deleted = await session.execute(delete(RenderJob).where(condition))
+    await session.execute(delete(RenderJob).where(condition))
     return JobErasure(
-        jobs=jobs_deleted.rowcount or 0,  # type: ignore[attr-defined]
+        jobs=int(renders or 0),
         outputs=outputs_deleted.rowcount or 0,  # type: ignore[attr-defined]
     )
 

@@ -32,6 +32,7 @@ def job_id_of(result_message) -> int:
 
 async def test_render_posts_images_with_embed_and_buttons(world: World) -> None:
     await create_avatar(world, world.alice)
+    before = len(edits(world.env))  # the creation's own messages
     result = await render(
         world,
         world.alice,
@@ -47,7 +48,7 @@ async def test_render_posts_images_with_embed_and_buttons(world: World) -> None:
     assert result.deferred or result.acknowledged
     assert result.ephemeral
     assert result.response.content == "Done — your images are posted below."
-    shown = edits(world.env)
+    shown = edits(world.env)[before:]
     assert shown[0].startswith("Queued")
     assert any(c.startswith("Rendering **Mug**") for c in shown)
     assert shown.index(next(c for c in shown if c.startswith("Rendering"))) < len(shown) - 1
@@ -130,9 +131,9 @@ async def test_over_quota_is_refused_with_the_reset_time(world: World) -> None:
     assert second.followups == []
 
 
-@pytest.mark.bot_settings(run_worker=False)
 async def test_cancel_while_queued_refunds(world: World) -> None:
     await create_avatar(world, world.alice)
+    world.bot.services.dispatcher.pause()  # the render stays in line
     result = await render(world, world.alice)
     assert result.response.content.startswith("Queued")
     [cancel_id] = button_ids(result.response)

@@ -1,4 +1,5 @@
-"""The bot's shared helpers, without Discord: images, throttling, retries, error messages."""
+"""The bot's shared helpers, without Discord: images, progress bars, transient errors, error
+messages."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from discord import app_commands
 from PIL import Image
 
 from bot.errors import InternalError, QuotaExceeded
-from bot.ui.delivery import only_member
+from bot.cogs.render.delivery import only_member
+from bot.cogs.render.progress import progress_bar
 from bot.ui.errors import user_message
 from bot.ui.images import contact_sheet, fit_all, fit_to_filesize
 from bot.ui.jobs import PollBackoff
-from bot.ui.progress import ProgressThrottle, progress_bar
-from bot.ui.retry import is_transient, with_retries
 from bot.ui.sync import tree_hash
+from bot.ui.webhooks import is_transient
 from tests.fixtures.discord import object_photo
 
 
@@ -65,20 +66,9 @@ def test_fit_all_shares_the_limit_between_files() -> None:
     assert fit_all([], 10) == []
 
 
-def test_progress_throttle_lets_one_update_through_per_interval() -> None:
-    now = [100.0]
-    throttle = ProgressThrottle(1.5, clock=lambda: now[0])
-    assert throttle.should_emit(1, 0.1)
-    assert not throttle.should_emit(1, 0.2)
-    now[0] += 1.0
-    assert not throttle.should_emit(1, 0.3)
-    assert throttle.should_emit(2, 0.3)  # another job has its own pace
-    now[0] += 0.6
-    assert throttle.should_emit(1, 0.4)
-    assert throttle.should_emit(1, 0.0)  # restarted from zero: shown at once
-    throttle.forget(1)
-    assert len(throttle) == 1
+def test_progress_bar() -> None:
     assert progress_bar(0.5, width=4) == "▰▰▱▱ 50%"
+    assert progress_bar(1.7, width=4) == "▰▰▰▰ 100%"
 
 
 def test_poll_backoff_doubles_while_idle_and_resets_on_activity() -> None:
@@ -99,36 +89,9 @@ def http_error(status: int) -> discord.HTTPException:
     return discord.HTTPException(_Response(status), {"code": 0, "message": "x"})  # type: ignore[arg-type]
 
 
-async def test_with_retries_retries_transient_errors_only() -> None:
-    calls = []
-
-    async def flaky() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise http_error(503 if len(calls) == 1 else 429)
-        return "ok"
-
-    assert await with_retries(flaky, what="test", base_delay=0) == "ok"
-    assert len(calls) == 3
-
-    async def forbidden() -> None:
-        calls.append(1)
-        raise http_error(403)
-
-    calls.clear()
-    with pytest.raises(discord.HTTPException):
-        await with_retries(forbidden, what="test", base_delay=0)
-    assert len(calls) == 1
-
-    async def down() -> None:
-        calls.append(1)
-        raise http_error(500)
-
-    calls.clear()
-    with pytest.raises(discord.HTTPException):
-        await with_retries(down, what="test", attempts=3, base_delay=0)
-    assert len(calls) == 3
-    assert is_transient(http_error(502)) and not is_transient(http_error(404))
+def test_transient_errors_are_rate_limits_and_server_errors() -> None:
+    assert is_transient(http_error(502)) and is_transient(http_error(429))
+    assert not is_transient(http_error(404)) and not is_transient(http_error(403))
 
 
 def test_results_may_ping_only_their_member() -> None:

@@ -73,7 +73,8 @@ def test_avatar_session(
     )  # fmt: skip
     assert code == 0, err
     written = out.split()
-    assert written == [str(out_dir / "job1-seed7.png"), str(out_dir / "job1-seed8.png")]
+    # Job 1 was the avatar's creation (its checks and encoding); job 2 the render.
+    assert written == [str(out_dir / "job2-seed7.png"), str(out_dir / "job2-seed8.png")]
     for path in written:
         with Image.open(io.BytesIO(Path(path).read_bytes())) as image:
             assert (image.format, image.size) == ("PNG", (64, 64))

@@ -32,10 +32,12 @@ TABLES = {
     "consents",
     "features",
     "guild_settings",
+    "job_attempts",
     "job_outputs",
     "photos",
     "render_jobs",
     "usage_ledger",
+    "workers",
 }
 
 

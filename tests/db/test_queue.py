@@ -231,13 +231,36 @@ async def test_postgres_claims_skip_locked_rows_without_waiting(database: Databa
     async with database.begin() as s:
         first, second = await _enqueue(s, user_id=1, count=2)
     async with database.begin() as holder:
-        held = await claim_next(holder, worker_id="w1", lease_seconds=LEASE, now=T0)
-        assert held is not None and held.id == first
-        # The first claim is still uncommitted: a second claimer skips it, at once.
+        # A row locked by someone else (a cancellation in progress): the claim passes it
+        # over at once instead of waiting.
+        await holder.execute(
+            select(RenderJob.id).where(RenderJob.id == first).with_for_update()
+        )
         async with database.begin() as other:
             nxt = await asyncio.wait_for(
                 claim_next(other, worker_id="w2", lease_seconds=LEASE, now=T0), timeout=5
             )
+            assert nxt is not None and nxt.id == second
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_postgres_claims_are_serialised(database: Database) -> None:
+    """A claim waits for a claim in progress (the fair order must see it), then goes on."""
+    async with database.begin() as s:
+        (first,) = await _enqueue(s, user_id=1, count=1)
+        (second,) = await _enqueue(s, user_id=2, count=1)
+    async with database.begin() as holder:
+        held = await claim_next(holder, worker_id="w1", lease_seconds=LEASE, now=T0)
+        assert held is not None and held.id == first
+        async with database.begin() as other:
+            waiting = asyncio.ensure_future(
+                claim_next(other, worker_id="w2", lease_seconds=LEASE, now=T0)
+            )
+            done, _ = await asyncio.wait({waiting}, timeout=0.5)
+            assert not done  # blocked behind the first claim's lock
+            await holder.commit()
+            nxt = await asyncio.wait_for(waiting, timeout=30)
             assert nxt is not None and nxt.id == second
 
 

@@ -1,15 +1,29 @@
-"""Avatars: create, list, show, rename, delete, add/remove photos, lazy re-encoding."""
+"""Avatars: create (intake here, checks and encoding as a job), list, show, rename, delete,
+lazy re-encoding, and what a process without an engine knows of the workers' engine."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select, update
 
-from bot.errors import ConsentRequired, InvalidInput, NotFound, QuotaExceeded
+from bot.config import Settings
+from bot.errors import AvatarbotError, ConsentRequired, InvalidInput, NotFound, QuotaExceeded
 from bot.services.avatars import CONSENT_VERSION, NoUsablePhotos
-from bot.services.container import Services
-from db.models import Consent, Feature
-from tests.fixtures.services import GUILD, face_photo, make_avatar, make_photo, same_features
+from bot.services.container import Services, build_services
+from bot.services.ports import EnginePort
+from bot.services.results import RenderOptions
+from bot.services.workers import NoRenderWorker
+from db.models import Avatar, Consent, Feature, Photo
+from db.session import Database
+from tests.fixtures.services import (
+    CHANNEL,
+    GUILD,
+    create_now,
+    face_photo,
+    make_avatar,
+    make_photo,
+    same_features,
+)
 
 
 async def test_create_keeps_good_photos_and_explains_the_rest(services: Services) -> None:
@@ -20,8 +34,15 @@ async def test_create_keeps_good_photos_and_explains_the_rest(services: Services
         ("copy.png", make_photo(1)),  # same bytes as a.png
         ("a-small.png", make_photo(1, size=300)),  # the same picture, resized
     ]
-    created = await services.avatars.create(7, GUILD, "  Rex  ", "pet", files, consent=True)
+    ticket = await services.avatars.create(7, GUILD, "  Rex  ", "pet", files, consent=True)
+    assert ticket.avatar.pending and ticket.avatar.photo_count == 3
+    assert [r.filename for r in ticket.refused] == ["notes.png", "copy.png"]
+    with pytest.raises(InvalidInput, match="still being checked"):
+        await services.renders.request(7, GUILD, CHANNEL, "Rex", "a hat")
+    await services.dispatcher.run_job(ticket.job_id)
+    created = await services.avatars.creation_result(ticket.job_id)
     assert created.avatar.name == "Rex" and created.avatar.kind == "pet"
+    assert not created.avatar.pending
     assert created.kept == ("a.png", "b.jpg", "a-small.png")
     assert [(r.filename, r.reason) for r in created.refused] == [
         ("notes.png", "unsupported_format"),
@@ -37,10 +58,26 @@ async def test_create_keeps_good_photos_and_explains_the_rest(services: Services
 
 async def test_person_photos_are_checked_for_one_clear_face(services: Services) -> None:
     files = [("me.jpg", face_photo()), ("wall.png", make_photo(5))]
-    created = await services.avatars.create(7, GUILD, "Me", "person", files, consent=True)
+    created = await create_now(services, 7, GUILD, "Me", "person", files)
     assert created.kept == ("me.jpg",)
     assert [(r.filename, r.reason) for r in created.refused] == [("wall.png", "no_face")]
     assert "no face" in created.refused[0].message
+    assert created.avatar.photo_count == 1  # the refused photo is gone, bytes and all
+    async with services.database.begin(readonly=True) as session:
+        assert await session.scalar(select(func.count()).select_from(Photo)) == 1
+
+
+async def test_a_creation_the_worker_refuses_entirely_leaves_nothing(services: Services) -> None:
+    files = [("wall.png", make_photo(5)), ("notes.txt", b"text")]
+    with pytest.raises(AvatarbotError) as info:
+        await create_now(services, 7, GUILD, "Me", "person", files)
+    assert "None of the photos" in info.value.message
+    assert "wall.png" in info.value.message and "notes.txt" in info.value.message
+    assert await services.avatars.list(7) == []  # the pending avatar went with the job
+    async with services.database.begin(readonly=True) as session:
+        assert await session.scalar(select(func.count()).select_from(Avatar)) == 0
+        assert await session.scalar(select(func.count()).select_from(Photo)) == 0
+    assert await make_avatar(services, 7, "Me") == "Me"  # the name is free again
 
 
 async def test_create_refusals(services: Services) -> None:
@@ -113,48 +150,56 @@ async def test_rename_and_delete(services: Services) -> None:
         assert await session.scalar(select(func.count()).select_from(Consent)) == 1
 
 
-async def test_add_and_remove_photos_reencode(services: Services) -> None:
-    await make_avatar(services, 7, "Mia", photos=2)
-    before = await _feature_bytes(services)
-    added = await services.avatars.add_photos(
-        7, "Mia", [("new.png", make_photo(50)), ("dup.png", make_photo(700, size=256))]
-    )
-    assert added.kept == ("new.png",)
-    assert [(r.filename, r.reason) for r in added.refused] == [("dup.png", "duplicate")]
-    assert added.avatar.photo_count == 3
-    after_add = await _feature_bytes(services)
-    assert not same_features(after_add, before)  # re-encoded from three photos
-
-    third = (await services.avatars.photos(7, "Mia"))[2]
-    view = await services.avatars.remove_photo(7, "Mia", 1)
-    assert view.photo_count == 2
-    assert (await services.avatars.photos(7, "Mia"))[1] == third  # renumbered, order kept
-    assert not same_features(await _feature_bytes(services), after_add)
-    with pytest.raises(InvalidInput):
-        await services.avatars.remove_photo(7, "Mia", 3)
-    await services.avatars.remove_photo(7, "Mia", 1)
-    with pytest.raises(InvalidInput, match="at least one"):
-        await services.avatars.remove_photo(7, "Mia", 1)
-    with pytest.raises(InvalidInput, match="at most 10"):
-        await services.avatars.add_photos(
-            7, "Mia", [(f"{i}.png", make_photo(90 + i)) for i in range(10)]
-        )
-
-
 async def test_stale_features_are_reencoded_lazily(services: Services) -> None:
     await make_avatar(services, 7, "Mia")
-    avatar = await services.avatars.get(7, "Mia")
     fresh = await _feature_bytes(services)
     async with services.database.begin() as session:
         await session.execute(update(Feature).values(encoder_id="some-older-encoder"))
     assert not (await services.avatars.get(7, "Mia")).features_ready
-    personalizer = services.engine.default_personalizer()
-    data = await services.avatars.features_for(avatar.id, personalizer)
-    assert same_features(data, fresh)  # the same photos through the same encoder
+    ticket = await services.renders.request(7, GUILD, CHANNEL, "Mia", "a hat")
+    assert (await services.dispatcher.run_job(ticket.job_id)).status == "done"
+    facts = await services.workers.current_facts()
+    current = facts.encoder_id(facts.default_personalizer)
     async with services.database.begin(readonly=True) as session:
-        ids = sorted((await session.scalars(select(Feature.encoder_id))).all())
-    assert ids == sorted(["some-older-encoder", services.engine.encoder_id(personalizer)])
+        rows = (await session.scalars(select(Feature).order_by(Feature.encoder_id))).all()
+    assert sorted(r.encoder_id for r in rows) == sorted(["some-older-encoder", current])
+    reencoded = next(r for r in rows if r.encoder_id == current)
+    # The same photos through the same encoder.
+    assert same_features(services.cipher.open(reencoded.data, b"features"), fresh)
     assert (await services.avatars.get(7, "Mia")).features_ready
+
+
+async def test_a_process_without_an_engine_uses_the_workers_facts(
+    database: Database, settings: Settings, tiny_engine_port: EnginePort
+) -> None:
+    bot = await build_services(settings, database, None)
+    assert not bot.dispatcher.claims
+    with pytest.raises(NoRenderWorker):
+        await bot.workers.current_facts()
+    with pytest.raises(NoRenderWorker):
+        await bot.avatars.create(7, GUILD, "Mia", "object", [("a.png", make_photo(1))], True)
+
+    worker = await build_services(settings, database, tiny_engine_port)
+    await worker.dispatcher.start()  # registers its engine's facts
+    try:
+        facts = await bot.workers.current_facts()
+        assert facts == tiny_engine_port.facts()
+        assert facts.count_tokens("a photo of a cat") == tiny_engine_port.facts().count_tokens(
+            "a photo of a cat"
+        )
+        ticket = await bot.avatars.create(
+            7, GUILD, "Mia", "object", [("a.png", make_photo(1))], consent=True
+        )
+        done = await worker.dispatcher.run_job(ticket.job_id)
+        assert done.status == "done"
+        with pytest.raises(InvalidInput, match="too long"):
+            await bot.renders.request(7, GUILD, CHANNEL, "Mia", "cat " * 80)
+        job = await bot.renders.request(7, GUILD, CHANNEL, "Mia", "a hat", RenderOptions())
+        view = await bot.jobs.view(job.job_id)
+        assert view.settings.steps == settings.engine.default_steps
+        assert max(view.settings.width, view.settings.height) == facts.native_size
+    finally:
+        await worker.aclose()
 
 
 async def _feature_bytes(services: Services) -> bytes:

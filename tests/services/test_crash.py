@@ -62,13 +62,18 @@ async def test_sigkill_mid_render_then_restart(
         settings,
         database,
         tiny_engine_port,
-        dispatcher_config=DispatcherConfig(exclusive=True, poll_seconds=0.1),
+        dispatcher_config=DispatcherConfig(exclusive=True, poll_seconds=0.1, reap_seconds=1),
     )
-    await restarted.dispatcher.start()
+    finished = asyncio.Event()
+    restarted.events.subscribe(
+        lambda e: finished.set() if (e.kind, e.job_id) == ("finished", ticket.job_id) else None
+    )
+    await restarted.start()
     try:
-        done = await restarted.dispatcher.wait_finished(ticket.job_id, within=120)
+        await asyncio.wait_for(finished.wait(), 120)
+        done = await restarted.jobs.view(ticket.job_id)
     finally:
-        await restarted.dispatcher.stop()
+        await restarted.aclose()
     assert (done.status, done.attempts, done.output_count) == ("done", 2, 1)
     async with database.begin(readonly=True) as session:
         ledger = (await session.execute(select(UsageLedger.entry, UsageLedger.job_id))).all()

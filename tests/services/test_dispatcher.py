@@ -1,5 +1,6 @@
-"""The dispatcher: rendering through the tiny engine, observers, fairness, failures with
-refunds, cancellation (in process and from another process), recovery, graceful stop."""
+"""The job loop: rendering through the tiny engine, events, fairness (also under concurrent
+claims), failures with refunds, cancellation (in process and from another process), leases
+reaped under load, attempt history, graceful stop."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy import select, update
 from bot.config import QuotaDefaults, Settings
 from bot.services.container import Services, build_services
 from bot.services.dispatcher import DispatcherConfig
-from bot.services.events import JobObserver
+from bot.services.events import JobEvent, JobEventKind
 from bot.services.jobs import MAX_ATTEMPTS
 from bot.services.ports import EnginePort
 from bot.services.results import JobView, RenderOptions
@@ -23,27 +24,38 @@ from db.session import Database
 from db.types import utcnow
 from tests.fixtures.services import CHANNEL, GUILD, SlowEngine, make_avatar, service_settings
 
-FAST = DispatcherConfig(concurrency=2, lease_seconds=0.6, poll_seconds=0.1)
+FAST = DispatcherConfig(concurrency=2, lease_seconds=0.6, poll_seconds=0.1, reap_seconds=0.2)
 
 
-class Recorder(JobObserver):
-    def __init__(self) -> None:
-        self.events: list[tuple[str, int, object]] = []
+class Recorder:
+    """Collects job events; ``wait_for`` waits (bounded) for one to arrive."""
 
-    async def job_started(self, job: JobView) -> None:
-        self.events.append(("started", job.id, job.status))
+    def __init__(self, services: Services) -> None:
+        self.events: list[JobEvent] = []
+        self._changed = asyncio.Event()
+        self.remove = services.events.subscribe(self._on_event)
 
-    async def job_progress(self, job_id: int, fraction: float) -> None:
-        self.events.append(("progress", job_id, fraction))
+    @classmethod
+    async def listen(cls, services: Services) -> Recorder:
+        """A recorder on ``services``' events, listening (on PostgreSQL: LISTEN) from now."""
+        recorder = cls(services)
+        await services.events.start()
+        return recorder
 
-    async def job_requeued(self, job: JobView) -> None:
-        self.events.append(("requeued", job.id, job.status))
+    def _on_event(self, event: JobEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
 
-    async def job_finished(self, job: JobView) -> None:
-        self.events.append(("finished", job.id, job.status))
+    def kinds(self, job_id: int) -> list[JobEventKind]:
+        return [e.kind for e in self.events if e.job_id == job_id]
 
-    def kinds(self, job_id: int) -> list[str]:
-        return [kind for kind, jid, _ in self.events if jid == job_id]
+    async def wait_for(self, kind: JobEventKind, job_id: int, within: float = 60.0) -> None:
+        async def seen() -> None:
+            while JobEvent(kind, job_id) not in self.events:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(seen(), within)
 
 
 async def _build(
@@ -52,42 +64,58 @@ async def _build(
     return await build_services(settings, database, engine, dispatcher_config=config)
 
 
-async def _wait_status(services: Services, job_id: int, status: str) -> JobView:
-    for _ in range(400):
-        view = await services.jobs.view(job_id)
-        if view.status == status:
-            return view
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"job {job_id} never reached {status}: {view.status}")
-
-
 async def _ledger(services: Services) -> list[tuple[str, int | None]]:
     async with services.database.begin(readonly=True) as session:
         rows = (await session.scalars(select(UsageLedger).order_by(UsageLedger.id))).all()
     return [(LedgerEntry(r.entry).value, r.job_id) for r in rows]
 
 
-async def test_renders_through_the_engine_and_notifies(services: Services) -> None:
-    recorder = Recorder()
-    remove = services.dispatcher.add_observer(recorder)
+async def _finished(services: Services, recorder: Recorder, job_id: int) -> JobView:
+    await recorder.wait_for(JobEventKind.FINISHED, job_id)
+    return await services.jobs.view(job_id)
+
+
+async def test_renders_through_the_engine_and_announces_each_step(services: Services) -> None:
+    recorder = await Recorder.listen(services)
     await make_avatar(services, 7, "Mia")
-    await services.dispatcher.start()
+    await services.start()
     ticket = await services.renders.request(
         7, GUILD, CHANNEL, "Mia", "a cat", RenderOptions(count=2, seed=11, aspect="landscape")
     )
-    view = await services.dispatcher.wait_finished(ticket.job_id, within=60)
+    view = await _finished(services, recorder, ticket.job_id)
     assert (view.status, view.seeds, view.output_count, view.progress) == ("done", (11, 12), 2, 1)
     images = [Image.open(io.BytesIO(b)) for b in await services.jobs.outputs(ticket.job_id)]
     assert [(i.format, i.size) for i in images] == [("PNG", (80, 64))] * 2
-    await asyncio.sleep(0.05)  # observer hooks run as their own tasks
     kinds = recorder.kinds(ticket.job_id)
-    assert kinds[0] == "started" and kinds[-1] == "finished" and "progress" in kinds
+    assert kinds[0] is JobEventKind.ENQUEUED and kinds[1] is JobEventKind.STARTED
+    assert kinds[-1] is JobEventKind.FINISHED
     assert [j.id for j in await services.jobs.undelivered()] == [ticket.job_id]
     assert await services.jobs.mark_delivered(ticket.job_id)
     assert not await services.jobs.mark_delivered(ticket.job_id)
     assert await services.jobs.undelivered() == []
     assert await _ledger(services) == [("reserve", ticket.job_id)]
-    remove()
+    history = await services.jobs.history(ticket.job_id)
+    [attempt] = history.attempts
+    assert (attempt.worker_id, attempt.outcome) == (services.dispatcher.worker_id, "done")
+    assert attempt.ended_at is not None and attempt.ended_at >= attempt.claimed_at
+    recorder.remove()
+
+
+async def test_progress_is_recorded_and_announced_while_rendering(
+    database: Database, settings: Settings, tiny_engine_port: EnginePort
+) -> None:
+    engine = SlowEngine(tiny_engine_port, delay=1.0)
+    config = DispatcherConfig(concurrency=1, lease_seconds=3, progress_seconds=0.1)
+    services = await _build(database, settings, engine, config)
+    recorder = await Recorder.listen(services)
+    await make_avatar(services, 7, "Mia")
+    await services.start()
+    ticket = await services.renders.request(7, GUILD, CHANNEL, "Mia", "a cat")
+    await recorder.wait_for(JobEventKind.PROGRESS, ticket.job_id)
+    running = await services.jobs.view(ticket.job_id)
+    assert running.status in ("running", "done") and running.progress > 0
+    await _finished(services, recorder, ticket.job_id)
+    await services.aclose()
 
 
 async def test_fair_round_robin_across_users(
@@ -107,13 +135,48 @@ async def test_fair_round_robin_across_users(
     assert order == [a_jobs[0], b_ticket.job_id, a_jobs[1]]
 
 
+async def test_concurrent_claims_keep_the_fair_order(
+    database: Database, tmp_path, tiny_engine_port
+) -> None:  # type: ignore[no-untyped-def]
+    """Three workers claim at the same moment: each serves a different member. (Without
+    serialised claims, PostgreSQL handed A's two jobs out together: the "least recently
+    served" order only sees committed claims.)"""
+    quotas = QuotaDefaults(renders_per_day=50, queued_per_member=25, queued_per_guild=50)
+    services = await _build(database, service_settings(tmp_path, quotas=quotas), tiny_engine_port)
+    for user in (1, 2, 3):
+        await make_avatar(services, user, f"U{user}", photos=1)
+    jobs = {}
+    for user, count in ((1, 3), (2, 1), (3, 1)):
+        for i in range(count):
+            ticket = await services.renders.request(user, GUILD, CHANNEL, f"U{user}", f"p{i}")
+            jobs[ticket.job_id] = user
+
+    async def claim(worker: str) -> int | None:
+        async with database.begin() as session:
+            job = await queue.claim_next(session, worker_id=worker, lease_seconds=30, now=utcnow())
+            return None if job is None else job.id
+
+    for _ in range(5):  # several rounds: any overlap would show up
+        claimed = await asyncio.gather(*(claim(f"w{i}") for i in range(3)))
+        assert None not in claimed
+        assert sorted(jobs[j] for j in claimed if j is not None) == [1, 2, 3]
+        async with database.begin() as session:
+            await session.execute(
+                update(RenderJob)
+                .where(RenderJob.id.in_(claimed))
+                .values(status="queued", worker_id=None, lease_expires_at=None)
+            )
+        # Back in the queue, but each of them has been served once now.
+        async with database.begin() as session:
+            await session.execute(update(RenderJob).values(started_at=utcnow()))
+
+
 async def test_failures_are_refunded_with_the_state_change(
     database: Database, settings: Settings, tiny_engine_port: EnginePort
 ) -> None:
     engine = SlowEngine(tiny_engine_port)
     services = await _build(database, settings, engine)
-    recorder = Recorder()
-    services.dispatcher.add_observer(recorder)
+    recorder = await Recorder.listen(services)
     await make_avatar(services, 7, "Mia")
     await make_avatar(services, 7, "Gone")
     orphan = await services.renders.request(7, GUILD, CHANNEL, "Gone", "a cat")
@@ -136,8 +199,9 @@ async def test_failures_are_refunded_with_the_state_change(
         ("refund", broken.job_id),
     ]
     assert (await services.quotas.usage(GUILD, 7)).used == 0
-    await asyncio.sleep(0.05)
-    assert ("finished", broken.job_id, "failed") in recorder.events
+    await recorder.wait_for(JobEventKind.FINISHED, broken.job_id)
+    [attempt] = (await services.jobs.history(broken.job_id)).attempts
+    assert attempt.outcome == "failed" and "reference" in (attempt.error or "")
 
 
 async def test_cancel_while_running_stops_the_render_and_refunds_once(
@@ -146,30 +210,31 @@ async def test_cancel_while_running_stops_the_render_and_refunds_once(
     engine = SlowEngine(tiny_engine_port, delay=5.0)
     services = await _build(database, settings, engine)
     other_process = await _build(database, settings, engine)  # shares only the database
+    recorder = await Recorder.listen(services)
     await make_avatar(services, 7, "Mia")
-    await services.dispatcher.start()
+    await services.start()
 
-    # Cancelled here: the dispatcher hears it at once.
+    # Cancelled here: the event reaches the loop at once.
     first = await services.renders.request(7, GUILD, CHANNEL, "Mia", "one")
-    await _wait_status(services, first.job_id, "running")
+    await engine.rendering(1)
     await services.renders.cancel(7, first.job_id)
-    for _ in range(100):
+    for _ in range(200):
         if engine.renders_cancelled == 1:
             break
         await asyncio.sleep(0.02)
     assert engine.renders_cancelled == 1
 
-    # Cancelled by another process: the lease renewal finds out.
+    # Cancelled by another process (SQLite: its events stay there): the lease renewal tells.
     second = await services.renders.request(7, GUILD, CHANNEL, "Mia", "two")
-    await _wait_status(services, second.job_id, "running")
+    await engine.rendering(2)
     await other_process.renders.cancel(7, second.job_id)
-    for _ in range(200):
+    for _ in range(400):
         if engine.renders_cancelled == 2:
             break
         await asyncio.sleep(0.02)
     assert engine.renders_cancelled == 2
 
-    await services.dispatcher.stop()
+    await services.aclose()
     assert [(await services.jobs.view(j)).status for j in (first.job_id, second.job_id)] == [
         "cancelled",
         "cancelled",
@@ -182,11 +247,12 @@ async def test_cancel_while_running_stops_the_render_and_refunds_once(
     ]
     async with database.begin(readonly=True) as session:
         assert (await session.scalars(select(JobOutput))).all() == []
+    [attempt] = (await services.jobs.history(first.job_id)).attempts
+    assert attempt.outcome == "cancelled"
 
 
 async def test_recovery_requeues_then_gives_up_and_refunds(services: Services) -> None:
-    recorder = Recorder()
-    services.dispatcher.add_observer(recorder)
+    recorder = await Recorder.listen(services)
     await make_avatar(services, 7, "Mia")
     ticket = await services.renders.request(7, GUILD, CHANNEL, "Mia", "a cat")
     long_ago = utcnow() - timedelta(minutes=5)
@@ -195,35 +261,67 @@ async def test_recovery_requeues_then_gives_up_and_refunds(services: Services) -
     report = await services.jobs.recover()
     assert [v.id for v in report.requeued] == [ticket.job_id] and report.given_up == []
     assert (await services.jobs.view(ticket.job_id)).status == "queued"
+    await recorder.wait_for(JobEventKind.REQUEUED, ticket.job_id)
 
     async with services.database.begin() as session:  # ... and dies on its last attempt
         await queue.claim_next(session, worker_id="dead", lease_seconds=1, now=long_ago)
         await session.execute(update(RenderJob).values(attempts=MAX_ATTEMPTS))
-    await services.dispatcher.start()  # recovery runs at start and tells the observers
-    view = await _wait_status(services, ticket.job_id, "failed")
-    assert "interrupted" in (view.error or "")
-    await asyncio.sleep(0.05)
-    assert ("finished", ticket.job_id, "failed") in recorder.events
+    await services.start()  # recovery runs at start and announces the outcome
+    await recorder.wait_for(JobEventKind.FINISHED, ticket.job_id)
+    view = await services.jobs.view(ticket.job_id)
+    assert view.status == "failed" and "interrupted" in (view.error or "")
     assert [j.id for j in await services.jobs.undelivered()] == [ticket.job_id]
     assert await _ledger(services) == [("reserve", ticket.job_id), ("refund", ticket.job_id)]
+    history = await services.jobs.history(ticket.job_id)
+    assert [(a.number, a.worker_id, a.outcome) for a in history.attempts] == [
+        (1, "dead", "lost"),
+        (2, "dead", "lost"),
+    ]
 
 
-async def test_graceful_stop_puts_the_running_job_back(
+async def test_expired_leases_are_reaped_while_every_slot_is_busy(
+    database: Database, settings: Settings, tiny_engine_port: EnginePort
+) -> None:
+    """A loop whose slots are all taken by long jobs still reaps a dead worker's job (it is
+    requeued without waiting for the queue to empty), and runs it once a slot frees."""
+    engine = SlowEngine(tiny_engine_port, delay=2.0)
+    config = DispatcherConfig(concurrency=1, lease_seconds=30, reap_seconds=0.2)
+    services = await _build(database, settings, engine, config)
+    recorder = await Recorder.listen(services)
+    await make_avatar(services, 7, "Mia")
+    await make_avatar(services, 8, "Max")
+    dead = await services.renders.request(8, GUILD, CHANNEL, "Max", "orphaned")
+    async with database.begin() as session:  # claimed by a worker that then died
+        await queue.claim_next(session, worker_id="dead", lease_seconds=0.5, now=utcnow())
+    busy = await services.renders.request(7, GUILD, CHANNEL, "Mia", "long")
+    await services.start()
+    await recorder.wait_for(JobEventKind.STARTED, busy.job_id)
+    await recorder.wait_for(JobEventKind.REQUEUED, dead.job_id)
+    assert (await services.jobs.view(busy.job_id)).status == "running"  # still busy
+    done = await _finished(services, recorder, dead.job_id)
+    assert (done.status, done.attempts) == ("done", 2)
+    await services.aclose()
+
+
+async def test_graceful_stop_hands_the_running_job_back(
     database: Database, settings: Settings, tiny_engine_port: EnginePort
 ) -> None:
     engine = SlowEngine(tiny_engine_port, delay=5.0)
     services = await _build(database, settings, engine)
+    recorder = await Recorder.listen(services)
     await make_avatar(services, 7, "Mia")
-    await services.dispatcher.start()
+    await services.start()
     ticket = await services.renders.request(7, GUILD, CHANNEL, "Mia", "a cat")
-    await _wait_status(services, ticket.job_id, "running")
-    await services.dispatcher.stop()
+    await recorder.wait_for(JobEventKind.STARTED, ticket.job_id)
+    await services.aclose()
     view = await services.jobs.view(ticket.job_id)
     assert (view.status, view.attempts) == ("queued", 0)
     engine.delay = 0.0
     restarted = await _build(database, settings, engine)
-    await restarted.dispatcher.start()
-    done = await restarted.dispatcher.wait_finished(ticket.job_id, within=60)
-    await restarted.dispatcher.stop()
+    done = await restarted.dispatcher.run_job(ticket.job_id)
     assert (done.status, done.attempts) == ("done", 1)
     assert await _ledger(services) == [("reserve", ticket.job_id)]
+    history = await restarted.jobs.history(ticket.job_id)
+    assert [a.outcome for a in history.attempts] == ["handed_back", "done"]
+    workers = {w.id: w for w in await services.workers.list()}
+    assert workers[services.dispatcher.worker_id].stopped_at is not None

@@ -74,6 +74,7 @@ async def test_forget_me_erases_every_row_and_byte(services: Services) -> None:
 
     report = await services.privacy.forget_me(7)
     assert (report.avatars, report.photos, report.features, report.consents) == (1, 3, 1, 1)
+    # One render (the avatar's creation job goes too, not counted as a render).
     assert (report.jobs, report.outputs, report.ledger_rows_anonymised) == (1, 1, 1)
     assert await services.avatars.list(7) == []
     async with services.database.begin(readonly=True) as session:

@@ -15,14 +15,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.avatars.views import (
-    CreateAvatarModal,
-    Uploaded,
-    avatar_embed,
-    creation_summary,
-    sheet_file,
-)
+from bot.cogs.avatars.creation import CreationMessages
+from bot.cogs.avatars.views import CreateAvatarModal, Uploaded, avatar_embed, sheet_file
 from bot.errors import AvatarbotError
+from bot.services.container import Services
+from bot.services.results import InteractionRef
 from bot.ui.confirm import ask
 from bot.ui.errors import NO_MENTIONS, discord_time
 from bot.ui.images import DEFAULT_FILESIZE_LIMIT
@@ -64,11 +61,12 @@ async def avatar_name_autocomplete(
 
 
 class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your avatars"):
-    def __init__(self, bot: AvatarBot) -> None:
+    def __init__(self, bot: AvatarBot, creations: CreationMessages) -> None:
         self.bot = bot
+        self.creations = creations
 
     @property
-    def services(self):  # type: ignore[no-untyped-def]
+    def services(self) -> Services:
         return self.bot.services
 
     # -------------------------------------------------------------------- create
@@ -85,21 +83,27 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
         await interaction.response.send_modal(modal)
 
     async def _finish_create(
-        self, interaction: discord.Interaction, name: str, kind: str, files: Uploaded, consent: bool
+        self,
+        interaction: discord.Interaction,
+        ref: InteractionRef,
+        name: str,
+        kind: str,
+        files: Uploaded,
+        consent: bool,
     ) -> None:
-        created = await self.services.avatars.create(
-            interaction.user.id, interaction.guild_id, name, kind, files, consent
+        # Intake here; the subject checks and the encoding are a job a worker runs. The same
+        # private message then shows the summary (creation.py).
+        ticket = await self.services.avatars.create(
+            interaction.user.id,
+            interaction.guild_id,
+            name,
+            kind,
+            files,
+            consent,
+            channel_id=interaction.channel_id,
+            interaction=ref,
         )
-        photos = await self.services.avatars.photos(interaction.user.id, created.avatar.name)
-        limit = getattr(interaction, "filesize_limit", DEFAULT_FILESIZE_LIMIT)
-        sheet = await asyncio.to_thread(sheet_file, photos, list(created.kept), limit)
-        await interaction.followup.send(
-            creation_summary(created),
-            embed=avatar_embed(created.avatar, sheet),
-            file=sheet,
-            ephemeral=True,
-            allowed_mentions=NO_MENTIONS,
-        )
+        await self.creations.checking(ticket, ref)
 
     # -------------------------------------------------------------------- reading
 

@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable
 import discord
 
 from bot.services.avatars import CONSENT_TEXT
-from bot.services.results import AvatarCreated, AvatarView
+from bot.services.results import AvatarCreated, AvatarView, InteractionRef
 from bot.ui.errors import report_error
 from bot.ui.images import contact_sheet, fit_to_filesize
+from bot.ui.webhooks import interaction_ref
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,9 @@ KIND_CHOICES = (
 
 # What the submitted form carries once its attachments are read.
 Uploaded = list[tuple[str, bytes]]
-CreateHandler = Callable[[discord.Interaction, str, str, Uploaded, bool], Awaitable[None]]
+CreateHandler = Callable[
+    [discord.Interaction, InteractionRef, str, str, Uploaded, bool], Awaitable[None]
+]
 
 
 class CreateAvatarModal(discord.ui.Modal, title="Create an avatar"):
@@ -80,11 +83,12 @@ class CreateAvatarModal(discord.ui.Modal, title="Create an avatar"):
         self.add_item(discord.ui.Label(text="Consent", component=self.consent_input))
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        response = await interaction.response.defer(ephemeral=True, thinking=True)
+        ref = interaction_ref(interaction, response)
         files = await read_attachments(self.photos_input.values, self._max_bytes)
         kind = self.kind_select.values[0] if self.kind_select.values else ""
         consent = CONSENT_VALUE in self.consent_input.values
-        await self._on_create(interaction, self.name_input.value, kind, files, consent)
+        await self._on_create(interaction, ref, self.name_input.value, kind, files, consent)
 
     async def on_error(  # type: ignore[override]
         self, interaction: discord.Interaction, error: Exception, /

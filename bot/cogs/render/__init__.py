@@ -1,22 +1,33 @@
-"""Rendering: ``/avatar render``, progress, results and their buttons."""
+"""Rendering: ``/avatar render``, its progress messages, results and their buttons.
+
+The whole Discord side of the render feature lives in this package: the command and buttons
+(``cog.py``, ``views.py``), what members see while a job waits and runs (``progress.py``) and
+how results reach them (``delivery.py``). ``setup`` wires them with arguments and registers the
+presenter of render jobs with the bot's job feed.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from bot.cogs.render.cog import RenderCog
+from bot.cogs.render.delivery import Delivery
+from bot.cogs.render.progress import RenderMessages
 from bot.cogs.render.views import DYNAMIC_ITEMS, result_embed, result_view
+from db.models import JobKind
 
 if TYPE_CHECKING:
     from bot.app import AvatarBot
 
 
 async def setup(bot: AvatarBot) -> None:
-    await bot.add_cog(RenderCog(bot))
+    jobs = bot.services.jobs
+    delivery = Delivery(bot, jobs, result_embed=result_embed, result_view=result_view)
+    messages = RenderMessages(bot, jobs, delivery)
+    await bot.add_cog(RenderCog(bot, messages))
     # Buttons on messages posted before any restart are matched by their custom_id pattern.
     bot.add_dynamic_items(*DYNAMIC_ITEMS)
-    bot.jobs.delivery.result_embed = result_embed
-    bot.jobs.delivery.result_view = result_view
+    bot.jobs.register(JobKind.RENDER, messages)
 
 
 async def teardown(bot: AvatarBot) -> None:

@@ -2,14 +2,14 @@
 
 The command joins the ``/avatar`` group owned by the avatars cog (one group, two features):
 it is a plain ``app_commands.Command`` added to that group when this cog loads. What happens
-after the job is queued — progress, the result, notices — is the job notifier's work
-(bot/ui/jobs.py), driven by the dispatcher.
+after the job is queued — progress, the result, notices — is ``RenderMessages``' work
+(progress.py), driven by job events through the bot's job feed.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import discord
 from discord import app_commands
@@ -17,13 +17,11 @@ from discord.ext import commands
 
 from bot.cogs.avatars.cog import GUILD_ONLY, avatar_name_autocomplete
 from bot.services.prompts import MAX_PROMPT_CHARS, STYLE_PRESETS
-from bot.services.renders import MAX_SEED
-from bot.services.results import (
-    INTERACTION_TOKEN_LIFETIME,
-    InteractionRef,
-    JobTicket,
-    RenderOptions,
-)
+from bot.services.results import InteractionRef, JobTicket, RenderOptions
+from bot.ui.webhooks import interaction_ref
+from engine.types import MAX_SEED
+
+from .progress import RenderMessages
 
 if TYPE_CHECKING:
     from bot.app import AvatarBot
@@ -38,20 +36,6 @@ ASPECT_CHOICES = [
     app_commands.Choice(name="Portrait (2:3)", value="portrait"),
     app_commands.Choice(name="Landscape (3:2)", value="landscape"),
 ]
-
-
-def interaction_ref(
-    interaction: discord.Interaction, response: discord.InteractionCallbackResponse | None
-) -> InteractionRef:
-    """What the dispatcher needs to answer this interaction later (its token lives 15 min)."""
-    message_id = getattr(response, "message_id", None) if response is not None else None
-    return InteractionRef(
-        application_id=interaction.application_id,
-        token=interaction.token,
-        # Discord's clock: the token's lifetime is counted on Discord's side.
-        expires_at=interaction.created_at + INTERACTION_TOKEN_LIFETIME,
-        message_id=message_id,
-    )
 
 
 @app_commands.command(name="render", description="Render your avatar in a scene")
@@ -82,7 +66,7 @@ async def render_command(
         await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
         return
     response = await interaction.response.defer(ephemeral=True, thinking=True)
-    cog: RenderCog = interaction.client.get_cog("RenderCog")  # type: ignore[assignment,attr-defined]
+    cog = RenderCog.of(interaction)
     options = RenderOptions(
         negative_prompt=negative_prompt or "",
         style=style.value if style else "none",
@@ -105,8 +89,19 @@ async def render_command(
 
 
 class RenderCog(commands.Cog):
-    def __init__(self, bot: AvatarBot) -> None:
+    def __init__(self, bot: AvatarBot, messages: RenderMessages) -> None:
         self.bot = bot
+        self.messages = messages
+
+    @staticmethod
+    def of(interaction: discord.Interaction) -> RenderCog:
+        """The loaded cog, from an interaction's client."""
+        cog = interaction.client.get_cog("RenderCog")  # type: ignore[attr-defined]
+        if cog is None:
+            raise RuntimeError("the render cog is not loaded")
+        # Not an isinstance check: discord.py re-imports an extension's modules when a bot
+        # loads it again (a restart in tests), so the class object may be a newer copy.
+        return cast(RenderCog, cog)
 
     async def cog_load(self) -> None:
         group = self.bot.tree.get_command("avatar")
@@ -125,7 +120,7 @@ class RenderCog(commands.Cog):
         """Reroll or Variations on a posted result: a new job from the old one (owner only)."""
         response = await interaction.response.defer(ephemeral=True, thinking=True)
         ref = interaction_ref(interaction, response)
-        renders: Any = self.bot.services.renders
+        renders = self.bot.services.renders
         start = renders.variations if variations else renders.reroll
         ticket = await start(interaction.user.id, job_id, ref)
         await self.queued(interaction, ticket, ref)
@@ -133,5 +128,4 @@ class RenderCog(commands.Cog):
     async def queued(
         self, interaction: discord.Interaction, ticket: JobTicket, ref: InteractionRef
     ) -> None:
-        self.bot.jobs.delivery.filesize_limits[ticket.job_id] = interaction.filesize_limit
-        await self.bot.jobs.notifier.show_queued(ticket, ref)
+        await self.messages.show_queued(ticket, ref, interaction.filesize_limit)

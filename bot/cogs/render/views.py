@@ -72,14 +72,18 @@ class RerollButton(JobButton, template=r"avatarbot:reroll:(?P<job>[0-9]+)"):
     style = discord.ButtonStyle.primary
 
     async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
-        await bot.get_cog("RenderCog").again(interaction, self.job_id, variations=False)  # type: ignore[union-attr]
+        from bot.cogs.render.cog import RenderCog  # the cog imports this module
+
+        await RenderCog.of(interaction).again(interaction, self.job_id, variations=False)
 
 
 class VariationsButton(JobButton, template=r"avatarbot:vary:(?P<job>[0-9]+)"):
     action, label, emoji = "vary", "Variations", "🔀"
 
     async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
-        await bot.get_cog("RenderCog").again(interaction, self.job_id, variations=True)  # type: ignore[union-attr]
+        from bot.cogs.render.cog import RenderCog  # the cog imports this module
+
+        await RenderCog.of(interaction).again(interaction, self.job_id, variations=True)
 
 
 class DeleteButton(JobButton, template=r"avatarbot:delete:(?P<job>[0-9]+)"):

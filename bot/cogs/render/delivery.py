@@ -1,11 +1,11 @@
-"""Getting a finished job's outcome to its member, whatever happened in between.
+"""Getting a finished render's outcome to its member, whatever happened in between.
 
 Within the interaction token's 15 minutes the result is a follow-up of the member's own
 interaction (and the private progress message is closed). Later — a long queue, a restart — it
 is a channel message that mentions that member only: ``allowed_mentions`` names one user and
-never @everyone or roles, whatever the prompt says. Transient Discord failures are retried; a
-job whose delivery still fails stays undelivered, so the next sweep tries again and nothing is
-lost.
+never @everyone or roles, whatever the prompt says. discord.py retries rate limits and server
+errors inside each request; when it gives up, ``DeliveryFailed`` leaves the job undelivered
+and the next sweep tries again, so nothing is lost and no retries stack.
 """
 
 from __future__ import annotations
@@ -14,23 +14,16 @@ import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
-from bot.services.results import InteractionRef, JobView
-from bot.ui.errors import NO_MENTIONS
+from bot.services.jobs import JobService
+from bot.services.results import JobView
 from bot.ui.images import DEFAULT_FILESIZE_LIMIT, fit_all
-from bot.ui.retry import is_transient, with_retries
-
-if TYPE_CHECKING:
-    from bot.app import AvatarBot
+from bot.ui.webhooks import edit_ref, is_transient, ref_usable, webhook
 
 logger = logging.getLogger(__name__)
-
-# Do not start a follow-up that may land after the token died mid-upload.
-TOKEN_MARGIN = timedelta(seconds=30)
 
 ViewFactory = Callable[[JobView], discord.ui.View]
 EmbedFactory = Callable[[JobView], discord.Embed]
@@ -48,37 +41,32 @@ class DeliveryFailed(Exception):
 
 
 class Delivery:
-    """Sends results and notices for jobs; the render cog provides the look (embed, view)."""
+    """Sends render results and notices; the look (embed, buttons) comes from the arguments."""
 
-    def __init__(self, bot: AvatarBot) -> None:
-        self.bot = bot
-        self.result_embed: EmbedFactory | None = None
-        self.result_view: ViewFactory | None = None
+    def __init__(
+        self,
+        client: discord.Client,
+        jobs: JobService,
+        *,
+        result_embed: EmbedFactory,
+        result_view: ViewFactory,
+    ) -> None:
+        self._client = client
+        self._jobs = jobs
+        self._result_embed = result_embed
+        self._result_view = result_view
         # The upload limit each job's interaction announced (in-memory: after a restart the
         # guild's limit, or Discord's default, applies).
-        self.filesize_limits: dict[int, int] = {}
+        self._filesize_limits: dict[int, int] = {}
 
-    # ------------------------------------------------------------------ decisions
-
-    def token_usable(self, job: JobView) -> bool:
-        return job.interaction is not None and self.ref_usable(job.interaction)
-
-    @staticmethod
-    def ref_usable(ref: InteractionRef) -> bool:
-        # Discord's clock, not the database's: the token lives 15 minutes on Discord's side.
-        return discord.utils.utcnow() < ref.expires_at - TOKEN_MARGIN
-
-    def _webhook(self, ref: InteractionRef) -> discord.Webhook:
-        webhook = discord.Webhook.partial(ref.application_id, ref.token, client=self.bot)
-        # An interaction's webhook: ephemeral follow-ups are allowed on it.
-        webhook.type = discord.WebhookType.application
-        return webhook
+    def remember_filesize_limit(self, job_id: int, limit: int) -> None:
+        self._filesize_limits[job_id] = limit
 
     def _filesize_limit(self, job: JobView) -> int:
-        limit = self.filesize_limits.get(job.id)
+        limit = self._filesize_limits.get(job.id)
         if limit is not None:
             return limit
-        guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
+        guild = self._client.get_guild(job.guild_id) if job.guild_id else None
         return guild.filesize_limit if guild is not None else DEFAULT_FILESIZE_LIMIT
 
     # ------------------------------------------------------------------ public
@@ -93,11 +81,11 @@ class Delivery:
             await self.edit_progress(job, "This render failed; see the message below.")
         else:  # cancelled: the member who cancelled was told when they clicked
             await self.edit_progress(job, "Cancelled. Your render was refunded.")
-        self.filesize_limits.pop(job.id, None)
-        await self.bot.services.jobs.mark_delivered(job.id)
+        self._filesize_limits.pop(job.id, None)
+        await self._jobs.mark_delivered(job.id)
 
     async def notify(self, job: JobView, text: str) -> None:
-        """A short private notice about a job (e.g. it was requeued after a restart)."""
+        """A short private notice about a job (e.g. it was requeued after a worker died)."""
         if not await self.edit_progress(job, text):
             await self._send(job, public=False, content=text)
 
@@ -105,32 +93,13 @@ class Delivery:
         self, job: JobView, content: str, view: discord.ui.View | None = None
     ) -> bool:
         """Edit the member's private progress message; False when that is not possible."""
-        if job.interaction is None:
-            return False
-        return await self.edit_ref(job.interaction, content, view)
-
-    async def edit_ref(
-        self, ref: InteractionRef, content: str, view: discord.ui.View | None = None
-    ) -> bool:
-        """Edit the progress message of the interaction ``ref`` while its token lives."""
-        if ref.message_id is None or not self.ref_usable(ref):
-            return False
-        webhook = self._webhook(ref)
-        try:
-            await webhook.edit_message(
-                ref.message_id, content=content, view=view, allowed_mentions=NO_MENTIONS
-            )
-        except discord.HTTPException as exc:
-            logger.info("progress edit of message %s failed: %s", ref.message_id, exc)
-            return False
-        return True
+        return await edit_ref(self._client, job.interaction, content, view=view)
 
     # ------------------------------------------------------------------ internals
 
     async def _deliver_result(self, job: JobView) -> None:
-        outputs = await self.bot.services.jobs.outputs(job.id)
+        outputs = await self._jobs.outputs(job.id)
         fitted = await asyncio.to_thread(fit_all, outputs, self._filesize_limit(job))
-        embed = self.result_embed(job) if self.result_embed else None
 
         def files() -> list[discord.File]:
             # Fresh File objects per attempt: a failed upload consumed the previous ones.
@@ -139,24 +108,19 @@ class Delivery:
                 for i, f in enumerate(fitted)
             ]
 
+        view = self._result_view(job)
+        # Its buttons are DynamicItems the bot recognises by custom_id after any restart; a
+        # stopped view is not kept in memory per message as well.
+        view.stop()
         await self._send(
             job,
             public=True,
             content=f"<@{job.user_id}>",
-            embed=embed,
+            embed=self._result_embed(job),
             files=files,
-            view=self._stopped_view(job),
+            view=view,
         )
         await self.edit_progress(job, "Done — your images are posted below.")
-
-    def _stopped_view(self, job: JobView) -> discord.ui.View | None:
-        if self.result_view is None:
-            return None
-        view = self.result_view(job)
-        # Its buttons are DynamicItems the bot recognises by custom_id after any restart;
-        # a stopped view is not kept in memory per message as well.
-        view.stop()
-        return view
 
     async def _send(
         self,
@@ -178,14 +142,10 @@ class Delivery:
                 out["view"] = view
             return out
 
-        if self.token_usable(job):
-            assert job.interaction is not None
-            webhook = self._webhook(job.interaction)
+        if job.interaction is not None and ref_usable(job.interaction):
+            hook = webhook(self._client, job.interaction)
             try:
-                await with_retries(
-                    lambda: webhook.send(wait=True, ephemeral=not public, **kwargs()),
-                    what=f"follow-up of job {job.id}",
-                )
+                await hook.send(wait=True, ephemeral=not public, **kwargs())
                 return
             except discord.HTTPException as exc:
                 if is_transient(exc):
@@ -198,18 +158,18 @@ class Delivery:
     async def _to_channel_or_dm(self, job: JobView, kwargs: Callable[[], dict[str, Any]]) -> None:
         attempts: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         if job.channel_id is not None:
-            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            channel = self._client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             attempts.append(("channel", lambda: channel.send(**kwargs())))
 
         async def dm() -> Any:
-            user = self.bot.get_user(job.user_id) or await self.bot.fetch_user(job.user_id)
+            user = self._client.get_user(job.user_id) or await self._client.fetch_user(job.user_id)
             return await user.send(**kwargs())
 
         attempts.append(("direct message", dm))
         last: BaseException | None = None
         for where, send in attempts:
             try:
-                await with_retries(send, what=f"{where} delivery of job {job.id}")
+                await send()
                 return
             except discord.HTTPException as exc:
                 last = exc

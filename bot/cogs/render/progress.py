@@ -1,0 +1,108 @@
+"""What a member sees while their render waits and runs, and when it ends (the render jobs'
+``JobPresenter``, registered with the bot's job feed).
+
+Each job's messages are edited under a per-job lock and in order of state (queued < running <
+finished), so a late "queued" edit never overwrites "rendering", nor "rendering" a result.
+Progress arrives at most every ``Settings.jobs.progress_seconds`` per job (the worker throttles
+it at the source), so every progress event is one edit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import discord
+
+from bot.services.events import JobEventKind
+from bot.services.jobs import JobService
+from bot.services.results import InteractionRef, JobTicket, JobView
+from bot.ui.webhooks import edit_ref
+
+from .delivery import Delivery, DeliveryFailed
+from .views import cancel_view
+
+logger = logging.getLogger(__name__)
+
+QUEUED, RUNNING, FINISHED = 0, 1, 2
+REQUEUED_TEXT = "The worker rendering this stopped; it is back in the queue and will run again."
+
+
+def progress_bar(fraction: float, width: int = 12) -> str:
+    """A text bar for a message: ``▰▰▰▱▱▱ 50%``."""
+    fraction = min(1.0, max(0.0, fraction))
+    filled = round(fraction * width)
+    return "▰" * filled + "▱" * (width - filled) + f" {round(fraction * 100)}%"
+
+
+class RenderMessages:
+    def __init__(self, client: discord.Client, jobs: JobService, delivery: Delivery) -> None:
+        self._client = client
+        self._jobs = jobs
+        self.delivery = delivery
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._shown: dict[int, int] = {}
+
+    def _lock(self, job_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(job_id, asyncio.Lock())
+
+    def _forget(self, job_id: int) -> None:
+        self._locks.pop(job_id, None)
+        self._shown.pop(job_id, None)
+
+    async def show_queued(
+        self, ticket: JobTicket, ref: InteractionRef, filesize_limit: int
+    ) -> None:
+        """Tell the member their render is in line (edits their private progress message)."""
+        self.delivery.remember_filesize_limit(ticket.job_id, filesize_limit)
+        where = "you're next" if ticket.position <= 1 else f"position {ticket.position} in line"
+        async with self._lock(ticket.job_id):
+            if self._shown.get(ticket.job_id, -1) > QUEUED:
+                return  # the worker was faster than this edit
+            self._shown[ticket.job_id] = QUEUED
+            await edit_ref(self._client, ref, f"Queued — {where}.", view=cancel_view(ticket.job_id))
+
+    # ------------------------------------------------------------------ JobPresenter
+
+    async def show(self, job: JobView, event: JobEventKind | None) -> None:
+        async with self._lock(job.id):
+            if self._shown.get(job.id, -1) > RUNNING:
+                return
+            if event is JobEventKind.REQUEUED:
+                self._shown[job.id] = QUEUED
+                try:
+                    await self.delivery.notify(job, REQUEUED_TEXT)
+                except DeliveryFailed as exc:
+                    logger.warning(
+                        "could not tell user %s about requeued job %s: %s",
+                        job.user_id,
+                        job.id,
+                        exc,
+                    )
+            if job.status != "running":
+                return
+            self._shown[job.id] = RUNNING
+            await self.delivery.edit_progress(
+                job, _running_text(job, job.progress), cancel_view(job.id)
+            )
+
+    async def deliver(self, job: JobView) -> bool:
+        """Deliver a finished job exactly once (an event and a sweep may both try)."""
+        async with self._lock(job.id):
+            self._shown[job.id] = FINISHED
+            fresh = await self._jobs.view(job.id)
+            if fresh.delivered_at is not None:
+                self._forget(job.id)
+                return False
+            try:
+                await self.delivery.deliver(fresh)
+            except DeliveryFailed as exc:
+                logger.warning("delivery of job %s postponed: %s", job.id, exc)
+                return False
+        self._forget(job.id)
+        return True
+
+
+def _running_text(job: JobView, fraction: float) -> str:
+    name = discord.utils.escape_markdown(job.avatar_name)
+    return f"Rendering **{name}** — {progress_bar(fraction)}"

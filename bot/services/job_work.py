@@ -1,0 +1,292 @@
+"""What a claimed job does on a worker, per kind: the GPU work, then what it writes.
+
+The dispatcher (bot/services/dispatcher.py) owns the lifecycle (claim, lease, outcome, events);
+a ``JobWork`` owns one kind's content:
+
+- ``run`` does the work outside any transaction (on SQLite a transaction holds the only write
+  lock, and rendering takes seconds) and returns an outcome;
+- ``commit`` writes that outcome in the transaction that marks the job done.
+
+``RenderWork`` renders an avatar (re-encoding it first when its cached features come from
+another encoder). ``EncodeWork`` is avatar creation's GPU half: it runs the subject checks on
+the photos the bot stored (faces for a person), drops the refused ones, encodes the rest and
+makes the avatar ready; with no usable photo the job fails and the pending avatar goes.
+Photos are decrypted only here, by the worker that claimed the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.errors import AvatarbotError, NotFound
+from bot.services.crypto import DataCipher
+from bot.services.jobs import FEATURES_PURPOSE, OUTPUT_PURPOSE, PHOTO_PURPOSE
+from bot.services.ports import (
+    EncodedFeatures,
+    EnginePort,
+    ProgressCallback,
+    RenderOutput,
+    RenderSpec,
+    SubjectKind,
+)
+from bot.services.prompts import styled_prompt
+from bot.services.results import PhotoRefusal, PhotoWarning, RenderSettings
+from bot.services.screening import NoUsablePhotos, decode_all, inspect_photos
+from db.models import AvatarStatus, RenderJob
+from db.repositories import avatars as avatars_repo
+from db.repositories import jobs as jobs_repo
+from db.repositories.common import scrub_deletes
+from db.repositories.jobs import NewOutput
+from db.session import Database
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job as its worker sees it: plain values copied from the claimed row."""
+
+    id: int
+    kind: str
+    user_id: int
+    guild_id: int | None
+    avatar_id: int | None
+    prompt: str
+    negative_prompt: str
+    seed: int
+    settings: dict[str, Any]
+
+    @classmethod
+    def of(cls, job: RenderJob) -> ClaimedJob:
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            user_id=job.user_id,
+            guild_id=job.guild_id,
+            avatar_id=job.avatar_id,
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            seed=int(job.seed),
+            settings=dict(job.settings or {}),
+        )
+
+
+class JobWork(Protocol):
+    async def run(self, job: ClaimedJob, progress: ProgressCallback) -> Any: ...
+
+    def timings(self, outcome: Any) -> dict[str, float]: ...
+
+    async def commit(
+        self, session: AsyncSession, job: ClaimedJob, outcome: Any, now: datetime
+    ) -> None: ...
+
+
+class RenderWork:
+    """Renders an avatar with the stored settings; the images are sealed and stored."""
+
+    def __init__(self, database: Database, engine: EnginePort, cipher: DataCipher) -> None:
+        self._db = database
+        self._engine = engine
+        self._cipher = cipher
+
+    async def run(self, job: ClaimedJob, progress: ProgressCallback) -> RenderOutput:
+        from bot.services.jobs import settings_from_json
+
+        if job.avatar_id is None:
+            raise AvatarbotError("The avatar of this render was deleted.", code="avatar_deleted")
+        s = settings_from_json(job.settings, job.negative_prompt, job.seed)
+        started = time.perf_counter()
+        features = await self.features_for(job.avatar_id, s.personalizer)
+        prompt, negative = styled_prompt(job.prompt, s.negative_prompt, s.style)
+        output = await self._engine.render(_spec(prompt, negative, s), features, progress)
+        logger.info("job %s rendered in %.2f s", job.id, time.perf_counter() - started)
+        return output
+
+    def timings(self, outcome: RenderOutput) -> dict[str, float]:
+        return dict(outcome.timings)
+
+    async def commit(
+        self, session: AsyncSession, job: ClaimedJob, outcome: RenderOutput, now: datetime
+    ) -> None:
+        width, height = int(job.settings["width"]), int(job.settings["height"])
+        await jobs_repo.add_outputs(
+            session,
+            job.id,
+            [
+                NewOutput(self._cipher.seal(png, OUTPUT_PURPOSE), seed, width, height)
+                for png, seed in zip(outcome.pngs, outcome.seeds, strict=True)
+            ],
+            now,
+        )
+
+    async def features_for(self, avatar_id: int, personalizer: str) -> bytes:
+        """The avatar's features for this engine, re-encoded from its photos when the cached
+        ones come from another encoder (lazy re-encoding). Plain bytes, never sealed."""
+        encoder_id = self._engine.facts().encoder_id(personalizer)
+        async with self._db.begin(readonly=True) as session:
+            avatar = await avatars_repo.by_id(session, avatar_id)
+            if avatar is None:
+                raise NotFound("This avatar no longer exists.")
+            cached = await avatars_repo.feature_for(session, avatar_id, encoder_id)
+            if cached is not None:
+                return self._cipher.open(cached.data, FEATURES_PURPOSE)
+            photos = [
+                self._cipher.open(p.data, PHOTO_PURPOSE)
+                for p in await avatars_repo.photos_of(session, avatar_id)
+            ]
+            kind = SubjectKind(avatar.kind)
+        if not photos:
+            raise NotFound("This avatar has no photos left.")
+        logger.info("re-encoding avatar %s for %s", avatar_id, encoder_id)
+        encoded = await self._engine.encode(await decode_all(photos), kind, personalizer)
+        try:
+            async with self._db.begin() as session:
+                if await avatars_repo.by_id(session, avatar_id) is not None:
+                    await avatars_repo.add_features(
+                        session, avatar_id, encoded.encoder_id, *_sealed(self._cipher, encoded)
+                    )
+        except IntegrityError:  # a concurrent job re-encoded the same avatar first: fine
+            logger.debug("features of avatar %s were stored concurrently", avatar_id)
+        return encoded.data
+
+
+def _spec(prompt: str, negative: str, s: RenderSettings) -> RenderSpec:
+    return RenderSpec(
+        prompt=prompt,
+        negative_prompt=negative,
+        width=s.width,
+        height=s.height,
+        steps=s.steps,
+        guidance=s.guidance,
+        seed=s.seed,
+        count=s.count,
+        identity_strength=s.identity_strength,
+        personalizer=s.personalizer,
+    )
+
+
+def _sealed(cipher: DataCipher, encoded: EncodedFeatures) -> tuple[bytes, str | None]:
+    key_id = cipher.current.key_id if cipher.current else None
+    return cipher.seal(encoded.data, FEATURES_PURPOSE), key_id
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An encode job's outcome: the photos kept (ids), the refused ones, remarks, features."""
+
+    kept: tuple[tuple[int, str], ...]  # (photo id, filename)
+    refused: tuple[tuple[int, PhotoRefusal], ...]
+    warnings: tuple[PhotoWarning, ...]
+    features: EncodedFeatures
+    seconds: float
+
+
+class EncodeWork:
+    """Avatar creation on the worker: subject checks, then one encoding of the kept photos."""
+
+    def __init__(self, database: Database, engine: EnginePort, cipher: DataCipher) -> None:
+        self._db = database
+        self._engine = engine
+        self._cipher = cipher
+
+    async def run(self, job: ClaimedJob, progress: ProgressCallback) -> Encoded:
+        started = time.perf_counter()
+        if job.avatar_id is None:
+            raise NotFound("This avatar was deleted before its photos were checked.")
+        async with self._db.begin(readonly=True) as session:
+            avatar = await avatars_repo.by_id(session, job.avatar_id)
+            if avatar is None:
+                raise NotFound("This avatar was deleted before its photos were checked.")
+            rows = await avatars_repo.photos_of(session, avatar.id)
+            kind = SubjectKind(avatar.kind)
+            photos = [(p.id, p.position, self._cipher.open(p.data, PHOTO_PURPOSE)) for p in rows]
+        names = photo_names(job.settings)
+        named = [
+            (pid, names.get(position, f"photo {position}"), data) for pid, position, data in photos
+        ]
+        checked = await inspect_photos(self._engine, [(n, d) for _, n, d in named], kind)
+        progress(0.5)
+        kept = tuple((named[i][0], named[i][1]) for i in checked.kept)
+        refused = tuple((named[i][0], r) for i, r in checked.refused)
+        if not kept:
+            raise NoUsablePhotos([*intake_refusals(job.settings), *(r for _, r in refused)])
+        kept_data = [named[i][2] for i in checked.kept]
+        personalizer = str(job.settings["personalizer"])
+        features = await self._engine.encode(await decode_all(kept_data), kind, personalizer)
+        progress(1.0)
+        return Encoded(
+            kept=kept,
+            refused=refused,
+            warnings=tuple(checked.warnings),
+            features=features,
+            seconds=time.perf_counter() - started,
+        )
+
+    def timings(self, outcome: Encoded) -> dict[str, float]:
+        return {"total": outcome.seconds}
+
+    async def commit(
+        self, session: AsyncSession, job: ClaimedJob, outcome: Encoded, now: datetime
+    ) -> None:
+        assert job.avatar_id is not None  # ``run`` refused a job without one
+        avatar = await avatars_repo.by_id(session, job.avatar_id)
+        if avatar is None:
+            raise NotFound("This avatar was deleted before its photos were checked.")
+        if outcome.refused:
+            await scrub_deletes(session)
+            for photo_id, _ in outcome.refused:
+                await avatars_repo.delete_photo(session, photo_id)
+            await avatars_repo.renumber_photos(session, avatar.id)
+        await avatars_repo.replace_features(
+            session,
+            avatar.id,
+            outcome.features.encoder_id,
+            *_sealed(self._cipher, outcome.features),
+        )
+        avatar.status = AvatarStatus.READY
+        avatar.updated_at = now
+        await jobs_repo.set_result(
+            session,
+            job.id,
+            {
+                "kept": [name for _, name in outcome.kept],
+                "refused": [
+                    _refusal_json(r)
+                    for r in (*intake_refusals(job.settings), *(r for _, r in outcome.refused))
+                ],
+                "warnings": [
+                    {"filename": w.filename, "code": w.code, "message": w.message}
+                    for w in outcome.warnings
+                ],
+            },
+        )
+
+
+def photo_names(settings: dict[str, Any]) -> dict[int, str]:
+    """Stored position -> the filename the member uploaded (kept with the job, for messages)."""
+    names = settings.get("photo_names") or []
+    return {i + 1: str(n) for i, n in enumerate(names)}
+
+
+def intake_refusals(settings: dict[str, Any]) -> list[PhotoRefusal]:
+    """The photos the bot's intake refused before the job was queued."""
+    return [
+        PhotoRefusal(str(r["filename"]), str(r["reason"]), str(r["message"]))
+        for r in settings.get("intake_refused") or []
+    ]
+
+
+def _refusal_json(refusal: PhotoRefusal) -> dict[str, str]:
+    return {"filename": refusal.filename, "reason": refusal.reason, "message": refusal.message}
+
+
+def refusals_json(refusals: Sequence[PhotoRefusal]) -> list[dict[str, str]]:
+    return [_refusal_json(r) for r in refusals]
