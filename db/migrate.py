@@ -24,6 +24,9 @@ from db.session import Database
 
 logger = logging.getLogger(__name__)
 
+# pg_advisory_xact_lock key serialising upgrades (one-key form; no Discord id is this small).
+MIGRATION_LOCK = 0x6D696772  # "migr"
+
 
 def script_location() -> Path:
     """The folder holding ``env.py`` and ``versions/`` (inside the installed package)."""
@@ -72,6 +75,10 @@ async def upgrade(target: Database | str | URL, revision: str = "head") -> None:
     """Upgrade the schema to ``revision`` (default: the newest)."""
 
     def run(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            # Processes starting together (the bot and its workers) upgrade one at a time;
+            # the later ones find the schema at head. Held until this transaction commits.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         command.upgrade(alembic_config(connection), revision)
 
     await _run(target, run)

@@ -1,7 +1,9 @@
 """The architecture's one-way dependencies, checked in fresh interpreters (DESIGN.md).
 
 `engine` must not load discord or db; `bot.services` must not load discord or torch-side
-libraries. A fresh interpreter per check, so earlier imports in this process cannot hide a leak.
+libraries; `bot.ui` (shared Discord helpers) must not load a feature's cog or the model stack.
+A fresh interpreter per check, so earlier imports in this process cannot hide a leak. And the
+scale-out bot (``run_worker=false``), built and set up for real, never imports torch.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 FORBIDDEN = {
     "engine": {"discord", "db", "bot"},
     "bot.services": {"discord", "torch", "diffusers", "transformers"},
+    "bot.ui": {"torch", "diffusers", "transformers", "bot.cogs"},
     "db": {"discord", "torch", "diffusers", "transformers", "engine"},
     "bot.errors": {"discord", "torch"},
     "bot.config": {"discord", "torch"},
@@ -27,7 +31,11 @@ def _loaded_after_import(module: str) -> set[str]:
         f"pkg = importlib.import_module({module!r})\n"
         "for info in pkgutil.walk_packages(getattr(pkg, '__path__', []), pkg.__name__ + '.'):\n"
         "    importlib.import_module(info.name)\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "names = set()\n"
+        "for m in sys.modules:\n"
+        "    parts = m.split('.')\n"
+        "    names.update('.'.join(parts[:i]) for i in range(1, len(parts) + 1))\n"
+        "print(json.dumps(sorted(names)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300
@@ -39,3 +47,44 @@ def _loaded_after_import(module: str) -> set[str]:
 def test_package_does_not_load_forbidden_modules(module: str) -> None:
     leaked = _loaded_after_import(module) & FORBIDDEN[module]
     assert not leaked, f"importing {module} (and all its submodules) loaded {sorted(leaked)}"
+
+
+SPLIT_BOT = """
+import asyncio, json, sys
+import simcord
+from bot.app import create_bot
+from bot.config import Settings
+
+async def main():
+    settings = Settings(
+        data_dir=sys.argv[1], database_url=f"sqlite+aiosqlite:///{sys.argv[1]}/bot.db",
+        run_worker=False,
+    )
+    bot = create_bot(settings)
+    async with simcord.run(bot) as env:
+        guild = env.create_guild(name="g")
+        channel = guild.create_text_channel("c")
+        member = guild.add_member(env.create_user("m"))
+        listed = await member.slash(channel, "avatar list")
+        shown = listed.response.content
+        engine = bot.services.engine
+    heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+    print(json.dumps({"heavy": heavy, "shown": shown, "engine": engine is not None}))
+
+asyncio.run(main())
+"""
+
+
+def test_the_scale_out_bot_never_imports_torch(tmp_path: Path) -> None:
+    """The bot with ``run_worker=false``, set up on SimCord and answering a command, in a
+    fresh interpreter: no torch, diffusers or transformers in ``sys.modules``."""
+    out = subprocess.run(
+        [sys.executable, "-c", SPLIT_BOT, str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"heavy": [], "shown": result["shown"], "engine": False}
+    assert result["shown"].startswith("You have no avatar")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import null, select, update
 
 from bot.errors import AvatarbotError
 from bot.services.ports import EngineFacts
@@ -67,7 +67,8 @@ class WorkerRegistry:
         values = {
             "host": socket.gethostname()[:255],
             "pid": os.getpid(),
-            "facts": self.local.to_json() if self.local else None,
+            # SQL NULL, not JSON null: ``current_facts`` selects rows whose facts are set.
+            "facts": self.local.to_json() if self.local else null(),
             "tokenizer": self.local.tokenizer_json if self.local else None,
             "started_at": now,
             "seen_at": now,
@@ -110,7 +111,7 @@ class WorkerRegistry:
                     .limit(1)
                 )
             ).one_or_none()
-        if row is None:
+        if row is None or not isinstance(row.facts, dict):
             raise NoRenderWorker()
         try:
             facts = EngineFacts.from_json(row.facts, row.tokenizer)
