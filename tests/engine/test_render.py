@@ -221,11 +221,29 @@ async def test_cancelling_before_the_batch_drops_the_request(
         return original(samples, seeds, on_step)
 
     monkeypatch.setattr(runner, "run", recording_run)
-    gate = threading.Event()
-    blocker = asyncio.create_task(tiny_engine.call(gate.wait))
-    await asyncio.sleep(0.05)
+    # Count what reaches the worker's queue, to cancel only once the render waits in it.
+    worker = tiny_engine._worker
+    enqueue = worker._enqueue
+    queued = asyncio.Semaphore(0)
+
+    def counting(job: Any) -> None:
+        enqueue(job)
+        queued.release()
+
+    monkeypatch.setattr(worker, "_enqueue", counting)
+    busy, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        gate.wait(10)
+
+    blocker = asyncio.create_task(tiny_engine.call(hold))
+    loop = asyncio.get_running_loop()
+    # Every wait is bounded: a hang fails the test.
+    assert await asyncio.wait_for(loop.run_in_executor(None, busy.wait, 10), 15)
+    await asyncio.wait_for(queued.acquire(), 10)  # the blocker
     doomed = asyncio.create_task(tiny_engine.render(_req(features, seed=901)))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(queued.acquire(), 10)  # the render, queued behind the blocker
     doomed.cancel()
     gate.set()
     await blocker

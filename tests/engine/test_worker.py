@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 import pytest
@@ -15,16 +14,27 @@ from engine import EngineClosed, InvalidRequest, MissingWeights, RenderRequest, 
 from engine.pipeline import BatchOutcome, StepCallback
 from engine.worker import Worker
 
+# Every wait on another task or thread is bounded: a hang fails the test instead of stalling it.
+WAIT_S = 10.0
+
 
 class FakeRunner:
-    """Renders "images" named after their seeds; can be slow, fail or run out of memory."""
+    """Renders "images" named after their seeds; can pause, fail or run out of memory.
 
-    def __init__(self, step_seconds: float = 0.0) -> None:
-        self.step_seconds = step_seconds
+    ``hold_at``: before reporting that step, the runner sets ``held`` and waits for ``release``,
+    so a test can act while a batch is known to be mid-run. ``steps_run`` records, per batch,
+    how many steps it reported before it returned.
+    """
+
+    def __init__(self, hold_at: int | None = None) -> None:
         self.batches: list[list[int]] = []
+        self.steps_run: list[int] = []
         self.fail_prompt = "boom"
         self.oom_above: int | None = None
         self.threads: set[int] = set()
+        self.hold_at = hold_at
+        self.held = threading.Event()
+        self.release = threading.Event()
 
     def key(self, request: RenderRequest) -> Hashable:
         if request.prompt == "invalid":
@@ -43,11 +53,15 @@ class FakeRunner:
         steps = samples[0].steps
         alive = list(range(len(samples)))
         for step in range(steps):
-            time.sleep(self.step_seconds)
+            if step + 1 == self.hold_at:
+                self.held.set()
+                self.release.wait(WAIT_S)
             wanted = on_step(step + 1, steps)
             alive = [i for i in alive if wanted[i]]
             if not alive:
+                self.steps_run.append(step + 1)
                 return BatchOutcome(images=[], kept=[])
+        self.steps_run.append(steps)
         return BatchOutcome(images=[f"img-{seeds[i]}" for i in alive], kept=alive)
 
     def result(
@@ -64,6 +78,50 @@ def _req(seed: int, count: int = 1, **kw: Any) -> RenderRequest:
 
 def _worker(runner: FakeRunner, max_batch: int = 4, window_ms: int = 50) -> Worker:
     return Worker(runner, max_batch=max_batch, gather_window_ms=window_ms)
+
+
+async def _wait_thread_event(event: threading.Event) -> None:
+    """Wait, without blocking the loop, for an event set on another thread (bounded)."""
+    loop = asyncio.get_running_loop()
+    assert await asyncio.wait_for(loop.run_in_executor(None, event.wait, WAIT_S), WAIT_S + 5)
+
+
+def _block_worker(worker: Worker) -> tuple[asyncio.Task[Any], threading.Event, threading.Event]:
+    """Occupy the worker thread: (the task, set once the thread is busy, the gate to free it)."""
+    busy, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        gate.wait(WAIT_S)
+
+    return asyncio.create_task(worker.call(hold)), busy, gate
+
+
+def _track_queue(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[int], Awaitable[None]]:
+    """A wait until ``n`` jobs have reached the worker's queue since this call."""
+    queued = 0
+    changed = asyncio.Event()
+    enqueue = worker._enqueue
+
+    def counting(job: Any) -> None:
+        nonlocal queued
+        enqueue(job)
+        queued += 1
+        changed.set()
+
+    monkeypatch.setattr(worker, "_enqueue", counting)
+
+    async def until(n: int) -> None:
+        async def wait() -> None:
+            while queued < n:
+                changed.clear()
+                await changed.wait()
+
+        await asyncio.wait_for(wait(), WAIT_S)
+
+    return until
 
 
 async def test_compatible_requests_share_a_batch_up_to_max_batch() -> None:
@@ -91,7 +149,7 @@ async def test_a_lone_request_on_an_idle_worker_skips_the_gather_window() -> Non
     worker = _worker(runner, max_batch=4, window_ms=60_000)
     alone = await asyncio.wait_for(worker.submit(_req(1)), timeout=30)
     assert alone.timings["batch_images"] == 1.0
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(worker.call(lambda: None), timeout=30)  # the worker is idle again
     burst = [_req(10), _req(20), _req(30), _req(40)]  # fills max_batch: no window either
     results = await asyncio.wait_for(asyncio.gather(*(worker.submit(r) for r in burst)), timeout=30)
     await worker.aclose()
@@ -110,15 +168,17 @@ async def test_progress_arrives_on_the_callers_loop_in_order() -> None:
     assert {thread for _, thread in seen} == {threading.get_ident()}
 
 
-async def test_cancel_before_the_batch_drops_the_request() -> None:
+async def test_cancel_before_the_batch_drops_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     runner = FakeRunner()
     worker = _worker(runner)
-    gate = threading.Event()
-    blocker = asyncio.create_task(worker.call(gate.wait))
-    await asyncio.sleep(0.05)
+    queued = _track_queue(worker, monkeypatch)
+    blocker, busy, gate = _block_worker(worker)
+    await _wait_thread_event(busy)
     doomed = asyncio.create_task(worker.submit(_req(7)))
     kept = asyncio.create_task(worker.submit(_req(8, width=128)))
-    await asyncio.sleep(0.05)
+    await queued(3)  # the blocker, then both renders wait behind it
     doomed.cancel()
     gate.set()
     await blocker
@@ -131,7 +191,8 @@ async def test_cancel_before_the_batch_drops_the_request() -> None:
 
 
 async def test_cancel_during_the_batch_keeps_the_others() -> None:
-    runner = FakeRunner(step_seconds=0.05)
+    # The batch pauses before step 2 until the cancellation (sent at step 1) has landed.
+    runner = FakeRunner(hold_at=2)
     worker = _worker(runner)
     tasks: list[asyncio.Task[RenderResult]] = []
 
@@ -142,29 +203,34 @@ async def test_cancel_during_the_batch_keeps_the_others() -> None:
     tasks.append(asyncio.create_task(worker.submit(_req(1, steps=6), cancel_second)))
     tasks.append(asyncio.create_task(worker.submit(_req(2, steps=6))))
     tasks.append(asyncio.create_task(worker.submit(_req(3, steps=6))))
-    first = await tasks[0]
-    third = await tasks[2]
     with pytest.raises(asyncio.CancelledError):
-        await tasks[1]
+        await asyncio.wait_for(tasks[1], WAIT_S)
+    runner.release.set()
+    first = await asyncio.wait_for(tasks[0], WAIT_S)
+    third = await asyncio.wait_for(tasks[2], WAIT_S)
     await worker.aclose()
+    assert runner.steps_run == [6]  # the survivors ran to the end
     assert runner.batches == [[1, 2, 3]]
     assert (first.images, third.images) == (["img-1"], ["img-3"])
 
 
 async def test_a_batch_whose_requests_are_all_cancelled_stops_early() -> None:
-    runner = FakeRunner(step_seconds=0.05)
+    # How long the stop takes is measured by bench/worker_cancel.py; here: how many steps ran.
+    runner = FakeRunner(hold_at=1)
     worker = _worker(runner)
     task = asyncio.create_task(worker.submit(_req(1, steps=40)))
-    started = time.monotonic()
-    await asyncio.sleep(0.2)
+    await _wait_thread_event(runner.held)  # the batch is running, paused before step 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
-    await worker.call(lambda: None)  # the worker is free again
-    assert time.monotonic() - started < 1.5  # not the 2 s that 40 steps take
-    after = await worker.submit(_req(5))
+        await asyncio.wait_for(task, WAIT_S)
+    runner.release.set()
+    await asyncio.wait_for(worker.call(lambda: None), WAIT_S)  # the worker is free again
+    # The run stopped at the first step after the cancellation, not after all 40.
+    assert runner.steps_run == [1]
+    after = await asyncio.wait_for(worker.submit(_req(5)), WAIT_S)
     await worker.aclose()
     assert after.images == ["img-5"]
+    assert runner.steps_run == [1, 3]
 
 
 async def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
@@ -211,16 +277,18 @@ async def test_out_of_memory_after_the_split_fails_the_requests() -> None:
     assert ok == "alive"
 
 
-async def test_close_refuses_new_and_pending_work() -> None:
+async def test_close_refuses_new_and_pending_work(monkeypatch: pytest.MonkeyPatch) -> None:
     runner = FakeRunner()
     worker = _worker(runner)
-    gate = threading.Event()
-    blocker = asyncio.create_task(worker.call(gate.wait))
-    await asyncio.sleep(0.05)
+    queued = _track_queue(worker, monkeypatch)
+    blocker, busy, gate = _block_worker(worker)
+    await _wait_thread_event(busy)
     pending = asyncio.create_task(worker.submit(_req(1)))
-    await asyncio.sleep(0.02)
+    await queued(2)  # the blocker, then the render waiting behind it
     closing = asyncio.create_task(worker.aclose())
-    await asyncio.sleep(0.02)
+    # Closing refuses the queued render while the worker is still busy with the blocker.
+    await asyncio.wait({pending}, timeout=WAIT_S)
+    assert pending.done() and not blocker.done()
     gate.set()
     await closing
     await blocker
