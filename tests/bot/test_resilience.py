@@ -4,11 +4,10 @@ a result that lands after the interaction token died, Discord answering 5xx or 4
 from __future__ import annotations
 
 import discord
-import pytest
 
+from bot.cogs.render.progress import REQUEUED_TEXT
 from bot.services.container import build_services
 from bot.services.jobs import MAX_ATTEMPTS
-from bot.cogs.render.progress import REQUEUED_TEXT
 from bot.ui.jobs import MAX_POLL
 from db import queue
 from db.session import Database

@@ -12,9 +12,9 @@ import pytest
 from discord import app_commands
 from PIL import Image
 
-from bot.errors import InternalError, QuotaExceeded
 from bot.cogs.render.delivery import only_member
 from bot.cogs.render.progress import progress_bar
+from bot.errors import InternalError, QuotaExceeded
 from bot.ui.errors import user_message
 from bot.ui.images import contact_sheet, fit_all, fit_to_filesize
 from bot.ui.jobs import PollBackoff

@@ -233,9 +233,7 @@ async def test_postgres_claims_skip_locked_rows_without_waiting(database: Databa
     async with database.begin() as holder:
         # A row locked by someone else (a cancellation in progress): the claim passes it
         # over at once instead of waiting.
-        await holder.execute(
-            select(RenderJob.id).where(RenderJob.id == first).with_for_update()
-        )
+        await holder.execute(select(RenderJob.id).where(RenderJob.id == first).with_for_update())
         async with database.begin() as other:
             nxt = await asyncio.wait_for(
                 claim_next(other, worker_id="w2", lease_seconds=LEASE, now=T0), timeout=5

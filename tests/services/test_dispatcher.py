@@ -210,7 +210,6 @@ async def test_cancel_while_running_stops_the_render_and_refunds_once(
     engine = SlowEngine(tiny_engine_port, delay=5.0)
     services = await _build(database, settings, engine)
     other_process = await _build(database, settings, engine)  # shares only the database
-    recorder = await Recorder.listen(services)
     await make_avatar(services, 7, "Mia")
     await services.start()
 
