@@ -66,7 +66,7 @@ class Services:
         """Stop the job loop (running jobs go back to the queue) and the event listener. The
         database and the engine belong to whoever created them."""
         try:
-            await self.dispatcher.stop(grace=self.settings.jobs.lease_seconds)
+            await self.dispatcher.stop(grace=self.dispatcher.config.lease_seconds)
         finally:
             await self.events.aclose()
 
