@@ -59,7 +59,10 @@ class Recorder:
 
 
 async def _build(
-    database: Database, settings: Settings, engine: EnginePort, config: DispatcherConfig = FAST
+    database: Database,
+    settings: Settings,
+    engine: EnginePort | None,
+    config: DispatcherConfig = FAST,
 ) -> Services:
     return await build_services(settings, database, engine, dispatcher_config=config)
 
@@ -316,3 +319,31 @@ async def test_graceful_stop_hands_the_running_job_back(
     assert [a.outcome for a in history.attempts] == ["handed_back", "done"]
     workers = {w.id: w for w in await services.workers.list()}
     assert workers[services.dispatcher.worker_id].stopped_at is not None
+
+
+async def test_a_loop_without_an_engine_reaps_but_never_claims(
+    database: Database, settings: Settings, tiny_engine_port: EnginePort
+) -> None:
+    """The scale-out bot's loop: a dead worker's job is requeued by it, and left for workers."""
+    worker = await _build(database, settings, tiny_engine_port)
+    await make_avatar(worker, 7, "Mia")
+    ticket = await worker.renders.request(7, GUILD, CHANNEL, "Mia", "a cat")
+    async with database.begin() as session:  # claimed by a worker that then died
+        await queue.claim_next(session, worker_id="dead", lease_seconds=0.2, now=utcnow())
+    bot = await _build(
+        database,
+        settings,
+        None,
+        DispatcherConfig(concurrency=4, lease_seconds=5, reap_seconds=0.2),
+    )
+    assert not bot.dispatcher.claims
+    recorder = await Recorder.listen(bot)
+    await bot.start()
+    try:
+        await recorder.wait_for(JobEventKind.REQUEUED, ticket.job_id)
+        view = await bot.jobs.view(ticket.job_id)
+        assert (view.status, view.attempts) == ("queued", 1)  # requeued, and not run here
+        assert [a.outcome for a in (await bot.jobs.history(ticket.job_id)).attempts] == ["lost"]
+    finally:
+        await bot.aclose()
+    assert await worker.dispatcher.run_once() == ticket.job_id
