@@ -81,6 +81,18 @@ def test_avatar_session(
     code, out, _ = run("usage", "--user", "42")
     assert code == 0 and out.startswith("1 of 25 renders used today; 24 left")
 
+    # The job's history, as an operator reads it.
+    code = main(["--log-level", "WARNING", "job", "show", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("job 2: render for user 42, done")
+    assert "attempts  1 counted, 1 in all" in out
+    [attempt] = [line for line in out.splitlines() if line.strip().startswith("#")]
+    assert attempt.strip().startswith("#1 ") and attempt.rstrip().endswith("done")
+    code = main(["--log-level", "WARNING", "job", "show", "99"])
+    assert code == 1 and "There is no job 99." in capsys.readouterr().err
+    code = main(["--log-level", "WARNING", "job", "workers"])
+    assert code == 0 and "no job loop has run" in capsys.readouterr().out
+
     code, _, err = run("render", "--user", "43", "--avatar", "Mia", "--prompt", "a cat")
     assert code == 1 and "no avatar" in err  # another user's avatar does not exist for them
     code, out, _ = run("delete", "--user", "42", "--avatar", "Mia")
