@@ -123,11 +123,12 @@ class AvatarBot(commands.Bot):
 
     async def close(self) -> None:
         try:
-            if self._services is not None:
-                # First, so running jobs go back to the queue (not counted as an attempt)
-                # instead of being cut off mid-render.
-                await self._services.aclose()
+            # The feed first: no new Discord work while the process stops (after a restart
+            # the feed shows every active job and delivers what is pending). Then the job
+            # loop hands running jobs back to the queue (not counted as an attempt).
             await self.jobs.stop()
+            if self._services is not None:
+                await self._services.aclose()
         finally:
             try:
                 await super().close()

@@ -376,26 +376,25 @@ class JobDispatcher:
             name=f"work-{claim.id}",
         )
         self._work_tasks[claim.id] = task
-        keeper = loop.create_task(self._keep_lease(claim.id, task), name=f"lease-{claim.id}")
+        # The lease keeper is told to stop, never cancelled: cancelled inside its renewal
+        # transaction it could leave the connection mid-rollback (and SQLite's write lock
+        # held) just when the outcome below needs it.
+        keeping = asyncio.Event()
+        keeper = loop.create_task(
+            self._keep_lease(claim.id, task, keeping), name=f"lease-{claim.id}"
+        )
         try:
+            outcome: object = None
+            failure: tuple[str, str] | None = None
+            cancelled = False
             try:
                 outcome = await task
             except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if self._stopping or (current is not None and current.cancelling()):
-                    await self._hand_back(claim.id)
-                    if current is not None and current.cancelling():
-                        raise
-                    return
-                # Cancelled, deleted or reaped: whoever did it wrote the final state.
-                logger.info("job %s abandoned (cancelled, deleted or lease lost)", claim.id)
-                return
+                cancelled = True
             except TimeoutError:
-                await self._fail(claim, "timeout", "The job took too long and was stopped.")
-                return
+                failure = ("timeout", "The job took too long and was stopped.")
             except AvatarbotError as exc:
-                await self._fail(claim, exc.code, exc.message)
-                return
+                failure = (exc.code, exc.message)
             except Exception:
                 error = InternalError()
                 logger.exception(
@@ -404,21 +403,40 @@ class JobDispatcher:
                     claim.user_id,
                     error.reference,
                 )
-                await self._fail(claim, "internal_error", error.message)
-                return
-            keeper.cancel()
-            await self._complete(claim, work, outcome)
+                failure = ("internal_error", error.message)
+            keeping.set()
+            await keeper
+            if cancelled:
+                current = asyncio.current_task()
+                interrupted = current is not None and current.cancelling() > 0
+                if self._stopping or interrupted:
+                    await self._hand_back(claim.id)
+                    if interrupted:
+                        raise asyncio.CancelledError
+                    return
+                # Cancelled, deleted or reaped: whoever did it wrote the final state.
+                logger.info("job %s abandoned (cancelled, deleted or lease lost)", claim.id)
+            elif failure is not None:
+                await self._fail(claim, *failure)
+            else:
+                await self._complete(claim, work, outcome)
         finally:
-            keeper.cancel()
+            keeping.set()
             self._work_tasks.pop(claim.id, None)
 
-    async def _keep_lease(self, job_id: int, task: asyncio.Task[object]) -> None:
-        """Renew the lease and record progress (announcing it when it moved) until
-        cancelled; abandon the job if it is no longer ours."""
+    async def _keep_lease(
+        self, job_id: int, task: asyncio.Task[object], stop: asyncio.Event
+    ) -> None:
+        """Renew the lease and record progress (announcing it when it moved) until ``stop``
+        is set; abandon the job if it is no longer ours."""
         interval = max(min(self.config.lease_seconds / 3, self.config.progress_seconds), 0.05)
         announced = 0.0
         while True:
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
             fraction = self._progress.get(job_id, 0.0)
             try:
                 async with self._db.begin() as session:

@@ -16,6 +16,7 @@ Photos are decrypted only here, by the worker that claimed the job.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -104,7 +105,9 @@ class RenderWork:
             raise AvatarbotError("The avatar of this render was deleted.", code="avatar_deleted")
         s = settings_from_json(job.settings, job.negative_prompt, job.seed)
         started = time.perf_counter()
-        features = await self.features_for(job.avatar_id, s.personalizer)
+        # Shielded: a cancellation (the member cancels, the lease is lost) must not cut a
+        # database transaction in half; it takes effect at the render.
+        features = await asyncio.shield(self.features_for(job.avatar_id, s.personalizer))
         prompt, negative = styled_prompt(job.prompt, s.negative_prompt, s.style)
         output = await self._engine.render(_spec(prompt, negative, s), features, progress)
         logger.info("job %s rendered in %.2f s", job.id, time.perf_counter() - started)
@@ -201,13 +204,8 @@ class EncodeWork:
         started = time.perf_counter()
         if job.avatar_id is None:
             raise NotFound("This avatar was deleted before its photos were checked.")
-        async with self._db.begin(readonly=True) as session:
-            avatar = await avatars_repo.by_id(session, job.avatar_id)
-            if avatar is None:
-                raise NotFound("This avatar was deleted before its photos were checked.")
-            rows = await avatars_repo.photos_of(session, avatar.id)
-            kind = SubjectKind(avatar.kind)
-            photos = [(p.id, p.position, self._cipher.open(p.data, PHOTO_PURPOSE)) for p in rows]
+        # Shielded like RenderWork's read: a cancellation never cuts a transaction in half.
+        kind, photos = await asyncio.shield(self._photos(job.avatar_id))
         names = photo_names(job.settings)
         named = [
             (pid, names.get(position, f"photo {position}"), data) for pid, position, data in photos
@@ -229,6 +227,16 @@ class EncodeWork:
             features=features,
             seconds=time.perf_counter() - started,
         )
+
+    async def _photos(self, avatar_id: int) -> tuple[SubjectKind, list[tuple[int, int, bytes]]]:
+        """The avatar's kind and its photos (id, position, decrypted bytes)."""
+        async with self._db.begin(readonly=True) as session:
+            avatar = await avatars_repo.by_id(session, avatar_id)
+            if avatar is None:
+                raise NotFound("This avatar was deleted before its photos were checked.")
+            rows = await avatars_repo.photos_of(session, avatar.id)
+            photos = [(p.id, p.position, self._cipher.open(p.data, PHOTO_PURPOSE)) for p in rows]
+            return SubjectKind(avatar.kind), photos
 
     def timings(self, outcome: Encoded) -> dict[str, float]:
         return {"total": outcome.seconds}

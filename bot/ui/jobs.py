@@ -75,6 +75,7 @@ class JobFeed:
         # at everything active and undelivered).
         self._pending: dict[int, JobEventKind] = {}
         self._resync = True
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
 
@@ -88,15 +89,22 @@ class JobFeed:
         events = self._bot.services.events
         self._unsubscribe = [events.subscribe(self._on_event), events.on_resync(self._on_resync)]
         self._resync = True
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="avatarbot-jobs")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop after the step in progress (a delivery is not cut off mid-transaction; a
+        cancelled database call can leave its connection half rolled back), bounded."""
         for remove in self._unsubscribe:
             remove()
         self._unsubscribe = []
+        self._stopping = True
+        self._waker.wake()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if not done:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
@@ -117,7 +125,7 @@ class JobFeed:
     async def _loop(self) -> None:
         poll = PollBackoff(self._poll_seconds)
         error_delay = 0.5
-        while True:
+        while not self._stopping:
             try:
                 active = await self._step()
                 error_delay = 0.5
@@ -130,6 +138,8 @@ class JobFeed:
                 poll.reset()
             if self._pending or self._resync:
                 continue
+            if self._stopping:  # set before its wake-up
+                break
             if not await self._waker.wait(poll.next()):
                 self._resync = True  # the periodic sweep
             else:
@@ -141,7 +151,7 @@ class JobFeed:
         if self._resync:
             self._resync = False
             did = await self.sweep()
-        while self._pending:
+        while self._pending and not self._stopping:
             job_id, kind = self._pending.popitem()
             try:
                 job = await self._bot.services.jobs.view(job_id)
