@@ -33,6 +33,7 @@ from bot.services.dispatcher import DispatcherConfig
 from bot.services.ports import (
     EncodedFeatures,
     EngineFacts,
+    OutputVerdict,
     ProgressCallback,
     RenderOutput,
     RenderSpec,
@@ -101,6 +102,8 @@ class FixedTimeEngine:
             pngs=tuple(tiny_png() for _ in seeds),
             seeds=seeds,
             timings={"render": self.render_seconds},
+            # Its images are one blank pixel each: nothing to check, nothing flagged.
+            verdicts=tuple(OutputVerdict(flagged=False, checkers=("fixed-time",)) for _ in seeds),
         )
 
     async def aclose(self) -> None:
@@ -117,6 +120,9 @@ def bench_settings(data_dir: Path, database_url: str) -> Settings:
             avatars_per_member=3,
             queued_per_member=1000,
             queued_per_guild=100_000,
+            # The benchmark is one member flooding the queue on purpose.
+            renders_per_minute=1000,
+            creates_per_hour=1000,
         ),
         output_retention_hours=24,
     )

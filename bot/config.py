@@ -56,6 +56,27 @@ class QuotaDefaults(BaseModel):
     images_per_render: int = Field(default=4, ge=1, le=4)
     max_steps: int = Field(default=40, ge=1, le=150)
     max_side: int = Field(default=768, ge=64, le=2048)
+    # Abuse limits per member: renders (rerolls and variations included) per minute, avatar
+    # creations per hour. Each refusal says when to try again.
+    renders_per_minute: int = Field(default=4, ge=1, le=1000)
+    creates_per_hour: int = Field(default=5, ge=1, le=1000)
+
+
+class SafetySettings(BaseModel):
+    """The output check run on every rendered image before it is stored (engine/safety.py)."""
+
+    # An image is flagged when the detector's score for any of ``classes`` reaches this.
+    threshold: float = Field(default=0.45, ge=0.0, le=1.0)
+    # nudenet's labels that flag an image (exposed sexual body parts by default).
+    classes: list[str] = Field(
+        default_factory=lambda: [
+            "FEMALE_BREAST_EXPOSED",
+            "FEMALE_GENITALIA_EXPOSED",
+            "MALE_GENITALIA_EXPOSED",
+            "BUTTOCKS_EXPOSED",
+            "ANUS_EXPOSED",
+        ]
+    )
 
 
 class JobSettings(BaseModel):
@@ -120,6 +141,7 @@ class Settings(BaseSettings):
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
     # Finished outputs are kept this long (buttons work on them), then purged.
     output_retention_hours: int = Field(default=72, ge=1)
     # Words or /regex/ patterns refused in prompts before any GPU work.

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 
 from PIL.Image import Image
 
-from bot.config import Settings
-from bot.errors import InvalidInput
+from bot.config import SafetySettings, Settings
+from bot.errors import AvatarbotError, InvalidInput
 from bot.services.ports import (
     EncodedFeatures,
     EngineFacts,
     EnginePort,
+    OutputPolicy,
+    OutputVerdict,
     ProgressCallback,
     RenderOutput,
     RenderSpec,
@@ -33,24 +35,42 @@ from engine.config import EngineSettings
 
 if TYPE_CHECKING:
     from engine.engine import DiffusionEngine
+    from engine.safety import OutputChecker, SafetyPolicy
 
 logger = logging.getLogger(__name__)
 
 
 class EngineAdapter:
-    """Wraps a started ``DiffusionEngine``; build one with ``await EngineAdapter.create(...)``."""
+    """Wraps a started ``DiffusionEngine``; build one with ``await EngineAdapter.create(...)``.
 
-    def __init__(self, engine: DiffusionEngine) -> None:
+    Every render's images pass the output check (engine/safety.py) on the engine's worker
+    thread before they are encoded: ``RenderOutput.verdicts`` has one verdict per image. The
+    check fails closed: when it cannot run, the render fails and no image is returned.
+    """
+
+    def __init__(self, engine: DiffusionEngine, checker: OutputChecker | None = None) -> None:
+        from engine.safety import OutputChecker
+
         self.engine = engine
+        self.checker = checker or OutputChecker()
         self._facts: EngineFacts | None = None
 
     @classmethod
-    async def create(cls, settings: EngineSettings) -> EngineAdapter:
+    async def create(
+        cls, settings: EngineSettings, safety: SafetySettings | None = None
+    ) -> EngineAdapter:
         """Load the profile named by ``settings`` (seconds on ``tiny``, longer on real
-        weights; raises the engine's ``MissingWeights`` with how to get them)."""
+        weights; raises the engine's ``MissingWeights`` with how to get them). ``safety`` is
+        the output check's default policy (``SafetySettings()`` when not given)."""
         from engine.engine import create_engine
 
-        return cls(await create_engine(settings))
+        engine = await create_engine(settings)
+        try:
+            checker = await asyncio.to_thread(_output_checker, engine, safety or SafetySettings())
+        except BaseException:
+            await engine.aclose()
+            raise
+        return cls(engine, checker)
 
     # -- facts -----------------------------------------------------------------------------
 
@@ -78,6 +98,7 @@ class EngineAdapter:
                 problems=tuple(r.problems),
                 warnings=tuple(r.warnings),
                 faces=None if r.faces is None else len(r.faces),
+                embedding=r.embedding,
             )
             for r in reports
         ]
@@ -120,10 +141,41 @@ class EngineAdapter:
             # The services bound every option first; reaching this is a mismatch of limits.
             logger.warning("engine refused a render: %s", exc)
             raise InvalidInput("These render settings are not supported by the engine.") from exc
+        verdicts = await self.check_outputs(result.images, spec.output_policy)
         pngs = await asyncio.to_thread(_encode_pngs, result.images)
         return RenderOutput(
-            pngs=tuple(pngs), seeds=tuple(int(s) for s in result.seeds), timings=result.timings
+            pngs=tuple(pngs),
+            seeds=tuple(int(s) for s in result.seeds),
+            timings=result.timings,
+            verdicts=tuple(verdicts),
         )
+
+    async def check_outputs(
+        self, images: Sequence[Image], policy: OutputPolicy | None = None
+    ) -> list[OutputVerdict]:
+        """The output check's verdict on each image, run on the engine's worker thread.
+        Fails closed: a checker that cannot load or run fails the render."""
+        from engine.safety import SafetyCheckUnavailable
+
+        engine_policy = _engine_policy(policy)
+        try:
+            found = await self.engine.call(lambda: self.checker.check(images, engine_policy))
+        except SafetyCheckUnavailable as exc:
+            logger.error("output check unavailable, render withheld: %s", exc)
+            raise AvatarbotError(
+                "The safety check of rendered images is unavailable right now, so nothing was "
+                "posted. Your render was refunded; please try again later.",
+                code="safety_check_unavailable",
+            ) from exc
+        if len(found) != len(images):  # never deliver an image without its verdict
+            raise AvatarbotError(
+                "The safety check of rendered images failed, so nothing was posted.",
+                code="safety_check_unavailable",
+            )
+        return [
+            OutputVerdict(flagged=v.flagged, scores=dict(v.scores), checkers=v.checkers)
+            for v in found
+        ]
 
     async def aclose(self) -> None:
         await self.engine.aclose()
@@ -138,6 +190,35 @@ def _encode_pngs(images: Sequence[Image]) -> list[bytes]:
     return out
 
 
+def _output_checker(engine: DiffusionEngine, safety: SafetySettings) -> OutputChecker:
+    """nudenet with the settings' policy, plus diffusers' safety checker when the profile's
+    model folder ships one (loaded with the pipeline's device and dtype)."""
+    from engine.safety import (
+        DiffusersSafetyChecker,
+        NudeNetChecker,
+        OutputChecker,
+        safety_checker_folder,
+    )
+
+    cache_dir = str(engine.settings.cache_dir) if engine.settings.cache_dir else None
+    folder = safety_checker_folder(engine.profile.base_model, cache_dir=cache_dir)
+    diffusers = None
+    if folder is not None:
+        logger.info("output check: also diffusers' safety checker from %s", folder)
+        diffusers = DiffusersSafetyChecker(
+            folder, device=str(engine.device), dtype=engine.model.dtype
+        )
+    return OutputChecker(NudeNetChecker(safety.threshold, safety.classes), diffusers)
+
+
+def _engine_policy(policy: OutputPolicy | None) -> SafetyPolicy | None:
+    from engine.safety import SafetyPolicy
+
+    if policy is None:
+        return None
+    return SafetyPolicy(policy.threshold, tuple(policy.classes))
+
+
 async def build_engine_port(settings: Settings) -> EnginePort:
     """The engine the settings name, as the services' port (the bot and the CLI use this)."""
-    return await EngineAdapter.create(settings.engine)
+    return await EngineAdapter.create(settings.engine, settings.safety)

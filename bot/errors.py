@@ -71,7 +71,24 @@ class QuotaExceeded(AvatarbotError):
 
 
 class QueueFull(AvatarbotError):
+    """A per-member or guild-wide queue cap; ``retry_at``: when to try again, if known."""
+
     code = "queue_full"
+
+    def __init__(self, message: str, *, retry_at: datetime | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class RateLimited(AvatarbotError):
+    """A per-member rate limit (renders per minute, creations per hour); ``retry_at``: the
+    moment the oldest counted request leaves the window."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_at: datetime) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
 
 
 class PromptRefused(AvatarbotError):

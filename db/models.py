@@ -119,7 +119,16 @@ class GuildSettings(Base):
     images_per_render: Mapped[int | None] = mapped_column(Integer)
     max_steps: Mapped[int | None] = mapped_column(Integer)
     max_side: Mapped[int | None] = mapped_column(Integer)
+    # Abuse limits per member (rate of work-costing commands).
+    renders_per_minute: Mapped[int | None] = mapped_column(Integer)
+    creates_per_hour: Mapped[int | None] = mapped_column(Integer)
     personalizer: Mapped[str | None] = mapped_column(String(32))
+    # What happens to a flagged image in an age-restricted channel: "block" (the default, as
+    # everywhere else) or "spoiler".
+    nsfw_policy: Mapped[str | None] = mapped_column(String(16))
+    # The guild's changes to the default prompt blocklist: entries added, defaults lifted.
+    blocked_terms: Mapped[list[str] | None] = mapped_column(JSONType)
+    allowed_terms: Mapped[list[str] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False
@@ -373,6 +382,10 @@ class JobOutput(Base):
     seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
     width: Mapped[int] = mapped_column(Integer, nullable=False)
     height: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The output check flagged it (its scores are in the job's ``result``).
+    flagged: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
     created_at: Mapped[datetime] = _created()
 
     job: Mapped[RenderJob] = relationship(back_populates="outputs", lazy="raise_on_sql")
@@ -381,9 +394,11 @@ class JobOutput(Base):
 class UsageLedger(Base):
     """Append-only quota ledger: what is left is computed from it in SQL.
 
-    Rows are never updated or deleted by the application, with two exceptions that keep
-    totals intact: forget-me sets ``user_id`` to NULL (anonymised usage), and deleting a job
-    sets ``job_id`` to NULL.
+    Rows are never updated or deleted by the application, with three exceptions that keep
+    totals intact: forget-me sets ``user_id`` to NULL (anonymised usage; the rows of the
+    current UTC day get ``user_key`` instead, see bot/services/usage_keys.py), the daily
+    maintenance clears ``user_key`` on rows of earlier days, and deleting a job sets
+    ``job_id`` to NULL.
     """
 
     __tablename__ = "usage_ledger"
@@ -391,6 +406,7 @@ class UsageLedger(Base):
         CheckConstraint(_in("entry", LedgerEntry), name="entry"),
         CheckConstraint("amount > 0", name="amount_positive"),
         Index("ix_usage_ledger_guild_user_created", "guild_id", "user_id", "created_at"),
+        Index("ix_usage_ledger_guild_key_created", "guild_id", "user_key", "created_at"),
         Index(None, "job_id"),  # ON DELETE SET NULL from render_jobs
     )
 
@@ -402,6 +418,27 @@ class UsageLedger(Base):
     job_id: Mapped[int | None] = mapped_column(ForeignKey("render_jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _created()
     note: Mapped[str | None] = mapped_column(String(200))
+    # After forget-me, today's rows keep a keyed hash of (guild, member, day) instead of the
+    # member id, so erasing one's data does not reset one's usage; meaningless the next day.
+    user_key: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    """An admin action in a guild (quota changes, purges, policy and blocklist changes)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_guild_created", "guild_id", "created_at"),
+        Index(None, "actor_id"),  # forget-me of an admin
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # NULL after the acting admin's forget-me (the action stays, the person goes).
+    actor_id: Mapped[int | None] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    created_at: Mapped[datetime] = _created()
 
 
 class BotState(Base):

@@ -38,7 +38,7 @@ from engine.worker import Progress, Worker
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from engine.subject_checks import FaceBox, FaceDetector, PhotoReport
+    from engine.subject_checks import FaceBox, FaceDetector, FaceEmbedder, PhotoReport
 
 logger = logging.getLogger(__name__)
 
@@ -328,9 +328,25 @@ class DiffusionEngine:
         from engine.subject_checks import inspect_photos
 
         detector = self.model.detector
-        return await self._worker.call(
-            lambda: inspect_photos(list(photos), ConceptKind(kind).value, detector=detector)
-        )
+        kind_name = ConceptKind(kind).value
+
+        def work() -> list[PhotoReport]:
+            # A person's photos get identity embeddings (one person per avatar); the embedder
+            # is loaded on the model's thread the first time a person is inspected.
+            embedder = self._face_embedder() if kind_name == ConceptKind.PERSON.value else None
+            return inspect_photos(list(photos), kind_name, detector=detector, embedder=embedder)
+
+        return await self._worker.call(work)
+
+    def _face_embedder(self) -> FaceEmbedder | None:
+        if self.model.detector is None:
+            return None
+        if "face_embedder" not in self.model.extra:
+            from engine.subject_checks import FaceEmbedder
+
+            self.model.extra["face_embedder"] = FaceEmbedder.load()
+        embedder: FaceEmbedder | None = self.model.extra["face_embedder"]
+        return embedder
 
     async def encode(
         self,

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import PhotoLimits
 from bot.errors import AvatarbotError, ConsentRequired, InvalidInput, NotFound, QuotaExceeded
+from bot.services import limits
 from bot.services.crypto import DataCipher
 from bot.services.events import JobEventKind, JobEvents
 from bot.services.job_work import refusals_json
@@ -127,7 +128,8 @@ class AvatarService:
         """Store a new avatar from ``(filename, bytes)`` photos and queue its encode job.
 
         Refuses (raising) a bad name or kind, a name the owner already uses, missing consent,
-        too many avatars or photos for the guild, and a batch where intake keeps no photo
+        too many avatars or photos for the guild, too many creations this hour
+        (``RateLimited``, bot/services/limits.py), and a batch where intake keeps no photo
         (``NoUsablePhotos``). Otherwise stores the avatar as pending with the photos intake
         kept, the consent record and the encode job, in one transaction; the photos intake
         refused are in the ticket (and, with the worker's refusals, in ``creation_result``).
@@ -139,6 +141,8 @@ class AvatarService:
         async with self._db.begin(readonly=True) as session:
             quotas = await self._quotas.quotas_in(session, guild_id)
             await self._check_new(session, owner_id, clean, quotas.avatars_per_member)
+            # Early, before intake's work; checked again below under the member's lock.
+            await limits.check_create_rate(session, quotas, owner_id, utcnow())
         self._check_count(len(files), 0, quotas.photos_per_avatar)
         facts = await self._registry.current_facts()
         personalizer = quotas.personalizer or facts.default_personalizer
@@ -155,6 +159,7 @@ class AvatarService:
                 # guilds). Discord ids are unique across users and guilds: no lock collides.
                 await lock_scope(session, owner_id)
                 await self._check_new(session, owner_id, clean, quotas.avatars_per_member)
+                await limits.check_create_rate(session, quotas, owner_id, now)
                 avatar = await repo.insert_avatar(
                     session,
                     owner_id=owner_id,

@@ -20,7 +20,9 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
+from bot.services.audit import AuditService
 from bot.services.avatars import AvatarService
+from bot.services.blocklist import BlocklistService
 from bot.services.crypto import DataCipher
 from bot.services.dispatcher import DispatcherConfig, JobDispatcher, Waker
 from bot.services.events import JobEvents
@@ -28,9 +30,11 @@ from bot.services.job_work import EncodeWork, JobWork, RenderWork
 from bot.services.jobs import JobService
 from bot.services.ports import EnginePort
 from bot.services.privacy import PrivacyService
-from bot.services.prompts import PromptBlocklist
+from bot.services.prompt_policy import PromptPolicy
 from bot.services.quotas import QuotaService
 from bot.services.renders import RenderService
+from bot.services.safety import SafetyService
+from bot.services.usage_keys import UsageKeys
 from bot.services.workers import WorkerRegistry
 from db.models import JobKind
 from db.session import Database
@@ -53,7 +57,10 @@ class Services:
     quotas: QuotaService
     jobs: JobService
     privacy: PrivacyService
+    audit: AuditService
+    blocklist: BlocklistService
     dispatcher: JobDispatcher
+    safety: SafetyService
 
     async def start(self, *, run_loop: bool = True) -> None:
         """Listen for job events (PostgreSQL), then start the job loop unless told not to
@@ -102,22 +109,24 @@ async def build_services(
         logger.info("photos, features and outputs are encrypted at rest")
     events = JobEvents(database)
     registry = WorkerRegistry(database, engine.facts() if engine is not None else None)
-    quotas = QuotaService(database, settings.quotas)
+    usage_keys = UsageKeys(cipher)  # one secret for forget-me's keys and usage counting
+    quotas = QuotaService(database, settings.quotas, usage_keys)
     jobs = JobService(database, cipher, settings.output_retention_hours, events)
     avatars = AvatarService(database, cipher, quotas, settings.photos, registry, events, jobs)
+    prompt_policy = PromptPolicy.base(settings.prompt_blocklist)
     renders = RenderService(
         database,
         registry,
         quotas,
         jobs,
         events,
-        blocklist=PromptBlocklist(settings.prompt_blocklist),
+        prompts=prompt_policy,
         default_steps=settings.engine.default_steps,
         default_guidance=settings.engine.default_guidance,
     )
     work: dict[JobKind, JobWork] = {}
     if engine is not None:
-        work[JobKind.RENDER] = RenderWork(database, engine, cipher)
+        work[JobKind.RENDER] = RenderWork(database, engine, cipher, safety=settings.safety)
         work[JobKind.ENCODE] = EncodeWork(database, engine, cipher)
     dispatcher = JobDispatcher(
         database,
@@ -129,7 +138,7 @@ async def build_services(
         worker_id=worker_id,
         waker=waker,
     )
-    privacy = PrivacyService(database, cipher)
+    privacy = PrivacyService(database, cipher, usage_keys)
     return Services(
         settings=settings,
         database=database,
@@ -142,5 +151,8 @@ async def build_services(
         quotas=quotas,
         jobs=jobs,
         privacy=privacy,
+        audit=AuditService(database),
+        blocklist=BlocklistService(database, quotas, prompt_policy),
         dispatcher=dispatcher,
+        safety=SafetyService(database, settings.safety),
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import logging
 import os
 from dataclasses import dataclass
@@ -97,6 +98,8 @@ class DataCipher:
     def __init__(self, current: DataKey | None, old: tuple[DataKey, ...] = ()) -> None:
         self.current = current
         self._keys: dict[str, AESGCM] = {}
+        # Raw keys, current first: only for ``derive`` (keys never leave this class).
+        self._raw = tuple(k.key for k in (*((current,) if current else ()), *old))
         for k in (*old, *((current,) if current else ())):
             self._keys[k.key_id] = AESGCM(k.key)
 
@@ -136,6 +139,11 @@ class DataCipher:
             return aead.decrypt(nonce, blob[start + NONCE_BYTES :], purpose)
         except InvalidTag as exc:
             raise DecryptionError(f"blob sealed with key {kid!r} failed authentication") from exc
+
+    def derive(self, purpose: bytes) -> tuple[bytes, ...]:
+        """Secrets for another use (e.g. keyed hashes), one per configured key, the current
+        key's first: HMAC-SHA256(key, purpose). Empty when no key is configured."""
+        return tuple(hmac.new(key, purpose, hashlib.sha256).digest() for key in self._raw)
 
     def needs_reseal(self, blob: bytes) -> bool:
         """True when ``blob`` is not sealed with the current key (rotation or first key)."""

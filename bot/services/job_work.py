@@ -27,12 +27,15 @@ from typing import Any, Protocol
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.config import SafetySettings
 from bot.errors import AvatarbotError, NotFound
 from bot.services.crypto import DataCipher
 from bot.services.jobs import FEATURES_PURPOSE, OUTPUT_PURPOSE, PHOTO_PURPOSE
+from bot.services.ledger import refund
 from bot.services.ports import (
     EncodedFeatures,
     EnginePort,
+    OutputPolicy,
     ProgressCallback,
     RenderOutput,
     RenderSpec,
@@ -40,6 +43,13 @@ from bot.services.ports import (
 )
 from bot.services.prompts import styled_prompt
 from bot.services.results import PhotoRefusal, PhotoWarning, RenderSettings
+from bot.services.safety import (
+    SAFETY_KEY,
+    flagged_posting,
+    guild_nsfw_policy,
+    output_policy,
+    safety_record,
+)
 from bot.services.screening import NoUsablePhotos, decode_all, inspect_photos
 from db.models import AvatarStatus, RenderJob
 from db.repositories import avatars as avatars_repo
@@ -91,12 +101,22 @@ class JobWork(Protocol):
 
 
 class RenderWork:
-    """Renders an avatar with the stored settings; the images are sealed and stored."""
+    """Renders an avatar with the stored settings; every image passes the output check
+    (``safety``'s policy) before it is sealed and stored with its verdict (see
+    bot/services/safety.py for what is posted and the quota rule)."""
 
-    def __init__(self, database: Database, engine: EnginePort, cipher: DataCipher) -> None:
+    def __init__(
+        self,
+        database: Database,
+        engine: EnginePort,
+        cipher: DataCipher,
+        *,
+        safety: SafetySettings | None = None,
+    ) -> None:
         self._db = database
         self._engine = engine
         self._cipher = cipher
+        self._policy: OutputPolicy = output_policy(safety or SafetySettings())
 
     async def run(self, job: ClaimedJob, progress: ProgressCallback) -> RenderOutput:
         from bot.services.jobs import settings_from_json
@@ -109,7 +129,15 @@ class RenderWork:
         # database transaction in half; it takes effect at the render.
         features = await asyncio.shield(self.features_for(job.avatar_id, s.personalizer))
         prompt, negative = styled_prompt(job.prompt, s.negative_prompt, s.style)
-        output = await self._engine.render(_spec(prompt, negative, s), features, progress)
+        spec = _spec(prompt, negative, s, self._policy)
+        output = await self._engine.render(spec, features, progress)
+        if len(output.verdicts) != len(output.pngs):
+            # Fail closed: an image without the output check's verdict is never stored.
+            raise AvatarbotError(
+                "The safety check of rendered images did not run, so nothing was posted. "
+                "Your render was refunded.",
+                code="safety_check_unavailable",
+            )
         logger.info("job %s rendered in %.2f s", job.id, time.perf_counter() - started)
         return output
 
@@ -120,15 +148,34 @@ class RenderWork:
         self, session: AsyncSession, job: ClaimedJob, outcome: RenderOutput, now: datetime
     ) -> None:
         width, height = int(job.settings["width"]), int(job.settings["height"])
+        verdicts = outcome.verdicts
         await jobs_repo.add_outputs(
             session,
             job.id,
             [
-                NewOutput(self._cipher.seal(png, OUTPUT_PURPOSE), seed, width, height)
-                for png, seed in zip(outcome.pngs, outcome.seeds, strict=True)
+                NewOutput(self._cipher.seal(png, OUTPUT_PURPOSE), seed, width, height, v.flagged)
+                for png, seed, v in zip(outcome.pngs, outcome.seeds, verdicts, strict=True)
             ],
             now,
         )
+        # Decided once, here, with the guild's policy now: delivery follows the record, and
+        # the refund below matches what is posted.
+        age_restricted = bool(job.settings.get("age_restricted", False))
+        flagged_as = flagged_posting(age_restricted, await guild_nsfw_policy(session, job.guild_id))
+        record = safety_record(verdicts, flagged_as)
+        if verdicts and len(record["withheld"]) == len(verdicts):
+            row = await jobs_repo.get(session, job.id)
+            if row is not None:
+                await refund(session, row, now, note="every image withheld by the output check")
+                record["refunded"] = True
+        await jobs_repo.set_result(session, job.id, {SAFETY_KEY: record})
+        if record["withheld"]:
+            logger.info(
+                "job %s: output check withheld %s of %s image(s)",
+                job.id,
+                len(record["withheld"]),
+                len(verdicts),
+            )
 
     async def features_for(self, avatar_id: int, personalizer: str) -> bytes:
         """The avatar's features for this engine, re-encoded from its photos when the cached
@@ -161,7 +208,7 @@ class RenderWork:
         return encoded.data
 
 
-def _spec(prompt: str, negative: str, s: RenderSettings) -> RenderSpec:
+def _spec(prompt: str, negative: str, s: RenderSettings, policy: OutputPolicy) -> RenderSpec:
     return RenderSpec(
         prompt=prompt,
         negative_prompt=negative,
@@ -173,6 +220,7 @@ def _spec(prompt: str, negative: str, s: RenderSettings) -> RenderSpec:
         count=s.count,
         identity_strength=s.identity_strength,
         personalizer=s.personalizer,
+        output_policy=policy,
     )
 
 

@@ -32,10 +32,12 @@ from bot.services.results import (
     JobView,
     RenderSettings,
 )
+from bot.services.safety import CheckedOutput, recorded_posting
 from db import queue
 from db.models import AvatarStatus, JobKind, JobStatus, RenderJob
 from db.repositories import avatars as avatars_repo
 from db.repositories import jobs as repo
+from db.repositories import ledger as ledger_repo
 from db.repositories.common import checkpoint, scrub_deletes
 from db.session import Database
 from db.types import utcnow
@@ -99,6 +101,21 @@ class JobService:
                 raise NotFound("This render no longer exists.")
             rows = await repo.outputs(session, job_id)
             return [self._cipher.open(r.data, OUTPUT_PURPOSE) for r in rows]
+
+    async def checked_outputs(self, job_id: int) -> tuple[list[CheckedOutput], str]:
+        """The finished job's images with the output check's flag on each, and what happens to
+        flagged ones (``block`` or ``spoiler``, decided when the job finished; see
+        bot/services/safety.py). Delivery posts only what this allows."""
+        async with self._db.begin(readonly=True) as session:
+            job = await repo.get(session, job_id)
+            if job is None:
+                raise NotFound("This render no longer exists.")
+            rows = await repo.outputs(session, job_id)
+            checked = [
+                CheckedOutput(r.index, self._cipher.open(r.data, OUTPUT_PURPOSE), r.flagged)
+                for r in rows
+            ]
+            return checked, recorded_posting(job.result)
 
     async def undelivered(self) -> list[JobView]:
         """Finished jobs whose result the bot has not delivered yet (after a restart, too),
@@ -197,11 +214,13 @@ class JobService:
         return result
 
     async def purge_expired(self, now: datetime | None = None) -> int:
-        """Delete finished jobs past their retention (see the module docstring)."""
+        """Delete finished jobs past their retention (see the module docstring), and clear
+        the forget-me keys of earlier days from the usage ledger (bot/services/usage_keys.py)."""
         now = now or utcnow()
         cutoff = now - self.retention
         async with self._db.begin() as session:
             await scrub_deletes(session)
+            await ledger_repo.expire_user_keys(session, day_bounds(now)[0])
             erased = await repo.purge_finished(
                 session,
                 finished_before=cutoff,
@@ -275,6 +294,7 @@ def settings_to_json(settings: RenderSettings, *, avatar_name: str) -> dict[str,
         "count": settings.count,
         "identity_strength": settings.identity_strength,
         "personalizer": settings.personalizer,
+        "age_restricted": settings.age_restricted,
         # Shown with the result even after the avatar was renamed or deleted.
         "avatar_name": avatar_name,
     }
@@ -293,6 +313,7 @@ def settings_from_json(s: dict[str, object], negative_prompt: str, seed: int) ->
         seed=seed,
         identity_strength=float(s.get("identity_strength", 0.7)),  # type: ignore[arg-type]
         personalizer=str(s.get("personalizer", "ip-adapter")),
+        age_restricted=bool(s.get("age_restricted", False)),
     )
 
 

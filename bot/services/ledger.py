@@ -17,6 +17,7 @@ belongs to, so a reservation or refund and the state change commit or roll back 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,12 +35,20 @@ def day_bounds(now: datetime) -> tuple[datetime, datetime]:
 
 
 async def used_today(
-    session: AsyncSession, *, guild_id: int | None, user_id: int, now: datetime
+    session: AsyncSession,
+    *,
+    guild_id: int | None,
+    user_id: int,
+    now: datetime,
+    user_keys: Sequence[str] = (),
 ) -> tuple[int, int]:
-    """(units used today net of refunds, units granted today) for a member in a guild."""
+    """(units used today net of refunds, units granted today) for a member in a guild.
+
+    ``user_keys``: the member's keys of today (bot/services/usage_keys.py), so that what they
+    used before a forget-me still counts."""
     start, end = day_bounds(now)
     totals = await ledger_repo.totals(
-        session, guild_id=guild_id, user_id=user_id, start=start, end=end
+        session, guild_id=guild_id, user_id=user_id, start=start, end=end, user_keys=user_keys
     )
     return totals.reserved - totals.refunded, totals.granted
 

@@ -43,6 +43,9 @@ class SubjectReport:
     warnings: tuple[str, ...] = ()
     faces: int | None = None
     messages: Mapping[str, str] = field(default_factory=dict)
+    # The identity embedding of the photo's one face (a person's photo that passed the face
+    # checks), for the one-person-per-avatar check; None otherwise.
+    embedding: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,15 +72,39 @@ class RenderSpec:
     identity_strength: float
     personalizer: str
     scheduler: str | None = None
+    # When the output check flags an image; None: the engine's default policy.
+    output_policy: OutputPolicy | None = None
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """When the output check flags an image: nudenet's score of any of ``classes`` reaches
+    ``threshold`` (a checker with its own yes/no, like diffusers', flags on its own)."""
+
+    threshold: float
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OutputVerdict:
+    """The output check's verdict on one rendered image: scores, never the image."""
+
+    flagged: bool
+    # label -> the highest score the checker gave it in this image
+    scores: Mapping[str, float] = field(default_factory=dict)
+    # which checks ran ("nudenet", "diffusers-safety-checker")
+    checkers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class RenderOutput:
-    """Encoded PNGs in order, the seed of each, and named durations in seconds."""
+    """Encoded PNGs in order, the seed of each, the output check's verdict on each, and
+    named durations in seconds."""
 
     pngs: tuple[bytes, ...]
     seeds: tuple[int, ...]
     timings: Mapping[str, float] = field(default_factory=dict)
+    verdicts: tuple[OutputVerdict, ...] = ()
 
 
 class StaleFeaturesError(Exception):

@@ -4,10 +4,15 @@ Each storage module implements ``delete_user_data(session, user_id)``
 (db/repositories/{avatars,jobs,ledger}.py); ``forget_me`` runs them all in one transaction.
 
 What forget-me removes: every avatar of the member with its photos, features and consent
-records, every render job (prompt, settings, interaction token) and output image. What it
-keeps: the member's usage ledger rows **without their user id** (set to NULL), so a guild's
-usage report stays true. A side effect: the erased member's renders of today no longer count
-against them; keeping the id to prevent that would defeat the erasure. Nothing else stores user ids.
+records, every render job (prompt, settings, interaction token) and output image, and their
+id from the audit log (as the acting admin, or as the member an action concerned: the entries
+stay without it). What it keeps: the member's usage ledger rows **without their user id** (set
+to NULL), so a guild's usage report stays true (shown as "erased members"). The rows of the
+current UTC day carry instead a keyed hash of (guild, member, day) (bot/services/usage_keys.py),
+so what the member used today still counts against them: erasing one's data is not a fresh
+quota. The hash is meaningless to anyone without both the member id and the installation's
+secret, and it is cleared the next day (``JobService.purge_expired``), after which the rows
+keep only counts. Nothing else stores user ids.
 
 On SQLite the deletions run with ``secure_delete`` on and are followed by a WAL checkpoint
 that truncates the WAL, so the erased bytes are gone from the database files (a test scans
@@ -21,15 +26,20 @@ from __future__ import annotations
 import logging
 
 from bot.errors import Forbidden
+from bot.services import audit
 from bot.services.crypto import DataCipher
 from bot.services.jobs import FEATURES_PURPOSE, OUTPUT_PURPOSE, PHOTO_PURPOSE
+from bot.services.ledger import day_bounds
 from bot.services.results import ErasureReport, GuildErasure, ReencryptReport
+from bot.services.usage_keys import UsageKeys, user_key
+from db.repositories import audit as audit_repo
 from db.repositories import avatars as avatars_repo
 from db.repositories import guilds as guilds_repo
 from db.repositories import jobs as jobs_repo
 from db.repositories import ledger as ledger_repo
 from db.repositories.common import checkpoint, scrub_deletes
 from db.session import Database
+from db.types import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +47,31 @@ REENCRYPT_BATCH = 100
 
 
 class PrivacyService:
-    def __init__(self, database: Database, cipher: DataCipher) -> None:
+    def __init__(
+        self, database: Database, cipher: DataCipher, keys: UsageKeys | None = None
+    ) -> None:
         self._db = database
         self._cipher = cipher
+        self._keys = keys or UsageKeys(cipher)
 
     async def forget_me(self, user_id: int) -> ErasureReport:
         """Erase everything stored about ``user_id`` (see the module docstring)."""
+        now = utcnow()
         async with self._db.begin() as session:
             await scrub_deletes(session)
+            # Today's usage stays the member's under a keyed hash; first, while the jobs that
+            # attribute refunds to their day still exist.
+            secret = await self._keys.writing_secret(session)
+            keyed = await ledger_repo.key_rows_of_day(
+                session,
+                user_id,
+                start=day_bounds(now)[0],
+                key_for=lambda guild_id: user_key(secret, guild_id, user_id, now),
+            )
             jobs = await jobs_repo.delete_user_data(session, user_id)
             avatars = await avatars_repo.delete_user_data(session, user_id)
-            ledger = await ledger_repo.delete_user_data(session, user_id)
+            ledger = keyed + await ledger_repo.delete_user_data(session, user_id)
+            await audit_repo.delete_user_data(session, user_id)
         await checkpoint(self._db)
         report = ErasureReport(
             user_id=user_id,
@@ -63,26 +87,36 @@ class PrivacyService:
         return report
 
     async def purge_member(
-        self, guild_id: int, user_id: int, *, actor_is_admin: bool
+        self, guild_id: int, user_id: int, *, actor_is_admin: bool, actor_id: int | None = None
     ) -> ErasureReport:
         """An admin removes a member's renders in their guild (jobs, prompts, images; active
-        ones are stopped, unrefunded). The member's avatars are theirs and are not touched."""
+        ones are stopped, unrefunded). The member's avatars are theirs and are not touched.
+        The purge goes to the audit log (``member.purge``: member and counts)."""
         if not actor_is_admin:
             raise Forbidden("Only server managers can do that.")
         async with self._db.begin() as session:
             await scrub_deletes(session)
             jobs = await jobs_repo.delete_member_in_guild(session, guild_id, user_id)
+            await audit.record(
+                session,
+                guild_id,
+                actor_id,
+                "member.purge",
+                {"member_id": str(user_id), "renders": jobs.jobs, "images": jobs.outputs},
+            )
         await checkpoint(self._db)
         logger.info("guild %s purged member %s: %s jobs", guild_id, user_id, jobs.jobs)
         return ErasureReport(user_id=user_id, jobs=jobs.jobs, outputs=jobs.outputs)
 
     async def guild_removed(self, guild_id: int) -> GuildErasure:
-        """The bot left (or was removed from) a guild: its settings, jobs and usage go."""
+        """The bot left (or was removed from) a guild: its settings, jobs, usage and audit
+        log go."""
         async with self._db.begin() as session:
             await scrub_deletes(session)
             jobs = await jobs_repo.delete_guild(session, guild_id)
             ledger = await ledger_repo.delete_guild(session, guild_id)
             settings = await guilds_repo.delete_guild(session, guild_id)
+            await audit_repo.delete_guild(session, guild_id)
         await checkpoint(self._db)
         result = GuildErasure(guild_id, settings, jobs.jobs, jobs.outputs, ledger)
         logger.info("guild %s removed: %s", guild_id, result)

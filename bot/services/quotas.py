@@ -4,6 +4,11 @@ Quotas are guild settings with defaults (``Settings.quotas``); a guild row store
 overrides (NULL = default). Usage comes from the ledger (see bot/services/ledger.py for the
 UTC-day semantics). A guild id of None stands for "no guild" (the CLI, direct use): the
 defaults apply and usage is counted apart from every guild.
+
+A member's usage of today survives their forget-me through a keyed hash of (guild, member,
+day) on their ledger rows of today (bot/services/usage_keys.py). Admin changes (``set``,
+``grant``) are written to the audit log in the same transaction, with the acting admin's id
+(``actor_id``; None from the CLI).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import QuotaDefaults
 from bot.errors import Forbidden, InvalidInput
+from bot.services import audit
 from bot.services.ledger import UNITS_PER_RENDER, day_bounds, used_today
 from bot.services.results import GuildQuotas, UsageReport, UsageRow, UsageView
+from bot.services.usage_keys import UsageKeys
 from db.models import LedgerEntry
 from db.repositories import guilds as guilds_repo
 from db.repositories import ledger as ledger_repo
@@ -40,9 +47,12 @@ def _require_admin(actor_is_admin: bool) -> None:
 
 
 class QuotaService:
-    def __init__(self, database: Database, defaults: QuotaDefaults) -> None:
+    def __init__(
+        self, database: Database, defaults: QuotaDefaults, keys: UsageKeys | None = None
+    ) -> None:
         self._db = database
         self._defaults = defaults
+        self.keys = keys or UsageKeys()
 
     async def quotas_in(self, session: AsyncSession, guild_id: int | None) -> GuildQuotas:
         """The effective quotas of a guild, read in the caller's transaction."""
@@ -52,19 +62,34 @@ class QuotaService:
             override = getattr(row, name) if row is not None else None
             values[name] = override if override is not None else getattr(self._defaults, name)
         personalizer = row.personalizer if row is not None else None
-        return GuildQuotas(guild_id=guild_id, personalizer=personalizer, **values)
+        return GuildQuotas(
+            guild_id=guild_id,
+            personalizer=personalizer,
+            nsfw_policy=(row.nsfw_policy if row is not None else None) or "block",
+            blocked_terms=tuple(row.blocked_terms or ()) if row is not None else (),
+            allowed_terms=tuple(row.allowed_terms or ()) if row is not None else (),
+            **values,
+        )
 
     async def get(self, guild_id: int | None) -> GuildQuotas:
         """The guild's effective quota settings (anyone may read them)."""
         async with self._db.begin(readonly=True) as session:
             return await self.quotas_in(session, guild_id)
 
-    async def set(self, guild_id: int, *, actor_is_admin: bool, **changes: Any) -> GuildQuotas:
+    async def set(
+        self,
+        guild_id: int,
+        *,
+        actor_is_admin: bool,
+        actor_id: int | None = None,
+        **changes: Any,
+    ) -> GuildQuotas:
         """Change some of a guild's quotas (admins only); a value of None restores the default.
 
         Keys are the fields of ``GuildQuotas`` (``renders_per_day``, ``max_side``,
         ``personalizer``...). The whole result is validated against the same bounds as the
-        defaults, so a guild cannot be configured into something the engine refuses.
+        defaults, so a guild cannot be configured into something the engine refuses. The
+        change (old → new values) goes to the audit log as ``quota.set``.
         """
         _require_admin(actor_is_admin)
         unknown = sorted(set(changes) - set(QUOTA_FIELDS) - {"personalizer"})
@@ -95,6 +120,17 @@ class QuotaService:
                 raise InvalidInput(f"Invalid setting: {problems}.") from exc
             await guilds_repo.update_settings(session, guild_id, dict(changes))
             result = await self.quotas_in(session, guild_id)
+            await audit.record(
+                session,
+                guild_id,
+                actor_id,
+                "quota.set",
+                {
+                    "changes": {
+                        n: [getattr(current, n), getattr(result, n)] for n in sorted(changes)
+                    }
+                },
+            )
         logger.info("guild %s quotas changed: %s", guild_id, sorted(changes))
         return result
 
@@ -106,8 +142,9 @@ class QuotaService:
 
     async def usage_in(self, session: AsyncSession, quotas: GuildQuotas, user_id: int) -> UsageView:
         now = utcnow()
+        keys = await self.keys.keys_for(session, quotas.guild_id, user_id, now)
         used, granted = await used_today(
-            session, guild_id=quotas.guild_id, user_id=user_id, now=now
+            session, guild_id=quotas.guild_id, user_id=user_id, now=now, user_keys=keys
         )
         limit = quotas.renders_per_day * UNITS_PER_RENDER + granted
         _, resets_at = day_bounds(now)
@@ -150,9 +187,13 @@ class QuotaService:
         amount: int,
         *,
         actor_is_admin: bool,
+        actor_id: int | None = None,
         note: str | None = None,
     ) -> UsageView:
-        """Give a member ``amount`` extra renders for today (admins only)."""
+        """Give a member ``amount`` extra renders for today (admins only).
+
+        The ledger row says only "admin grant" (or ``note``); who granted it goes to the audit
+        log (``quota.grant``), where an admin's forget-me can erase it."""
         _require_admin(actor_is_admin)
         if not 1 <= amount <= MAX_GRANT:
             raise InvalidInput(f"amount must be between 1 and {MAX_GRANT}.")
@@ -167,5 +208,9 @@ class QuotaService:
                 now=utcnow(),
                 note=(note or "admin grant")[:200],
             )
+            detail: dict[str, Any] = {"member_id": str(user_id), "amount": amount}
+            if note:
+                detail["note"] = note[:200]
+            await audit.record(session, guild_id, actor_id, "quota.grant", detail)
             quotas = await self.quotas_in(session, guild_id)
             return await self.usage_in(session, quotas, user_id)

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import InvalidInput, NotFound, NotOwner, QueueFull, QuotaExceeded
+from bot.services import limits
 from bot.services.events import JobEventKind, JobEvents
 from bot.services.jobs import JobService, queue_position, settings_to_json
 from bot.services.ledger import UNITS_PER_RENDER, day_bounds, refund, reserve
 from bot.services.names import name_key
-from bot.services.ports import EngineFacts, UnknownPersonalizer
-from bot.services.prompts import PromptBlocklist, clean_prompt, size_for, styled_prompt
+from bot.services.ports import EngineFacts, SubjectKind, UnknownPersonalizer
+from bot.services.prompt_policy import PromptPolicy
+from bot.services.prompts import clean_prompt, size_for, styled_prompt
 from bot.services.quotas import QuotaService
 from bot.services.results import (
     ASPECTS,
@@ -55,7 +58,7 @@ class RenderService:
         jobs: JobService,
         events: JobEvents,
         *,
-        blocklist: PromptBlocklist,
+        prompts: PromptPolicy,
         default_steps: int | None,
         default_guidance: float,
     ) -> None:
@@ -64,7 +67,7 @@ class RenderService:
         self._quotas = quotas
         self._jobs = jobs
         self._events = events
-        self._blocklist = blocklist
+        self._prompts = prompts
         self._default_steps = default_steps
         self._default_guidance = default_guidance
 
@@ -77,12 +80,15 @@ class RenderService:
         prompt: str,
         options: RenderOptions = RenderOptions(),
         interaction: InteractionRef | None = None,
+        *,
+        age_restricted: bool = False,
     ) -> JobTicket:
         """Queue a render of the member's avatar; returns the job id and queue position.
 
         Raises ``NotFound`` (no such avatar of theirs), ``InvalidInput`` (prompt or options out
-        of bounds), ``PromptRefused`` (blocklist), ``QuotaExceeded`` (with ``resets_at``) or
-        ``QueueFull``. Nothing is reserved when it raises.
+        of bounds), ``PromptRefused`` (blocklist), ``QuotaExceeded`` (with ``resets_at``),
+        ``RateLimited`` (renders per minute, with ``retry_at``) or ``QueueFull`` (with
+        ``retry_at`` for the guild's cap). Nothing is reserved when it raises.
         """
         async with self._db.begin(readonly=True) as session:
             quotas = await self._quotas.quotas_in(session, guild_id)
@@ -96,10 +102,22 @@ class RenderService:
                     f"“{avatar.name}” is still being checked; try again in a moment."
                 )
             avatar_id, shown_name = avatar.id, avatar.name
+            person = avatar.kind == SubjectKind.PERSON.value
         text = clean_prompt(prompt)
         negative = clean_prompt(options.negative_prompt, what="negative prompt", allow_empty=True)
         facts = await self._registry.current_facts()
-        settings = self._settings(text, negative, options, quotas, facts)
+        settings = replace(
+            self._settings(
+                text,
+                negative,
+                options,
+                quotas,
+                facts,
+                age_restricted=age_restricted,
+                person=person,
+            ),
+            age_restricted=age_restricted,
+        )
         return await self._enqueue(
             user_id=user_id,
             guild_id=guild_id,
@@ -165,6 +183,9 @@ class RenderService:
         quotas: GuildQuotas,
         facts: EngineFacts,
         personalizer: str | None = None,
+        *,
+        age_restricted: bool,
+        person: bool,
     ) -> RenderSettings:
         if options.aspect not in ASPECTS:
             raise InvalidInput(f"The aspect must be one of {', '.join(ASPECTS)}.")
@@ -186,7 +207,11 @@ class RenderService:
         if not 0 <= seed <= MAX_SEED:
             raise InvalidInput(f"The seed must be between 0 and {MAX_SEED}.")
         full, full_negative = styled_prompt(prompt, negative, options.style)
-        self._blocklist.check(prompt, negative)
+        # The guild's prompt policy (bot/services/prompt_policy.py): the channel and whether
+        # the avatar is a person decide what is refused.
+        self._prompts.for_guild(quotas.blocked_terms, quotas.allowed_terms).check(
+            prompt, negative, age_restricted=age_restricted, person=person
+        )
         self._check_tokens(facts, full, "prompt")
         self._check_tokens(facts, full_negative, "negative prompt")
         width, height = size_for(options.aspect, facts.native_size, quotas.max_side)
@@ -245,8 +270,19 @@ class RenderService:
             guidance=previous.guidance,
         )
         facts = await self._registry.current_facts()
-        settings = self._settings(
-            old.prompt, previous.negative_prompt, options, quotas, facts, previous.personalizer
+        settings = replace(
+            self._settings(
+                old.prompt,
+                previous.negative_prompt,
+                options,
+                quotas,
+                facts,
+                previous.personalizer,
+                age_restricted=previous.age_restricted,
+                person=avatar.kind == SubjectKind.PERSON.value,
+            ),
+            # Same channel as the original: the same policy.
+            age_restricted=previous.age_restricted,
         )
         return await self._enqueue(
             user_id=user_id,
@@ -285,13 +321,21 @@ class RenderService:
                 raise QuotaExceeded(
                     f"You have used your {usage.limit} renders for today.", resets_at=resets_at
                 )
+            keys = await self._quotas.keys.keys_for(session, guild_id, user_id, now)
+            await limits.check_render_rate(session, quotas, user_id, now, keys)
             mine, guild_total = await repo.active_counts(
                 session, guild_id=guild_id, user_id=user_id
             )
             if mine >= quotas.queued_per_member:
-                raise QueueFull(f"You already have {mine} renders waiting; wait for one to finish.")
+                raise QueueFull(
+                    f"You already have {mine} render{'s' if mine != 1 else ''} waiting (the most "
+                    "this server allows); try again when one of them finishes."
+                )
             if guild_total >= quotas.queued_per_guild:
-                raise QueueFull("This server's render queue is full; try again in a few minutes.")
+                raise QueueFull(
+                    "This server's render queue is full.",
+                    retry_at=await limits.guild_queue_retry_at(session, guild_id, now),
+                )
             job = await repo.insert(
                 session,
                 user_id=user_id,

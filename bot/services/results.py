@@ -139,6 +139,9 @@ class RenderSettings:
     seed: int
     identity_strength: float
     personalizer: str
+    # Asked for in an age-restricted (NSFW) channel: the guild's policy for such channels
+    # applies to its prompt and to flagged images.
+    age_restricted: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,8 +223,15 @@ class GuildQuotas:
     images_per_render: int
     max_steps: int
     max_side: int
+    renders_per_minute: int
+    creates_per_hour: int
     # None: the engine's default personalizer.
     personalizer: str | None = None
+    # Flagged images in age-restricted channels: "block" (default) or "spoiler".
+    nsfw_policy: str = "block"
+    # The guild's changes to the default prompt blocklist.
+    blocked_terms: tuple[str, ...] = ()
+    allowed_terms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,21 @@ import asyncio
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from PIL import Image
 
 from bot.config import PhotoLimits
 from bot.errors import InvalidPhoto
 from bot.services import photo_intake
+from bot.services.identity import (
+    DIFFERENT_PERSON,
+    different_person_message,
+    no_majority_message,
+    odd_ones_out,
+)
 from bot.services.photo_intake import NormalizedPhoto, display_name
-from bot.services.ports import EnginePort, SubjectKind
+from bot.services.ports import EnginePort, SubjectKind, SubjectReport
 from bot.services.results import PhotoRefusal, PhotoWarning
 from bot.services.similarity import near_duplicates
 from bot.services.subject_messages import problem_message, warning_message
@@ -72,11 +79,21 @@ class Inspected:
     warnings: list[PhotoWarning]
 
 
+class Inspector(Protocol):
+    """The part of ``EnginePort`` screening needs (``avatarbot photo check`` runs the engine's
+    subject checks without loading a diffusion model)."""
+
+    async def inspect(
+        self, images: Sequence[Image.Image], kind: SubjectKind
+    ) -> list[SubjectReport]: ...
+
+
 async def inspect_photos(
-    engine: EnginePort, photos: Sequence[tuple[str, bytes]], kind: SubjectKind
+    engine: Inspector | EnginePort, photos: Sequence[tuple[str, bytes]], kind: SubjectKind
 ) -> Inspected:
-    """The subject checks (a face for a person, sharpness, exposure) and near-duplicates, on
-    ``(filename, normalised bytes)``: the worker's half of screening."""
+    """The subject checks (a face for a person, sharpness, exposure), one person across a
+    person's photos, and near-duplicates, on ``(filename, normalised bytes)``: the worker's
+    half of screening."""
     if not photos:
         return Inspected([], [], [])
     reports = await engine.inspect(await decode_all([d for _, d in photos]), kind)
@@ -93,6 +110,11 @@ async def inspect_photos(
         warnings.extend(
             PhotoWarning(shown, code, warning_message(code, shown)) for code in report.warnings
         )
+    if kind == SubjectKind.PERSON:
+        kept, strangers = _one_person(
+            kept, [(display_name(n), r) for (n, _), r in zip(photos, reports, strict=True)]
+        )
+        refused = sorted([*refused, *strangers], key=lambda item: item[0])
     duplicates = await asyncio.to_thread(near_duplicates, [photos[i][1] for i in kept])
     for i, j in duplicates:
         first, repeat = display_name(photos[kept[i]][0]), display_name(photos[kept[j]][0])
@@ -105,6 +127,23 @@ async def inspect_photos(
             )
         )
     return Inspected(kept, refused, warnings)
+
+
+def _one_person(
+    kept: list[int], named: Sequence[tuple[str, SubjectReport]]
+) -> tuple[list[int], list[tuple[int, PhotoRefusal]]]:
+    """Of the kept person photos, refuse those showing someone else than the majority (all of
+    them when there is no majority); see bot/services/identity.py. Photos without an
+    embedding (no face model on the worker) are not compared."""
+    compared = [i for i in kept if named[i][1].embedding is not None]
+    outliers, majority = odd_ones_out([named[i][1].embedding or () for i in compared])
+    message = different_person_message if majority else no_majority_message
+    dropped = {compared[k] for k in outliers}
+    refusals = [
+        (i, PhotoRefusal(named[i][0], DIFFERENT_PERSON, message(named[i][0])))
+        for i in sorted(dropped)
+    ]
+    return [i for i in kept if i not in dropped], refusals
 
 
 def _decode(data: bytes) -> Image.Image:

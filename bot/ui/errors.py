@@ -13,7 +13,7 @@ from datetime import datetime
 import discord
 from discord import app_commands
 
-from bot.errors import AvatarbotError, InternalError, QuotaExceeded
+from bot.errors import AvatarbotError, InternalError, QueueFull, QuotaExceeded, RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ def user_message(error: BaseException, *, context: str = "") -> str:
         if error.resets_at is not None:
             return f"{error.message} It resets {discord_time(error.resets_at)}."
         return error.message
+    if isinstance(error, QueueFull | RateLimited) and error.retry_at is not None:
+        return f"{error.message} Try again {discord_time(error.retry_at)}."
     if isinstance(error, InternalError):
         logger.error("internal error %s %s", error.reference, context, exc_info=error.__cause__)
         return error.message

@@ -51,6 +51,41 @@ async def active_counts(
     return int(row[0]), int(row[1])
 
 
+async def created_times(
+    session: AsyncSession, *, user_id: int, kind: str, since: datetime
+) -> list[datetime]:
+    """When the member's jobs of ``kind`` created since ``since`` (any guild) were created,
+    oldest first: the avatar-creation rate limit counts encode jobs, which stay when the
+    avatar is deleted."""
+    rows = await session.scalars(
+        select(RenderJob.created_at)
+        .where(RenderJob.user_id == user_id, RenderJob.kind == kind, RenderJob.created_at >= since)
+        .order_by(RenderJob.created_at)
+    )
+    return list(rows)
+
+
+async def recent_durations(
+    session: AsyncSession, *, guild_id: int | None, limit: int
+) -> list[float]:
+    """Run times (start to finish, seconds) of the guild's last ``limit`` finished render
+    jobs, for a queue-full message's "try again" estimate."""
+    rows = (
+        await session.execute(
+            select(RenderJob.started_at, RenderJob.finished_at)
+            .where(
+                eq_or_null(RenderJob.guild_id, guild_id),
+                RenderJob.kind == "render",
+                RenderJob.started_at.is_not(None),
+                RenderJob.finished_at.is_not(None),
+            )
+            .order_by(RenderJob.finished_at.desc())
+            .limit(limit)
+        )
+    ).all()
+    return [(end - start).total_seconds() for start, end in rows if start and end]
+
+
 async def queued_by_user(session: AsyncSession) -> dict[int, list[int]]:
     """Every queued job id, grouped by user, oldest first (for queue positions)."""
     rows = await session.execute(
@@ -92,6 +127,8 @@ class NewOutput:
     seed: int
     width: int
     height: int
+    # The output check flagged it (bot/services/safety.py).
+    flagged: bool = False
 
 
 async def add_outputs(
@@ -106,6 +143,7 @@ async def add_outputs(
                 seed=item.seed,
                 width=item.width,
                 height=item.height,
+                flagged=item.flagged,
                 created_at=now,
             )
         )

@@ -3,15 +3,20 @@
 What a member has used is computed from the ledger in SQL, never stored. A refund counts
 against the day of the reservation it gives back (through its job's ``created_at``), so a job
 reserved at 23:59 and refunded at 00:01 frees a unit of the day it was taken from.
+
+A member's rows are theirs by ``user_id``, or, after their forget-me and for the rest of that
+UTC day only, by ``user_key`` (a keyed hash of guild, member and day: see
+bot/services/usage_keys.py); ``expire_user_keys`` clears the keys of earlier days.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Date, case, cast, delete, func, select, update
+from sqlalchemy import Date, case, cast, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -44,6 +49,13 @@ async def append(
     await session.flush()
 
 
+def _member(user_id: int, user_keys: Sequence[str]) -> ColumnElement[bool]:
+    """The member's rows: by id, or by one of their keys of today after a forget-me."""
+    if not user_keys:
+        return UsageLedger.user_id == user_id
+    return or_(UsageLedger.user_id == user_id, UsageLedger.user_key.in_(list(user_keys)))
+
+
 def _attributed_at() -> ColumnElement[Any]:
     # The moment a row counts for: its job's creation (= the reservation) when it has one.
     return func.coalesce(RenderJob.created_at, UsageLedger.created_at)
@@ -63,8 +75,10 @@ async def totals(
     user_id: int,
     start: datetime,
     end: datetime,
+    user_keys: Sequence[str] = (),
 ) -> DayTotals:
-    """A member's reserved, refunded and granted units attributed to ``[start, end)``."""
+    """A member's reserved, refunded and granted units attributed to ``[start, end)``
+    (``user_keys``: their keys of that day, matching their rows after a forget-me)."""
     attributed = _attributed_at()
     row = (
         await session.execute(
@@ -73,7 +87,7 @@ async def totals(
             .outerjoin(RenderJob, RenderJob.id == UsageLedger.job_id)
             .where(
                 eq_or_null(UsageLedger.guild_id, guild_id),
-                UsageLedger.user_id == user_id,
+                _member(user_id, user_keys),
                 # Index-friendly bound: nothing attributed to [start, end) was written before
                 # start (a refund always follows its reservation).
                 UsageLedger.created_at >= start,
@@ -136,6 +150,73 @@ async def report(
         parsed = d if isinstance(d, date) else date.fromisoformat(str(d))
         result.append(ReportRow(parsed, uid, int(reserved), int(refunded), int(granted)))
     return result
+
+
+async def reservation_times(
+    session: AsyncSession,
+    *,
+    guild_id: int | None,
+    user_id: int,
+    since: datetime,
+    user_keys: Sequence[str] = (),
+) -> list[datetime]:
+    """When the member's reservations in the guild since ``since`` were made, oldest first
+    (refunded ones too: a rate limit counts requests). Deleting a job does not remove them."""
+    rows = await session.scalars(
+        select(UsageLedger.created_at)
+        .where(
+            eq_or_null(UsageLedger.guild_id, guild_id),
+            _member(user_id, user_keys),
+            UsageLedger.entry == LedgerEntry.RESERVE,
+            UsageLedger.created_at >= since,
+        )
+        .order_by(UsageLedger.created_at)
+    )
+    return list(rows)
+
+
+async def key_rows_of_day(
+    session: AsyncSession,
+    user_id: int,
+    *,
+    start: datetime,
+    key_for: Callable[[int | None], str],
+) -> int:
+    """Forget-me's first step: the member's rows attributed to the day starting at ``start``
+    trade their user id for ``key_for(guild_id)``. Run it before the member's jobs are
+    deleted (attribution goes through them). Returns the number of rows keyed."""
+    rows = (
+        await session.execute(
+            select(UsageLedger.id, UsageLedger.guild_id)
+            .outerjoin(RenderJob, RenderJob.id == UsageLedger.job_id)
+            .where(
+                UsageLedger.user_id == user_id,
+                UsageLedger.created_at >= start,
+                _attributed_at() >= start,
+            )
+        )
+    ).all()
+    by_guild: dict[int | None, list[int]] = {}
+    for row_id, guild_id in rows:
+        by_guild.setdefault(guild_id, []).append(row_id)
+    for guild_id, ids in by_guild.items():
+        await session.execute(
+            update(UsageLedger)
+            .where(UsageLedger.id.in_(ids))
+            .values(user_id=None, user_key=key_for(guild_id))
+        )
+    return len(rows)
+
+
+async def expire_user_keys(session: AsyncSession, before: datetime) -> int:
+    """Clear the forget-me keys of rows written before ``before`` (the start of the current
+    UTC day): a key only serves the day it was made for. Returns the rows cleared."""
+    result = await session.execute(
+        update(UsageLedger)
+        .where(UsageLedger.user_key.is_not(None), UsageLedger.created_at < before)
+        .values(user_key=None)
+    )
+    return result.rowcount or 0  # type: ignore[attr-defined]
 
 
 async def delete_user_data(session: AsyncSession, user_id: int) -> int:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
 from PIL import Image
 
-from engine.subject_checks.faces import FaceBox, FaceDetector, log_once
+from engine.subject_checks.faces import FaceBox, FaceDetector, FaceEmbedder, log_once
 from engine.subject_checks.image_stats import measure
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,9 @@ class PhotoReport:
     clipped_bright: float  # fraction of pixels blown to white
     problems: tuple[str, ...]  # blocking codes (PROBLEM_CODES); empty = fine
     warnings: tuple[str, ...]  # informative codes (WARNING_CODES)
+    # dlib's 128-d identity descriptor of the subject's face: a person's photo that passed the
+    # checks, when an embedder was given (``inspect_photos``); None otherwise.
+    embedding: tuple[float, ...] | None = None
 
     @property
     def face_check_available(self) -> bool:
@@ -250,8 +253,19 @@ def inspect_photos(
     *,
     detector: FaceDetector | None,
     thresholds: SubjectThresholds = SubjectThresholds(),
+    embedder: FaceEmbedder | None = None,
 ) -> list[PhotoReport]:
-    """`inspect_photo` for each photo, in order (CPU-bound: call it from a worker thread)."""
-    return [
-        inspect_photo(image, kind, detector=detector, thresholds=thresholds) for image in images
-    ]
+    """`inspect_photo` for each photo, in order (CPU-bound: call it from a worker thread).
+
+    With an `embedder`, a person's photo that passed every check gets the identity embedding
+    of its subject's face (`PhotoReport.embedding`), for the one-person-per-avatar check.
+    """
+    reports = []
+    for image in images:
+        report = inspect_photo(image, kind, detector=detector, thresholds=thresholds)
+        primary = report.primary_face
+        if embedder is not None and _kind_name(kind) == PERSON and report.ok and primary:
+            vector = embedder.embed(image, primary)
+            report = replace(report, embedding=tuple(float(v) for v in vector))
+        reports.append(report)
+    return reports

@@ -155,7 +155,11 @@ def _settings(tmp_path: Path, db_url: str) -> Settings:
         # Renders long enough on the tiny model for progress to be reported mid-render.
         engine=EngineSettings(profile="tiny", default_steps=60, offline=True),
         quotas=QuotaDefaults(
-            renders_per_day=20, queued_per_member=5, queued_per_guild=50, max_steps=150
+            renders_per_day=20,
+            queued_per_member=5,
+            queued_per_guild=50,
+            max_steps=150,
+            renders_per_minute=60,
         ),
         jobs=_jobs_settings(),
         output_retention_hours=24,

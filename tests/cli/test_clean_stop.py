@@ -56,6 +56,7 @@ QUOTAS = QuotaDefaults(
     queued_per_member=5,
     queued_per_guild=50,
     max_steps=150,
+    renders_per_minute=60,
 )
 # Generous upper bounds on waits (the subprocess imports torch and builds the tiny engine
 # first); a hang fails the test at the bound.

@@ -105,3 +105,39 @@ def test_as_a_real_subprocess(photo_corpus: list[CorpusCase]) -> None:
     assert [v["reason"] for v in verdicts] == [None, "too_many_pixels", "unsupported_format"]
     assert (verdicts[0]["width"], verdicts[0]["height"]) == (600, 400)  # upright
     assert (verdicts[0]["original_width"], verdicts[0]["original_height"]) == (400, 600)
+
+
+def test_kind_runs_creations_subject_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    samples = Path(__file__).parents[2] / "bot" / "assets" / "samples"
+    person_1, person_2, cat = (samples / n for n in ("person-1.jpg", "person-2.jpg", "cat-1.jpg"))
+    hopper = Path(__file__).parents[1] / "fixtures" / "faces" / "grace_hopper.jpg"
+
+    # Intake alone says ok to a cat as a person; the subject checks do not.
+    status, out = _check(capsys, "--kind", "person", str(person_1), str(person_2), str(cat))
+    assert status == 1
+    lines = out.splitlines()
+    assert lines[0].endswith("(person)") and ": ok " in lines[1]
+    assert lines[2].startswith(f"{cat}: no_face: `cat-1.jpg`: no face found.")
+    status, out = _check(capsys, "--kind", "pet", str(cat))
+    assert status == 0 and out.endswith("(pet)\n")
+
+    # Two people: refused as creation would, in JSON too.
+    status, out = _check(
+        capsys, "--json", "--kind", "person", str(person_1), str(person_2), str(hopper)
+    )
+    verdicts = json.loads(out)
+    assert status == 1
+    assert [(v["ok"], v["reason"]) for v in verdicts] == [
+        (True, None),
+        (True, None),
+        (False, "different_person"),
+    ]
+    assert verdicts[2]["message"] == (
+        "`grace_hopper.jpg` shows a different person than the other photos."
+    )
+    assert all(v["kind"] == "person" and isinstance(v["warnings"], list) for v in verdicts)
+    status, out = _check(capsys, "--json", "--kind", "person", str(person_1), str(hopper))
+    assert status == 1
+    assert {v["reason"] for v in json.loads(out)} == {"different_person"}

@@ -27,6 +27,7 @@ from db.session import Database
 
 TABLES = {
     "alembic_version",
+    "audit_log",
     "avatars",
     "bot_state",
     "consents",

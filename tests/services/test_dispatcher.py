@@ -124,7 +124,9 @@ async def test_progress_is_recorded_and_announced_while_rendering(
 async def test_fair_round_robin_across_users(
     database: Database, tmp_path, tiny_engine_port
 ) -> None:  # type: ignore[no-untyped-def]
-    quotas = QuotaDefaults(renders_per_day=50, queued_per_member=25, queued_per_guild=50)
+    quotas = QuotaDefaults(
+        renders_per_day=50, queued_per_member=25, queued_per_guild=50, renders_per_minute=60
+    )
     services = await _build(database, service_settings(tmp_path, quotas=quotas), tiny_engine_port)
     await make_avatar(services, 1, "A", photos=1)
     await make_avatar(services, 2, "B", photos=1)
@@ -144,7 +146,9 @@ async def test_concurrent_claims_keep_the_fair_order(
     """Three workers claim at the same moment: each serves a different member. (Without
     serialised claims, PostgreSQL handed A's two jobs out together: the "least recently
     served" order only sees committed claims.)"""
-    quotas = QuotaDefaults(renders_per_day=50, queued_per_member=25, queued_per_guild=50)
+    quotas = QuotaDefaults(
+        renders_per_day=50, queued_per_member=25, queued_per_guild=50, renders_per_minute=60
+    )
     services = await _build(database, service_settings(tmp_path, quotas=quotas), tiny_engine_port)
     for user in (1, 2, 3):
         await make_avatar(services, user, f"U{user}", photos=1)

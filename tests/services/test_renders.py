@@ -150,7 +150,9 @@ async def test_delete_job(services: Services) -> None:
 async def test_200_concurrent_requests_against_a_limit_of_10(
     database: Database, tmp_path, tiny_engine_port
 ) -> None:  # type: ignore[no-untyped-def]
-    quotas = QuotaDefaults(renders_per_day=10, queued_per_member=500, queued_per_guild=500)
+    quotas = QuotaDefaults(
+        renders_per_day=10, queued_per_member=500, queued_per_guild=500, renders_per_minute=60
+    )
     services = await build_services(
         service_settings(tmp_path, quotas=quotas), database, tiny_engine_port
     )

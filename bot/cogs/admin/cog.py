@@ -17,6 +17,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.cogs.admin.audit import AuditCommands
+from bot.cogs.admin.blocklist import BlocklistCommands
+from bot.cogs.admin.safety import SafetyCommands
 from bot.services.quotas import PERSONALIZERS, QUOTA_FIELDS
 from bot.services.results import GuildQuotas, UsageReport
 from bot.ui.confirm import ask
@@ -36,6 +39,8 @@ QUOTA_LABELS = {
     "images_per_render": "Images per render",
     "max_steps": "Maximum diffusion steps",
     "max_side": "Maximum image side (px)",
+    "renders_per_minute": "Renders per member per minute",
+    "creates_per_hour": "Avatar creations per member per hour",
 }
 SETTING_CHOICES = [app_commands.Choice(name=QUOTA_LABELS.get(f, f), value=f) for f in QUOTA_FIELDS][
     :25
@@ -75,6 +80,9 @@ def usage_table(report: UsageReport) -> str:
 @app_commands.default_permissions(manage_guild=True)
 @app_commands.guild_only()
 class AdminCog(
+    SafetyCommands,
+    BlocklistCommands,
+    AuditCommands,
     commands.GroupCog,
     group_name="avatar-admin",
     group_description="Server settings for avatarbot (Manage Server)",
@@ -114,7 +122,10 @@ class AdminCog(
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
         quotas = await self.bot.services.quotas.set(
-            interaction.guild_id, actor_is_admin=True, **{setting.value: value}
+            interaction.guild_id,
+            actor_is_admin=True,
+            actor_id=interaction.user.id,
+            **{setting.value: value},
         )
         shown = getattr(quotas, setting.value)
         await interaction.followup.send(
@@ -130,7 +141,10 @@ class AdminCog(
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
         await self.bot.services.quotas.set(
-            interaction.guild_id, actor_is_admin=True, personalizer=personalizer.value
+            interaction.guild_id,
+            actor_is_admin=True,
+            actor_id=interaction.user.id,
+            personalizer=personalizer.value,
         )
         await interaction.followup.send(f"Personalizer: **{personalizer.value}**.", ephemeral=True)
 
@@ -171,7 +185,7 @@ class AdminCog(
             member.id,
             amount,
             actor_is_admin=True,
-            note=f"granted by {interaction.user.id}",
+            actor_id=interaction.user.id,  # in the audit log, not in the ledger's note
         )
         await interaction.followup.send(
             f"{member.mention} can render {usage.remaining} more time(s) today.",
@@ -193,7 +207,7 @@ class AdminCog(
         if not answer or message is None:
             return
         report = await self.bot.services.privacy.purge_member(
-            interaction.guild_id, member.id, actor_is_admin=True
+            interaction.guild_id, member.id, actor_is_admin=True, actor_id=interaction.user.id
         )
         await message.edit(
             content=f"Removed {report.jobs} render(s) and {report.outputs} image(s) of "

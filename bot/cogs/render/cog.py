@@ -38,6 +38,13 @@ ASPECT_CHOICES = [
 ]
 
 
+def channel_is_age_restricted(interaction: discord.Interaction) -> bool:
+    """Whether the channel is marked age-restricted (NSFW); threads follow their parent."""
+    channel = interaction.channel
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
 @app_commands.command(name="render", description="Render your avatar in a scene")
 @app_commands.describe(
     avatar="Which of your avatars",
@@ -84,6 +91,7 @@ async def render_command(
         prompt,
         options,
         ref,
+        age_restricted=channel_is_age_restricted(interaction),
     )
     await cog.queued(interaction, ticket, ref)
 

@@ -6,6 +6,11 @@ is a channel message that mentions that member only: ``allowed_mentions`` names 
 never @everyone or roles, whatever the prompt says. discord.py retries rate limits and server
 errors inside each request; when it gives up, ``DeliveryFailed`` leaves the job undelivered
 and the next sweep tries again, so nothing is lost and no retries stack.
+
+Output safety (bot/services/safety.py): only images the output check passed are posted, plus,
+where the job's record says so (an age-restricted channel of a guild that chose it), flagged
+ones as spoilers. When images are withheld the member alone is told: an ephemeral follow-up
+while the token lives, else a direct message; never the channel.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import discord
 
 from bot.services.jobs import JobService
 from bot.services.results import JobView
+from bot.services.safety import DeliveryPlan, delivery_plan
 from bot.ui.images import DEFAULT_FILESIZE_LIMIT, fit_all
 from bot.ui.webhooks import edit_ref, is_transient, ref_usable, webhook
 
@@ -98,14 +104,24 @@ class Delivery:
     # ------------------------------------------------------------------ internals
 
     async def _deliver_result(self, job: JobView) -> None:
-        outputs = await self._jobs.outputs(job.id)
-        fitted = await asyncio.to_thread(fit_all, outputs, self._filesize_limit(job))
+        outputs, flagged_as = await self._jobs.checked_outputs(job.id)
+        plan = delivery_plan(outputs, flagged_as)
+        if not plan.posted:
+            await self._tell_withheld(job, plan)
+            await self.edit_progress(job, "Finished — nothing was posted; see the message below.")
+            return
+        images = [png for _, png, _ in plan.posted]
+        fitted = await asyncio.to_thread(fit_all, images, self._filesize_limit(job))
 
         def files() -> list[discord.File]:
             # Fresh File objects per attempt: a failed upload consumed the previous ones.
             return [
-                discord.File(io.BytesIO(f.data), filename=f"render-{job.id}-{i + 1}.{f.extension}")
-                for i, f in enumerate(fitted)
+                discord.File(
+                    io.BytesIO(f.data),
+                    filename=f"render-{job.id}-{index + 1}.{f.extension}",
+                    spoiler=spoiler,
+                )
+                for (index, _, spoiler), f in zip(plan.posted, fitted, strict=True)
             ]
 
         view = self._result_view(job)
@@ -120,7 +136,58 @@ class Delivery:
             files=files,
             view=view,
         )
+        if plan.withheld:
+            try:  # the images are out: a retry must not post them twice
+                await self._tell_withheld(job, plan)
+            except DeliveryFailed:
+                logger.warning("job %s: could not tell the member about withheld images", job.id)
         await self.edit_progress(job, "Done — your images are posted below.")
+
+    async def _tell_withheld(self, job: JobView, plan: DeliveryPlan) -> None:
+        """Tell the member, privately, that the output check withheld images."""
+        count = len(plan.withheld)
+        total = count + len(plan.posted)
+        where = (
+            "this server does not post them"
+            if job.settings.age_restricted
+            else "this channel is not age-restricted"
+        )
+        if plan.posted:
+            text = (
+                f"{count} of {total} images of your render of “{_quote(job.prompt)}” "
+                f"{'was' if count == 1 else 'were'} withheld: the safety check flagged "
+                f"{'it' if count == 1 else 'them'} and {where}. The render counts as usual."
+            )
+        else:
+            text = (
+                f"Your render of “{_quote(job.prompt)}” was withheld: the safety check flagged "
+                f"{'its image' if total == 1 else f'all {total} images'} and {where}, so "
+                "nothing was posted. This render was refunded."
+            )
+        await self._send_private(job, text)
+
+    async def _send_private(self, job: JobView, content: str) -> None:
+        """To the member only: an ephemeral follow-up while the token lives, else a direct
+        message; never the channel."""
+        if job.interaction is not None and ref_usable(job.interaction):
+            hook = webhook(self._client, job.interaction)
+            try:
+                await hook.send(
+                    content=content,
+                    ephemeral=True,
+                    allowed_mentions=only_member(job.user_id),
+                    wait=True,
+                )
+                return
+            except discord.HTTPException as exc:
+                if is_transient(exc):
+                    raise DeliveryFailed(str(exc)) from exc
+                logger.info("private follow-up of job %s refused (%s); using a DM", job.id, exc)
+        await self._to_channel_or_dm(
+            job,
+            lambda: {"content": content, "allowed_mentions": only_member(job.user_id)},
+            to_channel=False,
+        )
 
     async def _send(
         self,
@@ -155,9 +222,11 @@ class Delivery:
         text = content if content.startswith(mention) else f"{mention} {content}"
         await self._to_channel_or_dm(job, lambda: {**kwargs(), "content": text[:2000]})
 
-    async def _to_channel_or_dm(self, job: JobView, kwargs: Callable[[], dict[str, Any]]) -> None:
+    async def _to_channel_or_dm(
+        self, job: JobView, kwargs: Callable[[], dict[str, Any]], *, to_channel: bool = True
+    ) -> None:
         attempts: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
-        if job.channel_id is not None:
+        if to_channel and job.channel_id is not None:
             channel = self._client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             attempts.append(("channel", lambda: channel.send(**kwargs())))
 

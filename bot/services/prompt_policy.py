@@ -1,0 +1,205 @@
+"""The prompt policy of a guild: the default blocklist (bot/data/prompt_blocklist.txt), the
+operator's ``prompt_blocklist`` and the guild admins' changes, with the channel and the avatar.
+
+Rules, checked before a job exists (so a refused prompt never reaches a worker):
+
+- Blocked everywhere: the operator's entries (``Settings.prompt_blocklist``), the guild's
+  ``blocked_terms``, and the file's ``[always]`` section. The operator's and the guild's own
+  entries are checked in the negative prompt too.
+- ``[sexual]`` entries are refused outside age-restricted channels, and with a *person* avatar
+  in every channel: real people are never rendered sexually, and no setting changes that.
+- ``[minors]`` entries together with any ``[sexual]`` entry are refused in every channel.
+- A guild's ``allowed_terms`` lift ``[sexual]`` entries of the default file (written as in the
+  file) for pet and object avatars. ``[minors]`` and ``[always]`` entries cannot be lifted (a
+  guild cannot make sexual content with minors acceptable), nor can the operator's: those are
+  the host's rules, not the guild's.
+
+The default sections are checked in the prompt only: a negative prompt listing "nsfw, nude"
+asks the model to stay away from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from bot.errors import InvalidInput, PromptRefused
+from bot.services.prompts import PromptBlocklist, compile_entry
+
+logger = logging.getLogger(__name__)
+
+SEXUAL = "sexual"
+MINORS = "minors"
+ALWAYS = "always"
+CATEGORIES = (SEXUAL, MINORS, ALWAYS)
+# Only these default sections can be lifted by a guild.
+LIFTABLE = frozenset({SEXUAL})
+
+# Limits on a guild's own entries.
+MAX_GUILD_TERMS = 100
+MAX_TERM_CHARS = 60
+MIN_WORD_CHARS = 2
+
+BLOCKED_MESSAGE = "This prompt contains something this server does not allow. Please rephrase it."
+SEXUAL_CHANNEL_MESSAGE = (
+    "Sexual content is only allowed in age-restricted channels here. Please rephrase the prompt."
+)
+SEXUAL_PERSON_MESSAGE = (
+    "Avatars of people are never rendered in sexual content, in any channel. "
+    "Please rephrase the prompt."
+)
+MINORS_MESSAGE = "This prompt is refused: sexual content involving minors is never allowed."
+
+
+@dataclass(frozen=True)
+class DefaultBlocklist:
+    """The default file's entries per section, as written (for lifting and showing)."""
+
+    sections: dict[str, tuple[str, ...]]
+
+    def entries(self, category: str) -> tuple[str, ...]:
+        return self.sections.get(category, ())
+
+
+def parse_blocklist(text: str) -> DefaultBlocklist:
+    """Parse the data file's format (see its header). Raises ``ValueError`` on an unknown
+    section, an entry outside any section or a pattern that does not compile."""
+    sections: dict[str, list[str]] = {c: [] for c in CATEGORIES}
+    current: str | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if " #" in line and not (line.startswith("/") and line.endswith("/")):
+            line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        header = re.fullmatch(r"\[(\w+)\]", line)
+        if header:
+            current = header.group(1)
+            if current not in sections:
+                raise ValueError(f"line {number}: unknown section [{current}]")
+            continue
+        if current is None:
+            raise ValueError(f"line {number}: entry before any [section]")
+        compile_entry(line)  # raises for a bad pattern
+        sections[current].append(line)
+    return DefaultBlocklist({k: tuple(v) for k, v in sections.items()})
+
+
+@lru_cache(maxsize=1)
+def default_blocklist() -> DefaultBlocklist:
+    """The shipped bot/data/prompt_blocklist.txt, parsed once per process."""
+    text = resources.files("bot").joinpath("data", "prompt_blocklist.txt").read_text("utf-8")
+    return parse_blocklist(text)
+
+
+def term_key(term: str) -> str:
+    """How entries are compared for lifting and removing: trimmed, spaces collapsed, and
+    casefolded for words (a pattern is kept as written)."""
+    term = " ".join(term.split())
+    return term if _is_pattern(term) else term.casefold()
+
+
+def _is_pattern(term: str) -> bool:
+    return len(term) > 2 and term.startswith("/") and term.endswith("/")
+
+
+def validate_term(term: str) -> str:
+    """A guild entry as it will be stored, or ``InvalidInput`` saying what is wrong."""
+    cleaned = " ".join(str(term).split())
+    if not cleaned:
+        raise InvalidInput("The word or pattern cannot be empty.")
+    if len(cleaned) > MAX_TERM_CHARS:
+        raise InvalidInput(f"Keep words and patterns to {MAX_TERM_CHARS} characters.")
+    if any(not ch.isprintable() for ch in cleaned):
+        raise InvalidInput("The word or pattern contains control characters.")
+    if _is_pattern(cleaned):
+        try:
+            compile_entry(cleaned)
+        except ValueError as exc:
+            raise InvalidInput(f"That pattern is not a valid regular expression: {exc}") from exc
+        if compile_entry(cleaned).search(""):
+            raise InvalidInput("That pattern matches every prompt.")
+    elif len(cleaned.replace(" ", "")) < MIN_WORD_CHARS:
+        raise InvalidInput(f"Words must have at least {MIN_WORD_CHARS} characters.")
+    return term_key(cleaned)
+
+
+class PromptPolicy:
+    """The rules of one guild (or of the operator alone); see the module doc.
+
+    ``PromptPolicy.base(operator)`` is built once per process; ``for_guild`` derives a guild's
+    policy from its ``blocked_terms`` / ``allowed_terms`` (cached per distinct setting).
+    """
+
+    def __init__(
+        self,
+        defaults: DefaultBlocklist,
+        operator: Iterable[str] = (),
+        blocked: Iterable[str] = (),
+        allowed: Iterable[str] = (),
+    ) -> None:
+        self.defaults = defaults
+        self.operator = tuple(operator)
+        self.blocked = tuple(blocked)
+        self.allowed = tuple(allowed)
+        lifted = {term_key(t) for t in self.allowed}
+        sexual = defaults.entries(SEXUAL)
+        kept = [e for e in sexual if term_key(e) not in lifted]
+        self._always = PromptBlocklist(defaults.entries(ALWAYS))
+        self._minors = PromptBlocklist(defaults.entries(MINORS))
+        self._sexual_all = PromptBlocklist(sexual)
+        self._sexual = PromptBlocklist(kept)
+        # The operator's entries were validated at startup (a bad one stops the process).
+        self._blocked = PromptBlocklist([*self.operator, *self.blocked])
+        self._guild_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], PromptPolicy] = {}
+
+    @classmethod
+    def base(cls, operator: Sequence[str] = ()) -> PromptPolicy:
+        """The default file plus the operator's entries (no guild changes)."""
+        return cls(default_blocklist(), operator)
+
+    def for_guild(self, blocked: Sequence[str], allowed: Sequence[str]) -> PromptPolicy:
+        key = (tuple(blocked), tuple(allowed))
+        if not key[0] and not key[1]:
+            return self
+        policy = self._guild_cache.get(key)
+        if policy is None:
+            if len(self._guild_cache) > 256:
+                self._guild_cache.clear()
+            policy = PromptPolicy(self.defaults, self.operator, blocked, allowed)
+            self._guild_cache[key] = policy
+        return policy
+
+    def is_liftable(self, term: str) -> bool:
+        key = term_key(term)
+        return any(key == term_key(e) for e in self.defaults.entries(SEXUAL))
+
+    def check(self, prompt: str, negative: str = "", *, age_restricted: bool, person: bool) -> None:
+        """Raise ``PromptRefused`` (with a user-safe message that does not echo the matched
+        word) when the prompt breaks a rule."""
+        if self._blocked.matches(prompt, negative) or self._always.matches(prompt):
+            raise PromptRefused(BLOCKED_MESSAGE)
+        sexual_any = self._sexual_all.matches(prompt)
+        if sexual_any and self._minors.matches(prompt):
+            raise PromptRefused(MINORS_MESSAGE)
+        if sexual_any and person:
+            raise PromptRefused(SEXUAL_PERSON_MESSAGE)
+        if not age_restricted and self._sexual.matches(prompt):
+            raise PromptRefused(SEXUAL_CHANNEL_MESSAGE)
+
+
+__all__ = [
+    "CATEGORIES",
+    "LIFTABLE",
+    "MAX_GUILD_TERMS",
+    "DefaultBlocklist",
+    "PromptPolicy",
+    "default_blocklist",
+    "parse_blocklist",
+    "term_key",
+    "validate_term",
+]
