@@ -36,6 +36,7 @@ from engine.config import EngineSettings
 if TYPE_CHECKING:
     from engine.engine import DiffusionEngine
     from engine.safety import OutputChecker, SafetyPolicy
+    from engine.subject_checks import PhotoReport
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +93,7 @@ class EngineAdapter:
     # -- work ------------------------------------------------------------------------------
 
     async def inspect(self, images: Sequence[Image], kind: SubjectKind) -> list[SubjectReport]:
-        reports = await self.engine.inspect(images, kind)
-        return [
-            SubjectReport(
-                problems=tuple(r.problems),
-                warnings=tuple(r.warnings),
-                faces=None if r.faces is None else len(r.faces),
-                embedding=r.embedding,
-            )
-            for r in reports
-        ]
+        return [subject_report(r) for r in await self.engine.inspect(images, kind)]
 
     async def encode(
         self, images: Sequence[Image], kind: SubjectKind, personalizer: str
@@ -179,6 +171,16 @@ class EngineAdapter:
 
     async def aclose(self) -> None:
         await self.engine.aclose()
+
+
+def subject_report(report: PhotoReport) -> SubjectReport:
+    """The engine's verdict on a photo as the services' plain ``SubjectReport``."""
+    return SubjectReport(
+        problems=tuple(report.problems),
+        warnings=tuple(report.warnings),
+        faces=None if report.faces is None else len(report.faces),
+        embedding=report.embedding,
+    )
 
 
 def _encode_pngs(images: Sequence[Image]) -> list[bytes]:

@@ -109,21 +109,14 @@ class _SubjectChecks:
         self._embedder = FaceEmbedder.load() if self._detector is not None else None
 
     async def inspect(self, images: Sequence[Image], kind: SubjectKind) -> list[SubjectReport]:
+        from bot.engine_adapter import subject_report
         from engine.subject_checks import inspect_photos
 
         embedder = self._embedder if kind == SubjectKind.PERSON else None
         reports = await asyncio.to_thread(
             inspect_photos, list(images), kind.value, detector=self._detector, embedder=embedder
         )
-        return [
-            SubjectReport(
-                problems=tuple(r.problems),
-                warnings=tuple(r.warnings),
-                faces=None if r.faces is None else len(r.faces),
-                embedding=r.embedding,
-            )
-            for r in reports
-        ]
+        return [subject_report(r) for r in reports]
 
 
 def _subject_checks(

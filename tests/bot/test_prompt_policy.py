@@ -4,30 +4,13 @@ blocklist (each change audited)."""
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import pytest
 
 from bot.errors import InvalidInput, PromptRefused
-from tests.fixtures.discord import SIMCORD, World, create_avatar, expect_errors
+from tests.fixtures.discord import SIMCORD, World, age_restricted, create_avatar, expect_errors
 from tests.fixtures.services import face_photo
 
 pytestmark = SIMCORD
-
-
-def age_restricted(monkeypatch: pytest.MonkeyPatch, world: World) -> Any:
-    """A channel marked age-restricted (SimCord has no NSFW flag: the bot's one reading of it
-    answers True for this channel)."""
-    channel = world.guild.create_text_channel("after-dark")
-    render_cog = sys.modules["bot.cogs.render.cog"]
-    real = render_cog.channel_is_age_restricted
-    monkeypatch.setattr(
-        render_cog,
-        "channel_is_age_restricted",
-        lambda interaction: interaction.channel_id == channel.id or real(interaction),
-    )
-    return channel
 
 
 async def nothing_queued(world: World) -> None:

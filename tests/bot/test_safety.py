@@ -6,7 +6,6 @@ image), as ../shared/NOTES.md says: the code path is real, only the threshold is
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from sqlalchemy import select
 
 from bot.config import SafetySettings
 from db.models import AuditEntry, JobOutput, RenderJob
-from tests.fixtures.discord import SIMCORD, World, create_avatar
+from tests.fixtures.discord import SIMCORD, World, age_restricted, create_avatar
 
 pytestmark = SIMCORD
 
@@ -25,21 +24,6 @@ async def render(world: World, member: Any, channel: Any = None, **options: Any)
     options.setdefault("avatar", "Mug")
     options.setdefault("prompt", "a mug on a wooden table")
     return await member.slash(channel or world.channel, "avatar render", **options)
-
-
-def age_restricted(monkeypatch: pytest.MonkeyPatch, world: World) -> Any:
-    """A channel marked age-restricted (SimCord has no NSFW flag: the bot's one reading of it
-    answers True for this channel)."""
-    channel = world.guild.create_text_channel("after-dark")
-    # The module the running bot loaded (discord.py loads extensions as fresh modules).
-    render_cog = sys.modules["bot.cogs.render.cog"]
-    real = render_cog.channel_is_age_restricted
-    monkeypatch.setattr(
-        render_cog,
-        "channel_is_age_restricted",
-        lambda interaction: interaction.channel_id == channel.id or real(interaction),
-    )
-    return channel
 
 
 def public_attachments(world: World, channel: Any) -> list[str]:

@@ -75,19 +75,7 @@ class BlocklistCommands(_CogBase):
         interaction: discord.Interaction,
         term: app_commands.Range[str, 1, MAX_TERM_CHARS],
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        assert interaction.guild_id is not None
-        change = await self.bot.services.blocklist.add(
-            interaction.guild_id,
-            term,
-            actor_id=interaction.user.id,
-            actor_is_admin=interaction.permissions.manage_guild,
-        )
-        await interaction.followup.send(
-            ACTIONS[change.action].format(term=_code(change.term)),
-            ephemeral=True,
-            allowed_mentions=NO_MENTIONS,
-        )
+        await self._change_blocklist(interaction, term, add=True)
 
     @blocklist.command(
         name="remove", description="Take back a word, or lift a default entry (not minors)"
@@ -98,9 +86,15 @@ class BlocklistCommands(_CogBase):
         interaction: discord.Interaction,
         term: app_commands.Range[str, 1, MAX_TERM_CHARS],
     ) -> None:
+        await self._change_blocklist(interaction, term, add=False)
+
+    async def _change_blocklist(
+        self, interaction: discord.Interaction, term: str, *, add: bool
+    ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
-        change = await self.bot.services.blocklist.remove(
+        service = self.bot.services.blocklist
+        change = await (service.add if add else service.remove)(
             interaction.guild_id,
             term,
             actor_id=interaction.user.id,
