@@ -148,6 +148,23 @@ class AvatarBot(commands.Bot):
 
     async def on_ready(self) -> None:
         logger.info("ready as %s in %d guilds", self.user, len(self.guilds))
+        # discord.py dispatches ``on_ready`` once every shard of this process is ready (an
+        # AutoShardedBot waits for all of them), with every guild of READY known, unavailable
+        # ones (an outage) included: now guilds removed while the bot was offline can go.
+        try:
+            await self.services.privacy.purge_absent_guilds(
+                [guild.id for guild in self.guilds], covers=self._serves_guild
+            )
+        except Exception:
+            logger.exception("could not erase the data of guilds left while offline")
+
+    def _serves_guild(self, guild_id: int) -> bool:
+        """Whether this process's shards serve ``guild_id`` (Discord: (id >> 22) % count)."""
+        count = self.shard_count or 1
+        shard_ids = getattr(self, "shard_ids", None)  # AutoShardedBot; None = all of them
+        if shard_ids is None and self.shard_id is not None:
+            shard_ids = [self.shard_id]
+        return count <= 1 or shard_ids is None or (guild_id >> 22) % count in set(shard_ids)
 
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         """The bot left or was removed: the guild's settings and jobs go (avatars stay)."""

@@ -22,7 +22,7 @@ from pydantic_settings import (
 
 from engine.config import EngineSettings
 
-SECRET_FIELDS = frozenset({"discord_token", "data_key"})
+SECRET_FIELDS = frozenset({"discord_token", "data_key", "old_data_keys"})
 CONFIG_FILE_ENV = "AVATARBOT_CONFIG_FILE"
 
 
@@ -37,9 +37,14 @@ class PhotoLimits(BaseModel):
 
     max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     min_side: int = Field(default=256, ge=16)
-    # Decoding is refused above this many pixels (read from the header first): a 50 MP phone
-    # photo passes, a decompression bomb does not.
-    max_pixels: int = Field(default=64_000_000, ge=1)
+    # The decode budget, checked on the header before any pixel is decoded. PNG, WebP, HEIC,
+    # GIF and progressive JPEGs are decoded at full size (~4-5 bytes a pixel at the peak, with
+    # the mode conversions): 25 MP (~125 MB) admits 24 MP phone photos (5712×4284) and
+    # refuses the 64 MP single-colour PNG bomb (~324 MB). A baseline JPEG is decoded at a
+    # reduced DCT scale (``Image.draft``: 1/4 of each side for 48 MP), so it may be larger:
+    # 52 MP admits 48-50 MP phone JPEGs (8064×6048, 8160×6120) for ~10 MB of pixels.
+    max_pixels: int = Field(default=25_000_000, ge=1)
+    max_jpeg_pixels: int = Field(default=52_000_000, ge=1)
     # Longest side of the stored, normalised photo.
     max_stored_side: int = Field(default=1024, ge=64)
     jpeg_quality: int = Field(default=95, ge=50, le=100)
@@ -60,6 +65,25 @@ class QuotaDefaults(BaseModel):
     # creations per hour. Each refusal says when to try again.
     renders_per_minute: int = Field(default=4, ge=1, le=1000)
     creates_per_hour: int = Field(default=5, ge=1, le=1000)
+
+
+class QuotaCeilings(BaseModel):
+    """The operator's ceilings above every guild's quotas: ``/avatar-admin quota set`` refuses
+    a value above its ceiling, and an override stored before a ceiling was lowered is read as
+    the ceiling. The operator's own default (``Settings.quotas``) is always allowed, even
+    above its ceiling. ``queued_per_guild`` and the rate limits bound what one guild can make
+    the workers do; ``renders_per_day`` bounds GPU time per member and day."""
+
+    renders_per_day: int = Field(default=200, ge=0)
+    avatars_per_member: int = Field(default=25, ge=0)
+    photos_per_avatar: int = Field(default=10, ge=1, le=10)
+    queued_per_member: int = Field(default=10, ge=1)
+    queued_per_guild: int = Field(default=200, ge=1)
+    images_per_render: int = Field(default=4, ge=1, le=4)
+    max_steps: int = Field(default=60, ge=1, le=150)
+    max_side: int = Field(default=1024, ge=64, le=2048)
+    renders_per_minute: int = Field(default=10, ge=1, le=1000)
+    creates_per_hour: int = Field(default=10, ge=1, le=1000)
 
 
 class SafetySettings(BaseModel):
@@ -126,19 +150,25 @@ class Settings(BaseSettings):
     _toml_file: ClassVar[Path | None] = None
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    # SQLAlchemy async URL. Default: sqlite+aiosqlite in data_dir.
-    database_url: str | None = None
+    # SQLAlchemy async URL. Default: sqlite+aiosqlite in data_dir. A SecretStr: it may carry
+    # the database password, which must not show in ``repr(settings)`` or logs.
+    database_url: SecretStr | None = None
     discord_token: SecretStr | None = None
     # 32 bytes, urlsafe-base64, for AES-GCM encryption of photos and features at rest.
     data_key: SecretStr | None = None
     # Older keys that can still decrypt, "id:base64key" comma-separated (key rotation).
     old_data_keys: SecretStr | None = None
+    # Refuse plaintext and old-format blobs while a key is set (bot/services/crypto.py): turn
+    # on once `avatarbot avatar reencrypt` has sealed everything.
+    encryption_strict: bool = False
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
     shard_count: int | None = Field(default=None, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     photos: PhotoLimits = Field(default_factory=PhotoLimits)
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
+    # Upper bounds on what guild admins may set (``AVATARBOT_QUOTA_CEILINGS__*``).
+    quota_ceilings: QuotaCeilings = Field(default_factory=QuotaCeilings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
@@ -182,8 +212,11 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
+        url = self.database_url
+        # ``model_copy(update=...)`` does not validate: a plain string may stand here.
+        value = url.get_secret_value() if isinstance(url, SecretStr) else url
+        if value:
+            return value
         return f"sqlite+aiosqlite:///{self.data_dir / 'avatarbot.db'}"
 
     def masked_dump(self) -> dict[str, Any]:
@@ -201,4 +234,5 @@ def _mask_url_password(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return url
+        # Never the raw string: an unparsable URL may still hold a password.
+        return "***"

@@ -144,6 +144,8 @@ class Avatar(Base):
         UniqueConstraint("owner_id", "name_key"),
         CheckConstraint(_in("kind", AvatarKind), name="kind"),
         CheckConstraint(_in("status", AvatarStatus), name="status"),
+        # Ids are never reused (a deleted avatar's id never names another's): migration 0004.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -258,6 +260,9 @@ class RenderJob(Base):
         Index("ix_render_jobs_user_started", "user_id", "started_at"),
         Index(None, "avatar_id"),  # ON DELETE SET NULL from avatars
         Index(None, "parent_job_id"),  # ON DELETE SET NULL from render_jobs
+        # Ids are never reused: they travel in the custom_ids of posted buttons, which must
+        # never reach another member's job after a forget-me (migration 0004).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

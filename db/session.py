@@ -72,6 +72,9 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # SQLite: a WAL checkpoint after an erasure was blocked by a reader; the job loop's
+        # maintenance retries it (db/repositories/common.py: ``checkpoint``).
+        self.checkpoint_pending = False
         self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
             engine, expire_on_commit=False
         )

@@ -111,3 +111,43 @@ def test_the_cli_reports_invalid_settings_with_status_2(
     toml.write_text('data_key = "x"\n')
     assert main(["--config", str(toml), "config"]) == 2
     assert "AVATARBOT_DATA_KEY" in capsys.readouterr().err
+
+
+# -- finding 7 of the security audit (issue 12) ----------------------------------------------
+
+
+def test_old_data_keys_are_refused_in_a_config_file(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('old_data_keys = "old:AAAA"\n')
+    with pytest.raises(ValueError, match="AVATARBOT_OLD_DATA_KEYS"):
+        Settings.load(toml)
+
+
+def test_the_database_password_is_not_in_the_settings_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "postgresql+asyncpg://bot:pw-789@db/avatarbot"
+    monkeypatch.setenv("AVATARBOT_DATABASE_URL", url)
+    settings = Settings.load()
+    assert "pw-789" not in repr(settings) and "pw-789" not in str(settings)
+    assert settings.effective_database_url == url  # callers still get the real URL
+
+
+def test_an_unparsable_database_url_is_masked_entirely() -> None:
+    from bot.config import _mask_url_password
+
+    assert _mask_url_password("not a url :: secret-pw") == "***"
+    settings = Settings(database_url="::bot:pw-1@/nonsense")
+    assert "pw-1" not in json.dumps(settings.masked_dump())
+
+
+def test_a_malformed_data_key_is_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("AVATARBOT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("AVATARBOT_DATA_KEY", "not-a-key")
+    assert main(["--log-level", "ERROR", "avatar", "list", "--user", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("avatarbot: invalid data key settings:") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -15,6 +15,7 @@ from importlib import import_module
 
 from bot.config import Settings
 from bot.errors import AvatarbotError
+from bot.services.crypto import KeyConfigError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -74,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AvatarbotError as exc:
         print(f"avatarbot: {exc.message}", file=sys.stderr)
         return 1
+    except KeyConfigError as exc:  # an operator's mistake: one line, never a traceback
+        print(f"avatarbot: invalid data key settings: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

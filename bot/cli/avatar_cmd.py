@@ -257,6 +257,12 @@ async def _reencrypt(args: argparse.Namespace, services: Services) -> int:
         return 2
     print(
         f"re-sealed {report.photos} photo(s), {report.features} feature set(s), "
-        f"{report.outputs} output(s); {report.unchanged} already under the current key"
+        f"{report.outputs} output(s), {report.jobs} job(s)' prompts; "
+        f"{report.unchanged} already under the current key"
     )
+    if not services.cipher.strict:
+        print(
+            "every stored blob is now sealed: set AVATARBOT_ENCRYPTION_STRICT=true to refuse "
+            "unsealed data from now on"
+        )
     return 0

@@ -16,14 +16,23 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import PhotoLimits
-from bot.errors import AvatarbotError, ConsentRequired, InvalidInput, NotFound, QuotaExceeded
-from bot.services import limits
+from bot.errors import (
+    AvatarbotError,
+    ConsentRequired,
+    InvalidInput,
+    NotFound,
+    QueueFull,
+    QuotaExceeded,
+)
+from bot.services import crypto, limits
 from bot.services.crypto import DataCipher
 from bot.services.events import JobEventKind, JobEvents
 from bot.services.job_work import refusals_json
@@ -53,6 +62,11 @@ from db.types import utcnow
 
 logger = logging.getLogger(__name__)
 
+# Avatar creations in intake at once per process (each decodes its photos one by one, through
+# photo_intake's DECODE_SLOTS); more are refused with "try again" (INTAKE_RETRY).
+MAX_INTAKES = 8
+INTAKE_RETRY = timedelta(minutes=1)
+
 # The statement a member accepts when creating an avatar; its version is stored with the
 # consent record, so a later change of wording is traceable.
 CONSENT_VERSION = "2026-11-v1"
@@ -81,6 +95,10 @@ class AvatarService:
         self._registry = registry
         self._events = events
         self._jobs = jobs
+        # Creations in intake in this process (bot/services/photo_intake.py decodes at most
+        # DECODE_SLOTS photos at a time; these bound how many wait): one per member, at most
+        # MAX_INTAKES in all.
+        self._in_intake: set[int] = set()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -101,7 +119,9 @@ class AvatarService:
         async with self._db.begin(readonly=True) as session:
             avatar = await self._require(session, owner_id, name)
             rows = await repo.photos_of(session, avatar.id)
-            return [self._cipher.open(p.data, PHOTO_PURPOSE) for p in rows]
+            return [
+                self._cipher.open(p.data, crypto.photo_binding(p.id, avatar.owner_id)) for p in rows
+            ]
 
     async def names(self, owner_id: int, prefix: str = "", limit: int = 25) -> builtins.list[str]:
         """The owner's avatar names starting with ``prefix`` (case-insensitive), for
@@ -148,7 +168,8 @@ class AvatarService:
         personalizer = quotas.personalizer or facts.default_personalizer
         facts.encoder_id(personalizer)  # refuses a personalizer the workers do not have
 
-        screened = await screen_uploads(self._limits, files)
+        with self._intake_slot(owner_id):
+            screened = await screen_uploads(self._limits, files)
         kept = screened.kept
         if not kept:
             raise NoUsablePhotos(screened.refused)
@@ -170,7 +191,13 @@ class AvatarService:
                     status=AvatarStatus.PENDING,
                 )
                 await repo.add_photos(
-                    session, avatar.id, [self._seal_photo(p) for _, p in kept], first_position=1
+                    session,
+                    avatar.id,
+                    [self._new_photo(p) for _, p in kept],
+                    first_position=1,
+                    seal=lambda row_id, data: self._cipher.seal(
+                        data, crypto.photo_binding(row_id, owner_id)
+                    ),
                 )
                 await repo.add_consent(
                     session,
@@ -180,7 +207,7 @@ class AvatarService:
                     text_version=CONSENT_VERSION,
                     now=now,
                 )
-                job = await jobs_repo.insert(
+                job = await self._jobs.insert(
                     session,
                     kind=JobKind.ENCODE,
                     user_id=owner_id,
@@ -204,13 +231,8 @@ class AvatarService:
                 job_id = job.id
         except IntegrityError as exc:  # the unique (owner, name) index: a concurrent create
             raise InvalidInput(f"You already have an avatar named “{clean}”.") from exc
-        logger.info(
-            "user %s created avatar %s (%s photos, encode job %s)",
-            owner_id,
-            view.id,
-            len(kept),
-            job_id,
-        )
+        logger.info("created avatar %s (%s photos, encode job %s)", view.id, len(kept), job_id)
+        logger.debug("avatar %s is user %s's", view.id, owner_id)
         return CreationTicket(avatar=view, job_id=job_id, refused=tuple(screened.refused))
 
     async def creation_result(self, job_id: int) -> AvatarCreated:
@@ -274,7 +296,7 @@ class AvatarService:
             await scrub_deletes(session)
             await repo.delete_avatar(session, avatar.id)
         await checkpoint(self._db)
-        logger.info("user %s deleted avatar %s", owner_id, avatar.id)
+        logger.info("avatar %s deleted by its owner", avatar.id)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -284,9 +306,30 @@ class AvatarService:
             raise NotFound(f"You have no avatar named “{display_name(str(name))}”.")
         return avatar
 
+    @contextmanager
+    def _intake_slot(self, owner_id: int) -> Iterator[None]:
+        """Hold one of the process's intake places for the member's upload, or refuse: a
+        member has at most one creation in intake, the process at most MAX_INTAKES."""
+        if owner_id in self._in_intake:
+            raise QueueFull(
+                "You are already creating an avatar; wait until it is done, then try again."
+            )
+        if len(self._in_intake) >= MAX_INTAKES:
+            raise QueueFull(
+                "I am busy checking other members' photos; try again in a minute.",
+                retry_at=utcnow() + INTAKE_RETRY,
+            )
+        self._in_intake.add(owner_id)
+        try:
+            yield
+        finally:
+            self._in_intake.discard(owner_id)
+
     async def _check_new(
         self, session: AsyncSession, owner_id: int, name: str, max_avatars: int
     ) -> None:
+        # At most one creation in progress per member: none while one of theirs is pending.
+        await limits.check_no_pending_creation(session, owner_id)
         if await repo.by_name(session, owner_id, name_key(name)) is not None:
             raise InvalidInput(f"You already have an avatar named “{name}”.")
         count = await repo.count_for_owner(session, owner_id)
@@ -305,14 +348,13 @@ class AvatarService:
                 f"An avatar can have at most {limit} photos here; you can add {room} more."
             )
 
-    def _seal_photo(self, photo: NormalizedPhoto) -> NewPhoto:
-        data = self._cipher.seal(photo.data, PHOTO_PURPOSE)
+    def _new_photo(self, photo: NormalizedPhoto) -> NewPhoto:
+        """The row of a photo: its plaintext (sealed by ``add_photos`` once the row id is
+        known) and its keyed digest (never the plain SHA-256 of a normalised photo, which
+        anyone holding the photo could look up)."""
         key_id = self._cipher.current.key_id if self._cipher.current else None
-        return NewPhoto(data, key_id, photo.sha256, photo.width, photo.height, photo.format)
-
-    def _seal_features(self, data: bytes) -> tuple[bytes, str | None]:
-        key_id = self._cipher.current.key_id if self._cipher.current else None
-        return self._cipher.seal(data, FEATURES_PURPOSE), key_id
+        digest = crypto.keyed_digest(self._cipher, photo.data)
+        return NewPhoto(photo.data, key_id, digest, photo.width, photo.height, photo.format)
 
     async def _views(
         self, session: AsyncSession, avatars: Sequence[Avatar]

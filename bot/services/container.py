@@ -104,13 +104,14 @@ async def build_services(
     cipher = DataCipher.from_settings(
         settings.data_key.get_secret_value() if settings.data_key else None,
         settings.old_data_keys.get_secret_value() if settings.old_data_keys else None,
+        strict=settings.encryption_strict,
     )
     if cipher.enabled:
         logger.info("photos, features and outputs are encrypted at rest")
     events = JobEvents(database)
     registry = WorkerRegistry(database, engine.facts() if engine is not None else None)
     usage_keys = UsageKeys(cipher)  # one secret for forget-me's keys and usage counting
-    quotas = QuotaService(database, settings.quotas, usage_keys)
+    quotas = QuotaService(database, settings.quotas, usage_keys, settings.quota_ceilings)
     jobs = JobService(database, cipher, settings.output_retention_hours, events)
     avatars = AvatarService(database, cipher, quotas, settings.photos, registry, events, jobs)
     prompt_policy = PromptPolicy.base(settings.prompt_blocklist)

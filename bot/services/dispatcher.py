@@ -337,7 +337,7 @@ class JobDispatcher:
             if job is None:
                 return None
             await self._events.publish(session, JobEventKind.STARTED, job.id)
-            return ClaimedJob.of(job)
+            return ClaimedJob.of(job, self._jobs.texts(job))
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -397,12 +397,7 @@ class JobDispatcher:
                 failure = (exc.code, exc.message)
             except Exception:
                 error = InternalError()
-                logger.exception(
-                    "job %s of user %s failed (reference %s)",
-                    claim.id,
-                    claim.user_id,
-                    error.reference,
-                )
+                logger.exception("job %s failed (reference %s)", claim.id, error.reference)
                 failure = ("internal_error", error.message)
             keeping.set()
             await keeper

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -29,8 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import SafetySettings
 from bot.errors import AvatarbotError, NotFound
+from bot.services import crypto
 from bot.services.crypto import DataCipher
-from bot.services.jobs import FEATURES_PURPOSE, OUTPUT_PURPOSE, PHOTO_PURPOSE
+from bot.services.jobs import JobTexts
 from bot.services.ledger import refund
 from bot.services.ports import (
     EncodedFeatures,
@@ -76,15 +77,16 @@ class ClaimedJob:
     settings: dict[str, Any]
 
     @classmethod
-    def of(cls, job: RenderJob) -> ClaimedJob:
+    def of(cls, job: RenderJob, texts: JobTexts) -> ClaimedJob:
+        """From the claimed row and its opened texts (``JobService.texts``)."""
         return cls(
             id=job.id,
             kind=job.kind,
             user_id=job.user_id,
             guild_id=job.guild_id,
             avatar_id=job.avatar_id,
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
+            prompt=texts.prompt,
+            negative_prompt=texts.negative_prompt,
             seed=int(job.seed),
             settings=dict(job.settings or {}),
         )
@@ -153,10 +155,13 @@ class RenderWork:
             session,
             job.id,
             [
-                NewOutput(self._cipher.seal(png, OUTPUT_PURPOSE), seed, width, height, v.flagged)
+                NewOutput(png, seed, width, height, v.flagged)
                 for png, seed, v in zip(outcome.pngs, outcome.seeds, verdicts, strict=True)
             ],
             now,
+            seal=lambda row_id, data: self._cipher.seal(
+                data, crypto.output_binding(row_id, job.user_id)
+            ),
         )
         # Decided once, here, with the guild's policy now: delivery follows the record, and
         # the refund below matches what is posted.
@@ -185,11 +190,12 @@ class RenderWork:
             avatar = await avatars_repo.by_id(session, avatar_id)
             if avatar is None:
                 raise NotFound("This avatar no longer exists.")
+            owner = avatar.owner_id
             cached = await avatars_repo.feature_for(session, avatar_id, encoder_id)
             if cached is not None:
-                return self._cipher.open(cached.data, FEATURES_PURPOSE)
+                return self._cipher.open(cached.data, crypto.features_binding(cached.id, owner))
             photos = [
-                self._cipher.open(p.data, PHOTO_PURPOSE)
+                self._cipher.open(p.data, crypto.photo_binding(p.id, owner))
                 for p in await avatars_repo.photos_of(session, avatar_id)
             ]
             kind = SubjectKind(avatar.kind)
@@ -201,7 +207,10 @@ class RenderWork:
             async with self._db.begin() as session:
                 if await avatars_repo.by_id(session, avatar_id) is not None:
                     await avatars_repo.add_features(
-                        session, avatar_id, encoded.encoder_id, *_sealed(self._cipher, encoded)
+                        session,
+                        avatar_id,
+                        encoded.encoder_id,
+                        *_sealed(self._cipher, encoded, owner),
                     )
         except IntegrityError:  # a concurrent job re-encoded the same avatar first: fine
             logger.debug("features of avatar %s were stored concurrently", avatar_id)
@@ -224,9 +233,16 @@ def _spec(prompt: str, negative: str, s: RenderSettings, policy: OutputPolicy) -
     )
 
 
-def _sealed(cipher: DataCipher, encoded: EncodedFeatures) -> tuple[bytes, str | None]:
+def _sealed(
+    cipher: DataCipher, encoded: EncodedFeatures, owner_id: int
+) -> tuple[bytes, str | None, Callable[[int, bytes], bytes]]:
+    """Features' data, key id and sealer (bound to the row id once it is inserted)."""
     key_id = cipher.current.key_id if cipher.current else None
-    return cipher.seal(encoded.data, FEATURES_PURPOSE), key_id
+
+    def seal(row_id: int, data: bytes) -> bytes:
+        return cipher.seal(data, crypto.features_binding(row_id, owner_id))
+
+    return encoded.data, key_id, seal
 
 
 @dataclass(frozen=True)
@@ -283,7 +299,14 @@ class EncodeWork:
             if avatar is None:
                 raise NotFound("This avatar was deleted before its photos were checked.")
             rows = await avatars_repo.photos_of(session, avatar.id)
-            photos = [(p.id, p.position, self._cipher.open(p.data, PHOTO_PURPOSE)) for p in rows]
+            photos = [
+                (
+                    p.id,
+                    p.position,
+                    self._cipher.open(p.data, crypto.photo_binding(p.id, avatar.owner_id)),
+                )
+                for p in rows
+            ]
             return SubjectKind(avatar.kind), photos
 
     def timings(self, outcome: Encoded) -> dict[str, float]:
@@ -305,7 +328,7 @@ class EncodeWork:
             session,
             avatar.id,
             outcome.features.encoder_id,
-            *_sealed(self._cipher, outcome.features),
+            *_sealed(self._cipher, outcome.features, avatar.owner_id),
         )
         avatar.status = AvatarStatus.READY
         avatar.updated_at = now

@@ -18,10 +18,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import NotFound
+from bot.services import crypto
 from bot.services.crypto import DataCipher
 from bot.services.events import JobEventKind, JobEvents
 from bot.services.ledger import day_bounds, refund
@@ -44,10 +46,10 @@ from db.types import utcnow
 
 logger = logging.getLogger(__name__)
 
-# What each kind of sealed blob is bound to (bot/services/crypto.py).
-PHOTO_PURPOSE = b"photo"
-FEATURES_PURPOSE = b"features"
-OUTPUT_PURPOSE = b"output"
+# What each kind of sealed blob is bound to (bot/services/crypto.py, with table, row, owner).
+PHOTO_PURPOSE = crypto.PHOTO_PURPOSE
+FEATURES_PURPOSE = crypto.FEATURES_PURPOSE
+OUTPUT_PURPOSE = crypto.OUTPUT_PURPOSE
 # How long past its retention an undelivered job waits for delivery before it goes anyway.
 UNDELIVERED_GRACE = timedelta(days=7)
 # A job is tried at most this many times (the first run plus requeues after worker crashes);
@@ -97,10 +99,13 @@ class JobService:
     async def outputs(self, job_id: int) -> list[bytes]:
         """The finished job's PNGs in order (empty for failed or cancelled jobs)."""
         async with self._db.begin(readonly=True) as session:
-            if await repo.get(session, job_id) is None:
+            job = await repo.get(session, job_id)
+            if job is None:
                 raise NotFound("This render no longer exists.")
             rows = await repo.outputs(session, job_id)
-            return [self._cipher.open(r.data, OUTPUT_PURPOSE) for r in rows]
+            return [
+                self._cipher.open(r.data, crypto.output_binding(r.id, job.user_id)) for r in rows
+            ]
 
     async def checked_outputs(self, job_id: int) -> tuple[list[CheckedOutput], str]:
         """The finished job's images with the output check's flag on each, and what happens to
@@ -112,7 +117,11 @@ class JobService:
                 raise NotFound("This render no longer exists.")
             rows = await repo.outputs(session, job_id)
             checked = [
-                CheckedOutput(r.index, self._cipher.open(r.data, OUTPUT_PURPOSE), r.flagged)
+                CheckedOutput(
+                    r.index,
+                    self._cipher.open(r.data, crypto.output_binding(r.id, job.user_id)),
+                    r.flagged,
+                )
                 for r in rows
             ]
             return checked, recorded_posting(job.result)
@@ -208,14 +217,16 @@ class JobService:
                 given_up=await self.views_in(session, given_up),
             )
         for view in result.requeued:
-            logger.warning("job %s of user %s requeued: its worker died", view.id, view.user_id)
+            logger.warning("job %s requeued: its worker died", view.id)
         for view in result.given_up:
-            logger.warning("job %s of user %s given up and refunded", view.id, view.user_id)
+            logger.warning("job %s given up and refunded", view.id)
         return result
 
     async def purge_expired(self, now: datetime | None = None) -> int:
         """Delete finished jobs past their retention (see the module docstring), and clear
-        the forget-me keys of earlier days from the usage ledger (bot/services/usage_keys.py)."""
+        the forget-me keys of earlier days from the usage ledger (bot/services/usage_keys.py).
+        Retries a WAL checkpoint an earlier erasure could not finish (the job loop runs this
+        every ``maintenance_seconds``)."""
         now = now or utcnow()
         cutoff = now - self.retention
         async with self._db.begin() as session:
@@ -227,8 +238,10 @@ class JobService:
                 undelivered_before=cutoff - UNDELIVERED_GRACE,
                 created_before=day_bounds(now)[0],
             )
-        if erased.jobs:
+        if erased.jobs or self._db.checkpoint_pending:
+            # Also retries a checkpoint that a reader blocked after an earlier erasure.
             await checkpoint(self._db)
+        if erased.jobs:
             logger.info("purged %s expired jobs (%s outputs)", erased.jobs, erased.outputs)
         return erased.jobs
 
@@ -242,16 +255,71 @@ class JobService:
             avatar = await avatars_repo.by_id(session, avatar_id)
             if avatar is not None:
                 avatar_names[avatar_id] = avatar.name
-        return [job_view(j, seeds.get(j.id, []), avatar_names) for j in jobs]
+        return [job_view(j, seeds.get(j.id, []), avatar_names, self._cipher) for j in jobs]
+
+    def texts(self, job: RenderJob) -> JobTexts:
+        """The job's prompt, negative prompt and interaction token, opened."""
+        return job_texts(self._cipher, job)
+
+    async def insert(self, session: AsyncSession, **fields: Any) -> RenderJob:
+        """Insert a job row with its prompt, negative prompt and interaction token sealed
+        (bound to the row's id and owner): the row is inserted with empty placeholders, then
+        sealed once its id is known, in the caller's transaction."""
+        texts = {name: fields.pop(name, None) for name in SEALED_JOB_TEXTS}
+        placeholders = {name: "" for name, value in texts.items() if value is not None}
+        placeholders.setdefault("prompt", "")
+        job = await repo.insert(session, **placeholders, **fields)
+        for name, value in texts.items():
+            if value is not None:
+                binding = crypto.job_binding(SEALED_JOB_TEXTS[name], job.id, job.user_id)
+                setattr(job, name, self._cipher.seal_text(value, binding))
+        await session.flush()
+        return job
 
 
-def job_view(job: RenderJob, seeds: Sequence[int], avatar_names: dict[int, str]) -> JobView:
+# A job's text columns sealed at rest, with their purposes.
+SEALED_JOB_TEXTS = {
+    "prompt": crypto.PROMPT_PURPOSE,
+    "negative_prompt": crypto.NEGATIVE_PROMPT_PURPOSE,
+    "interaction_token": crypto.INTERACTION_TOKEN_PURPOSE,
+}
+
+
+@dataclass(frozen=True)
+class JobTexts:
+    prompt: str
+    negative_prompt: str
+    interaction_token: str | None
+
+
+def job_texts(cipher: DataCipher, job: RenderJob) -> JobTexts:
+    """A job's prompt, negative prompt and interaction token, opened."""
+
+    def opened(name: str) -> str | None:
+        value: str | None = getattr(job, name)
+        if value is None:
+            return None
+        return cipher.open_text(
+            value, crypto.job_binding(SEALED_JOB_TEXTS[name], job.id, job.user_id)
+        )
+
+    return JobTexts(
+        prompt=opened("prompt") or "",
+        negative_prompt=opened("negative_prompt") or "",
+        interaction_token=opened("interaction_token"),
+    )
+
+
+def job_view(
+    job: RenderJob, seeds: Sequence[int], avatar_names: dict[int, str], cipher: DataCipher
+) -> JobView:
     s = job.settings or {}
+    texts = job_texts(cipher, job)
     interaction = None
-    if job.interaction_token and job.interaction_app_id and job.interaction_expires_at:
+    if texts.interaction_token and job.interaction_app_id and job.interaction_expires_at:
         interaction = InteractionRef(
             application_id=job.interaction_app_id,
-            token=job.interaction_token,
+            token=texts.interaction_token,
             expires_at=job.interaction_expires_at,
             message_id=job.progress_message_id,
         )
@@ -263,8 +331,8 @@ def job_view(job: RenderJob, seeds: Sequence[int], avatar_names: dict[int, str])
         channel_id=job.channel_id,
         avatar_id=job.avatar_id,
         avatar_name=avatar_names.get(job.avatar_id or 0, str(s.get("avatar_name", ""))),
-        prompt=job.prompt,
-        settings=settings_from_json(s, job.negative_prompt, int(job.seed)),
+        prompt=texts.prompt,
+        settings=settings_from_json(s, texts.negative_prompt, int(job.seed)),
         status=JobStatus(job.status),
         progress=float(job.progress),
         attempts=job.attempts,

@@ -16,6 +16,14 @@ What is counted:
   removes them with every other job of the member, and with every avatar: the member starts
   over from nothing, and the per-day render quota still holds.
 
+Avatars are the member's, across guilds, so a guild's avatar limits are also checked when an
+avatar is rendered there (``check_avatar_fits``): one made in DMs or in a looser guild cannot
+skip them.
+
+At most one avatar creation per member is in progress (``check_no_pending_creation`` and
+the in-process intake guard in bot/services/avatars.py), and each counts against
+``creates_per_hour``.
+
 The queue caps (``queued_per_member``, ``queued_per_guild``) are checked next to these in
 ``_enqueue``; ``guild_queue_retry_at`` estimates when the guild's queue has room again.
 """
@@ -26,11 +34,13 @@ import statistics
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.errors import RateLimited
+from bot.errors import InvalidInput, QueueFull, QuotaExceeded, RateLimited
 from bot.services.results import GuildQuotas
-from db.models import JobKind
+from db.models import Avatar, AvatarStatus, JobKind
+from db.repositories import avatars as avatars_repo
 from db.repositories import jobs as jobs_repo
 from db.repositories import ledger as ledger_repo
 
@@ -90,6 +100,43 @@ async def check_create_rate(
         raise RateLimited(
             f"You can create {limit} avatar{'s' if limit != 1 else ''} an hour.",
             retry_at=max(when, now),
+        )
+
+
+async def check_no_pending_creation(session: AsyncSession, owner_id: int) -> None:
+    """Refuse a creation while another of the member's is in progress (its avatar is pending:
+    its encode job has not finished). With the in-process guard on intake
+    (``AvatarService._intake_slot``) a member has at most one creation in progress."""
+    pending = await session.scalar(
+        select(func.count())
+        .select_from(Avatar)
+        .where(Avatar.owner_id == owner_id, Avatar.status == AvatarStatus.PENDING)
+    )
+    if pending:
+        raise QueueFull(
+            "Your previous avatar is still being checked; wait until it is done, then try again."
+        )
+
+
+async def check_avatar_fits(
+    session: AsyncSession, quotas: GuildQuotas, avatar: Avatar, owner_id: int
+) -> None:
+    """Refuse rendering ``avatar`` in the quotas' guild when it breaks that guild's avatar
+    limits, wherever it was made (in DMs, in another guild with looser limits): more photos
+    than ``photos_per_avatar`` (``InvalidInput``), or a member holding more avatars than
+    ``avatars_per_member`` (``QuotaExceeded``). Nothing is deleted: the member can use the
+    avatar where it fits, or delete some to use it here."""
+    photos = (await avatars_repo.photo_counts(session, [avatar.id])).get(avatar.id, 0)
+    if photos > quotas.photos_per_avatar:
+        raise InvalidInput(
+            f"“{avatar.name}” has {photos} photos; this server allows at most "
+            f"{quotas.photos_per_avatar} per avatar."
+        )
+    owned = await avatars_repo.count_for_owner(session, owner_id)
+    if owned > quotas.avatars_per_member:
+        raise QuotaExceeded(
+            f"You have {owned} avatars; this server allows {quotas.avatars_per_member}. "
+            "Delete some to render here."
         )
 
 

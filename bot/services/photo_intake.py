@@ -7,8 +7,11 @@ The steps, cheapest first, so that hostile input is refused before it costs memo
 2. the real format, sniffed from the magic bytes (never the filename): JPEG (MPO too: its first
    picture), PNG, WebP, HEIC/HEIF (pillow-heif; its primary image) and GIF; everything else,
    AVIF included (no AV1 decoder in this libheif), is refused;
-3. the header only (``Image.open`` is lazy): decoded size against ``limits.max_pixels`` (and
-   Pillow's own decompression-bomb ceiling), shortest side against ``limits.min_side``, aspect
+3. the header only (``Image.open`` is lazy): decoded size against the decode budget
+   (``limits.max_jpeg_pixels`` for a baseline JPEG, which is decoded at a reduced DCT scale;
+   ``limits.max_pixels`` for everything decoded at full size: PNG, WebP, HEIC, GIF and
+   progressive JPEGs, whose decoder buffers every coefficient of the full image) and Pillow's
+   own decompression-bomb ceiling, shortest side against ``limits.min_side``, aspect
    ratio (the stored photo keeps ``min_side`` once fitted into ``max_stored_side``), animation
    (GIF, APNG, WebP with more than one frame);
 4. decode (JPEGs at a reduced DCT scale when they are much bigger than what we store), convert
@@ -19,6 +22,10 @@ The steps, cheapest first, so that hostile input is refused before it costs memo
    the source was lossless (PNG, GIF, lossless WebP) so nothing is lost, JPEG at
    ``limits.jpeg_quality`` when it was lossy (JPEG, lossy WebP, HEIC), because storing a
    JPEG's pixels as PNG would cost ~5x the bytes for no fidelity. The sha256 is of these bytes.
+
+At most :data:`DECODE_SLOTS` photos are decoded at a time in a process (a global semaphore,
+whatever the caller: the bot's intake threads, the CLI), so the decode budget times the slots
+bounds what intake can cost at once; callers bound how many wait (bot/services/avatars.py).
 
 Anything a malformed file makes Pillow or libheif raise ends as ``InvalidPhoto("corrupt")``;
 callers only ever see :class:`NormalizedPhoto` or :class:`~bot.errors.InvalidPhoto`. Trailing
@@ -129,6 +136,10 @@ _EXIF_ORIENTATION: Final = 0x0112
 # intake threads from restoring each other's filters. Held only while headers/EXIF are parsed.
 _WARNINGS_LOCK = threading.Lock()
 
+# Photos decoded at the same time in this process; each may cost up to the decode budget.
+DECODE_SLOTS: Final = 2
+_DECODES = threading.BoundedSemaphore(DECODE_SLOTS)
+
 
 @dataclass(frozen=True, slots=True)
 class NormalizedPhoto:
@@ -225,7 +236,8 @@ def normalize_photo(data: bytes, filename: str, limits: PhotoLimits) -> Normaliz
     if source_format is None:
         raise refusal(Reason.UNSUPPORTED_FORMAT, filename)
     try:
-        return _normalize(data, filename, source_format, limits)
+        with _DECODES:
+            return _normalize(data, filename, source_format, limits)
     except InvalidPhoto:
         raise
     except Image.DecompressionBombError as exc:
@@ -291,7 +303,7 @@ def _normalize(
         image = Image.open(io.BytesIO(data), formats=[source_format])
     with image:
         width, height = image.size
-        _check_dimensions(width, height, filename, limits)
+        _check_dimensions(width, height, filename, limits, _budget(image, source_format, limits))
         if source_format == "PNG":
             # Pillow checks chunk CRCs only up to the first IDAT; verify() walks them all
             # (without decoding), so a damaged PNG is refused whichever chunk was hit.
@@ -356,9 +368,22 @@ def _quiet_pillow() -> Iterator[None]:
         yield
 
 
-def _check_dimensions(width: int, height: int, filename: str, limits: PhotoLimits) -> None:
-    if width * height > limits.max_pixels:
-        raise _too_many_pixels(filename, limits, (width, height))
+def _budget(image: Image.Image, source_format: str, limits: PhotoLimits) -> int:
+    """The most pixels this file may have: more for a baseline JPEG, which ``Image.draft``
+    decodes at 1/2 to 1/8 of each side (a progressive one keeps full-size coefficients)."""
+    if source_format == "JPEG" and not (
+        image.info.get("progressive") or image.info.get("progression")
+    ):
+        return max(limits.max_jpeg_pixels, limits.max_pixels)
+    return limits.max_pixels
+
+
+def _check_dimensions(
+    width: int, height: int, filename: str, limits: PhotoLimits, budget: int | None = None
+) -> None:
+    budget = limits.max_pixels if budget is None else budget
+    if width * height > budget:
+        raise _too_many_pixels(filename, limits, (width, height), budget)
     if min(width, height) < limits.min_side:
         raise refusal(
             Reason.TOO_SMALL, filename, width=width, height=height, min_side=limits.min_side
@@ -376,7 +401,7 @@ def _check_dimensions(width: int, height: int, filename: str, limits: PhotoLimit
 
 
 def _too_many_pixels(
-    filename: str, limits: PhotoLimits, size: tuple[int, int] | None
+    filename: str, limits: PhotoLimits, size: tuple[int, int] | None, budget: int | None = None
 ) -> InvalidPhoto:
     if size is None:  # Pillow's own ceiling fired before the size was available to us
         ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
@@ -387,7 +412,7 @@ def _too_many_pixels(
         Reason.TOO_MANY_PIXELS,
         filename,
         pixels=pixels,
-        max_megapixels=f"{limits.max_pixels / 1e6:g}",
+        max_megapixels=f"{(budget or limits.max_pixels) / 1e6:g}",
     )
 
 

@@ -16,7 +16,9 @@ keep only counts. Nothing else stores user ids.
 
 On SQLite the deletions run with ``secure_delete`` on and are followed by a WAL checkpoint
 that truncates the WAL, so the erased bytes are gone from the database files (a test scans
-them). On PostgreSQL deleted tuples stay on disk until VACUUM reclaims their space and the WAL
+them); a checkpoint that a reader blocks is retried by the job loop's maintenance. Guilds that
+removed the bot while it was offline are erased at its next start (``purge_absent_guilds``).
+On PostgreSQL deleted tuples stay on disk until VACUUM reclaims their space and the WAL
 segments are recycled: deploy with a data key (then only ciphertext lingers) and encrypted
 disks.
 """
@@ -24,14 +26,17 @@ disks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Collection
+from typing import Any
 
 from bot.errors import Forbidden
-from bot.services import audit
+from bot.services import audit, crypto
 from bot.services.crypto import DataCipher
-from bot.services.jobs import FEATURES_PURPOSE, OUTPUT_PURPOSE, PHOTO_PURPOSE
+from bot.services.jobs import SEALED_JOB_TEXTS
 from bot.services.ledger import day_bounds
 from bot.services.results import ErasureReport, GuildErasure, ReencryptReport
 from bot.services.usage_keys import UsageKeys, user_key
+from db.models import Feature, JobOutput, Photo, RenderJob
 from db.repositories import audit as audit_repo
 from db.repositories import avatars as avatars_repo
 from db.repositories import guilds as guilds_repo
@@ -83,7 +88,13 @@ class PrivacyService:
             outputs=jobs.outputs,
             ledger_rows_anonymised=ledger,
         )
-        logger.info("forget-me for user %s: %s", user_id, report)
+        # The counts only: the erased member's id does not go to the logs either.
+        logger.info(
+            "forget-me: %s avatar(s), %s job(s), %s ledger row(s) anonymised",
+            report.avatars,
+            report.jobs,
+            report.ledger_rows_anonymised,
+        )
         return report
 
     async def purge_member(
@@ -105,7 +116,7 @@ class PrivacyService:
                 {"member_id": str(user_id), "renders": jobs.jobs, "images": jobs.outputs},
             )
         await checkpoint(self._db)
-        logger.info("guild %s purged member %s: %s jobs", guild_id, user_id, jobs.jobs)
+        logger.info("guild %s purged a member: %s jobs", guild_id, jobs.jobs)
         return ErasureReport(user_id=user_id, jobs=jobs.jobs, outputs=jobs.outputs)
 
     async def guild_removed(self, guild_id: int) -> GuildErasure:
@@ -122,40 +133,99 @@ class PrivacyService:
         logger.info("guild %s removed: %s", guild_id, result)
         return result
 
-    async def reencrypt(self, batch_size: int = REENCRYPT_BATCH) -> ReencryptReport:
-        """Rewrite every photo, feature and output blob not sealed with the current key.
+    async def purge_absent_guilds(
+        self, present: Collection[int], covers: Callable[[int], bool] | None = None
+    ) -> list[GuildErasure]:
+        """Erase, as ``guild_removed`` does, every guild with stored data that is not in
+        ``present``: guilds that removed the bot while it was offline (it never saw their
+        ``GUILD_DELETE``). ``present`` must be every guild the gateway reported once all of
+        this process's shards were ready, unavailable ones (an outage) included; ``covers``
+        says which guild ids those shards serve (default: all).
 
-        Run after changing ``AVATARBOT_DATA_KEY`` (old key in ``AVATARBOT_OLD_DATA_KEYS``) or
-        after setting a key for the first time (plaintext blobs get sealed). Works in batches
-        of short transactions, so the bot can keep running; safe to interrupt and rerun.
+        An empty ``present`` erases nothing: a bot that sees no guild at all is far more
+        likely to be looking at an outage or a wrong token than to have been removed
+        everywhere, and this cannot be undone."""
+        if not present:
+            logger.warning("the bot sees no guild: not purging stored guild data")
+            return []
+        async with self._db.begin(readonly=True) as session:
+            stored = await guilds_repo.stored_guild_ids(session)
+        known = set(present)
+        absent = sorted(g for g in stored - known if covers is None or covers(g))
+        if absent:
+            logger.info("erasing the data of %d guild(s) the bot left while offline", len(absent))
+        return [await self.guild_removed(guild_id) for guild_id in absent]
+
+    async def reencrypt(self, batch_size: int = REENCRYPT_BATCH) -> ReencryptReport:
+        """Rewrite every photo, feature and output blob, and every job's prompt, negative
+        prompt and interaction token, not sealed with the current key in the current format
+        (bound to its table, row and owner; bot/services/crypto.py). A photo's stored digest
+        is recomputed under the current key with it.
+
+        Run after changing ``AVATARBOT_DATA_KEY`` (old key in ``AVATARBOT_OLD_DATA_KEYS``),
+        after setting a key for the first time (plaintext blobs get sealed), and after an
+        upgrade from the old sealed format; then ``AVATARBOT_ENCRYPTION_STRICT=true`` refuses
+        anything unsealed. Works in batches of short transactions, so the bot can keep
+        running; safe to interrupt and rerun.
         """
-        if not self._cipher.enabled:
+        cipher = self._cipher
+        if not cipher.enabled:
             raise ValueError("AVATARBOT_DATA_KEY is not set: nothing to encrypt with")
-        key_id = self._cipher.current.key_id if self._cipher.current else None
-        counts = {"photos": 0, "features": 0, "outputs": 0, "unchanged": 0}
-        pages = (
-            ("photos", avatars_repo.photos_page, PHOTO_PURPOSE, True),
-            ("features", avatars_repo.features_page, FEATURES_PURPOSE, True),
-            ("outputs", jobs_repo.outputs_page, OUTPUT_PURPOSE, False),
-        )
-        for name, page, purpose, has_key_column in pages:
+        key_id = cipher.current.key_id if cipher.current else None
+        counts = {"photos": 0, "features": 0, "outputs": 0, "jobs": 0, "unchanged": 0}
+
+        def reseal_photo(row: Photo, owner: int) -> None:
+            plain = cipher.open(row.data, crypto.photo_binding(row.id, owner), lenient=True)
+            row.data = cipher.seal(plain, crypto.photo_binding(row.id, owner))
+            row.sha256 = crypto.keyed_digest(cipher, plain)
+            row.key_id = key_id
+
+        def reseal_features(row: Feature, owner: int) -> None:
+            binding = crypto.features_binding(row.id, owner)
+            row.data = cipher.seal(cipher.open(row.data, binding, lenient=True), binding)
+            row.key_id = key_id
+
+        def reseal_output(row: JobOutput, owner: int) -> None:
+            binding = crypto.output_binding(row.id, owner)
+            row.data = cipher.seal(cipher.open(row.data, binding, lenient=True), binding)
+
+        async def walk(name: str, page: Any, stale: Any, reseal: Any) -> None:
             after = 0
             while True:
                 async with self._db.begin() as session:
                     await scrub_deletes(session)  # the old ciphertext must not linger either
                     rows = await page(session, after, batch_size)
-                    for row in rows:
-                        if self._cipher.needs_reseal(row.data):
-                            plain = self._cipher.open(row.data, purpose)
-                            row.data = self._cipher.seal(plain, purpose)
-                            if has_key_column:
-                                row.key_id = key_id  # type: ignore[union-attr]
+                    for item in rows:
+                        if stale(item):
+                            reseal(*item) if isinstance(item, tuple) else reseal(item)
                             counts[name] += 1
                         else:
                             counts["unchanged"] += 1
                 if not rows:
                     break
-                after = rows[-1].id
+                last = rows[-1]
+                after = (last[0] if isinstance(last, tuple) else last).id
+
+        def blob_stale(item: tuple[Photo | Feature | JobOutput, int]) -> bool:
+            return cipher.needs_reseal(item[0].data)
+
+        def job_stale(job: RenderJob) -> bool:
+            return any(
+                cipher.text_needs_reseal(getattr(job, name) or "") for name in SEALED_JOB_TEXTS
+            )
+
+        def reseal_job(job: RenderJob) -> None:
+            for name, purpose in SEALED_JOB_TEXTS.items():
+                value = getattr(job, name)
+                if value:
+                    binding = crypto.job_binding(purpose, job.id, job.user_id)
+                    plain = cipher.open_text(value, binding, lenient=True)
+                    setattr(job, name, cipher.seal_text(plain, binding))
+
+        await walk("photos", avatars_repo.photos_page, blob_stale, reseal_photo)
+        await walk("features", avatars_repo.features_page, blob_stale, reseal_features)
+        await walk("outputs", jobs_repo.outputs_page, blob_stale, reseal_output)
+        await walk("jobs", jobs_repo.jobs_page, job_stale, reseal_job)
         await checkpoint(self._db)
         report = ReencryptReport(**counts)
         logger.info("re-encryption under key %s: %s", key_id, report)

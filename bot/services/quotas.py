@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.config import QuotaDefaults
+from bot.config import QuotaCeilings, QuotaDefaults
 from bot.errors import Forbidden, InvalidInput
 from bot.services import audit
 from bot.services.ledger import UNITS_PER_RENDER, day_bounds, used_today
@@ -48,11 +48,27 @@ def _require_admin(actor_is_admin: bool) -> None:
 
 class QuotaService:
     def __init__(
-        self, database: Database, defaults: QuotaDefaults, keys: UsageKeys | None = None
+        self,
+        database: Database,
+        defaults: QuotaDefaults,
+        keys: UsageKeys | None = None,
+        ceilings: QuotaCeilings | None = None,
     ) -> None:
         self._db = database
         self._defaults = defaults
         self.keys = keys or UsageKeys()
+        # The most a guild may set per field: the operator's ceiling, or the operator's own
+        # default when that is higher (the operator chose it).
+        bounds = ceilings or QuotaCeilings()
+        self._ceilings: dict[str, int] = {
+            name: max(getattr(bounds, name), getattr(defaults, name))
+            for name in QuotaCeilings.model_fields
+        }
+
+    @property
+    def ceilings(self) -> dict[str, int]:
+        """The operator's ceiling of each bounded quota field (what ``set`` allows at most)."""
+        return dict(self._ceilings)
 
     async def quotas_in(self, session: AsyncSession, guild_id: int | None) -> GuildQuotas:
         """The effective quotas of a guild, read in the caller's transaction."""
@@ -60,6 +76,9 @@ class QuotaService:
         values: dict[str, Any] = {}
         for name in QUOTA_FIELDS:
             override = getattr(row, name) if row is not None else None
+            if override is not None and name in self._ceilings:
+                # An override stored before the operator lowered a ceiling.
+                override = min(override, self._ceilings[name])
             values[name] = override if override is not None else getattr(self._defaults, name)
         personalizer = row.personalizer if row is not None else None
         return GuildQuotas(
@@ -88,8 +107,10 @@ class QuotaService:
 
         Keys are the fields of ``GuildQuotas`` (``renders_per_day``, ``max_side``,
         ``personalizer``...). The whole result is validated against the same bounds as the
-        defaults, so a guild cannot be configured into something the engine refuses. The
-        change (old → new values) goes to the audit log as ``quota.set``.
+        defaults, so a guild cannot be configured into something the engine refuses, and each
+        value against the operator's ceiling (``Settings.quota_ceilings``), so a guild admin
+        cannot buy more GPU time than the operator allows. The change (old → new values)
+        goes to the audit log as ``quota.set``.
         """
         _require_admin(actor_is_admin)
         unknown = sorted(set(changes) - set(QUOTA_FIELDS) - {"personalizer"})
@@ -97,6 +118,13 @@ class QuotaService:
             raise InvalidInput(f"Unknown setting(s): {', '.join(unknown)}.")
         if not changes:
             raise InvalidInput("Nothing to change.")
+        above = [
+            f"{n} at most {self._ceilings[n]}"
+            for n, v in sorted(changes.items())
+            if n in self._ceilings and isinstance(v, int) and v > self._ceilings[n]
+        ]
+        if above:
+            raise InvalidInput(f"Above what this bot's operator allows: {', '.join(above)}.")
         personalizer = changes.get("personalizer")
         if personalizer is not None and personalizer not in PERSONALIZERS:
             raise InvalidInput(f"personalizer must be one of {', '.join(PERSONALIZERS)}.")

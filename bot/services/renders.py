@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.errors import InvalidInput, NotFound, NotOwner, QueueFull, QuotaExceeded
+from bot.errors import Forbidden, InvalidInput, NotFound, NotOwner, QueueFull, QuotaExceeded
 from bot.services import limits
 from bot.services.events import JobEventKind, JobEvents
 from bot.services.jobs import JobService, queue_position, settings_to_json
@@ -47,6 +48,9 @@ from engine.types import MAX_SEED
 logger = logging.getLogger(__name__)
 
 MAX_GUIDANCE = 30.0
+
+# Whether a member still belongs to a guild (the bot asks Discord; services cannot).
+MembershipCheck = Callable[[int], Awaitable[bool]]
 
 
 class RenderService:
@@ -101,6 +105,7 @@ class RenderService:
                 raise InvalidInput(
                     f"“{avatar.name}” is still being checked; try again in a moment."
                 )
+            await limits.check_avatar_fits(session, quotas, avatar, user_id)
             avatar_id, shown_name = avatar.id, avatar.name
             person = avatar.kind == SubjectKind.PERSON.value
         text = clean_prompt(prompt)
@@ -131,43 +136,68 @@ class RenderService:
         )
 
     async def reroll(
-        self, user_id: int, job_id: int, interaction: InteractionRef | None = None
+        self,
+        user_id: int,
+        job_id: int,
+        interaction: InteractionRef | None = None,
+        *,
+        is_member: MembershipCheck | None = None,
     ) -> JobTicket:
-        """The same render again with a new seed (owner only; quota applies)."""
-        return await self._again(user_id, job_id, interaction, variations=False)
+        """The same render again with a new seed (owner only; quota applies).
+
+        ``is_member(guild_id)``: whether the member still belongs to the guild whose quota
+        the new job spends (the bot asks Discord; a button can be pressed in a DM long after
+        the member left or was kicked); ``Forbidden`` when not. None: no check (the CLI)."""
+        return await self._again(user_id, job_id, interaction, is_member, variations=False)
 
     async def variations(
-        self, user_id: int, job_id: int, interaction: InteractionRef | None = None
+        self,
+        user_id: int,
+        job_id: int,
+        interaction: InteractionRef | None = None,
+        *,
+        is_member: MembershipCheck | None = None,
     ) -> JobTicket:
         """More takes on a render: same avatar, prompt and settings, new seeds, as many images
-        as the guild allows per render (owner only; quota applies). The engine has no
-        image-to-image path, so a variation is a fan-out of fresh seeds, not an edit."""
-        return await self._again(user_id, job_id, interaction, variations=True)
+        as the guild allows per render (owner only; quota applies; ``is_member`` as for
+        :meth:`reroll`). The engine has no image-to-image path, so a variation is a fan-out
+        of fresh seeds, not an edit."""
+        return await self._again(user_id, job_id, interaction, is_member, variations=True)
 
     async def cancel(self, user_id: int, job_id: int) -> JobView:
-        """Cancel a queued or running job of the caller's and refund it."""
+        """Cancel a queued or running job of the caller's.
+
+        Refund rule: a job cancelled while still **queued** is refunded in full; once a worker
+        has **started** it (``running``: GPU time is being spent) it is not refunded, whatever
+        its progress. Otherwise a member could render to 99 %, cancel and start again, for
+        ever, without the quota ever counting. Units are whole renders, so there is no
+        partial refund. A job handed back to the queue (a worker stopped or died) is queued
+        again and refundable again. See :func:`refunds_on_cancel`.
+        """
         now = utcnow()
         async with self._db.begin() as session:
             job = await self._owned(session, user_id, job_id)
             cancelled = await repo.cancel(session, job.id, now)
             if cancelled is None:
                 raise InvalidInput("This render has already finished.")
-            await refund(session, cancelled, now, note="cancelled by user")
+            if refunds_on_cancel(cancelled):
+                await refund(session, cancelled, now, note="cancelled by user")
             # Its worker, wherever it runs, stops rendering it.
             await self._events.publish(session, JobEventKind.CANCELLED, job.id)
             view = (await self._jobs.views_in(session, [cancelled]))[0]
-        logger.info("user %s cancelled job %s", user_id, job_id)
+        logger.info("job %s cancelled by its member", job_id)
         return view
 
     async def delete(self, user_id: int, job_id: int) -> None:
-        """Delete a job of the caller's with its prompt and images (cancelled and refunded
-        first if it has not finished)."""
+        """Delete a job of the caller's with its prompt and images (cancelled first if it has
+        not finished: refunded only if it was still queued, as for :meth:`cancel`)."""
         now = utcnow()
         async with self._db.begin() as session:
             job = await self._owned(session, user_id, job_id)
             cancelled = await repo.cancel(session, job.id, now)
             if cancelled is not None:
-                await refund(session, cancelled, now, note="deleted by user")
+                if refunds_on_cancel(cancelled):  # the same rule as cancel
+                    await refund(session, cancelled, now, note="deleted by user")
                 await self._events.publish(session, JobEventKind.CANCELLED, job.id)
             await scrub_deletes(session)
             await repo.delete_job(session, job.id)
@@ -246,8 +276,21 @@ class RenderService:
             )
 
     async def _again(
-        self, user_id: int, job_id: int, interaction: InteractionRef | None, *, variations: bool
+        self,
+        user_id: int,
+        job_id: int,
+        interaction: InteractionRef | None,
+        is_member: MembershipCheck | None,
+        *,
+        variations: bool,
     ) -> JobTicket:
+        async with self._db.begin(readonly=True) as session:
+            guild_id = (await self._owned(session, user_id, job_id)).guild_id
+        if guild_id is not None and is_member is not None and not await is_member(guild_id):
+            raise Forbidden(
+                "You are no longer a member of the server this render was made in, so it "
+                "cannot be rerolled or varied."
+            )
         async with self._db.begin(readonly=True) as session:
             old = await self._owned(session, user_id, job_id)
             if old.avatar_id is None:
@@ -256,6 +299,7 @@ class RenderService:
             if avatar is None:
                 raise NotFound("The avatar of this render was deleted.")
             quotas = await self._quotas.quotas_in(session, old.guild_id)
+            await limits.check_avatar_fits(session, quotas, avatar, user_id)
             old_view = (await self._jobs.views_in(session, [old]))[0]
         previous = old_view.settings
         count = quotas.images_per_render if variations else previous.count
@@ -272,7 +316,7 @@ class RenderService:
         facts = await self._registry.current_facts()
         settings = replace(
             self._settings(
-                old.prompt,
+                old_view.prompt,
                 previous.negative_prompt,
                 options,
                 quotas,
@@ -290,7 +334,7 @@ class RenderService:
             channel_id=old.channel_id,
             avatar_id=avatar.id,
             avatar_name=avatar.name,
-            prompt=old.prompt,
+            prompt=old_view.prompt,
             settings=settings,
             interaction=interaction,
             parent_job_id=old.id,
@@ -336,7 +380,7 @@ class RenderService:
                     "This server's render queue is full.",
                     retry_at=await limits.guild_queue_retry_at(session, guild_id, now),
                 )
-            job = await repo.insert(
+            job = await self._jobs.insert(
                 session,
                 user_id=user_id,
                 guild_id=guild_id,
@@ -356,7 +400,8 @@ class RenderService:
             job_id = job.id
         async with self._db.begin(readonly=True) as session:
             position = await queue_position(session, job_id)
-        logger.info("user %s queued job %s (position %s)", user_id, job_id, position)
+        logger.info("queued job %s (position %s)", job_id, position)
+        logger.debug("job %s is user %s's", job_id, user_id)
         return JobTicket(job_id=job_id, position=position if position is not None else 0)
 
     async def _owned(self, session: AsyncSession, user_id: int, job_id: int) -> RenderJob:
@@ -368,4 +413,12 @@ class RenderService:
         return job
 
 
-__all__ = ["RenderService"]
+def refunds_on_cancel(job: RenderJob) -> bool:
+    """Whether a job the member cancels (or deletes) before it finished gets its unit back:
+    only when no worker had started it. ``started_at`` is set by the claim and cleared when a
+    job goes back to the queue, so on the row the cancel's UPDATE returned it says whether
+    the job was running at that instant."""
+    return job.started_at is None
+
+
+__all__ = ["RenderService", "refunds_on_cancel"]

@@ -296,9 +296,11 @@ class GuildErasure:
 
 @dataclass(frozen=True)
 class ReencryptReport:
-    """Blobs rewritten under the current data key (or found already sealed with it)."""
+    """Blobs rewritten under the current data key (or found already sealed with it); ``jobs``
+    counts jobs whose prompts or interaction token were re-sealed."""
 
     photos: int = 0
     features: int = 0
     outputs: int = 0
+    jobs: int = 0
     unchanged: int = 0

@@ -61,10 +61,8 @@ def user_message(error: BaseException, *, context: str = "") -> str:
 def _context(interaction: discord.Interaction) -> str:
     command = interaction.command.qualified_name if interaction.command else None
     custom_id = (interaction.data or {}).get("custom_id") if interaction.data else None
-    return (
-        f"user={interaction.user.id} guild={interaction.guild_id} "
-        f"command={command} custom_id={custom_id}"
-    )
+    # No user id: logs above DEBUG name jobs, avatars and guilds, never members (README).
+    return f"guild={interaction.guild_id} command={command} custom_id={custom_id}"
 
 
 async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
@@ -79,7 +77,8 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
             )
     except discord.HTTPException as exc:
         # The token expired or Discord is down: the log line above is all we can do.
-        logger.warning("could not report an error to user %s: %s", interaction.user.id, exc)
+        logger.warning("could not report an error to the member: %s", exc)
+        logger.debug("the member was user %s", interaction.user.id)
 
 
 async def on_app_command_error(

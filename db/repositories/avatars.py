@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -118,21 +118,32 @@ async def photos_of(session: AsyncSession, avatar_id: int) -> list[Photo]:
 
 
 async def add_photos(
-    session: AsyncSession, avatar_id: int, photos: Sequence[NewPhoto], *, first_position: int
+    session: AsyncSession,
+    avatar_id: int,
+    photos: Sequence[NewPhoto],
+    *,
+    first_position: int,
+    seal: Callable[[int, bytes], bytes],
 ) -> None:
-    for offset, p in enumerate(photos):
-        session.add(
-            Photo(
-                avatar_id=avatar_id,
-                position=first_position + offset,
-                data=p.data,
-                key_id=p.key_id,
-                sha256=p.sha256,
-                width=p.width,
-                height=p.height,
-                format=p.format,
-            )
+    """Insert photos with an empty placeholder, then store ``seal(row_id, data)``: a sealed
+    blob is bound to its row id (bot/services/crypto.py), known only after the insert."""
+    rows = [
+        Photo(
+            avatar_id=avatar_id,
+            position=first_position + offset,
+            data=b"",
+            key_id=p.key_id,
+            sha256=p.sha256,
+            width=p.width,
+            height=p.height,
+            format=p.format,
         )
+        for offset, p in enumerate(photos)
+    ]
+    session.add_all(rows)
+    await session.flush()
+    for row, p in zip(rows, photos, strict=True):
+        row.data = seal(row.id, p.data)
     await session.flush()
 
 
@@ -158,20 +169,33 @@ async def feature_for(session: AsyncSession, avatar_id: int, encoder_id: str) ->
 
 
 async def replace_features(
-    session: AsyncSession, avatar_id: int, encoder_id: str, data: bytes, key_id: str | None
+    session: AsyncSession,
+    avatar_id: int,
+    encoder_id: str,
+    data: bytes,
+    key_id: str | None,
+    seal: Callable[[int, bytes], bytes],
 ) -> None:
     """Store the avatar's features for ``encoder_id``, dropping every other cached encoding:
     callers re-encode after the photos changed, which makes all older features wrong."""
     await session.execute(delete(Feature).where(Feature.avatar_id == avatar_id))
-    session.add(Feature(avatar_id=avatar_id, encoder_id=encoder_id, data=data, key_id=key_id))
-    await session.flush()
+    await add_features(session, avatar_id, encoder_id, data, key_id, seal)
 
 
 async def add_features(
-    session: AsyncSession, avatar_id: int, encoder_id: str, data: bytes, key_id: str | None
+    session: AsyncSession,
+    avatar_id: int,
+    encoder_id: str,
+    data: bytes,
+    key_id: str | None,
+    seal: Callable[[int, bytes], bytes],
 ) -> None:
-    """Add features for another encoder (lazy re-encoding); older encodings stay usable."""
-    session.add(Feature(avatar_id=avatar_id, encoder_id=encoder_id, data=data, key_id=key_id))
+    """Add features for another encoder (lazy re-encoding); older encodings stay usable.
+    Inserted with an empty placeholder, then ``seal(row_id, data)`` is stored."""
+    row = Feature(avatar_id=avatar_id, encoder_id=encoder_id, data=b"", key_id=key_id)
+    session.add(row)
+    await session.flush()
+    row.data = seal(row.id, data)
     await session.flush()
 
 
@@ -237,16 +261,27 @@ async def delete_user_data(session: AsyncSession, user_id: int) -> AvatarErasure
     )
 
 
-async def photos_page(session: AsyncSession, after_id: int, limit: int) -> list[Photo]:
-    """A page of photos by id (re-encryption walks every blob after a key rotation)."""
-    rows = await session.scalars(
-        select(Photo).where(Photo.id > after_id).order_by(Photo.id).limit(limit)
+async def photos_page(session: AsyncSession, after_id: int, limit: int) -> list[tuple[Photo, int]]:
+    """A page of photos by id with their owner (re-encryption walks every blob)."""
+    rows = await session.execute(
+        select(Photo, Avatar.owner_id)
+        .join(Avatar, Avatar.id == Photo.avatar_id)
+        .where(Photo.id > after_id)
+        .order_by(Photo.id)
+        .limit(limit)
     )
-    return list(rows)
+    return [(photo, int(owner)) for photo, owner in rows.all()]
 
 
-async def features_page(session: AsyncSession, after_id: int, limit: int) -> list[Feature]:
-    rows = await session.scalars(
-        select(Feature).where(Feature.id > after_id).order_by(Feature.id).limit(limit)
+async def features_page(
+    session: AsyncSession, after_id: int, limit: int
+) -> list[tuple[Feature, int]]:
+    """A page of cached features by id with their owner."""
+    rows = await session.execute(
+        select(Feature, Avatar.owner_id)
+        .join(Avatar, Avatar.id == Feature.avatar_id)
+        .where(Feature.id > after_id)
+        .order_by(Feature.id)
+        .limit(limit)
     )
-    return list(rows)
+    return [(feature, int(owner)) for feature, owner in rows.all()]

@@ -53,23 +53,46 @@ async def scrub_deletes(session: AsyncSession) -> None:
         await session.execute(text("PRAGMA secure_delete = ON"))
 
 
-async def checkpoint(database: Database) -> None:
-    """On SQLite, copy the WAL into the main file and truncate the WAL to zero bytes.
+# How long a checkpoint waits for readers of older snapshots (instead of the connection's
+# 30 s busy timeout): the member who asked for an erasure is waiting for the answer.
+CHECKPOINT_WAIT_MS = 2000
+
+
+async def checkpoint(database: Database) -> bool:
+    """On SQLite, copy the WAL into the main file and truncate the WAL to zero bytes; True when
+    done (always on PostgreSQL).
 
     The WAL keeps old versions of pages (e.g. the frames that inserted a photo) until a
     checkpoint; after an erasure we want them gone from disk too. It must run outside a
     transaction, so it goes through the driver connection directly (our ``begin`` hook would
     otherwise open ``BEGIN IMMEDIATE`` first and the checkpoint would fail as locked). A reader
-    holding an old snapshot can keep some frames alive; that is logged, not raised.
+    holding an old snapshot can keep some frames alive: then ``database.checkpoint_pending``
+    is set and the job loop's maintenance (``JobService.purge_expired``) tries again until a
+    checkpoint gets through.
     """
     if database.dialect != "sqlite":
-        return
+        return True
     async with database.engine.connect() as conn:
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
         assert driver is not None
-        cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        busy, _log, _done = await cursor.fetchone()
+        cursor = await driver.execute("PRAGMA busy_timeout")
+        (usual,) = await cursor.fetchone()
         await cursor.close()
-        if busy:
-            logger.warning("WAL checkpoint after erasure was blocked by a reader; retried later")
+        await (await driver.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")).close()
+        try:
+            cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, _log, _done = await cursor.fetchone()
+            await cursor.close()
+        finally:
+            await (await driver.execute(f"PRAGMA busy_timeout={int(usual)}")).close()
+    if busy:
+        database.checkpoint_pending = True
+        logger.warning(
+            "WAL checkpoint after erasure was blocked by a reader; the next maintenance retries"
+        )
+        return False
+    if database.checkpoint_pending:
+        logger.info("pending WAL checkpoint done")
+    database.checkpoint_pending = False
+    return True

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import CompoundSelect, delete, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import GuildSettings
+from db.models import AuditEntry, GuildSettings, RenderJob, UsageLedger
 
 
 async def get(session: AsyncSession, guild_id: int) -> GuildSettings | None:
@@ -35,3 +35,15 @@ async def update_settings(
 async def delete_guild(session: AsyncSession, guild_id: int) -> int:
     result = await session.execute(delete(GuildSettings).where(GuildSettings.guild_id == guild_id))
     return result.rowcount or 0  # type: ignore[attr-defined]
+
+
+async def stored_guild_ids(session: AsyncSession) -> set[int]:
+    """Every guild some row is kept for: settings, jobs, usage, audit log (what
+    ``PrivacyService.guild_removed`` erases). Avatars belong to members, not guilds."""
+    query: CompoundSelect[Any] = union(
+        select(GuildSettings.guild_id),
+        select(RenderJob.guild_id).where(RenderJob.guild_id.is_not(None)),
+        select(UsageLedger.guild_id).where(UsageLedger.guild_id.is_not(None)),
+        select(AuditEntry.guild_id),
+    )
+    return {int(guild_id) for guild_id in (await session.execute(query)).scalars()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -132,21 +132,31 @@ class NewOutput:
 
 
 async def add_outputs(
-    session: AsyncSession, job_id: int, items: Sequence[NewOutput], now: datetime
+    session: AsyncSession,
+    job_id: int,
+    items: Sequence[NewOutput],
+    now: datetime,
+    seal: Callable[[int, bytes], bytes],
 ) -> None:
-    for index, item in enumerate(items):
-        session.add(
-            JobOutput(
-                job_id=job_id,
-                index=index,
-                data=item.data,
-                seed=item.seed,
-                width=item.width,
-                height=item.height,
-                flagged=item.flagged,
-                created_at=now,
-            )
+    """Insert outputs with an empty placeholder, then store ``seal(row_id, data)`` (a sealed
+    blob is bound to its row id, known only after the insert)."""
+    rows = [
+        JobOutput(
+            job_id=job_id,
+            index=index,
+            data=b"",
+            seed=item.seed,
+            width=item.width,
+            height=item.height,
+            flagged=item.flagged,
+            created_at=now,
         )
+        for index, item in enumerate(items)
+    ]
+    session.add_all(rows)
+    await session.flush()
+    for row, item in zip(rows, items, strict=True):
+        row.data = seal(row.id, item.data)
     await session.flush()
 
 
@@ -318,8 +328,23 @@ async def purge_finished(
     return await _delete_where(session, condition)
 
 
-async def outputs_page(session: AsyncSession, after_id: int, limit: int) -> list[JobOutput]:
+async def outputs_page(
+    session: AsyncSession, after_id: int, limit: int
+) -> list[tuple[JobOutput, int]]:
+    """A page of outputs by id with their owner (re-encryption walks every blob)."""
+    rows = await session.execute(
+        select(JobOutput, RenderJob.user_id)
+        .join(RenderJob, RenderJob.id == JobOutput.job_id)
+        .where(JobOutput.id > after_id)
+        .order_by(JobOutput.id)
+        .limit(limit)
+    )
+    return [(output, int(owner)) for output, owner in rows.all()]
+
+
+async def jobs_page(session: AsyncSession, after_id: int, limit: int) -> list[RenderJob]:
+    """A page of jobs by id (re-encryption of their prompts and interaction tokens)."""
     rows = await session.scalars(
-        select(JobOutput).where(JobOutput.id > after_id).order_by(JobOutput.id).limit(limit)
+        select(RenderJob).where(RenderJob.id > after_id).order_by(RenderJob.id).limit(limit)
     )
     return list(rows)

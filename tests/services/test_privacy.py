@@ -4,6 +4,7 @@ encryption at rest and key rotation."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -176,8 +177,8 @@ async def test_encryption_at_rest_and_key_rotation(
     )
     assert await rotated.avatars.photos(7, "Mia") == photos
     report = await rotated.privacy.reencrypt(batch_size=1)
-    assert (report.photos, report.features, report.outputs) == (2, 1, 1)
-    assert (await rotated.privacy.reencrypt()).unchanged == 4  # idempotent
+    assert (report.photos, report.features, report.outputs, report.jobs) == (2, 1, 1, 2)
+    assert (await rotated.privacy.reencrypt()).unchanged == 6  # idempotent
     new_only = await build_services(
         service_settings(tmp_path, data_key=key2), database, tiny_engine_port
     )
@@ -188,3 +189,56 @@ async def test_encryption_at_rest_and_key_rotation(
     without_key = await build_services(service_settings(tmp_path), database, tiny_engine_port)
     with pytest.raises(InternalError):
         await without_key.avatars.photos(7, "Mia")
+
+
+async def test_blobs_are_bound_to_row_and_owner_and_prompts_are_sealed(
+    database: Database, tmp_path: Path, tiny_engine_port
+) -> None:  # type: ignore[no-untyped-def]
+    """Audit finding 6, end to end: a photo blob copied into another member's row does not
+    open; prompts and interaction tokens are not stored in the clear; the photo digest is
+    keyed; legacy rows are re-sealed by reencrypt, after which strict mode refuses a
+    plaintext blob written into the database (a downgrade)."""
+    key = _key("one")
+    services = await build_services(
+        service_settings(tmp_path, data_key=key), database, tiny_engine_port
+    )
+    await make_avatar(services, 7, "Mia", photos=1)
+    await make_avatar(services, 8, "Rex", photos=1)
+    job = await _render_one(services, 7, "Mia")
+    view = await services.jobs.view(job)
+    assert view.prompt == "a portrait"
+    async with database.begin() as session:
+        prompts = (await session.scalars(select(RenderJob.prompt))).all()
+        assert prompts and not any("portrait" in p for p in prompts)
+        mia, rex = (
+            await session.execute(
+                select(Photo.id, Photo.data, Photo.sha256).join(Avatar).order_by(Avatar.owner_id)
+            )
+        ).all()
+        plain_mia = (await services.avatars.photos(7, "Mia"))[0]
+        assert mia.sha256 != hashlib.sha256(plain_mia).hexdigest()
+        # Member 8's photo row now holds member 7's sealed photo.
+        await session.execute(update(Photo).where(Photo.id == rex.id).values(data=mia.data))
+    with pytest.raises(InternalError):
+        await services.avatars.photos(8, "Rex")
+    async with database.begin() as session:
+        await session.execute(update(Photo).where(Photo.id == rex.id).values(data=rex.data))
+        # A legacy row: a prompt from before the upgrade (plain text).
+        await session.execute(
+            update(RenderJob).where(RenderJob.id == job).values(prompt="an old prompt")
+        )
+    assert (await services.jobs.view(job)).prompt == "an old prompt"
+    report = await services.privacy.reencrypt()
+    assert report.jobs == 1
+    assert (await services.jobs.view(job)).prompt == "an old prompt"
+
+    strict = await build_services(
+        service_settings(tmp_path, data_key=key, encryption_strict=True),
+        database,
+        tiny_engine_port,
+    )
+    assert await strict.avatars.photos(7, "Mia") == [plain_mia]
+    async with database.begin() as session:  # the downgrade: a plaintext blob written in
+        await session.execute(update(Photo).where(Photo.id == mia.id).values(data=plain_mia))
+    with pytest.raises(InternalError):
+        await strict.avatars.photos(7, "Mia")

@@ -95,10 +95,10 @@ class AdminCog(
             raise app_commands.NoPrivateMessage()
         if not interaction.permissions.manage_guild:
             logger.info(
-                "user %s tried an admin command in guild %s",
-                interaction.user.id,
+                "a member without Manage Server tried an admin command in guild %s",
                 interaction.guild_id,
             )
+            logger.debug("that member was user %s", interaction.user.id)
             raise app_commands.MissingPermissions(["manage_guild"])
         return True
 

@@ -130,7 +130,25 @@ class RenderCog(commands.Cog):
         ref = interaction_ref(interaction, response)
         renders = self.bot.services.renders
         start = renders.variations if variations else renders.reroll
-        ticket = await start(interaction.user.id, job_id, ref)
+        user_id = interaction.user.id
+
+        async def is_member(guild_id: int) -> bool:
+            # Pressed in a DM (deliveries fall back to one) or long after: ask Discord whether
+            # the member still belongs to the guild whose quota the new render spends.
+            if interaction.guild_id == guild_id:
+                return True
+            guild = self.bot.get_guild(guild_id)
+            if guild is None:  # the bot left it, or it is gone
+                return False
+            # Always asked, never the member cache: without the members intent a leave or a
+            # kick is never seen, so a cached member may be long gone.
+            try:
+                await guild.fetch_member(user_id)
+            except discord.NotFound:
+                return False
+            return True
+
+        ticket = await start(user_id, job_id, ref, is_member=is_member)
         await self.queued(interaction, ticket, ref)
 
     async def queued(

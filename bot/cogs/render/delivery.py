@@ -83,7 +83,7 @@ class Delivery:
             await self._deliver_result(job)
         elif job.status == "failed":
             text = f"Your render of “{_quote(job.prompt)}” failed. {job.error or ''}".strip()
-            await self._send(job, public=False, content=text)
+            await self._send_private(job, text)
             await self.edit_progress(job, "This render failed; see the message below.")
         else:  # cancelled: the member who cancelled was told when they clicked
             await self.edit_progress(job, "Cancelled. Your render was refunded.")
@@ -93,7 +93,7 @@ class Delivery:
     async def notify(self, job: JobView, text: str) -> None:
         """A short private notice about a job (e.g. it was requeued after a worker died)."""
         if not await self.edit_progress(job, text):
-            await self._send(job, public=False, content=text)
+            await self._send_private(job, text)
 
     async def edit_progress(
         self, job: JobView, content: str, view: discord.ui.View | None = None
@@ -199,6 +199,15 @@ class Delivery:
         files: Callable[[], list[discord.File]] | None = None,
         view: discord.ui.View | None = None,
     ) -> None:
+        """The public result: a follow-up while the token lives, else the channel (or a DM).
+        Anything meant for the member alone goes through ``_send_private`` instead."""
+        if not public:
+            # Never let a private notice reach the channel fallback below.
+            if embed is not None or files is not None or view is not None:
+                raise ValueError("a private notice is text only")
+            await self._send_private(job, content)
+            return
+
         def kwargs() -> dict[str, Any]:
             out: dict[str, Any] = {"content": content, "allowed_mentions": only_member(job.user_id)}
             if embed is not None:
@@ -247,7 +256,7 @@ class Delivery:
                 logger.info("%s delivery of job %s refused: %s", where, job.id, exc)
         if last is not None and not is_transient(last):
             # Nowhere to post (channel gone, DMs closed): give up on this job, loudly.
-            logger.warning("job %s of user %s could not be delivered anywhere", job.id, job.user_id)
+            logger.warning("job %s could not be delivered anywhere", job.id)
             return
         raise DeliveryFailed(str(last))
 

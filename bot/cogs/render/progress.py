@@ -74,10 +74,7 @@ class RenderMessages:
                     await self.delivery.notify(job, REQUEUED_TEXT)
                 except DeliveryFailed as exc:
                     logger.warning(
-                        "could not tell user %s about requeued job %s: %s",
-                        job.user_id,
-                        job.id,
-                        exc,
+                        "could not tell the member of job %s it was requeued: %s", job.id, exc
                     )
             if job.status != "running":
                 return

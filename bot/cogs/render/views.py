@@ -104,10 +104,15 @@ class CancelButton(JobButton, template=r"avatarbot:cancel:(?P<job>[0-9]+)"):
 
     async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
         await interaction.response.defer()
-        await bot.services.renders.cancel(interaction.user.id, self.job_id)
-        await interaction.edit_original_response(
-            content="Cancelled. Your render was refunded.", view=None
-        )
+        view = await bot.services.renders.cancel(interaction.user.id, self.job_id)
+        await interaction.edit_original_response(content=cancelled_message(view), view=None)
+
+
+def cancelled_message(job: JobView) -> str:
+    """What the member is told after a cancel (see ``RenderService.cancel``'s refund rule)."""
+    if job.started_at is None:
+        return "Cancelled. Your render was refunded."
+    return "Cancelled. It had already started, so it still counts against today's renders."
 
 
 DYNAMIC_ITEMS: tuple[type[JobButton], ...] = (
