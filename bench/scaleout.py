@@ -30,27 +30,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import platform
 import random
-import secrets
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.scaleout_worker import READY, STOPPED, FixedTimeEngine, bench_settings
+from bench.scaleout_processes import (
+    CpuSnapshot,
+    WorkerProcess,
+    admin_sql,
+    fresh_database,
+    start_workers,
+    stop_workers,
+    throwaway_postgres,
+)
+from bench.scaleout_report import (
+    build_document,
+    machine_info,
+    write_results,
+)
+from bench.scaleout_worker import FixedTimeEngine, bench_settings
 from bot.services.container import Services, build_services
 from bot.services.dispatcher import DispatcherConfig
 from bot.services.events import JobEvent, JobEventKind
@@ -60,13 +66,8 @@ from db.session import Database
 
 logger = logging.getLogger(__name__)
 
-NAME = "scaleout"
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
-PG_SCRIPT = REPO / "scripts" / "pg-throwaway.sh"
-TARGET_SPEEDUP = 7.0
-TARGET_SPEEDUP_WORKERS = 8
-TARGET_MEDIAN_LATENCY_MS = 100.0
 GUILD = 7000
 CHANNEL = 7001
 FIRST_USER = 10_001
@@ -146,215 +147,6 @@ def config_of(args: argparse.Namespace) -> RunConfig:
         latency_gap_seconds=args.latency_gap,
         users=args.users,
     )
-
-
-# -- PostgreSQL -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """A PostgreSQL cluster of our own (scripts/pg-throwaway.sh); yields its server URL."""
-    workdir = tempfile.mkdtemp(prefix="avatarbot-scaleout-pg-", dir="/tmp")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    result = subprocess.run(
-        ["bash", str(PG_SCRIPT), "start", workdir, str(port)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if result.returncode != 0:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise SystemExit(f"pg-throwaway.sh failed: {result.stderr.strip()[-2000:]}")
-    try:
-        yield result.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run(["bash", str(PG_SCRIPT), "stop", workdir], capture_output=True, timeout=120)
-
-
-def _dsn(url: str, database: str | None = None) -> str:
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url).set(drivername="postgresql")
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
-
-
-async def _admin(server_url: str, sql: str) -> str | None:
-    import asyncpg
-
-    conn = await asyncpg.connect(_dsn(server_url))
-    try:
-        if sql.lstrip().upper().startswith(("SHOW", "SELECT")):
-            value = await conn.fetchval(sql)
-            return None if value is None else str(value)
-        await conn.execute(sql)
-        return None
-    finally:
-        await conn.close()
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(server_url: str) -> Any:
-    """A new database on the server, migrated to head; dropped afterwards. Yields its URL."""
-    from sqlalchemy.engine import make_url
-
-    from db.migrate import upgrade
-
-    name = f"scaleout_{secrets.token_hex(4)}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        await upgrade(url)
-        yield url
-    finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-# -- worker processes -------------------------------------------------------------------------
-
-
-@dataclass
-class WorkerProcess:
-    process: asyncio.subprocess.Process
-    log: Path
-    worker_id: str = ""
-    renders: int | None = None
-    exit_code: int | None = None
-
-
-async def start_workers(
-    count: int, url: str, render_seconds: float, logdir: Path, within: float
-) -> list[WorkerProcess]:
-    """Start ``count`` worker processes and wait for each one's ready line."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    started: list[WorkerProcess] = []
-    for i in range(count):
-        log = logdir / f"worker-{count}-{i}-{secrets.token_hex(2)}.log"
-        with log.open("wb") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bench.scaleout_worker",
-                url,
-                repr(render_seconds),
-                cwd=REPO,
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-            )
-        started.append(WorkerProcess(process, log))
-
-    async def ready(worker: WorkerProcess) -> None:
-        assert worker.process.stdout is not None
-        while True:
-            line = (await worker.process.stdout.readline()).decode()
-            if not line:
-                tail = worker.log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"a worker exited before it was ready:\n{tail}")
-            if line.startswith(READY):
-                worker.worker_id = line.split()[1]
-                return
-
-    try:
-        await asyncio.wait_for(asyncio.gather(*(ready(w) for w in started)), within)
-    except BaseException:
-        await stop_workers(started)
-        raise
-    return started
-
-
-async def stop_workers(workers: Sequence[WorkerProcess], within: float = 60.0) -> None:
-    """SIGTERM each worker (a clean stop), then read its last line and exit status."""
-    for worker in workers:
-        if worker.process.returncode is None:
-            worker.process.send_signal(signal.SIGTERM)
-    for worker in workers:
-        try:
-            assert worker.process.stdout is not None
-            rest = await asyncio.wait_for(worker.process.stdout.read(), within)
-            worker.exit_code = await asyncio.wait_for(worker.process.wait(), within)
-        except TimeoutError:
-            logger.warning("worker %s did not stop; killing it", worker.process.pid)
-            worker.process.kill()
-            worker.exit_code = await worker.process.wait()
-            continue
-        for line in rest.decode().splitlines():
-            if line.startswith(STOPPED):
-                worker.renders = int(line.split()[1])
-
-
-# -- CPU accounting (Linux /proc) -------------------------------------------------------------
-
-
-def _system_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine since boot."""
-    try:
-        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0, 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
-    return sum(fields[:8]) - idle, sum(fields[:8])
-
-
-def _process_cpu_seconds(pid: int) -> float:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (float(fields[11]) + float(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def server_pids(database: Database) -> list[int]:
-    """The PostgreSQL server's own processes (backends and background processes), not those
-    of other clusters on the machine."""
-    from sqlalchemy import text
-
-    async with database.begin(readonly=True) as session:
-        rows = await session.execute(text("SELECT pid FROM pg_stat_activity"))
-        return [int(pid) for (pid,) in rows]
-
-
-def _cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
-    return {pid: _process_cpu_seconds(pid) for pid in pids}
-
-
-def _cpu_delta(after: dict[int, float], before: dict[int, float]) -> float:
-    """CPU seconds spent between two readings by the processes alive at the second one."""
-    return sum(max(seconds - before.get(pid, 0.0), 0.0) for pid, seconds in after.items())
-
-
-@dataclass
-class CpuSnapshot:
-    system: tuple[float, float]
-    workers: dict[int, float]
-    postgres: dict[int, float]
-    controller: float
-
-    @classmethod
-    async def take(cls, workers: Sequence[WorkerProcess], database: Database) -> CpuSnapshot:
-        postgres = await server_pids(database)
-        return cls(
-            system=_system_cpu(),
-            workers=_cpu_by_pid([w.process.pid for w in workers]),
-            postgres=_cpu_by_pid(postgres),
-            controller=time.process_time(),
-        )
-
-    def since(self, before: CpuSnapshot, wall: float) -> dict[str, float]:
-        busy = self.system[0] - before.system[0]
-        total = self.system[1] - before.system[1]
-        return {
-            "machine_busy_fraction": round(busy / total, 3) if total else 0.0,
-            "workers_cpu_s": round(_cpu_delta(self.workers, before.workers), 3),
-            "postgres_cpu_s": round(_cpu_delta(self.postgres, before.postgres), 3),
-            "controller_cpu_s": round(self.controller - before.controller, 3),
-            "wall_s": round(wall, 3),
-        }
 
 
 # -- the controller ---------------------------------------------------------------------------
@@ -608,7 +400,7 @@ async def measure(server_url: str, config: RunConfig) -> dict[str, Any]:
             finally:
                 await services.aclose()
                 await database.dispose()
-            server_version = await _admin(server_url, "SHOW server_version")
+            server_version = await admin_sql(server_url, "SHOW server_version")
     base = next((lv for lv in levels if lv["workers"] == 1), None)
     for level in levels:
         level["speedup"] = (
@@ -686,215 +478,6 @@ def _brief(level: dict[str, Any]) -> str:
         f"{level['jobs_per_s']:.2f} jobs/s (runs {level['jobs_per_s_all']}), "
         f"latency median {lat.get('median')} ms p90 {lat.get('p90')} ms"
     )
-
-
-# -- results ----------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    return None
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """Like bench/common.py's, without torch (nothing here loads it)."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "nproc": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "ram_gib": _ram_gib(),
-        "SQLAlchemy": _version("SQLAlchemy"),
-        "asyncpg": _version("asyncpg"),
-    }
-    with contextlib.suppress(AttributeError):
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    with contextlib.suppress(OSError):
-        info["load_average_1m"] = round(os.getloadavg()[0], 2)
-    return info
-
-
-def verdicts(levels: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    by_n = {level["workers"]: level for level in levels}
-    top = by_n.get(TARGET_SPEEDUP_WORKERS)
-    one = by_n.get(1)
-    speedup = top["speedup"] if top is not None else None
-    latency = one["latency"]["enqueue_to_start_ms"].get("median") if one is not None else None
-    return {
-        "speedup_at_8": speedup,
-        "speedup_meets_target": None if speedup is None else speedup >= TARGET_SPEEDUP,
-        "median_latency_ms_one_idle_worker": latency,
-        "latency_meets_target": None if latency is None else latency <= TARGET_MEDIAN_LATENCY_MS,
-    }
-
-
-def build_document(config: RunConfig, machine: dict[str, Any], result: dict[str, Any]) -> dict:
-    machine = {**machine, "postgresql": result["postgresql"]}
-    return {
-        "benchmark": NAME,
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
-        "settings": {
-            **asdict(config),
-            "worker_dispatcher": {
-                "concurrency": 1,
-                "lease_seconds": 30,
-                "reap_seconds": 5,
-                "poll_seconds": 5,
-            },
-            "controller": "services with engine=None (facts from the workers table), "
-            "RenderService.request, one avatar per member",
-        },
-        "target": {
-            "speedup_at_8_workers": TARGET_SPEEDUP,
-            "median_enqueue_to_start_ms_idle": TARGET_MEDIAN_LATENCY_MS,
-        },
-        "levels": result["levels"],
-        "finishes_found_by_polling": result["finishes_found_by_polling"],
-        "verdicts": verdicts(result["levels"]),
-    }
-
-
-def _verdict(value: bool | None) -> str:
-    return {True: "**meets**", False: "**misses**", None: "not measured"}[value]
-
-
-def markdown(document: dict[str, Any]) -> str:
-    m, s, v = document["machine"], document["settings"], document["verdicts"]
-    most = max(lv["workers"] for lv in document["levels"])
-    render_ms = s["render_seconds"] * 1000
-    lines = [
-        "# Job queue scale-out (PostgreSQL, fixed-time renders, CPU machine)",
-        "",
-        f"Measured {document['measured_at']} on {m['nproc']} × {m['cpu_model']} "
-        f"({m.get('ram_gib')} GiB), {m['platform']}, Python {m['python']}, "
-        f"PostgreSQL {m['postgresql']}, SQLAlchemy {m['SQLAlchemy']}, asyncpg {m['asyncpg']}; "
-        f"load average (1 min) at start {m.get('load_average_1m')}, at the end "
-        f"{m.get('load_average_1m_end')} (a shared machine: other work may have run meanwhile).",
-        "",
-        f"**This {m['nproc']}-core machine hosts everything**: PostgreSQL, the controller (the "
-        f"bot's side) and up to {most} worker processes ({most + 1} Python processes). A "
-        "render is a sleep, so workers mostly wait, but every claim, outcome and notification "
-        "costs CPU on these shared cores.",
-        "",
-        f"Each worker is a process (`python -m bench.scaleout_worker`) running the real job "
-        f"runtime (`build_services` + `Services.start`: LISTEN/NOTIFY listener, job loop with "
-        f"1 slot, lease 30 s, reap 5 s, poll 5 s) with `FixedTimeEngine`, whose render is a "
-        f"{render_ms:g} ms sleep. The controller enqueues through `RenderService.request` "
-        f"(services without an engine) for {s['users']} members with one avatar each.",
-        "",
-        "## Throughput",
-        "",
-        f"{s['jobs_per_worker']} × N jobs enqueued back to back; jobs/s = jobs ÷ (first enqueue "
-        "→ the controller hearing the last `finished` event); median of "
-        f"{s['repeats']} run(s). Ideal = N ÷ render time. Jobs per worker and enqueue rate: "
-        "the last run; machine busy (all cores, PostgreSQL and any other load included) and "
-        "CPU per job (all worker processes / the PostgreSQL server's processes): median of "
-        "the runs.",
-        "",
-        "| workers | jobs | jobs/s (median) | runs | ideal | efficiency | speedup vs 1 "
-        "| jobs per worker | enqueue rate | machine busy | worker / PG CPU ms per job |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for lv in document["levels"]:
-        runs = lv["throughput_runs"]
-        last = runs[-1]
-        lines.append(
-            f"| {lv['workers']} | {last['jobs']} | {lv['jobs_per_s']:.2f} "
-            f"| {', '.join(f'{r:.2f}' for r in lv['jobs_per_s_all'])} "
-            f"| {lv['ideal_jobs_per_s']:.2f} | {lv['efficiency']:.0%} "
-            f"| {lv['speedup']:.2f}× "
-            f"| {min(last['jobs_per_worker'], default=0)}–{max(last['jobs_per_worker'], default=0)}"
-            f" | {last['enqueue_per_s']}/s | {lv['machine_busy_fraction_median']:.0%} "
-            f"| {lv['worker_cpu_ms_per_job_median']:.1f} / "
-            f"{lv['postgres_cpu_ms_per_job_median']:.1f} |"
-        )
-    lines += [
-        "",
-        "## Wake-up latency",
-        "",
-        f"One job at a time, every worker idle ({s['latency_gap_seconds']:g} s pause before "
-        "each enqueue), the next after the previous finished. Latency = the job row's "
-        "`started_at − created_at`: `created_at` is stamped by the controller when the enqueue "
-        "transaction begins, `started_at` by the worker that claims it (same machine clock), so "
-        "it covers the enqueue transaction, the notification, the wake-up and the claim.",
-        "",
-        "| workers | samples | median | p90 | min | max | `request()` call median "
-        "| claim → done median |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for lv in document["levels"]:
-        lat = lv["latency"]
-        e, c, r = lat["enqueue_to_start_ms"], lat["request_call_ms"], lat["start_to_finish_ms"]
-        lines.append(
-            f"| {lv['workers']} | {lat['samples']} | {e['median']:.1f} ms | {e['p90']:.1f} ms "
-            f"| {e['min']:.1f} ms | {e['max']:.1f} ms | {c['median']:.1f} ms "
-            f"| {r['median']:.1f} ms |"
-        )
-    all_done = all(lv["all_done"] for lv in document["levels"])
-    lines += [
-        "",
-        "## Verdicts",
-        "",
-        f"- Throughput at {TARGET_SPEEDUP_WORKERS} workers ÷ 1 worker: "
-        + (f"{v['speedup_at_8']:.2f}×" if v["speedup_at_8"] is not None else "—")
-        + f" (target ≥ {TARGET_SPEEDUP:g}×): {_verdict(v['speedup_meets_target'])}.",
-        "- Median enqueue-to-start latency, one idle worker: "
-        + (
-            f"{v['median_latency_ms_one_idle_worker']:.1f} ms"
-            if v["median_latency_ms_one_idle_worker"] is not None
-            else "—"
-        )
-        + f" (target ≤ {TARGET_MEDIAN_LATENCY_MS:g} ms): {_verdict(v['latency_meets_target'])}.",
-        "",
-        (
-            "Every job of every run finished `done`"
-            if all_done
-            else "**Some jobs did not finish `done`** (see the JSON)"
-        )
-        + "; finishes found only by polling (lost notifications): "
-        + f"{document['finishes_found_by_polling']}. Worker exit codes: "
-        + ", ".join(
-            f"{lv['workers']}: {sorted(set(lv['worker_exit_codes']))}" for lv in document["levels"]
-        )
-        + "; warnings or errors in the workers' logs: "
-        + str(sum(len(lv["worker_log_problems"]) for lv in document["levels"]))
-        + ".",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def write_results(out: Path, stem: str, document: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{stem}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    path.with_suffix(".md").write_text(markdown(document))
-    return path
 
 
 async def run_on(server_url: str, config: RunConfig) -> dict[str, Any]:
