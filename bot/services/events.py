@@ -4,10 +4,11 @@ The job row is the truth (status, progress, attempts); an event only says "job 4
 this way, look at it". Events are published *inside* the transaction that makes the change and
 delivered only if it commits:
 
-- PostgreSQL (scale-out): ``pg_notify`` in the transaction; every process LISTENing (workers,
-  the bot; this one too) gets it at commit. A worker sleeping on an empty queue wakes within
-  milliseconds of an enqueue; the bot hears a remote worker's progress.
-- SQLite (one process): delivered in-process right after the commit.
+- Always: delivered to this process's subscribers right after the commit.
+- PostgreSQL (scale-out), also: ``pg_notify`` in the transaction; every other process
+  LISTENing (workers, the bot) gets it at commit (this process drops its own, already heard).
+  A worker sleeping on an empty queue wakes within milliseconds of an enqueue; the bot hears a
+  remote worker's progress.
 
 Subscribers are plain callbacks, run on the event loop; they must not block (they note the
 job and wake their own loop). Progress is throttled once, at its source (the dispatcher's
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -48,14 +50,16 @@ class JobEvent:
     kind: JobEventKind
     job_id: int
 
-    def payload(self) -> str:
-        return f"{self.kind}:{self.job_id}"
+    def payload(self, origin: str = "") -> str:
+        return f"{self.kind}:{self.job_id}:{origin}"
 
     @classmethod
-    def parse(cls, payload: str) -> JobEvent | None:
-        kind, _, job_id = payload.partition(":")
+    def parse(cls, payload: str) -> tuple[JobEvent, str] | None:
+        """The event and the origin (the publishing process's token) of a notification."""
+        kind, _, rest = payload.partition(":")
+        job_id, _, origin = rest.partition(":")
         try:
-            return cls(JobEventKind(kind), int(job_id))
+            return cls(JobEventKind(kind), int(job_id)), origin
         except ValueError:
             return None
 
@@ -68,6 +72,9 @@ class JobEvents:
 
     def __init__(self, database: Database) -> None:
         self._database = database
+        # Names this process in its notifications: its own come back through LISTEN too, and
+        # are dropped there, because they were delivered here right after the commit.
+        self._origin = secrets.token_hex(6)
         self._listeners: list[EventListener] = []
         self._resync: list[Callable[[], None]] = []
         self._pg: Listener | None = None
@@ -112,8 +119,8 @@ class JobEvents:
         """Announce ``kind`` for ``job_id`` once ``session``'s transaction commits."""
         job_event = JobEvent(kind, job_id)
         if self.cross_process:
-            await notify(session, job_event.payload())
-            return
+            await notify(session, job_event.payload(self._origin))
+        # This process hears its own events right after the commit, without the round trip.
         loop = asyncio.get_running_loop()
 
         def committed(_session: object) -> None:
@@ -126,11 +133,13 @@ class JobEvents:
         self._deliver(job_event)
 
     def _on_payload(self, payload: str) -> None:
-        job_event = JobEvent.parse(payload)
-        if job_event is None:
+        parsed = JobEvent.parse(payload)
+        if parsed is None:
             logger.warning("ignoring a malformed job notification %r", payload)
             return
-        self._deliver(job_event)
+        job_event, origin = parsed
+        if origin != self._origin:
+            self._deliver(job_event)
 
     def _on_connected(self) -> None:
         for callback in list(self._resync):
