@@ -22,6 +22,8 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.errors import InternalError
+from bot.ops.metrics import Metrics, torch_gpu_memory
+from bot.ops.server import OpsServer, start_ops_server
 from bot.services.ports import EnginePort
 from bot.ui.errors import on_app_command_error
 from bot.ui.jobs import JobFeed
@@ -57,6 +59,7 @@ class AvatarBot(commands.Bot):
         engine_port: EnginePort | None = None,
         sync_commands: bool = True,
         freeze_gc: bool = False,
+        serve_ops: bool = False,
         **options: Any,
     ) -> None:
         super().__init__(
@@ -76,6 +79,10 @@ class AvatarBot(commands.Bot):
         self._freeze_gc = freeze_gc
         self._services: Services | None = None
         self.jobs = JobFeed(self, settings.jobs.poll_seconds)
+        # /healthz, /readyz, /metrics on settings.ops.listen when ``serve_ops`` (bot/ops).
+        self.metrics = Metrics()
+        self._serve_ops = serve_ops
+        self.ops: OpsServer | None = None
         self.tree.on_error = on_app_command_error  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ resources
@@ -97,6 +104,14 @@ class AvatarBot(commands.Bot):
         from bot.services.container import build_services
         from db.migrate import upgrade
 
+        if self._serve_ops and self.ops is None:  # first: alive (not ready) while loading
+            self.ops = await start_ops_server(
+                self.settings.ops.address,
+                self.metrics,
+                database=lambda: self._database,
+                ready=self._not_ready,
+                gpu=torch_gpu_memory if self.settings.run_worker else None,
+            )
         if self._database is None:
             self._database = Database.from_url(self.settings.effective_database_url)
         await upgrade(self._database)
@@ -110,6 +125,7 @@ class AvatarBot(commands.Bot):
             self._database,
             engine,
             waker=DiscordWaker(self, DISPATCHER_WAKE_EVENT),
+            metrics=self.metrics,
         )
         for name in COGS:
             await self.load_extension(name)
@@ -135,7 +151,22 @@ class AvatarBot(commands.Bot):
             finally:
                 await self._release()
 
+    def _not_ready(self) -> str | None:
+        """Why the bot is not ready (for /readyz; the database is checked after), or None."""
+        if self.is_closed():
+            return "closing"
+        if self._services is None:
+            return "starting"
+        if self.settings.run_worker and self._services.engine is None:
+            return "engine not loaded"
+        if not self.is_ready():
+            return "discord not connected"
+        return None
+
     async def _release(self) -> None:
+        ops, self.ops = self.ops, None
+        if ops is not None:
+            await ops.aclose()
         self._services = None
         engine, self._engine_port = self._engine_port, None
         if engine is not None and self._owns_engine:
@@ -217,13 +248,16 @@ def create_bot(
     engine_port: EnginePort | None = None,
     sync_commands: bool = True,
     freeze_gc: bool = False,
+    serve_ops: bool = False,
 ) -> AvatarBot:
     """Build the fully wired bot without connecting it.
 
     ``database`` and ``engine_port`` may be shared with the caller (tests reuse one tiny
     engine); the bot then leaves closing them to the caller. ``AutoShardedBot`` is used when
     ``settings.shard_count`` is set. ``freeze_gc`` is for processes that exist for the bot
-    (``avatarbot run``, the benchmark): see ``_freeze_heap``.
+    (``avatarbot run``, the benchmark): see ``_freeze_heap``. ``serve_ops`` starts the
+    ``/healthz``, ``/readyz`` and ``/metrics`` endpoint on ``settings.ops.listen``
+    (``avatarbot run``; tests with port 0).
     """
     if settings.shard_count is not None:
         return ShardedAvatarBot(
@@ -232,6 +266,7 @@ def create_bot(
             engine_port=engine_port,
             sync_commands=sync_commands,
             freeze_gc=freeze_gc,
+            serve_ops=serve_ops,
             shard_count=settings.shard_count,
         )
     return AvatarBot(
@@ -240,4 +275,5 @@ def create_bot(
         engine_port=engine_port,
         sync_commands=sync_commands,
         freeze_gc=freeze_gc,
+        serve_ops=serve_ops,
     )

@@ -9,10 +9,11 @@ refused, so they never end up in a file that gets committed or shared.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -124,6 +125,38 @@ class JobSettings(BaseModel):
     max_attempts: int = Field(default=3, ge=1)
 
 
+class OpsSettings(BaseModel):
+    """The operations endpoint (``/healthz``, ``/readyz``, ``/metrics``: bot/ops/server.py)
+    of ``avatarbot run`` and ``avatarbot worker``."""
+
+    # host:port ("[::1]:9108" for IPv6); loopback by default. Port 0 picks a free port (it
+    # is logged); "off" disables the endpoint. Each process on a machine needs its own port.
+    listen: str = "127.0.0.1:9108"
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)``, or None when disabled."""
+        return parse_listen(self.listen)
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``"host:port"`` -> ``(host, port)``; ``"off"`` (or empty) -> None."""
+    text = value.strip()
+    if text.lower() in ("", "off", "none"):
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:9108) or 'off', got {value!r}")
+    return host, int(port)
+
+
 class _SecretlessToml(TomlConfigSettingsSource):
     """A TOML source that refuses secrets: they belong in the environment."""
 
@@ -165,6 +198,8 @@ class Settings(BaseSettings):
     discord_gateway_url: str = "wss://gateway.discord.gg/"
     shard_count: int | None = Field(default=None, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "json": one JSON object per log line (time, level, logger, message, exception).
+    log_format: Literal["text", "json"] = "text"
     photos: PhotoLimits = Field(default_factory=PhotoLimits)
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
     # Upper bounds on what guild admins may set (``AVATARBOT_QUOTA_CEILINGS__*``).
@@ -178,6 +213,8 @@ class Settings(BaseSettings):
     prompt_blocklist: list[str] = Field(default_factory=list)
     # The in-process worker (embedded mode). False when separate `avatarbot worker`s run.
     run_worker: bool = True
+    # The /healthz, /readyz and /metrics endpoint (``AVATARBOT_OPS__LISTEN``).
+    ops: OpsSettings = Field(default_factory=OpsSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -226,6 +263,47 @@ class Settings(BaseSettings):
             data[name] = "**********" if getattr(self, name) is not None else None
         data["database_url"] = _mask_url_password(self.effective_database_url)
         return data
+
+
+# ``AVATARBOT_*`` variables that are not settings but are read elsewhere (the config file's
+# path, the test suite's switches). Features that read their own variable add it here.
+EXTRA_ENV_NAMES = {CONFIG_FILE_ENV, "AVATARBOT_REQUIRE_POSTGRES"}
+EXTRA_ENV_PREFIXES = ("AVATARBOT_TEST_",)
+
+
+def valid_env_names(model: type[BaseModel] | None = None, prefix: str = "AVATARBOT_") -> set[str]:
+    """Every environment variable the settings read: each field, and each field of a nested
+    settings model joined with ``__`` (``AVATARBOT_ENGINE__PROFILE``)."""
+    names: set[str] = set()
+    for name, info in (model or Settings).model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        names.add(env)
+        for annotation in (info.annotation, *get_args(info.annotation)):
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                names |= valid_env_names(annotation, f"{env}__")
+    return names
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One message for each ``AVATARBOT_*`` variable that no setting reads (pydantic-settings
+    ignores them silently), with the closest valid name when one is close."""
+    import difflib
+
+    env = os.environ if environ is None else environ
+    valid = valid_env_names() | EXTRA_ENV_NAMES
+    messages = []
+    for key in sorted(env):
+        name = key.upper()
+        if not name.startswith("AVATARBOT_") or name in valid:
+            continue
+        if name.startswith(EXTRA_ENV_PREFIXES):
+            continue
+        # Compared without the common prefix, which would make every name look close.
+        stems = {v.removeprefix("AVATARBOT_"): v for v in valid}
+        close = difflib.get_close_matches(name.removeprefix("AVATARBOT_"), stems, 1, 0.6)
+        hint = f" (did you mean {stems[close[0]]}?)" if close else ""
+        messages.append(f"unknown setting {key}{hint}")
+    return messages
 
 
 def _mask_url_password(url: str) -> str:

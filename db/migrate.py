@@ -64,11 +64,16 @@ async def _database(target: Database | str | URL) -> AsyncIterator[Database]:
 
 
 async def _run(target: Database | str | URL, fn: Callable[[Connection], Any]) -> Any:
-    async with _database(target) as database, database.engine.connect() as connection:
-        # Not begun here: env.py sets SQLite pragmas outside a transaction, then begins.
-        result = await connection.run_sync(fn)
-        await connection.commit()
-        return result
+    async with _database(target) as database:
+        # ``connect`` turns an unreachable database into one ``DatabaseUnavailable``.
+        connection = await database.connect()
+        try:
+            # Not begun here: env.py sets SQLite pragmas outside a transaction, then begins.
+            result = await connection.run_sync(fn)
+            await connection.commit()
+            return result
+        finally:
+            await connection.close()
 
 
 async def upgrade(target: Database | str | URL, revision: str = "head") -> None:

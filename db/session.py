@@ -21,13 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+from db.errors import DatabaseConfigError, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,23 @@ def _on_sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+DATABASE_URL_HELP = (
+    "set AVATARBOT_DATABASE_URL to sqlite+aiosqlite:///PATH or "
+    "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/NAME (unset: a SQLite file in the data dir)"
+)
+
+
+def _safe(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error's message, without SQLAlchemy's trailing help links."""
+    origin = getattr(exc, "orig", None) or exc
+    text = str(origin).strip().splitlines()[0] if str(origin).strip() else type(origin).__name__
+    return text.split(" (Background on this error")[0]
+
+
 def _prepare_sqlite_file(url: URL) -> None:
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
@@ -86,16 +107,40 @@ class Database:
     @classmethod
     def from_url(cls, url: str | URL, *, echo: bool = False) -> Database:
         """Create the engine for ``url`` (``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://``)."""
-        parsed = make_url(url)
+        try:
+            parsed = make_url(url)
+        except (sa_exc.ArgumentError, ValueError):
+            # Never echo the string: it may hold a password.
+            raise DatabaseConfigError(f"not a database URL; {DATABASE_URL_HELP}") from None
         kwargs: dict[str, Any] = {"echo": echo}
         if parsed.get_backend_name() == "sqlite":
-            _prepare_sqlite_file(parsed)
+            try:
+                _prepare_sqlite_file(parsed)
+            except OSError as exc:
+                raise DatabaseUnavailable(
+                    f"cannot create the folder of the SQLite database {_safe(parsed)}: "
+                    f"{exc.strerror or exc}; check the path and its permissions"
+                ) from exc
         elif parsed.get_backend_name() == "postgresql":
             # The bot, its dispatcher and a few concurrent interactions; bursts overflow.
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800)
         else:
-            raise ValueError(f"unsupported database URL (sqlite or postgresql): {parsed!r}")
-        engine = create_async_engine(parsed, **kwargs)
+            raise DatabaseConfigError(
+                f"unsupported database URL {_safe(parsed)} (sqlite or postgresql); "
+                + DATABASE_URL_HELP
+            )
+        try:
+            engine = create_async_engine(parsed, **kwargs)
+        except sa_exc.InvalidRequestError as exc:  # a sync driver (sqlite://, psycopg2)
+            raise DatabaseConfigError(
+                f"{_safe(parsed)} names a synchronous driver ({parsed.get_driver_name()}); "
+                + DATABASE_URL_HELP
+            ) from exc
+        except (sa_exc.NoSuchModuleError, ImportError) as exc:
+            raise DatabaseConfigError(
+                f"the driver of {_safe(parsed)} is not available ({_reason(exc)}); "
+                + DATABASE_URL_HELP
+            ) from exc
         if parsed.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
             event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
@@ -110,6 +155,17 @@ class Database:
     @property
     def url(self) -> URL:
         return self.engine.url
+
+    async def connect(self) -> AsyncConnection:
+        """A started connection; failing to reach or open the database is one
+        ``DatabaseUnavailable`` that names the URL (password hidden) and the cause."""
+        try:
+            return await self.engine.connect()
+        except (OSError, sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+            raise DatabaseUnavailable(
+                f"cannot reach the database {_safe(self.url)}: {_reason(exc)}; check that it "
+                "is running and reachable, and AVATARBOT_DATABASE_URL"
+            ) from exc
 
     def session(self, *, readonly: bool = False) -> AsyncSession:
         """A new session: ``async with db.session() as s: ...; await s.commit()``.

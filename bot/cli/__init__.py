@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from importlib import import_module
+from importlib import import_module, metadata
+from typing import Any
 
-from bot.config import Settings
+from pydantic import ValidationError
+
+from bot.config import Settings, unknown_env_vars
 from bot.errors import AvatarbotError
 from bot.services.crypto import KeyConfigError
+from db.errors import DatabaseConfigError, DatabaseError
+from engine.errors import EngineError, UnknownProfile
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -31,6 +38,7 @@ COMMAND_MODULES = (
     "worker_cmd",
     "run_cmd",
     "demo_cmd",
+    "doctor_cmd",
 )
 
 
@@ -39,9 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="avatarbot",
         description="Personalized image generation for Discord, without per-user fine-tuning.",
     )
+    parser.add_argument("--version", action="version", version=f"avatarbot {_version()}")
     parser.add_argument("--config", metavar="FILE", help="TOML settings file")
     parser.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override log level"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, including the libraries' (migrations, model loading)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object each (default: AVATARBOT_LOG_FORMAT, text)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
@@ -56,19 +76,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every operator mistake (settings, database URL, engine profile or
+    weights) ends here as one line on stderr and a non-zero status, never a traceback."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `avatarbot config | head`: the reader went away. Point stdout at /dev/null so the
+        # interpreter's final flush does not complain, and exit like a command killed by
+        # SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    unknown = unknown_env_vars()
+    if unknown:
+        for message in unknown:
+            print(f"avatarbot: {message}", file=sys.stderr)
+        return 2
     try:
-        overrides = {"log_level": args.log_level} if args.log_level else {}
+        overrides: dict[str, Any] = {"log_level": args.log_level} if args.log_level else {}
+        if args.verbose and not args.log_level:
+            overrides["log_level"] = "DEBUG"
+        if args.log_format:
+            overrides["log_format"] = args.log_format
         settings = Settings.load(args.config, **overrides)
+    except ValidationError as exc:
+        print(f"avatarbot: invalid settings: {_describe_validation(exc)}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as exc:
         print(f"avatarbot: invalid settings: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from bot.ops.logs import formatter
+
+    log_handler = logging.StreamHandler(sys.stderr)
+    log_handler.setFormatter(formatter(settings.log_format))
+    logging.basicConfig(level=settings.log_level, handlers=[log_handler])
+    _quiet_libraries(settings.log_level, verbose=args.verbose)
+    if args.command not in PROFILE_UNCHECKED:
+        status = _check_profile(settings)
+        # ``run`` with separate workers (run_worker=false) loads no engine.
+        needs_engine = getattr(args, "needs_engine", False) and not (
+            args.command == "run" and not settings.run_worker
+        )
+        if status is None and needs_engine:
+            status = _check_weights_offline(settings)
+        if status is not None:
+            return status
     handler: Handler = args.handler
     try:
         return handler(args, settings)
@@ -78,8 +137,90 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyConfigError as exc:  # an operator's mistake: one line, never a traceback
         print(f"avatarbot: invalid data key settings: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except DatabaseConfigError as exc:
+        print(f"avatarbot: invalid database URL: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseError as exc:
+        print(f"avatarbot: {exc}", file=sys.stderr)
+        return 1
+    except EngineError as exc:  # missing weights, an unknown personalizer, ...
+        print(f"avatarbot: engine: {exc}", file=sys.stderr)
+        return 1
+
+
+# Commands that run without a valid engine profile (doctor reports it as one of its checks).
+PROFILE_UNCHECKED = frozenset({"doctor"})
+
+# Loggers whose INFO lines are chatter for an operator (Alembic's "Running upgrade ...",
+# "setup plugin ..."; HTTP clients; model hubs). Shown with --verbose or a DEBUG log level.
+CHATTY_LOGGERS = ("alembic", "httpx", "httpcore", "urllib3", "huggingface_hub", "filelock")
+
+
+def _quiet_libraries(level: str, *, verbose: bool) -> None:
+    if verbose or level == "DEBUG":
+        return
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # The model stack's own loggers (configured by the libraries at import, from these) and
+    # their deprecation notices.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for module in ("diffusers", "transformers", "torch"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+
+
+def _check_profile(settings: Settings) -> int | None:
+    """The engine profile is a validated choice: an unknown one is refused before anything
+    loads, naming the known ones."""
+    from engine.profiles import get_profile, known_profiles
+
+    try:
+        get_profile(settings.engine.profile)
+    except UnknownProfile:
+        print(
+            f"avatarbot: unknown engine profile {settings.engine.profile!r}; set "
+            f"AVATARBOT_ENGINE__PROFILE to one of: {', '.join(known_profiles())}",
+            file=sys.stderr,
+        )
+        return 2
+    return None
+
+
+def _check_weights_offline(settings: Settings) -> int | None:
+    """Offline, a real profile's missing weights are refused before anything loads (the
+    engine would find out only after importing the model stack and migrating, seconds later).
+    Online they may still be downloaded, so the engine's own error stands."""
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    if not (settings.engine.offline or env in {"1", "true", "yes", "on"}):
+        return None
+    try:
+        from bot.cli.doctor_cmd import check_weights
+    except ImportError:  # pragma: no cover - the doctor ships with the CLI
+        return None
+    for check in check_weights(settings):
+        if check.status == "fail":
+            fix = f"; {check.fix}" if check.fix else ""
+            print(f"avatarbot: engine: missing {check.detail}{fix}", file=sys.stderr)
+            return 1
+    return None
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    """pydantic's multi-line report as one line: ``AVATARBOT_X__Y: message; ...``."""
+    parts = []
+    for error in exc.errors():
+        loc = "__".join(str(part) for part in error["loc"]).upper()
+        name = f"AVATARBOT_{loc}" if loc else "settings"
+        parts.append(f"{name}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("avatarbot")
+    except metadata.PackageNotFoundError:  # a checkout that was never installed
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="confirm these are photos of the user, or ones they may use (required)",
     )
-    create.set_defaults(handler=_handler(_create, engine=True, precheck=_check_create))
+    create.set_defaults(
+        handler=_handler(_create, engine=True, precheck=_check_create), needs_engine=True
+    )
 
     listing = actions.add_parser("list", help="list the user's avatars")
     _user(listing)
@@ -66,7 +68,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     render.add_argument("--strength", type=float, default=0.7, help="identity strength 0..1")
     render.add_argument("--out", type=Path, default=Path("renders"), metavar="DIR")
     render.add_argument("--timeout", type=float, default=3600, help="seconds to wait")
-    render.set_defaults(handler=_handler(_render, engine=True))
+    render.set_defaults(
+        handler=_handler(_render, engine=True, precheck=_check_render), needs_engine=True
+    )
 
     delete = actions.add_parser("delete", help="delete one of the user's avatars")
     _user(delete)
@@ -75,7 +79,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     forget = actions.add_parser("forget-me", help="erase everything stored about the user")
     _user(forget)
-    forget.set_defaults(handler=_handler(_forget, engine=False))
+    _yes(forget)
+    forget.set_defaults(
+        handler=_handler(_forget, engine=False, precheck=_confirm_forget), needs_engine=False
+    )
 
     usage = actions.add_parser("usage", help="the user's renders today and when they reset")
     _user(usage)
@@ -141,6 +148,64 @@ async def _services(settings: Settings, *, with_engine: bool) -> AsyncIterator[S
         if engine is not None:
             await engine.aclose()
         await database.dispose()
+
+
+def _yes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+
+def confirm(args: argparse.Namespace, question: str, *, command: str) -> int | None:
+    """None when the operator confirmed (``--yes``, or "y" typed at a terminal); otherwise
+    the exit status, after one line saying why nothing was done."""
+    if getattr(args, "yes", False):
+        return None
+    if not sys.stdin.isatty():
+        print(
+            f"avatarbot {command}: refusing without confirmation; pass --yes to run it "
+            "non-interactively",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in {"y", "yes"}:
+        return None
+    print(f"avatarbot {command}: cancelled", file=sys.stderr)
+    return 1
+
+
+def _confirm_forget(args: argparse.Namespace) -> int | None:
+    return confirm(
+        args,
+        f"Erase every avatar, photo, render and consent record of user {args.user}?",
+        command="avatar forget-me",
+    )
+
+
+# The hard limits of a render request (the services check the guild's quotas, which may be
+# lower); checked here so a refused request costs no engine load.
+MAX_COUNT = 4
+MAX_STEPS = 150
+
+
+def _check_render(args: argparse.Namespace) -> int | None:
+    problems = []
+    if not 1 <= args.count <= MAX_COUNT:
+        problems.append(f"--count must be 1 to {MAX_COUNT}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        problems.append(f"--steps must be 1 to {MAX_STEPS}")
+    if not 0.0 <= args.strength <= 1.0:
+        problems.append("--strength must be 0 to 1")
+    if args.timeout <= 0:
+        problems.append("--timeout must be positive")
+    if not args.prompt.strip():
+        problems.append("--prompt must not be empty")
+    if problems:
+        print(f"avatarbot avatar render: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+    return None
 
 
 def _check_create(args: argparse.Namespace) -> int | None:

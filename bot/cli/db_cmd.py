@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     down = db_sub.add_parser("downgrade", help="downgrade the schema ('base' drops every table)")
     down.add_argument("revision", help="target revision, e.g. -1, 0001 or base")
+    down.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     down.set_defaults(handler=run_downgrade)
 
 
@@ -61,6 +62,16 @@ def run_current(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_downgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.cli.avatar_cmd import confirm
+
+    status = confirm(
+        args,
+        f"Downgrade the database to {args.revision}? Tables and columns past it are dropped, "
+        "with their data.",
+        command="db downgrade",
+    )
+    if status is not None:
+        return status
     revision = asyncio.run(_migrate(settings.effective_database_url, "downgrade", args.revision))
     print(f"database at {_describe(revision)}")
     return 0

@@ -142,7 +142,15 @@ def run_render(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _with_engine(args: argparse.Namespace, settings: Settings, work: Any) -> int:
+    from bot.cli import _check_weights_offline
     from engine import EngineError, create_engine
+
+    # This command's --profile/--offline flags apply: refuse missing weights before loading.
+    status = _check_weights_offline(
+        settings.model_copy(update={"engine": _engine_settings(args, settings)})
+    )
+    if status is not None:
+        return status
 
     async def main() -> int:
         engine = await create_engine(_engine_settings(args, settings))

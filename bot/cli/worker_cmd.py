@@ -24,18 +24,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--concurrency", type=int, help="jobs at a time (default: engine.max_batch)"
     )
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, needs_engine=True)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.profiles import resolve_profile
+
     if args.concurrency is not None and args.concurrency < 1:
         raise SystemExit("avatarbot worker: --concurrency must be at least 1")
+    if not resolve_profile(settings.engine).is_noise and settings.data_key is None:
+        logger.warning(
+            "AVATARBOT_DATA_KEY is not set: members' photos, features and renders are stored "
+            "unencrypted in the database; set a key (see README) to encrypt them at rest"
+        )
     return asyncio.run(_main(settings, args.concurrency))
 
 
 async def _main(settings: Settings, concurrency: int | None) -> int:
     from bot.engine_adapter import build_engine_port
-    from bot.services.container import build_services, default_dispatcher_config
+    from bot.ops.metrics import Metrics, torch_gpu_memory
+    from bot.ops.server import start_ops_server
+    from bot.services.container import Services, build_services, default_dispatcher_config
     from db.migrate import upgrade
     from db.session import Database
 
@@ -44,6 +53,22 @@ async def _main(settings: Settings, concurrency: int | None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     database = Database.from_url(settings.effective_database_url)
+    # /healthz, /readyz, /metrics (bot/ops): alive from now on, ready once the loop runs.
+    metrics = Metrics()
+    running: list[Services] = []
+
+    def not_ready() -> str | None:
+        if not running:
+            return "starting (migrating, loading the engine)"
+        return None if running[0].dispatcher.started else "job loop stopped"
+
+    ops = await start_ops_server(
+        settings.ops.address,
+        metrics,
+        database=lambda: database,
+        ready=not_ready,
+        gpu=torch_gpu_memory,
+    )
     try:
         await upgrade(database)
         engine = await build_engine_port(settings)
@@ -53,9 +78,12 @@ async def _main(settings: Settings, concurrency: int | None) -> int:
                 from dataclasses import replace
 
                 config = replace(config, concurrency=concurrency)
-            services = await build_services(settings, database, engine, dispatcher_config=config)
+            services = await build_services(
+                settings, database, engine, dispatcher_config=config, metrics=metrics
+            )
             try:
                 await services.start()
+                running.append(services)
                 logger.info(
                     "worker %s running; SIGTERM or Ctrl-C stops it", services.dispatcher.worker_id
                 )
@@ -66,5 +94,9 @@ async def _main(settings: Settings, concurrency: int | None) -> int:
         finally:
             await engine.aclose()
     finally:
-        await database.dispose()
+        try:
+            if ops is not None:
+                await ops.aclose()
+        finally:
+            await database.dispose()
     return 0

@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
+from bot.ops.metrics import Metrics
 from bot.services.audit import AuditService
 from bot.services.avatars import AvatarService
 from bot.services.blocklist import BlocklistService
@@ -61,6 +62,8 @@ class Services:
     blocklist: BlocklistService
     dispatcher: JobDispatcher
     safety: SafetyService
+    # The process's metrics (bot/ops/metrics.py), fed by the job loop and the delivery.
+    metrics: Metrics
 
     async def start(self, *, run_loop: bool = True) -> None:
         """Listen for job events (PostgreSQL), then start the job loop unless told not to
@@ -99,6 +102,7 @@ async def build_services(
     dispatcher_config: DispatcherConfig | None = None,
     waker: Waker | None = None,
     worker_id: str | None = None,
+    metrics: Metrics | None = None,
 ) -> Services:
     """Build and wire every service; the schema must already be at head (db.migrate)."""
     cipher = DataCipher.from_settings(
@@ -138,6 +142,7 @@ async def build_services(
         dispatcher_config or default_dispatcher_config(settings, database, engine),
         worker_id=worker_id,
         waker=waker,
+        metrics=metrics,
     )
     privacy = PrivacyService(database, cipher, usage_keys)
     return Services(
@@ -156,4 +161,5 @@ async def build_services(
         blocklist=BlocklistService(database, quotas, prompt_policy),
         dispatcher=dispatcher,
         safety=SafetyService(database, settings.safety),
+        metrics=dispatcher.metrics,
     )

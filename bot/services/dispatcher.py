@@ -37,9 +37,11 @@ from typing import Protocol
 
 from bot.config import JobSettings
 from bot.errors import AvatarbotError, InternalError
+from bot.ops.metrics import Metrics
 from bot.services.events import JobEvent, JobEventKind, JobEvents
 from bot.services.job_work import ClaimedJob, JobWork
 from bot.services.jobs import JobService, release_failed
+from bot.services.ports import RenderOutput
 from bot.services.results import JobView
 from bot.services.workers import WorkerRegistry
 from db import queue
@@ -132,6 +134,7 @@ class JobDispatcher:
         *,
         worker_id: str | None = None,
         waker: Waker | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = database
         self._jobs = jobs
@@ -141,6 +144,7 @@ class JobDispatcher:
         self.config = config
         self.worker_id = worker_id or make_worker_id()
         self._waker: Waker = waker or EventWaker()
+        self.metrics = metrics or Metrics()
         # Per running job: the task doing its work (what a cancellation stops) and the task
         # running ``_run`` (what ``stop`` waits for).
         self._work_tasks: dict[int, asyncio.Task[object]] = {}
@@ -371,6 +375,7 @@ class JobDispatcher:
         def on_progress(fraction: float) -> None:
             self._progress[claim.id] = fraction
 
+        started = time.perf_counter()
         task: asyncio.Task[object] = loop.create_task(
             asyncio.wait_for(work.run(claim, on_progress), self.config.job_timeout_seconds),
             name=f"work-{claim.id}",
@@ -413,8 +418,11 @@ class JobDispatcher:
                 logger.info("job %s abandoned (cancelled, deleted or lease lost)", claim.id)
             elif failure is not None:
                 await self._fail(claim, *failure)
-            else:
-                await self._complete(claim, work, outcome)
+                self.metrics.job_finished(claim.kind, "failed", time.perf_counter() - started)
+            elif await self._complete(claim, work, outcome):
+                self.metrics.job_finished(claim.kind, "done", time.perf_counter() - started)
+                if isinstance(outcome, RenderOutput):
+                    self.metrics.rendered([v.flagged for v in outcome.verdicts])
         finally:
             keeping.set()
             self._work_tasks.pop(claim.id, None)
@@ -456,7 +464,8 @@ class JobDispatcher:
                 return
             announced = max(announced, fraction)
 
-    async def _complete(self, claim: ClaimedJob, work: JobWork, outcome: object) -> None:
+    async def _complete(self, claim: ClaimedJob, work: JobWork, outcome: object) -> bool:
+        """Write the outcome; False when the job was taken away meanwhile (output dropped)."""
         now = utcnow()
         async with self._db.begin() as session:
             finished = await queue.finish_job(
@@ -469,9 +478,10 @@ class JobDispatcher:
             )
             if finished is None:
                 logger.info("job %s finished after it was taken away; output dropped", claim.id)
-                return
+                return False
             await work.commit(session, claim, outcome, now)
             await self._events.publish(session, JobEventKind.FINISHED, claim.id)
+        return True
 
     async def _fail(self, claim: ClaimedJob, code: str, message: str) -> None:
         now = utcnow()

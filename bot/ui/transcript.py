@@ -55,15 +55,17 @@ details{margin-top:40px}pre{white-space:pre-wrap;font-size:12px;color:#949ba4}
 def _markdown(text: str) -> str:
     out = html.escape(text)
     out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    out = re.sub(r"\\([*_~`|>\\])", r"\1", out)  # escape_markdown's backslashes
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
     out = re.sub(r"&lt;@!?(\d+)&gt;", r'<span class="mention">@member</span>', out)
     out = re.sub(r"&lt;@&amp;(\d+)&gt;", r'<span class="mention">@role</span>', out)
 
     def stamp(match: re.Match[str]) -> str:
         when = datetime.fromtimestamp(int(match[1]), UTC)
-        return f'<span class="mention">{when:%Y-%m-%d %H:%M} UTC</span>'
+        at = "at " if match[2] == "R" else ""  # "resets <t:…:R>" reads "resets in 3 hours"
+        return f'<span class="mention">{at}{when:%Y-%m-%d %H:%M} UTC</span>'
 
-    return re.sub(r"&lt;t:(\d+)(?::\w)?&gt;", stamp, out)
+    return re.sub(r"&lt;t:(\d+)(?::(\w))?&gt;", stamp, out)
 
 
 def _embed(embed: dict[str, Any]) -> str:
@@ -116,7 +118,7 @@ def render_transcript(steps: list[Step], raw: str = "") -> str:
         body.append(f"<h2>{number}. {html.escape(step.title)}</h2>")
         body.append(f'<div class="action">you: <code>{html.escape(step.action)}</code></div>')
         if step.progress:
-            edits = " → ".join(html.escape(e.splitlines()[0]) for e in step.progress)
+            edits = " → ".join(_markdown(e.splitlines()[0]) for e in step.progress)
             body.append(f'<div class="progress">progress message: {edits}</div>')
         body += [_message(s) for s in step.shown]
     if raw:

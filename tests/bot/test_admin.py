@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from discord import app_commands
+from PIL import Image
 from simcord import SetupError
 
 from bot.errors import InvalidInput
@@ -71,8 +74,14 @@ async def test_usage_report_and_grant(world: World) -> None:
     content = report.response.content
     assert content.startswith("Last 2 day(s), net per member:")
     assert f"<@{world.alice.id}>: 1" in content
+    # Beside the table, a chart: a PNG of renders per day per member.
+    [chart] = report.response.attachments
+    assert chart.filename == "usage.png"
+    with Image.open(io.BytesIO(await chart.read())) as image:
+        assert image.format == "PNG" and image.width >= 800
     only_bob = await world.admin.slash(world.channel, "avatar-admin usage", member=world.bob)
     assert only_bob.response.content == "No renders in the last 7 day(s)."
+    assert only_bob.response.attachments == []  # nothing to draw
 
     granted = await world.admin.slash(
         world.channel, "avatar-admin grant", member=world.alice, amount=5
@@ -91,3 +100,13 @@ async def test_purge_removes_a_members_renders_after_confirmation(world: World) 
     assert await world.bot.services.jobs.undelivered() == []
     # Her avatar is hers: it stays.
     assert [a.name for a in await world.bot.services.avatars.list(world.alice.id)] == ["Mug"]
+
+
+async def test_every_option_of_every_command_has_a_description(world: World) -> None:
+    missing = []
+    for command in world.bot.tree.walk_commands():
+        if isinstance(command, app_commands.Command):
+            for parameter in command.parameters:
+                if not parameter.description or parameter.description == "…":
+                    missing.append(f"/{command.qualified_name} {parameter.name}")
+    assert missing == []

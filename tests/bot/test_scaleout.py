@@ -200,7 +200,8 @@ async def test_bot_and_two_workers_on_postgres(
         shown = edits(env)[before:]
         assert shown[0].startswith("Queued")
         progress = [c for c in shown if c.startswith("Rendering **Mug**")]
-        assert any(not c.endswith(" 0%") for c in progress), shown  # moved, from a worker
+        # Moved past the start, reported from a worker process.
+        assert any(c.endswith("%") and not c.endswith(" 0%") for c in progress), shown
         assert result.response.content == "Done — your images are posted below."
         [posted] = result.followups
         assert len(posted.attachments) == 1

@@ -97,7 +97,7 @@ def test_avatar_session(
     assert code == 1 and "no avatar" in err  # another user's avatar does not exist for them
     code, out, _ = run("delete", "--user", "42", "--avatar", "Mia")
     assert code == 0
-    code, out, _ = run("forget-me", "--user", "42")
+    code, out, _ = run("forget-me", "--user", "42", "--yes")
     assert code == 0 and "1 job(s), 2 image(s)" in out
     code, out, _ = run("list", "--user", "42")
     assert out.strip() == "user 42 has no avatars"

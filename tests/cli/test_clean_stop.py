@@ -307,7 +307,7 @@ async def test_bot_stops_cleanly(
             AVATARBOT_DISCORD_API_BASE=fake_discord.api_base,
             AVATARBOT_DISCORD_GATEWAY_URL=fake_discord.gateway_url,
         )
-        bot = spawn(["run"], env)
+        bot = spawn(["run", "--allow-noise"], env)
 
         async def set_up() -> bool:
             return fake_discord.identified.is_set() and "bot set up" in bot.stderr()

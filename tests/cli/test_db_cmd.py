@@ -40,7 +40,7 @@ async def test_db_upgrade_current_downgrade(
     code, out = await _in_thread(["db", "current"], capsys)
     assert (code, out.strip()) == (0, f"{head} (head)")
 
-    code, out = await _in_thread(["db", "downgrade", "base"], capsys)
+    code, out = await _in_thread(["db", "downgrade", "base", "--yes"], capsys)
     assert code == 0 and "base" in out
     code, out = await _in_thread(["db", "upgrade", "--revision", head], capsys)
     assert code == 0 and head in out

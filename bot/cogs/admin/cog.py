@@ -8,9 +8,12 @@ in this channel. The services check it a third time (``actor_is_admin``).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import discord
@@ -22,6 +25,7 @@ from bot.cogs.admin.blocklist import BlocklistCommands
 from bot.cogs.admin.safety import SafetyCommands
 from bot.services.quotas import PERSONALIZERS, QUOTA_FIELDS
 from bot.services.results import GuildQuotas, UsageReport
+from bot.ui.charts import png_bytes, usage_chart
 from bot.ui.confirm import ask
 from bot.ui.errors import NO_MENTIONS
 
@@ -74,6 +78,12 @@ def usage_table(report: UsageReport) -> str:
     return (
         f"Last {report.days} day(s), net per member: {totals}\n```\n" + "\n".join(lines) + "\n```"
     )
+
+
+def usage_chart_png(report: UsageReport, name_of: Callable[[int], str]) -> bytes:
+    """The report as a PNG chart of renders per day per member (today, UTC, last)."""
+    today = datetime.now(UTC).date()
+    return png_bytes(usage_chart(report.rows, report.days, today, name_of))
 
 
 # Hidden from members without Manage Server, and never offered in DMs.
@@ -134,6 +144,7 @@ class AdminCog(
         )
 
     @quota.command(name="personalizer", description="Which personalizer new avatars use here")
+    @app_commands.describe(personalizer="How new avatars learn a face or object in this server")
     @app_commands.choices(personalizer=PERSONALIZER_CHOICES)
     async def quota_personalizer(
         self, interaction: discord.Interaction, personalizer: app_commands.Choice[str]
@@ -162,16 +173,34 @@ class AdminCog(
             interaction.guild_id, days, member.id if member else None, actor_is_admin=True
         )
         text = usage_table(report)
-        if len(text) <= 2000:
-            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-            return
+        files = []
+        if report.rows:
+            chart = await asyncio.to_thread(
+                usage_chart_png, report, self._member_namer(interaction.guild_id)
+            )
+            files.append(discord.File(io.BytesIO(chart), filename="usage.png"))
+        if len(text) > 2000:
+            files.insert(0, discord.File(io.BytesIO(text.encode()), filename="usage.txt"))
+            text = f"Usage for the last {days} day(s) (attached)."
         await interaction.followup.send(
-            f"Usage for the last {days} day(s) (attached).",
-            file=discord.File(io.BytesIO(text.encode()), filename="usage.txt"),
-            ephemeral=True,
+            text, files=files, ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
+    def _member_namer(self, guild_id: int) -> Callable[[int], str]:
+        """A member's display name when cached, else the id's last digits (never a ping:
+        an image cannot render mentions)."""
+        guild = self.bot.get_guild(guild_id)
+
+        def name_of(user_id: int) -> str:
+            member = guild.get_member(user_id) if guild is not None else None
+            return member.display_name if member is not None else f"member …{user_id % 10000:04d}"
+
+        return name_of
+
     @app_commands.command(name="grant", description="Give a member extra renders for today")
+    @app_commands.describe(
+        member="Who gets the extra renders", amount="How many extra renders, for today (UTC)"
+    )
     async def grant(
         self,
         interaction: discord.Interaction,

@@ -205,8 +205,7 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
         usage = await self.services.quotas.usage(interaction.guild_id, interaction.user.id)
         await interaction.followup.send(
             f"You have used {usage.used} of {usage.limit} renders today in this server; "
-            f"{usage.remaining} left. The count resets {discord_time(usage.resets_at)} "
-            f"({discord_time(usage.resets_at, 't')}).",
+            f"{usage.remaining} left. The count resets {discord_time(usage.resets_at)}.",
             ephemeral=True,
         )
 

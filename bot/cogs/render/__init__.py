@@ -22,7 +22,13 @@ if TYPE_CHECKING:
 
 async def setup(bot: AvatarBot) -> None:
     jobs = bot.services.jobs
-    delivery = Delivery(bot, jobs, result_embed=result_embed, result_view=result_view)
+    delivery = Delivery(
+        bot,
+        jobs,
+        result_embed=result_embed,
+        result_view=result_view,
+        metrics=bot.services.metrics,
+    )
     messages = RenderMessages(bot, jobs, delivery)
     await bot.add_cog(RenderCog(bot, messages))
     # Buttons on messages posted before any restart are matched by their custom_id pattern.

@@ -33,8 +33,8 @@ STYLE_CHOICES = [
 ][:25]
 ASPECT_CHOICES = [
     app_commands.Choice(name="Square", value="square"),
-    app_commands.Choice(name="Portrait (2:3)", value="portrait"),
-    app_commands.Choice(name="Landscape (3:2)", value="landscape"),
+    app_commands.Choice(name="Portrait (3:4)", value="portrait"),
+    app_commands.Choice(name="Landscape (4:3)", value="landscape"),
 ]
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import discord
 
+from bot.ops.metrics import Metrics
 from bot.services.jobs import JobService
 from bot.services.results import JobView
 from bot.services.safety import DeliveryPlan, delivery_plan
@@ -56,8 +57,10 @@ class Delivery:
         *,
         result_embed: EmbedFactory,
         result_view: ViewFactory,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._jobs = jobs
         self._result_embed = result_embed
         self._result_view = result_view
@@ -79,6 +82,14 @@ class Delivery:
 
     async def deliver(self, job: JobView) -> None:
         """Post the job's outcome and mark it delivered; ``DeliveryFailed`` leaves it pending."""
+        try:
+            await self._deliver(job)
+        except DeliveryFailed:
+            if self._metrics is not None:
+                self._metrics.delivery_failed()
+            raise
+
+    async def _deliver(self, job: JobView) -> None:
         if job.status == "done":
             await self._deliver_result(job)
         elif job.status == "failed":
@@ -257,6 +268,8 @@ class Delivery:
         if last is not None and not is_transient(last):
             # Nowhere to post (channel gone, DMs closed): give up on this job, loudly.
             logger.warning("job %s could not be delivered anywhere", job.id)
+            if self._metrics is not None:
+                self._metrics.delivery_failed(abandoned=True)
             return
         raise DeliveryFailed(str(last))
 

@@ -102,4 +102,7 @@ class RenderMessages:
 
 def _running_text(job: JobView, fraction: float) -> str:
     name = discord.utils.escape_markdown(job.avatar_name)
+    if fraction <= 0:
+        # Progress comes every few seconds: a bare "0%" would look stuck until then.
+        return f"Rendering **{name}** — starting…"
     return f"Rendering **{name}** — {progress_bar(fraction)}"
