@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from bench.machine import cpu_model, package_version, ram_gib
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -132,47 +134,18 @@ def engine_settings(profile: str, device: str, **overrides: Any) -> Any:
 # -- the machine ------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    return None
-
-
-def _version(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:
-        return None
-
-
 def machine_info(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "nproc": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "ram_gib": _ram_gib(),
+        "cpu_model": cpu_model(),
+        "ram_gib": ram_gib(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "diffusers": _version("diffusers"),
-        "transformers": _version("transformers"),
-        "peft": _version("peft"),
+        "diffusers": package_version("diffusers"),
+        "transformers": package_version("transformers"),
+        "peft": package_version("peft"),
         "device": device,
     }
     try:

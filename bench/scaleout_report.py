@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.machine import cpu_model, package_version, ram_gib
+
 if TYPE_CHECKING:
     from bench.scaleout import RunConfig
 
@@ -22,45 +24,16 @@ TARGET_SPEEDUP_WORKERS = 8
 TARGET_MEDIAN_LATENCY_MS = 100.0
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    return None
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict[str, Any]:
     """Like bench/common.py's, without torch (nothing here loads it)."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "nproc": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "ram_gib": _ram_gib(),
-        "SQLAlchemy": _version("SQLAlchemy"),
-        "asyncpg": _version("asyncpg"),
+        "cpu_model": cpu_model(),
+        "ram_gib": ram_gib(),
+        "SQLAlchemy": package_version("SQLAlchemy"),
+        "asyncpg": package_version("asyncpg"),
     }
     with contextlib.suppress(AttributeError):
         info["cpus_usable"] = len(os.sched_getaffinity(0))

@@ -9,13 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -28,8 +25,8 @@ from bot.ops.logs import JsonFormatter
 from bot.ops.metrics import Metrics
 from bot.ops.server import OpsServer
 from tests.fixtures.discord import SIMCORD, BotFactory, World, create_avatar
+from tests.fixtures.workers import WorkerProcess, start_worker, stop_worker
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT = 240.0  # the bound on any wait: a hang fails, a slow machine does not
 LOOPBACK_ANY_PORT = OpsSettings(listen="127.0.0.1:0")
 
@@ -145,81 +142,52 @@ class TestEmbeddedBot:
 
 
 @dataclass
-class WorkerProcess:
-    process: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
+class ServingWorker:
+    """A worker subprocess and where its ops endpoint listens (read from its JSON log)."""
+
+    proc: WorkerProcess
     base: str | None = None
-    listening: asyncio.Event = field(default_factory=asyncio.Event)
-    drain: asyncio.Task[None] | None = None
 
 
 LISTENING = re.compile(r"ops endpoint listening on (http://127\.0\.0\.1:\d+)")
 
 
 @pytest.fixture
-async def worker(bot_settings: Settings) -> AsyncIterator[WorkerProcess]:
+async def worker(bot_settings: Settings) -> AsyncIterator[ServingWorker]:
+    listening = asyncio.Event()
+    found: list[str] = []
+
+    def seen(line: str) -> None:
+        try:
+            message = json.loads(line)["message"]  # the JSON log format
+        except (ValueError, KeyError, TypeError):
+            return
+        match = LISTENING.search(message)
+        if match:
+            found.append(match.group(1))
+            listening.set()
+
     env = {
-        **os.environ,
-        "AVATARBOT_DATABASE_URL": bot_settings.effective_database_url,
-        "AVATARBOT_DATA_DIR": str(bot_settings.data_dir),
-        "AVATARBOT_ENGINE__PROFILE": "tiny",
-        "AVATARBOT_ENGINE__OFFLINE": "true",
-        "AVATARBOT_ENGINE__MAX_BATCH": "1",
         "AVATARBOT_JOBS__POLL_SECONDS": "0.2",
         "AVATARBOT_OPS__LISTEN": "127.0.0.1:0",
         "AVATARBOT_LOG_FORMAT": "json",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "worker",
-        cwd=REPO,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    w = WorkerProcess(process)
-
-    async def drain() -> None:
-        assert process.stderr is not None
-        async for raw in process.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            w.lines.append(line)
-            try:
-                message = json.loads(line)["message"]  # the JSON log format
-            except (ValueError, KeyError, TypeError):
-                continue
-            found = LISTENING.search(message)
-            if found:
-                w.base = found.group(1)
-                w.listening.set()
-
-    w.drain = asyncio.get_running_loop().create_task(drain())
+    proc = await start_worker(bot_settings.effective_database_url, bot_settings.data_dir, seen, env)
     try:
         try:
-            await asyncio.wait_for(w.listening.wait(), WAIT)
+            await asyncio.wait_for(listening.wait(), WAIT)
         except TimeoutError:
-            raise AssertionError("the worker did not listen:\n" + "\n".join(w.lines)) from None
-        yield w
+            lines = "\n".join(proc.lines)
+            raise AssertionError("the worker did not listen:\n" + lines) from None
+        yield ServingWorker(proc, found[0])
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 60)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-        await w.drain
+        await stop_worker(proc)
 
 
 @SIMCORD
 class TestWorker:
     @pytest.fixture
-    async def simcord_bot(self, bots: BotFactory, worker: WorkerProcess) -> AvatarBot:
+    async def simcord_bot(self, bots: BotFactory, worker: ServingWorker) -> AvatarBot:
         # The scale-out bot, started once the worker has migrated the shared database and
         # is ready, so the two never migrate at once.
         assert worker.base is not None
@@ -228,11 +196,11 @@ class TestWorker:
         async def ready() -> bool:
             return (await fetch(base, "/readyz"))[0] == 200
 
-        await until(ready, "the worker to be ready:\n" + "\n".join(worker.lines))
+        await until(ready, "the worker to be ready:\n" + "\n".join(worker.proc.lines))
         return _serving_bot(bots, run_worker=False)
 
     async def test_worker_endpoints_and_a_render_moving_its_metrics(
-        self, world: World, worker: WorkerProcess
+        self, world: World, worker: ServingWorker
     ) -> None:
         base = worker.base
         assert base is not None
@@ -253,7 +221,7 @@ class TestWorker:
             labels = {"kind": "encode", "outcome": "done"}
             return value(samples, "avatarbot_job_duration_seconds_count", **labels) >= 1
 
-        await until(encoded, "the worker to encode the avatar:\n" + "\n".join(worker.lines))
+        await until(encoded, "the worker to encode the avatar:\n" + "\n".join(worker.proc.lines))
         await world.alice.slash(
             world.channel, "avatar render", avatar="Mug", prompt="a mug on a desk", count=1
         )
@@ -262,7 +230,7 @@ class TestWorker:
             samples = await scrape(base)
             return value(samples, "avatarbot_images_rendered_total") >= 1
 
-        await until(rendered, "the worker to render:\n" + "\n".join(worker.lines))
+        await until(rendered, "the worker to render:\n" + "\n".join(worker.proc.lines))
         after = await scrape(base)
         render = {"kind": "render", "outcome": "done"}
         assert value(after, "avatarbot_job_duration_seconds_count", **render) == 1

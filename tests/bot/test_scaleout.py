@@ -12,11 +12,9 @@ never on sleeps; every wait is bounded so a hang fails the test.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -33,27 +31,25 @@ from db.session import Database
 from db.types import utcnow
 from engine.config import EngineSettings
 from tests.fixtures.discord import button_ids, create_avatar, edits, object_photo
+from tests.fixtures.workers import WorkerProcess, start_worker, stop_worker
 
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.parametrize("db_url", ["postgres"], indirect=True),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
 LEASE = 10.0
 WAIT = 240.0  # the bound on any single wait: a hang fails, a slow machine does not
 
 
 @dataclass
 class Worker:
-    process: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    drain: asyncio.Task[None] | None = None
+    proc: WorkerProcess
+    ready: asyncio.Event
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.proc.pid
 
 
 def _jobs_settings() -> JobSettings:
@@ -61,42 +57,18 @@ def _jobs_settings() -> JobSettings:
 
 
 async def _start_worker(db_url: str, data_dir: Path) -> Worker:
+    ready = asyncio.Event()
+
+    def seen(line: str) -> None:
+        if "running; SIGTERM" in line:
+            ready.set()
+
     env = {
-        **os.environ,
-        "AVATARBOT_DATABASE_URL": db_url,
-        "AVATARBOT_DATA_DIR": str(data_dir),
-        "AVATARBOT_ENGINE__PROFILE": "tiny",
-        "AVATARBOT_ENGINE__OFFLINE": "true",
-        "AVATARBOT_ENGINE__MAX_BATCH": "1",
         "AVATARBOT_JOBS__LEASE_SECONDS": str(LEASE),
         "AVATARBOT_JOBS__REAP_SECONDS": "1",
         "AVATARBOT_JOBS__PROGRESS_SECONDS": "0.25",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "worker",
-        cwd=REPO,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    worker = Worker(process)
-
-    async def drain() -> None:
-        assert process.stderr is not None
-        async for raw in process.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            worker.lines.append(line)
-            if "running; SIGTERM" in line:
-                worker.ready.set()
-
-    worker.drain = asyncio.get_running_loop().create_task(drain())
-    return worker
+    return Worker(await start_worker(db_url, data_dir, seen, env), ready)
 
 
 @pytest.fixture
@@ -107,20 +79,12 @@ async def workers(db_url: str, database: Database, tmp_path: Path) -> AsyncItera
             try:
                 await asyncio.wait_for(w.ready.wait(), WAIT)
             except TimeoutError:
-                raise AssertionError("a worker did not start:\n" + "\n".join(w.lines)) from None
+                raise AssertionError(
+                    "a worker did not start:\n" + "\n".join(w.proc.lines)
+                ) from None
         yield started
     finally:
-        for w in started:
-            if w.process.returncode is None:
-                w.process.send_signal(signal.SIGTERM)
-        for w in started:
-            try:
-                await asyncio.wait_for(w.process.wait(), 60)
-            except TimeoutError:
-                w.process.kill()
-                await w.process.wait()
-            if w.drain is not None:
-                await w.drain
+        await asyncio.gather(*(stop_worker(w.proc) for w in started))
 
 
 class Seen:
@@ -224,8 +188,8 @@ async def test_bot_and_two_workers_on_postgres(
         victim_job, victim_pid = next(iter(holders.items()))
         victim = next(w for w in workers if w.pid == victim_pid)
         killed_at = _db_now()
-        victim.process.send_signal(signal.SIGKILL)
-        await victim.process.wait()
+        victim.proc.process.send_signal(signal.SIGKILL)
+        await victim.proc.process.wait()
 
         await seen.until(lambda: all(seen.has(JobEventKind.FINISHED, j) for j in job_ids))
         await env.settle()
