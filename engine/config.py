@@ -10,7 +10,32 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Personalizer = Literal["ip-adapter", "instantbooth"]
+Personalizer = Literal["ip-adapter", "instantbooth", "flux2-klein"]
+
+
+# "auto": on where it helps (CUDA), off elsewhere; "on"/"off" force it (tests force "on" on
+# the CPU to check compiled against eager).
+Switch = Literal["auto", "on", "off"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+class FastPathSettings(BaseModel):
+    """The GPU fast path (engine/acceleration.py); every part can be switched off alone."""
+
+    # The denoiser (UNet) and VAE in channels-last memory layout (faster convolutions).
+    channels_last: Switch = "auto"
+    # One fused QKV projection in every self-attention (diffusers' fuse_projections).
+    fuse_qkv: Switch = "auto"
+    # torch.compile of the denoiser, and of the VAE decoder.
+    compile: Switch = "auto"
+    compile_vae: Switch = "auto"
+    compile_mode: CompileMode = "default"
+    # The only batch sizes the compiled denoiser sees: a batch is padded up to the next one,
+    # so dynamic batching never triggers a recompile. Batches larger than max_batch never
+    # form; the largest bucket must hold max_batch images.
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)
+    # Compile every bucket at engine start (minutes on a GPU, logged), not on first use.
+    warmup: Switch = "auto"
 
 
 class EngineSettings(BaseModel):
@@ -43,3 +68,4 @@ class EngineSettings(BaseModel):
     default_guidance: float = Field(default=6.0, ge=0.0, le=30.0)
     # Only set for the tiny profile: deterministic random weights.
     seed: int = 0
+    fast: FastPathSettings = Field(default_factory=FastPathSettings)

@@ -8,20 +8,27 @@ created, used and freed by one thread) and then serves renders, encodes and insp
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image as PILImage
 
+from engine.acceleration import FastPath, apply_fast_path, resolve_fast_path, warm_up
 from engine.config import EngineSettings
 from engine.errors import UnknownPersonalizer
-from engine.loading import is_offline, load_base_pipeline, pick_device, pick_dtype
+from engine.loading import (
+    is_offline,
+    load_base_pipeline,
+    pick_device,
+    pick_dtype,
+    quiet_progress_bars,
+)
 from engine.personalizers import personalizer_factory
 from engine.personalizers.base import LoadContext, Personalizer
 from engine.pipeline import (
@@ -29,7 +36,6 @@ from engine.pipeline import (
     StepCallback,
     as_avatar_pipeline,
     make_pipeline_batch_invariant,
-    run_batch,
 )
 from engine.profiles import Profile, resolve_profile
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest, RenderResult
@@ -54,32 +60,11 @@ class LoadedModel:
     personalizers: dict[str, Personalizer]
     scheduler_config: Any
     workdir: str
+    fast: FastPath = field(default_factory=FastPath)
     detector: FaceDetector | None = None
     load_seconds: float = 0.0
+    warmup_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def _quiet_progress_bars(quiet: bool) -> Iterator[None]:
-    """Silence transformers' and diffusers' progress bars for the duration (restored after)."""
-    if not quiet:
-        yield
-        return
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    restore = [
-        module.enable_progress_bar
-        for module in (transformers_logging, diffusers_logging)
-        if module.is_progress_bar_enabled()
-    ]
-    transformers_logging.disable_progress_bar()
-    diffusers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for enable in restore:
-            enable()
 
 
 def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
@@ -92,6 +77,117 @@ def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
     dtype = torch.float32 if device.type == "cpu" else pick_dtype(settings.dtype, device)
     offline = is_offline(settings.offline)
     cache_dir = str(settings.cache_dir) if settings.cache_dir else None
+    batch_invariant = device.type == "cpu"
+    fast = resolve_fast_path(settings.fast, device)
+    if fast.buckets and settings.max_batch > max(fast.buckets):
+        logger.warning(
+            "engine.max_batch %d exceeds the largest batch bucket %d: larger batches compile "
+            "on first use; add a bucket (engine.fast.batch_buckets)",
+            settings.max_batch,
+            max(fast.buckets),
+        )
+    workdir = tempfile.mkdtemp(prefix="avatarbot-engine-")
+    try:
+        pipe = _build_pipeline(
+            settings,
+            profile,
+            device=device,
+            dtype=dtype,
+            offline=offline,
+            cache_dir=cache_dir,
+            workdir=workdir,
+            batch_invariant=batch_invariant,
+        )
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    personalizers: dict[str, Personalizer] = {}
+    try:
+        # Random-weight profiles write adapters to a temp folder and read them back: progress
+        # bars for that say nothing and clutter the demo. Real weights keep theirs.
+        with quiet_progress_bars(profile.is_noise):
+            for spec in profile.personalizers:
+                context = LoadContext(
+                    pipe=pipe,
+                    options=spec.options,
+                    device=device,
+                    dtype=dtype,
+                    offline=offline,
+                    cache_dir=cache_dir,
+                    workdir=workdir,
+                    seed=settings.seed,
+                    batch_invariant=batch_invariant,
+                    static_graph=fast.static_graph,
+                )
+                with torch.inference_mode(False):
+                    personalizers[spec.name] = personalizer_factory(spec.name)(context)
+        maps = [m for p in personalizers.values() for m in p.processor_maps()]
+        apply_fast_path(pipe, fast, maps)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    model = LoadedModel(
+        profile=profile,
+        pipe=pipe,
+        device=device,
+        dtype=dtype,
+        personalizers=personalizers,
+        scheduler_config=_explicit_config(pipe.scheduler.config),
+        workdir=workdir,
+        fast=fast,
+        detector=_load_detector(),
+        load_seconds=time.perf_counter() - started,
+    )
+    logger.info(
+        "engine profile %s loaded on %s (%s) in %.1fs; personalizers: %s",
+        profile.name,
+        device,
+        str(dtype).removeprefix("torch."),
+        model.load_seconds,
+        ", ".join(f"{n} ({p.encoder_id})" for n, p in personalizers.items()),
+    )
+    if profile.is_noise:
+        logger.warning(
+            "engine profile %s runs random weights: it renders noise by design", profile.name
+        )
+    return model
+
+
+def default_guidance(settings: EngineSettings, profile: Profile) -> float:
+    """The guidance settings name explicitly, else the profile's, else the setting's default
+    (distilled models such as FLUX.2 [klein] set their own)."""
+    if "default_guidance" in settings.model_fields_set or profile.default_guidance is None:
+        return settings.default_guidance
+    return profile.default_guidance
+
+
+def _build_pipeline(
+    settings: EngineSettings,
+    profile: Profile,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    offline: bool,
+    cache_dir: str | None,
+    workdir: str,
+    batch_invariant: bool,
+) -> Any:
+    """The profile's base pipeline on ``device`` in ``dtype`` (its family decides which)."""
+    if profile.pipeline_family == "flux2":
+        from engine.flux2.loading import build_flux2_pipeline
+
+        return build_flux2_pipeline(
+            profile,
+            seed=settings.seed,
+            device=device,
+            dtype=dtype,
+            offline=offline,
+            cache_dir=cache_dir,
+            workdir=workdir,
+            batch_invariant=batch_invariant,
+        )
+    if profile.pipeline_family != "stable-diffusion":
+        raise ValueError(f"profile {profile.name}: unknown pipeline family")
     if profile.random_base is not None:
         from diffusers import StableDiffusionPipeline
 
@@ -115,57 +211,10 @@ def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
     pipe = as_avatar_pipeline(pipe).to(device)
     if pipe.unet.dtype != dtype:  # random weights are built in fp32
         pipe.to(dtype=dtype)
-    batch_invariant = device.type == "cpu"
     if batch_invariant:
         _realign(pipe)
         make_pipeline_batch_invariant(pipe)
-    workdir = tempfile.mkdtemp(prefix="avatarbot-engine-")
-    personalizers: dict[str, Personalizer] = {}
-    try:
-        # Random-weight profiles write adapters to a temp folder and read them back: progress
-        # bars for that say nothing and clutter the demo. Real weights keep theirs.
-        with _quiet_progress_bars(profile.is_noise):
-            for spec in profile.personalizers:
-                context = LoadContext(
-                    pipe=pipe,
-                    options=spec.options,
-                    device=device,
-                    dtype=dtype,
-                    offline=offline,
-                    cache_dir=cache_dir,
-                    workdir=workdir,
-                    seed=settings.seed,
-                    batch_invariant=batch_invariant,
-                )
-                with torch.inference_mode(False):
-                    personalizers[spec.name] = personalizer_factory(spec.name)(context)
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    model = LoadedModel(
-        profile=profile,
-        pipe=pipe,
-        device=device,
-        dtype=dtype,
-        personalizers=personalizers,
-        scheduler_config=_explicit_config(pipe.scheduler.config),
-        workdir=workdir,
-        detector=_load_detector(),
-        load_seconds=time.perf_counter() - started,
-    )
-    logger.info(
-        "engine profile %s loaded on %s (%s) in %.1fs; personalizers: %s",
-        profile.name,
-        device,
-        str(dtype).removeprefix("torch."),
-        model.load_seconds,
-        ", ".join(f"{n} ({p.encoder_id})" for n, p in personalizers.items()),
-    )
-    if profile.is_noise:
-        logger.warning(
-            "engine profile %s runs random weights: it renders noise by design", profile.name
-        )
-    return model
+    return pipe
 
 
 def _realign(pipe: Any) -> None:
@@ -220,14 +269,52 @@ class _Runner:
     ) -> BatchOutcome:
         personalizer = self.personalizer(samples[0].personalizer)
         with torch.inference_mode():
-            return run_batch(
+            return personalizer.run_batch(
                 self.model.pipe,
-                personalizer,
                 samples,
                 seeds,
                 scheduler_config=self.model.scheduler_config,
                 on_step=on_step,
+                buckets=self.model.fast.buckets,
             )
+
+    def warm_up(self, settings: EngineSettings) -> None:
+        """Compile every batch bucket for every personalizer at the native size, before the
+        first request (on the model's thread; a no-op without a compiled fast path)."""
+        model = self.model
+        if not model.fast.warmup:
+            return
+        size = model.profile.default_size
+        guidance = default_guidance(settings, model.profile)
+        # Any photo gives features of the right shapes; a person's face crop is not needed.
+        photo = PILImage.new("RGB", (size, size), (128, 110, 96))
+        cases = {}
+        for name, personalizer in model.personalizers.items():
+            counts = personalizer.warmup_photo_counts if personalizer.needs_features else (0,)
+            for photos in counts:
+                features = None
+                if photos:
+                    with torch.inference_mode():
+                        features = personalizer.encode([photo] * photos, ConceptKind.OBJECT)
+                request = RenderRequest(
+                    prompt="a photo",
+                    width=size,
+                    height=size,
+                    steps=2,
+                    guidance=guidance,
+                    # Full strength: personalizers that use fewer photos below it (FLUX.2)
+                    # then see all of them.
+                    identity_strength=1.0,
+                    personalizer=name,
+                    features=features,
+                )
+
+                def render(bucket: int, request: RenderRequest = request) -> None:
+                    self.run([request] * bucket, list(range(bucket)), lambda d, t: [True] * bucket)
+
+                label = f"{name} ({photos} photo{'s' if photos > 1 else ''})" if photos else name
+                cases[label] = render
+        model.warmup_seconds = warm_up(model.fast, settings.max_batch, cases)
 
     def result(
         self, request: RenderRequest, images: list[Any], timings: dict[str, float]
@@ -265,6 +352,15 @@ class DiffusionEngine:
         return self.model.device
 
     @property
+    def fast_path(self) -> FastPath:
+        """The fast-path parts in effect (see engine/acceleration.py)."""
+        return self.model.fast
+
+    @property
+    def warmup_seconds(self) -> float:
+        return self.model.warmup_seconds
+
+    @property
     def personalizers(self) -> list[str]:
         return list(self.model.personalizers)
 
@@ -293,8 +389,21 @@ class DiffusionEngine:
         return self.profile.default_size
 
     @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (8 on Stable Diffusion, 16 on FLUX.2)."""
+        return self.profile.size_multiple
+
+    @property
     def default_steps(self) -> int:
         return self.settings.default_steps or self.profile.default_steps
+
+    @property
+    def default_guidance(self) -> float:
+        return default_guidance(self.settings, self.profile)
+
+    def max_subjects(self, personalizer: str | None = None) -> int:
+        """How many subjects one render with ``personalizer`` may show."""
+        return self._runner.personalizer(personalizer or self.default_personalizer).max_subjects
 
     @property
     def is_noise(self) -> bool:
@@ -302,7 +411,10 @@ class DiffusionEngine:
 
     @property
     def max_prompt_tokens(self) -> int:
-        """Prompt tokens the text encoder reads (its window minus start and end tokens)."""
+        """Prompt tokens the text encoder reads (its window minus start and end tokens, or
+        the profile's own limit)."""
+        if self.profile.max_prompt_tokens is not None:
+            return self.profile.max_prompt_tokens
         return int(self.model.pipe.tokenizer.model_max_length) - 2
 
     def count_tokens(self, text: str) -> int:
@@ -316,7 +428,14 @@ class DiffusionEngine:
         if backend is None:
             return None
         try:
-            return str(backend.to_str())
+            from tokenizers import Tokenizer
+
+            # The backend keeps the padding and truncation of its last call (a render pads
+            # every prompt to the window): a copy without them counts a prompt's own tokens.
+            copy = Tokenizer.from_str(backend.to_str())
+            copy.no_padding()
+            copy.no_truncation()
+            return str(copy.to_str())
         except Exception:
             return None
 
@@ -406,7 +525,9 @@ async def create_engine(settings: EngineSettings) -> DiffusionEngine:
     holder: dict[str, _Runner] = {}
 
     def setup() -> None:
-        holder["runner"] = _Runner(load_model(settings, profile))
+        runner = _Runner(load_model(settings, profile))
+        holder["runner"] = runner
+        runner.warm_up(settings)
 
     runner_proxy = _LazyRunner(holder)
     worker = Worker(

@@ -118,6 +118,31 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextmanager
+def quiet_progress_bars(quiet: bool = True) -> Iterator[None]:
+    """Silence transformers' and diffusers' progress bars for the duration (restored after):
+    random-weight profiles write weights to a temp folder and read them back, and progress
+    bars for that say nothing."""
+    if not quiet:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    restore = [
+        module.enable_progress_bar
+        for module in (transformers_logging, diffusers_logging)
+        if module.is_progress_bar_enabled()
+    ]
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()
+
+
+@contextmanager
 def hub_offline(offline: bool) -> Iterator[None]:
     """Make huggingface_hub refuse network access while loading (it reads the flag late)."""
     if not offline:

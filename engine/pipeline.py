@@ -11,8 +11,7 @@ never on its batch mates.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,10 +24,10 @@ from diffusers import (
     PNDMScheduler,
 )
 from diffusers.utils.torch_utils import randn_tensor
-from PIL.Image import Image
 
+from engine.acceleration import bucket_for
 from engine.errors import InvalidRequest
-from engine.personalizers.base import DenoiseBatch, Personalizer
+from engine.personalizers.base import BatchOutcome, DenoiseBatch, Personalizer, StepCallback
 from engine.types import SCHEDULER_NAMES, RenderRequest
 
 if TYPE_CHECKING:
@@ -52,10 +51,6 @@ SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
 }
 assert set(SCHEDULERS) == set(SCHEDULER_NAMES), "engine.types.SCHEDULER_NAMES is out of date"
-
-# Called after each denoising step with (steps done, steps total); returns, per sample of
-# the batch (in its original order), whether it is still wanted.
-StepCallback = Callable[[int, int], Sequence[bool]]
 
 
 class AvatarPipeline(StableDiffusionPipeline):
@@ -143,18 +138,6 @@ def make_pipeline_batch_invariant(pipe: StableDiffusionPipeline) -> None:
     logger.info("CPU batch-invariant mode: oneDNN off, row-wise linears, per-image VAE decode")
 
 
-@dataclass
-class BatchOutcome:
-    """The images of the samples that stayed (``kept``: their indices in the batch)."""
-
-    images: list[Image]
-    kept: list[int]
-
-    @property
-    def interrupted(self) -> bool:
-        return not self.kept
-
-
 def select_scheduler_rows(scheduler: Any, keep: Sequence[int], batch: int) -> None:
     """Keep only ``keep``'s rows of a scheduler's per-sample state (multistep solvers remember
     earlier model outputs: DPM-Solver's ``model_outputs``, PNDM's ``ets``...)."""
@@ -230,9 +213,20 @@ def run_batch(
     *,
     scheduler_config: Any,
     on_step: StepCallback | None = None,
+    buckets: Sequence[int] = (),
 ) -> BatchOutcome:
-    """Render one batch: ``samples[i]`` with ``seeds[i]``; images in the same order."""
+    """Render one batch: ``samples[i]`` with ``seeds[i]``; images in the same order.
+
+    With ``buckets`` (a compiled denoiser), the batch is padded up to the next bucket by
+    repeating its last sample, and shrinks mid-denoising (cancellations) only to a smaller
+    bucket, keeping some unwanted rows as padding: the denoiser never sees a new batch size.
+    Padding rows are dropped from the outcome.
+    """
     check_inputs(samples, personalizer)
+    real = len(samples)
+    padded = bucket_for(real, buckets) if buckets else real
+    samples = [*samples, *[samples[-1]] * (padded - real)]
+    seeds = [*seeds, *[seeds[-1]] * (padded - real)]
     first = samples[0]
     do_cfg = first.guidance > 1.0
     use_scheduler(pipe, first.scheduler, scheduler_config)
@@ -261,15 +255,19 @@ def run_batch(
         if on_step is None:
             return {}
         wanted = on_step(step + 1, first.steps)
-        keep = [j for j, sample in enumerate(alive) if wanted[sample]]
+        keep = [j for j, sample in enumerate(alive) if sample < real and wanted[sample]]
         if not keep:  # every request of the batch is gone: stop denoising
             p._interrupt = True
             alive = []
             return {}
-        if len(keep) == len(alive) or step + 1 >= first.steps:
+        target = bucket_for(len(keep), buckets) if buckets else len(keep)
+        if target >= len(alive) or step + 1 >= first.steps:
             return {}
         if prepared.select_rows is None:
             return {}  # this personalizer cannot shrink: the rows run on, discarded at the end
+        if target > len(keep):  # stay on a bucket: some unwanted rows go on as padding
+            spare = [j for j in range(len(alive)) if j not in keep]
+            keep = sorted(keep + spare[: target - len(keep)])
         rows = keep + [len(alive) + j for j in keep] if do_cfg else keep
         select_scheduler_rows(p.scheduler, keep, len(alive))
         generators[:] = [generators[j] for j in keep]
@@ -298,4 +296,6 @@ def run_batch(
     pipe.batch_image_embeds = None
     if not alive:
         return BatchOutcome(images=[], kept=[])
-    return BatchOutcome(images=list(output.images)[: len(alive)], kept=alive)
+    images = list(output.images)[: len(alive)]
+    stayed = [(image, sample) for image, sample in zip(images, alive, strict=True) if sample < real]
+    return BatchOutcome(images=[i for i, _ in stayed], kept=[s for _, s in stayed])

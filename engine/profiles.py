@@ -25,7 +25,7 @@ IP_ADAPTER_REPO = "h94/IP-Adapter"
 IP_ADAPTER_PLUS_FACE_WEIGHTS = "ip-adapter-plus-face_sd15.safetensors"
 
 # Modules that register extra profiles when imported; looked up only when a name is unknown.
-_PLUGIN_MODULES = ("engine.personalizers.instantbooth",)
+_PLUGIN_MODULES = ("engine.personalizers.instantbooth", "engine.flux2")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class Profile:
     name: str
     description: str
     personalizers: tuple[PersonalizerSpec, ...]
+    # Which diffusers pipeline the base model is: "stable-diffusion" (SD1.5-class UNet; the
+    # personalizers share engine.pipeline.AvatarPipeline) or "flux2" (FLUX.2 [klein]; built by
+    # engine.flux2.loading).
+    pipeline_family: str = "stable-diffusion"
     base_model: str | None = None
     base_config: str | None = None
     random_base: Callable[[int], dict[str, Any]] | None = None
@@ -61,6 +65,12 @@ class Profile:
     device: str | None = None
     default_size: int = 512
     default_steps: int = 25
+    # None: the engine setting's (6.0); distilled models (FLUX.2 [klein]) want their own.
+    default_guidance: float | None = None
+    # None: what the text encoder's tokenizer reads (CLIP: 77 - 2).
+    max_prompt_tokens: int | None = None
+    # Image sides must be multiples of this (the VAE's factor; FLUX.2 patchifies by 2 more).
+    size_multiple: int = 8
     # Intra-op CPU threads (torch.set_num_threads, process-wide; None: torch's default). Tiny
     # models run fastest on one: their ops are too small to split, and waiting OpenMP threads
     # spin against every other process on a shared CPU (measured: 5x slower tests).

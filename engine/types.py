@@ -29,6 +29,8 @@ SCHEDULER_NAMES = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "p
 MIN_SIDE, MAX_SIDE = 64, 1536
 MAX_STEPS = 150
 MAX_COUNT = 4
+# Subjects in one render: the request's own features plus at most this many more.
+MAX_EXTRA_SUBJECTS = 1
 # The one seed range of the whole project: seeds of a request are seed, seed+1, ...
 # seed+count-1, and every layer must carry them exactly. Torch takes up to 2**63-1; Discord's
 # integer options and JSON numbers only up to 2**53-1, the narrowest, so that is the bound.
@@ -156,6 +158,9 @@ class RenderRequest:
     scheduler: str = "dpmpp_2m"
     personalizer: str = "ip-adapter"
     features: ConceptFeatures | None = None
+    # More subjects in the same picture ("me and my dog"), in the order the prompt names them
+    # after the first; only personalizers whose ``max_subjects`` allows it accept them.
+    extra_subjects: tuple[ConceptFeatures, ...] = ()
     extra: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -179,11 +184,16 @@ class RenderRequest:
             problems.append(f"scheduler must be one of {', '.join(SCHEDULER_NAMES)}")
         if not self.personalizer:
             problems.append("personalizer must be named")
+        if len(self.extra_subjects) > MAX_EXTRA_SUBJECTS:
+            problems.append(f"at most {MAX_EXTRA_SUBJECTS} extra subject(s) per render")
+        if self.extra_subjects and self.features is None:
+            problems.append("extra subjects need the first subject's features")
         if any(not math.isfinite(float(v)) for v in self.extra.values()):
             problems.append("extra values must be finite numbers")
         if problems:
             raise InvalidRequest("invalid render request: " + "; ".join(problems))
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+        object.__setattr__(self, "extra_subjects", tuple(self.extra_subjects))
 
     @property
     def seeds(self) -> list[int]:

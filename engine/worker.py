@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from engine.errors import EngineClosed, EngineError, RequestCancelled
-from engine.pipeline import BatchOutcome, StepCallback
+from engine.personalizers.base import BatchOutcome, StepCallback
 from engine.types import RenderRequest, RenderResult
 
 logger = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ _KNOWN_MODULES = {
     "ip-adapter": "engine.personalizers.ip_adapter",
     "none": "engine.personalizers.plain",
     "instantbooth": "engine.personalizers.instantbooth",
+    "flux2-klein": "engine.flux2.personalizer",
 }
 
 

@@ -61,6 +61,23 @@ class DenoiseBatch:
         return torch.tensor(rows, device=self.device, dtype=self.dtype).view(-1, 1, 1)
 
 
+# Called after each denoising step with (steps done, steps total); returns, per sample of
+# the batch (in its original order), whether it is still wanted.
+StepCallback = Callable[[int, int], Sequence[bool]]
+
+
+@dataclass
+class BatchOutcome:
+    """The images of the samples that stayed (``kept``: their indices in the batch)."""
+
+    images: list[Image]
+    kept: list[int]
+
+    @property
+    def interrupted(self) -> bool:
+        return not self.kept
+
+
 @dataclass
 class PreparedConditioning:
     """What the shared pipeline needs for one batch, from its personalizer.
@@ -99,6 +116,11 @@ class Personalizer(ABC):
     encoder_id: str
     # Whether render requests must carry features (False for plain text-to-image).
     needs_features: bool = True
+    # How many subjects (the request's features + its extra_subjects) one render may show.
+    max_subjects: int = 1
+    # Photo counts whose features cover every tensor shape this personalizer feeds a compiled
+    # denoiser (the warm-up encodes one avatar of each count).
+    warmup_photo_counts: tuple[int, ...] = (1,)
 
     @abstractmethod
     def encode(
@@ -116,11 +138,51 @@ class Personalizer(ABC):
 
     def check(self, request: RenderRequest) -> None:
         """Refuse a request this personalizer cannot render (before it joins a batch)."""
+        if request.extra_subjects and 1 + len(request.extra_subjects) > self.max_subjects:
+            raise InvalidRequest(
+                f"the {self.name} personalizer renders one subject at a time; "
+                "several subjects in one render need a personalizer that takes them"
+            )
         if not self.needs_features:
             return
         if request.features is None:
             raise InvalidRequest(f"the {self.name} personalizer needs concept features")
         request.features.require_encoder(self.encoder_id)
+        for subject in request.extra_subjects:
+            subject.require_encoder(self.encoder_id)
+
+    def run_batch(
+        self,
+        pipe: Any,
+        samples: Sequence[RenderRequest],
+        seeds: Sequence[int],
+        *,
+        scheduler_config: Any,
+        on_step: StepCallback | None = None,
+        buckets: Sequence[int] = (),
+    ) -> BatchOutcome:
+        """Render one batch that passed ``check``: ``samples[i]`` with ``seeds[i]``.
+
+        The default is the shared Stable Diffusion pipeline conditioned by ``prepare``;
+        personalizers with a pipeline of their own (FLUX.2) override this. ``buckets``, when
+        given, are the only batch sizes the (compiled) denoiser may see.
+        """
+        from engine.pipeline import run_batch
+
+        return run_batch(
+            pipe,
+            self,
+            samples,
+            seeds,
+            scheduler_config=scheduler_config,
+            on_step=on_step,
+            buckets=buckets,
+        )
+
+    def processor_maps(self) -> Sequence[dict[str, Any]]:
+        """The attention-processor maps this personalizer installs on the UNet (by module
+        name); the fast path swaps self-attention entries for fused ones in place."""
+        return ()
 
     def batch_key(self, request: RenderRequest) -> Hashable:
         """What else, beyond ``RenderRequest.batch_key``, must be equal to share a batch
@@ -148,6 +210,10 @@ class LoadContext:
     workdir: str
     seed: int = 0
     batch_invariant: bool = False
+    # Set when the denoiser is compiled: hooks and processors must stay the same objects from
+    # one batch to the next (install them once, switch them by state), or every batch would
+    # recompile.
+    static_graph: bool = False
 
 
 PersonalizerFactory = Callable[[LoadContext], Personalizer]
@@ -163,6 +229,22 @@ def attn_processors_swapped(unet: Any, processors: Mapping[str, Any]) -> Iterato
         yield
     finally:
         unet.set_attn_processor(dict(previous))
+
+
+def faces_of(
+    photos: Sequence[Image], kind: ConceptKind, face_boxes: Sequence[FaceBox | None] | None
+) -> list[tuple[Image, FaceBox | None]]:
+    """Each photo with the face box an encoder should crop to: a person's single face, None
+    for pets and objects (or where no single face was found). Refuses what ``encode`` must
+    not take: no photos, or boxes that do not pair with the photos."""
+    if not photos:
+        raise InvalidRequest("encode needs at least one photo")
+    if face_boxes is not None and len(face_boxes) != len(photos):
+        raise InvalidRequest("face_boxes must have one entry per photo")
+    boxes = list(face_boxes) if face_boxes is not None else [None] * len(photos)
+    if ConceptKind(kind) != ConceptKind.PERSON:
+        boxes = [None] * len(photos)
+    return list(zip(photos, boxes, strict=True))
 
 
 def crop_box(box: FaceBox, size: tuple[int, int], margin: float) -> tuple[int, int, int, int]:

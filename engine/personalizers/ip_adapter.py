@@ -21,6 +21,7 @@ import torch
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import ImageProjection
 
+from engine.acceleration import PHOTO_SLOT_BUCKETS, bucket_for
 from engine.errors import CorruptFeatures, InvalidRequest
 from engine.loading import fingerprint_module, is_single_file, load_or_explain, looks_local
 from engine.personalizers import register_personalizer
@@ -30,6 +31,7 @@ from engine.personalizers.base import (
     Personalizer,
     PreparedConditioning,
     crop_box,
+    faces_of,
 )
 from engine.personalizers.ip_adapter_attention import PerSampleIPAdapterAttnProcessor
 from engine.pipeline import make_batch_invariant
@@ -51,8 +53,16 @@ DEFAULT_FACE_MARGIN = 0.5
 class IPAdapterPersonalizer(Personalizer):
     name = "ip-adapter"
 
-    def __init__(self, pipe: Any, *, face_margin: float, batch_invariant: bool) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        face_margin: float,
+        batch_invariant: bool,
+        photo_slots: Sequence[int] = (),
+    ) -> None:
         unet = pipe.unet
+        self._photo_slots = photo_slots
         if pipe.image_encoder is None or pipe.feature_extractor is None:
             raise InvalidRequest("the IP-Adapter needs an image encoder and a feature extractor")
         self._image_encoder = pipe.image_encoder
@@ -88,6 +98,9 @@ class IPAdapterPersonalizer(Personalizer):
         self.encoder_id = f"{kind}:{fingerprint_module(self._image_encoder, config_text)}"
         self._uncond = self._unconditional_embedding()
 
+    def processor_maps(self) -> Sequence[dict[str, Any]]:
+        return (self._processors,)
+
     # -- encoding ---------------------------------------------------------------------------
 
     def encode(
@@ -96,15 +109,10 @@ class IPAdapterPersonalizer(Personalizer):
         kind: ConceptKind,
         face_boxes: Sequence[FaceBox | None] | None = None,
     ) -> ConceptFeatures:
-        if not photos:
-            raise InvalidRequest("encode needs at least one photo")
-        if face_boxes is not None and len(face_boxes) != len(photos):
-            raise InvalidRequest("face_boxes must have one entry per photo")
         crops = []
-        for i, photo in enumerate(photos):
+        for photo, box in faces_of(photos, kind, face_boxes):
             image = photo.convert("RGB")
-            box = face_boxes[i] if face_boxes is not None else None
-            if kind == ConceptKind.PERSON and box is not None:
+            if box is not None:
                 # Plus Face was trained on face crops: give it the face, with some context.
                 image = image.crop(crop_box(box, image.size, self._face_margin))
             crops.append(image)
@@ -151,19 +159,24 @@ class IPAdapterPersonalizer(Personalizer):
             raise CorruptFeatures(f"IP-Adapter features without {FEATURE_KEY!r}")
 
     def batch_key(self, request: RenderRequest) -> Hashable:
-        # Every photo adds tokens; samples of one batch must have as many (no padding: a
-        # padded token would still take attention weight).
+        # Every photo adds tokens; samples of one batch must have as many, unless photos are
+        # padded to masked slots (compiled UNet).
         assert request.features is not None
-        return tuple(request.features.tensors[FEATURE_KEY].shape)
+        shape = tuple(request.features.tensors[FEATURE_KEY].shape)
+        if self._photo_slots:
+            return (bucket_for(shape[0], self._photo_slots), *shape[1:])
+        return shape
 
     def prepare(self, pipe: Any, batch: DenoiseBatch) -> PreparedConditioning:
-        positives = torch.stack(
-            [s.features.tensors[FEATURE_KEY] for s in batch.samples if s.features is not None]
-        ).to(device=batch.device, dtype=batch.dtype)
+        photo_embeds = [s.features.tensors[FEATURE_KEY] for s in batch.samples if s.features]
+        negative = self._uncond.to(device=batch.device, dtype=batch.dtype)
+        mask = None
+        if self._photo_slots:
+            photo_embeds, mask = self._padded(photo_embeds, negative, batch)
+        positives = torch.stack(photo_embeds).to(device=batch.device, dtype=batch.dtype)
         embeds = positives
         if batch.do_cfg:
             photos = positives.shape[1]
-            negative = self._uncond.to(device=batch.device, dtype=batch.dtype)
             negatives = negative.unsqueeze(0).expand(batch.size, photos, *negative.shape[1:])
             embeds = torch.cat([negatives, positives])
         scales = batch.per_row([s.identity_strength for s in batch.samples])
@@ -172,23 +185,54 @@ class IPAdapterPersonalizer(Personalizer):
             for proc in self._ip_processors:
                 if proc.sample_scale is not None:
                     proc.sample_scale = [scale[list(rows)] for scale in proc.sample_scale]
+                if proc.ip_mask is not None:
+                    proc.ip_mask = proc.ip_mask[list(rows)]
 
         return PreparedConditioning(
             ip_adapter_image_embeds=[embeds],
-            context=self.activated(pipe, scales),
+            context=self.activated(pipe, scales, mask),
             select_rows=select_rows,
         )
 
+    def _padded(
+        self, photo_embeds: list[torch.Tensor], negative: torch.Tensor, batch: DenoiseBatch
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each sample's photos padded to the slot count, and the (rows, 1, 1, tokens) mask
+        that keeps the padding out of the image attention (rows laid out as the UNet's)."""
+        slots = bucket_for(max(e.shape[0] for e in photo_embeds), self._photo_slots)
+        tokens = (
+            int(self._projection.image_projection_layers[0].latents.shape[1]) if self.plus else 1
+        )
+        filler = negative.to("cpu")
+        padded, keep = [], []
+        for embeds in photo_embeds:
+            count = embeds.shape[0]
+            fill = filler.expand(slots - count, *filler.shape[1:]).to(embeds.dtype)
+            padded.append(torch.cat([embeds, fill]))
+            keep.append([True] * (count * tokens) + [False] * ((slots - count) * tokens))
+        rows = torch.tensor(keep, device=batch.device)
+        if batch.do_cfg:
+            # The negatives' photos are all real (a black image per slot): nothing to hide.
+            rows = torch.cat([torch.ones_like(rows), rows])
+        return padded, rows[:, None, None, :]
+
     @contextlib.contextmanager
-    def activated(self, pipe: Any, row_scales: torch.Tensor | None = None) -> Iterator[None]:
+    def activated(
+        self,
+        pipe: Any,
+        row_scales: torch.Tensor | None = None,
+        ip_mask: torch.Tensor | None = None,
+    ) -> Iterator[None]:
         """Attach the adapter to the UNet (processors + image projection) and detach it on
         exit. ``row_scales`` (rows, 1, 1) sets per-sample strengths; None keeps the stock
-        per-adapter scale (``pipe.set_ip_adapter_scale``)."""
+        per-adapter scale (``pipe.set_ip_adapter_scale``). ``ip_mask`` (rows, 1, 1, tokens)
+        hides padded photo slots from the image attention."""
         unet = pipe.unet
         previous_processors = dict(unet.attn_processors)
         previous_projection = unet.encoder_hid_proj
         for proc in self._ip_processors:
             proc.sample_scale = None if row_scales is None else [row_scales] * len(proc.scale)
+            proc.ip_mask = ip_mask
         # The projection (a resampler with attention layers of its own) first: the UNet's
         # processor dict covers every attention module under it.
         unet.encoder_hid_proj = self._projection
@@ -198,6 +242,7 @@ class IPAdapterPersonalizer(Personalizer):
         finally:
             for proc in self._ip_processors:
                 proc.sample_scale = None
+                proc.ip_mask = None
             unet.encoder_hid_proj = previous_projection
             unet.set_attn_processor(dict(previous_processors))
 
@@ -222,6 +267,7 @@ def load_ip_adapter(context: LoadContext) -> IPAdapterPersonalizer:
         pipe,
         face_margin=float(options.get("face_margin", DEFAULT_FACE_MARGIN)),
         batch_invariant=context.batch_invariant,
+        photo_slots=PHOTO_SLOT_BUCKETS if context.static_graph else (),
     )
     # Detached until a batch needs it: plain text-to-image (and other personalizers) see the
     # UNet as it was.

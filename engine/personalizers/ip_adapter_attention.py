@@ -21,6 +21,8 @@ class PerSampleIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         super().__init__(*args, **kwargs)
         # One (rows, 1, 1) tensor per adapter, or None: the stock per-adapter float scales.
         self.sample_scale: list[torch.Tensor] | None = None
+        # (rows, 1, 1, image tokens) booleans, False for padded photo slots; None: no padding.
+        self.ip_mask: torch.Tensor | None = None
 
     @classmethod
     def from_stock(cls, stock: IPAdapterAttnProcessor2_0) -> PerSampleIPAdapterAttnProcessor:
@@ -101,7 +103,7 @@ class PerSampleIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
             ip_key = ip_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             ip_value = ip_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             ip_out = F.scaled_dot_product_attention(
-                query, ip_key, ip_value, attn_mask=None, dropout_p=0.0, is_causal=False
+                query, ip_key, ip_value, attn_mask=self.ip_mask, dropout_p=0.0, is_causal=False
             )
             ip_out = ip_out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
             ip_out = ip_out.to(query.dtype)

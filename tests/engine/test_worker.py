@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine import EngineClosed, InvalidRequest, MissingWeights, RenderRequest, RenderResult
-from engine.pipeline import BatchOutcome, StepCallback
+from engine.personalizers.base import BatchOutcome, StepCallback
 from engine.worker import Worker
 
 # Every wait on another task or thread is bounded: a hang fails the test instead of stalling it.

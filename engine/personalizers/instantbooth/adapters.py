@@ -107,8 +107,15 @@ class AdapterState:
         uncond_patches: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        static_tokens: int | None = None,
     ) -> AdapterState:
-        """State for a batch of samples; under CFG the UNet sees [uncond rows, cond rows]."""
+        """State for a batch of samples; under CFG the UNet sees [uncond rows, cond rows].
+
+        ``static_tokens`` (a compiled UNet) keeps shapes independent of the samples: every
+        row of the conditioned half is active (β = 0 and one zero token where a sample has no
+        features: an exact no-op), patches are padded to at least that many tokens, and the
+        mask is always given.
+        """
         if len(patches) != len(betas):
             raise ValueError("one beta per sample is required")
         n = len(patches)
@@ -117,16 +124,21 @@ class AdapterState:
         offsets = [n] if cfg else [0]
         if cfg and uncond_patches:
             offsets = [0, n]
-        for offset in offsets:
-            for i, (p, b) in enumerate(zip(patches, betas, strict=True)):
-                if p is not None and float(b) != 0.0:
-                    active.append((offset + i, p, float(b)))
-        total = 2 * n if cfg else n
         present = [p for p in patches if p is not None]
         ref = present[0] if present else torch.zeros(0, 1)
+        for offset in offsets:
+            for i, (p, b) in enumerate(zip(patches, betas, strict=True)):
+                if static_tokens is not None:
+                    if p is None:
+                        p, b = torch.zeros(1, ref.shape[-1], dtype=ref.dtype), 0.0
+                    active.append((offset + i, p, float(b)))
+                elif p is not None and float(b) != 0.0:
+                    active.append((offset + i, p, float(b)))
+        total = 2 * n if cfg else n
         dev = torch.device(device) if device is not None else ref.device
         dt = dtype or ref.dtype
         longest = max((p.shape[0] for _, p, _ in active), default=1)
+        longest = max(longest, static_tokens or 0)
         width = ref.shape[-1]
         rows = torch.zeros(len(active), longest, width, dtype=dt)
         mask = torch.zeros(len(active), longest, dtype=torch.bool)
@@ -135,8 +147,9 @@ class AdapterState:
             mask[j, : p.shape[0]] = True
         return cls(
             patches=rows.to(dev),
-            # An all-true mask would only keep SDPA off its fastest kernels.
-            mask=None if bool(mask.all()) else mask.to(dev),
+            # An all-true mask would only keep SDPA off its fastest kernels (but a compiled
+            # UNet wants the same inputs every batch).
+            mask=None if bool(mask.all()) and static_tokens is None else mask.to(dev),
             beta=torch.tensor([b for _, _, b in active], dtype=torch.float32).to(dev),
             rows=torch.tensor([r for r, _, _ in active], dtype=torch.long).to(dev),
             total_rows=total,

@@ -89,12 +89,14 @@ def build_conditioning(
     negative_prompts: Sequence[str] | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
     inject: bool = True,
+    static_tokens: int | None = None,
 ) -> Conditioning:
     """Prompt embeddings (with concept tokens) and the adapter state for one UNet batch.
 
     One entry per image of the batch; rows whose concept is None render like the base model.
     ``negative_prompt_embeds``, when the caller already encoded the negatives, are reused.
     ``inject=False`` skips the concept token (tests isolate the adapters with it).
+    ``static_tokens``: see ``AdapterState.build`` (a compiled UNet).
     """
     n = len(prompts)
     if not n == len(concepts) == len(alphas) == len(betas):
@@ -134,5 +136,6 @@ def build_conditioning(
             uncond_patches=config.uncond_patches,
             device=param.device,
             dtype=param.dtype,
+            static_tokens=static_tokens,
         )
     return Conditioning(pos, neg if do_cfg else None, state, texts)

@@ -20,6 +20,7 @@ from typing import Any, cast
 import torch
 from PIL.Image import Image
 
+from engine.acceleration import PHOTO_SLOT_BUCKETS, bucket_for
 from engine.errors import CorruptFeatures, MissingWeights
 from engine.personalizers.base import (
     DenoiseBatch,
@@ -27,7 +28,11 @@ from engine.personalizers.base import (
     Personalizer,
     PreparedConditioning,
 )
-from engine.personalizers.instantbooth.adapters import AdapterState, GatedSelfAttention
+from engine.personalizers.instantbooth.adapters import (
+    AdapterHooks,
+    AdapterState,
+    GatedSelfAttention,
+)
 from engine.personalizers.instantbooth.conditioning import Concept, build_conditioning, knobs
 from engine.personalizers.instantbooth.encoders import (
     clip_pixels,
@@ -50,11 +55,22 @@ TRAIN_HINT = (
 class InstantBoothPersonalizer(Personalizer):
     name = NAME
 
-    def __init__(self, model: InstantBoothModel, image_encoder: Any) -> None:
+    def __init__(
+        self,
+        model: InstantBoothModel,
+        image_encoder: Any,
+        *,
+        static_hooks: AdapterHooks | None = None,
+    ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.image_encoder = image_encoder.eval().requires_grad_(False)
         self.config = model.config
         self.encoder_id = model.encoder_id
+        # With a compiled UNet the hooks stay installed (inactive without a state: the base
+        # model's output is untouched), so batches do not change what dynamo guards on.
+        self._static_hooks: AdapterHooks | None = static_hooks
+        if static_hooks is not None:  # one avatar per photo-slot bucket
+            self.warmup_photo_counts = tuple(low + 1 for low in (0, *PHOTO_SLOT_BUCKETS[:-1]))
 
     # --- encode ---------------------------------------------------------------------------
     def encode(
@@ -138,6 +154,7 @@ class InstantBoothPersonalizer(Personalizer):
             betas=betas,
             do_cfg=batch.do_cfg,
             negative_prompt_embeds=batch.negative_prompt_embeds,
+            static_tokens=self._static_tokens(batch),
         )
         return PreparedConditioning(
             prompt_embeds=cond.prompt_embeds,
@@ -145,10 +162,21 @@ class InstantBoothPersonalizer(Personalizer):
             context=self._adapters_on(pipe.unet, cond.adapter_state),
         )
 
+    def _static_tokens(self, batch: DenoiseBatch) -> int | None:
+        """With a compiled UNet: patch tokens padded to a photo-slot bucket (masked)."""
+        if self._static_hooks is None:
+            return None
+        photos = max((s.features.photo_count for s in batch.samples if s.features), default=1)
+        return bucket_for(photos, PHOTO_SLOT_BUCKETS) * self.config.num_patch_tokens
+
     @contextmanager
     def _adapters_on(self, unet: Any, state: AdapterState | None) -> Iterator[None]:
         if state is None:
             yield
+            return
+        if self._static_hooks is not None:
+            with self._static_hooks.active(state):
+                yield
             return
         hooks = self.model.install(unet)
         try:
@@ -192,7 +220,8 @@ def load_personalizer(ctx: LoadContext) -> InstantBoothPersonalizer:
         # The concept head sees one row per photo: row-wise, N photos encode like N single ones.
         make_batch_invariant(model)
     image_encoder.to(ctx.device, ctx.dtype)
-    personalizer = InstantBoothPersonalizer(model, image_encoder)
+    static_hooks = model.install(pipe.unet) if ctx.static_graph else None
+    personalizer = InstantBoothPersonalizer(model, image_encoder, static_hooks=static_hooks)
     logger.info("InstantBooth loaded (%s)", personalizer.encoder_id)
     return personalizer
 
