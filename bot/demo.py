@@ -3,8 +3,10 @@ Discord, with the ``tiny`` engine. No token, no GPU, no network.
 
 A scripted session — create an avatar from the sample photos, render, reroll, cancel a queued
 render, delete a result — is recorded step by step; the images and an HTML transcript of the
-conversation are written to a folder. ``interactive=True`` then opens SimCord's local browser
-preview of the same channel, where a newcomer can run the commands and press the buttons.
+conversation are written to a folder. With a profile whose personalizer shows two subjects
+(``tiny-flux2``) it also creates a second avatar and renders both in one picture.
+``interactive=True`` then opens SimCord's local browser preview of the same channel, where a
+newcomer can run the commands and press the buttons.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from bot.ui.transcript import Shown, Step, write_transcript
 logger = logging.getLogger(__name__)
 
 SAMPLES = ("person-1.jpg", "person-2.jpg", "cat-1.jpg")
+# Profiles the demo runs: random weights built from configs, offline on a CPU in seconds.
+DEMO_PROFILES = ("tiny", "tiny-flux2")
+TWO_SUBJECTS_PROMPT = "the person from image 1 and the cat from image 2 on a beach"
 SETTLE_SECONDS = 300.0  # a tiny render on a slow, busy machine; a hang still ends the demo
 
 Say = Callable[[str], None]
@@ -40,10 +45,11 @@ class DemoReport:
     preview_url: str | None = None
 
 
-def demo_settings(base: Settings, workdir: Path) -> Settings:
-    """The user's settings, pointed at a throwaway database and the tiny engine, offline."""
+def demo_settings(base: Settings, workdir: Path, profile: str = "tiny") -> Settings:
+    """The user's settings, pointed at a throwaway database and a tiny engine (``profile``),
+    offline."""
     engine = base.engine.model_copy(
-        update={"profile": "tiny", "offline": True, "default_steps": None}
+        update={"profile": profile, "offline": True, "default_steps": None}
     )
     return base.model_copy(
         update={
@@ -56,9 +62,9 @@ def demo_settings(base: Settings, workdir: Path) -> Settings:
     )
 
 
-def sample_photos() -> list[tuple[str, bytes]]:
+def sample_photos(names: tuple[str, ...] = SAMPLES) -> list[tuple[str, bytes]]:
     folder = files("bot") / "assets" / "samples"
-    return [(name, (folder / name).read_bytes()) for name in SAMPLES]
+    return [(name, (folder / name).read_bytes()) for name in names]
 
 
 @contextlib.contextmanager
@@ -153,14 +159,18 @@ async def run_demo(
     minutes: float = 30.0,
     port: int | None = None,
     say: Say = logger.info,
+    profile: str = "tiny",
 ) -> DemoReport:
-    """Run the scripted session, write the transcript, optionally open the browser preview."""
+    """Run the scripted session, write the transcript, optionally open the browser preview.
+    ``profile``: one of ``DEMO_PROFILES``."""
     import simcord
 
+    if profile not in DEMO_PROFILES:
+        raise RuntimeError(f"the demo runs {' or '.join(DEMO_PROFILES)}, not {profile}")
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="avatarbot-demo-") as tmp, _one_torch_thread():
-        bot = create_bot(demo_settings(settings, Path(tmp)))
-        say("Starting the bot on SimCord (an in-memory Discord) with the tiny engine…")
+        bot = create_bot(demo_settings(settings, Path(tmp), profile))
+        say(f"Starting the bot on SimCord (an in-memory Discord) with the {profile} engine…")
         try:
             async with simcord.run(bot, settle_timeout=SETTLE_SECONDS) as env:
                 guild = env.create_guild(name="avatarbot demo")
@@ -183,9 +193,24 @@ async def run_demo(
     return report
 
 
+async def _two_subjects(bot: Any) -> bool:
+    """Whether the bot's engine renders two avatars in one picture."""
+    facts = await bot.services.workers.current_facts()
+    return bool(facts.subjects_for(facts.default_personalizer) >= 2)
+
+
 async def _script(bot: Any, channel: Any, member: Any, rec: _Recorder, say: Say) -> None:
+    together = await _two_subjects(bot)
+    total = 9 if together else 7
+    done = 0
+
+    def announce(text: str) -> None:
+        nonlocal done
+        done += 1
+        say(f"{done}/{total} {text}")
+
     step = rec.begin("Help", "/avatar help")
-    say("1/7 /avatar help")
+    announce("/avatar help")
     result = await member.slash(channel, "avatar help")
     step.shown.append(await rec.shown(result.response, ephemeral=True))
 
@@ -194,7 +219,7 @@ async def _script(bot: Any, channel: Any, member: Any, rec: _Recorder, say: Say)
         "/avatar create → name: Me, kind: person, photos: person-1.jpg, person-2.jpg, "
         "cat-1.jpg, consent ✓",
     )
-    say("2/7 /avatar create (the form, with the sample photos)")
+    announce("/avatar create (the form, with the sample photos)")
     form = await member.slash(channel, "avatar create")
     result = await member.submit_modal(
         form,
@@ -207,7 +232,7 @@ async def _script(bot: Any, channel: Any, member: Any, rec: _Recorder, say: Say)
         "/avatar render avatar: Me, prompt: as an astronaut on the moon, style: Photo, "
         "count: 2, seed: 42",
     )
-    say("3/7 /avatar render")
+    announce("/avatar render")
     result = await member.slash(
         channel,
         "avatar render",
@@ -223,7 +248,7 @@ async def _script(bot: Any, channel: Any, member: Any, rec: _Recorder, say: Say)
     posted = result.followups[-1] if result.followups else None
 
     step = rec.begin("Reroll", "pressed 🎲 Reroll under the result")
-    say("4/7 Reroll")
+    announce("Reroll")
     rerolled = None
     if posted is not None:
         clicked = await member.click(posted, label="Reroll")
@@ -232,12 +257,15 @@ async def _script(bot: Any, channel: Any, member: Any, rec: _Recorder, say: Say)
         step.shown += await rec.new_channel_messages(channel)
         rerolled = clicked.followups[-1] if clicked.followups else None
 
+    if together:
+        await _render_together(channel, member, rec, announce)
+
     step = rec.begin(
         "Cancel a queued render",
         "/avatar render prompt: as a knight in shining armour — then ✖️ Cancel while it waits "
         "(the demo pauses the worker so the render stays in line)",
     )
-    say("5/7 Cancel a queued render")
+    announce("Cancel a queued render")
     bot.services.dispatcher.pause()
     try:
         result = await member.slash(
@@ -250,7 +278,7 @@ async def _script(bot: Any, channel: Any, member: Any, rec: _Recorder, say: Say)
         bot.services.dispatcher.resume()
 
     step = rec.begin("Delete a result", "pressed 🗑️ Delete under the rerolled result")
-    say("6/7 Delete")
+    announce("Delete")
     if rerolled is not None:
         clicked = await member.click(rerolled, label="Delete")
         gone = all(m.id != rerolled.id for m in channel.history(viewer=member))
@@ -262,9 +290,41 @@ async def _script(bot: Any, channel: Any, member: Any, rec: _Recorder, say: Say)
             )
 
     step = rec.begin("Usage", "/avatar usage")
-    say("7/7 /avatar usage")
+    announce("/avatar usage")
     result = await member.slash(channel, "avatar usage")
     step.shown.append(await rec.shown(result.response, ephemeral=True))
+
+
+async def _render_together(channel: Any, member: Any, rec: _Recorder, announce: Say) -> None:
+    """A second avatar (the cat), then one picture of both avatars."""
+    step = rec.begin(
+        "Create a second avatar",
+        "/avatar create → name: Cat, kind: pet, photos: cat-1.jpg, consent ✓",
+    )
+    announce("/avatar create (a second avatar: the cat)")
+    form = await member.slash(channel, "avatar create")
+    result = await member.submit_modal(
+        form,
+        {
+            "name": "Cat",
+            "kind": ["pet"],
+            "photos": sample_photos(("cat-1.jpg",)),
+            "consent": ["accepted"],
+        },
+    )
+    step.shown.append(await rec.shown(result.response, ephemeral=True))
+
+    step = rec.begin(
+        "Two avatars in one picture",
+        f"/avatar render avatar: Me, with: Cat, prompt: {TWO_SUBJECTS_PROMPT}, seed: 7",
+    )
+    announce("/avatar render with: Cat (two avatars in one picture)")
+    result = await member.slash(
+        channel, "avatar render", avatar="Me", prompt=TWO_SUBJECTS_PROMPT, seed=7, **{"with": "Cat"}
+    )
+    step.progress = rec.progress_edits()
+    step.shown.append(await rec.shown(result.response, ephemeral=True))
+    step.shown += await rec.new_channel_messages(channel)
 
 
 async def _preview(

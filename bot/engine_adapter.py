@@ -87,6 +87,9 @@ class EngineAdapter:
                 default_steps=engine.default_steps,
                 max_prompt_tokens=engine.max_prompt_tokens,
                 tokenizer_json=engine.tokenizer_json(),
+                max_subjects={p: engine.max_subjects(p) for p in engine.personalizers},
+                default_guidance=float(engine.default_guidance),
+                size_multiple=engine.size_multiple,
             )
         return self._facts
 
@@ -103,13 +106,22 @@ class EngineAdapter:
         return EncodedFeatures(encoder_id=features.encoder_id, data=data)
 
     async def render(
-        self, spec: RenderSpec, features: bytes, progress: ProgressCallback | None = None
+        self,
+        spec: RenderSpec,
+        features: bytes,
+        progress: ProgressCallback | None = None,
+        *,
+        extra_subjects: Sequence[bytes] = (),
     ) -> RenderOutput:
         from engine.errors import InvalidRequest, StaleFeatures
         from engine.types import ConceptFeatures, RenderRequest
 
         try:
             concept = await asyncio.to_thread(ConceptFeatures.from_bytes, features)
+            # More avatars in the same picture, in order: "image 2", ...
+            others = [
+                await asyncio.to_thread(ConceptFeatures.from_bytes, data) for data in extra_subjects
+            ]
             extra = {} if spec.scheduler is None else {"scheduler": spec.scheduler}
             request = RenderRequest(
                 prompt=spec.prompt,
@@ -123,6 +135,7 @@ class EngineAdapter:
                 identity_strength=spec.identity_strength,
                 personalizer=spec.personalizer,
                 features=concept,
+                extra_subjects=tuple(others),
                 **extra,  # type: ignore[arg-type]
             )
             # The engine's worker already calls ``progress`` on this event loop.

@@ -259,6 +259,7 @@ class RenderJob(Base):
         # The claim's fairness key: max(started_at) of a user's jobs, an index-only lookup.
         Index("ix_render_jobs_user_started", "user_id", "started_at"),
         Index(None, "avatar_id"),  # ON DELETE SET NULL from avatars
+        Index(None, "with_avatar_id"),  # ON DELETE SET NULL from avatars (migration 0005)
         Index(None, "parent_job_id"),  # ON DELETE SET NULL from render_jobs
         # Ids are never reused: they travel in the custom_ids of posted buttons, which must
         # never reach another member's job after a forget-me (migration 0004).
@@ -273,6 +274,13 @@ class RenderJob(Base):
     guild_id: Mapped[int | None] = mapped_column(BigInteger)
     channel_id: Mapped[int | None] = mapped_column(BigInteger)
     avatar_id: Mapped[int | None] = mapped_column(ForeignKey("avatars.id", ondelete="SET NULL"))
+    # A render's second avatar in the same picture ("image 2"; the same member's), NULL for
+    # one subject. Like ``avatar_id`` it becomes NULL when that avatar is deleted; the job's
+    # ``settings["with_avatar_name"]`` still says the render had one, so it is never
+    # rendered or rerolled as a one-subject render.
+    with_avatar_id: Mapped[int | None] = mapped_column(
+        ForeignKey("avatars.id", ondelete="SET NULL")
+    )
     # The job this one rerolls or varies (its buttons keep working after the parent is purged).
     parent_job_id: Mapped[int | None] = mapped_column(
         ForeignKey("render_jobs.id", ondelete="SET NULL")

@@ -151,3 +151,13 @@ def test_a_malformed_data_key_is_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("avatarbot: invalid data key settings:") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_engine_fast_path_is_set_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AVATARBOT_ENGINE__FAST__COMPILE", "off")
+    monkeypatch.setenv("AVATARBOT_ENGINE__FAST__BATCH_BUCKETS", "[1, 4]")
+    settings = Settings.load()
+    assert settings.engine.fast.compile == "off"
+    assert settings.engine.fast.batch_buckets == (1, 4)

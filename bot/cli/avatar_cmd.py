@@ -4,6 +4,8 @@
     avatarbot avatar list --user 42
     avatarbot avatar render --user 42 --avatar Mia --prompt "Mia as an astronaut" \\
         --count 2 --seed 7 --out renders/
+    avatarbot avatar render --user 42 --avatar Mia --with Rex \\
+        --prompt "the person from image 1 and the dog from image 2 on a beach"
     avatarbot avatar delete --user 42 --avatar Mia
     avatarbot avatar forget-me --user 42
     avatarbot avatar usage --user 42 [--guild 123]
@@ -58,6 +60,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     render = actions.add_parser("render", help="render an avatar and write the PNGs")
     _user(render)
     render.add_argument("--avatar", required=True, metavar="NAME")
+    render.add_argument(
+        "--with",
+        dest="with_avatar",
+        metavar="NAME",
+        help="another of the user's avatars in the same picture (“image 2” in the prompt; "
+        "needs a personalizer that shows two subjects, e.g. the tiny-flux2 profile's)",
+    )
     render.add_argument("--prompt", required=True)
     render.add_argument("--negative-prompt", default="")
     render.add_argument("--style", default="none")
@@ -202,10 +211,18 @@ def _check_render(args: argparse.Namespace) -> int | None:
         problems.append("--timeout must be positive")
     if not args.prompt.strip():
         problems.append("--prompt must not be empty")
+    if args.with_avatar is not None and _same_name(args.with_avatar, args.avatar):
+        problems.append("--with must name another avatar than --avatar")
     if problems:
         print(f"avatarbot avatar render: {'; '.join(problems)}", file=sys.stderr)
         return 2
     return None
+
+
+def _same_name(a: str, b: str) -> bool:
+    from bot.services.names import name_key
+
+    return name_key(" ".join(a.split())) == name_key(" ".join(b.split()))
 
 
 def _check_create(args: argparse.Namespace) -> int | None:
@@ -266,7 +283,7 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
         steps=args.steps,
     )
     ticket = await services.renders.request(
-        args.user, args.guild, None, args.avatar, args.prompt, options
+        args.user, args.guild, None, args.avatar, args.prompt, options, with_avatar=args.with_avatar
     )
     print(f"job {ticket.job_id} queued (position {ticket.position})", file=sys.stderr)
     try:

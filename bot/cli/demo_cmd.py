@@ -1,4 +1,4 @@
-"""`avatarbot demo`: the bot on SimCord (an in-memory Discord) with the tiny engine, offline."""
+"""`avatarbot demo`: the bot on SimCord (an in-memory Discord) with a tiny engine, offline."""
 
 from __future__ import annotations
 
@@ -25,15 +25,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--minutes", type=float, default=30.0, help="how long the preview stays open (30)"
     )
     parser.add_argument("--port", type=int, help="the preview's port on 127.0.0.1 (any free)")
+    parser.add_argument(
+        "--profile",
+        choices=("tiny", "tiny-flux2"),  # bot.demo.DEMO_PROFILES (it imports discord)
+        default="tiny",
+        help="the engine profile (tiny; tiny-flux2 also renders two avatars in one picture)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from bot.demo import run_demo
+    from engine.profiles import known_profiles
 
     def say(text: str) -> None:
         print(text, flush=True)
 
+    if args.profile not in known_profiles():
+        print(f"avatarbot demo: this installation has no {args.profile} engine profile")
+        return 1
     try:
         report = asyncio.run(
             run_demo(
@@ -43,6 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 minutes=args.minutes,
                 port=args.port,
                 say=say,
+                profile=args.profile,
             )
         )
     except RuntimeError as exc:

@@ -169,7 +169,14 @@ def check_weights(settings: Settings) -> list[Check]:
             Check("weights", "ok", f"profile {profile.name}: random base weights, none needed")
         )
     else:
-        checks.append(_base_weights(profile.base_model, profile.base_config, cache_dir))
+        checks.append(
+            _base_weights(
+                profile.base_model,
+                profile.base_config,
+                cache_dir,
+                single_file_ok=profile.pipeline_family == "stable-diffusion",
+            )
+        )
     for spec in profile.personalizers:
         checks.extend(_personalizer_weights(spec.name, dict(spec.options), cache_dir))
     return checks
@@ -192,7 +199,9 @@ def _missing(what: str, location: str, reason: str, files: tuple[str, ...] = ())
     )
 
 
-def _base_weights(location: str, config: str | None, cache_dir: str | None) -> Check:
+def _base_weights(
+    location: str, config: str | None, cache_dir: str | None, *, single_file_ok: bool = True
+) -> Check:
     from engine.loading import is_single_file, looks_local
 
     what = "base model"
@@ -200,6 +209,8 @@ def _base_weights(location: str, config: str | None, cache_dir: str | None) -> C
         path = Path(location).expanduser()
         if not path.exists():
             return _missing(what, location, "no such path")
+        if is_single_file(location) and not single_file_ok:
+            return _missing(what, location, "this profile loads a diffusers folder or hub id")
         if is_single_file(location):
             if (
                 config is not None
@@ -220,7 +231,8 @@ def _base_weights(location: str, config: str | None, cache_dir: str | None) -> C
 def _components_present(what: str, location: str, folder: Path) -> Check:
     """A diffusers folder has every component that model_index.json names (with weights)."""
     index = json.loads((folder / "model_index.json").read_text())
-    needed = ("unet", "vae", "text_encoder", "tokenizer")
+    # The denoiser is a UNet (Stable Diffusion) or a transformer (FLUX.2).
+    needed = ("unet", "transformer", "vae", "text_encoder", "tokenizer")
     missing = []
     for name in needed:
         if name not in index:

@@ -110,9 +110,7 @@ def run_render(args: argparse.Namespace, settings: Settings) -> int:
             width=width,
             height=height,
             steps=args.steps or engine.default_steps,
-            guidance=args.guidance
-            if args.guidance is not None
-            else settings.engine.default_guidance,
+            guidance=args.guidance if args.guidance is not None else engine.default_guidance,
             seed=args.seed,
             count=args.count,
             identity_strength=args.strength,

@@ -289,7 +289,9 @@ class AvatarService:
     async def delete(self, owner_id: int, name: str) -> None:
         """Delete an avatar with its photos, features and consent record (bytes scrubbed).
 
-        Its past jobs stay (their ``avatar_id`` becomes NULL) until their retention ends.
+        Its past jobs stay (their ``avatar_id``, or ``with_avatar_id`` for renders it was the
+        second avatar of, becomes NULL) until their retention ends; such a job cannot be
+        rerolled, and one still queued fails, refunded, when a worker takes it.
         """
         async with self._db.begin() as session:
             avatar = await self._require(session, owner_id, name)

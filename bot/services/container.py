@@ -127,7 +127,14 @@ async def build_services(
         events,
         prompts=prompt_policy,
         default_steps=settings.engine.default_steps,
-        default_guidance=settings.engine.default_guidance,
+        # Only a guidance the operator set: otherwise the render workers' engine decides (its
+        # profile's, published in its facts), as it does for steps.
+        default_guidance=(
+            settings.engine.default_guidance
+            if "default_guidance" in settings.engine.model_fields_set
+            else None
+        ),
+        fallback_guidance=settings.engine.default_guidance,
     )
     work: dict[JobKind, JobWork] = {}
     if engine is not None:

@@ -7,11 +7,11 @@ a ``JobWork`` owns one kind's content:
   lock, and rendering takes seconds) and returns an outcome;
 - ``commit`` writes that outcome in the transaction that marks the job done.
 
-``RenderWork`` renders an avatar (re-encoding it first when its cached features come from
-another encoder). ``EncodeWork`` is avatar creation's GPU half: it runs the subject checks on
-the photos the bot stored (faces for a person), drops the refused ones, encodes the rest and
-makes the avatar ready; with no usable photo the job fails and the pending avatar goes.
-Photos are decrypted only here, by the worker that claimed the job.
+``RenderWork`` renders an avatar, or two in one picture (re-encoding each first when its
+cached features come from another encoder). ``EncodeWork`` is avatar creation's GPU half: it
+runs the subject checks on the photos the bot stored (faces for a person), drops the refused
+ones, encodes the rest and makes the avatar ready; with no usable photo the job fails and the
+pending avatar goes. Photos are decrypted only here, by the worker that claimed the job.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from bot.config import SafetySettings
 from bot.errors import AvatarbotError, NotFound
 from bot.services import crypto
 from bot.services.crypto import DataCipher
-from bot.services.jobs import JobTexts
+from bot.services.jobs import JobTexts, has_second_avatar
 from bot.services.ledger import refund
 from bot.services.ports import (
     EncodedFeatures,
@@ -75,6 +75,9 @@ class ClaimedJob:
     negative_prompt: str
     seed: int
     settings: dict[str, Any]
+    # A two-subject render's second avatar (None: one subject, or that avatar was deleted;
+    # ``has_second_avatar(settings)`` tells the two apart).
+    with_avatar_id: int | None = None
 
     @classmethod
     def of(cls, job: RenderJob, texts: JobTexts) -> ClaimedJob:
@@ -89,6 +92,7 @@ class ClaimedJob:
             negative_prompt=texts.negative_prompt,
             seed=int(job.seed),
             settings=dict(job.settings or {}),
+            with_avatar_id=job.with_avatar_id,
         )
 
 
@@ -125,14 +129,25 @@ class RenderWork:
 
         if job.avatar_id is None:
             raise AvatarbotError("The avatar of this render was deleted.", code="avatar_deleted")
+        if job.with_avatar_id is None and has_second_avatar(job.settings):
+            # Never a picture of the first avatar alone instead of the two asked for.
+            raise AvatarbotError(
+                "The second avatar of this render was deleted.", code="avatar_deleted"
+            )
         s = settings_from_json(job.settings, job.negative_prompt, job.seed)
         started = time.perf_counter()
         # Shielded: a cancellation (the member cancels, the lease is lost) must not cut a
-        # database transaction in half; it takes effect at the render.
+        # database transaction in half; it takes effect at the render. Each avatar's features
+        # are re-encoded here when they are stale.
         features = await asyncio.shield(self.features_for(job.avatar_id, s.personalizer))
         prompt, negative = styled_prompt(job.prompt, s.negative_prompt, s.style)
         spec = _spec(prompt, negative, s, self._policy)
-        output = await self._engine.render(spec, features, progress)
+        if job.with_avatar_id is None:
+            # One subject: the port's plain call (ports that predate two subjects serve it).
+            output = await self._engine.render(spec, features, progress)
+        else:
+            second = await asyncio.shield(self.features_for(job.with_avatar_id, s.personalizer))
+            output = await self._engine.render(spec, features, progress, extra_subjects=(second,))
         if len(output.verdicts) != len(output.pngs):
             # Fail closed: an image without the output check's verdict is never stored.
             raise AvatarbotError(

@@ -56,6 +56,12 @@ UNDELIVERED_GRACE = timedelta(days=7)
 # the default of ``Settings.jobs.max_attempts``.
 MAX_ATTEMPTS = 3
 
+# The settings key naming a two-subject render's second avatar as it was called then: it
+# stays when that avatar is deleted (``with_avatar_id`` becomes NULL), so such a job is never
+# taken for a one-subject render.
+WITH_AVATAR_NAME = "with_avatar_name"
+
+
 INTERRUPTED_MESSAGE = (
     "The render was interrupted several times and was given up. Your render was refunded."
 )
@@ -251,7 +257,8 @@ class JobService:
         ids = [j.id for j in jobs]
         seeds = await repo.output_seeds(session, ids)
         avatar_names: dict[int, str] = {}
-        for avatar_id in {j.avatar_id for j in jobs if j.avatar_id is not None}:
+        ids_named = {j.avatar_id for j in jobs} | {j.with_avatar_id for j in jobs}
+        for avatar_id in {i for i in ids_named if i is not None}:
             avatar = await avatars_repo.by_id(session, avatar_id)
             if avatar is not None:
                 avatar_names[avatar_id] = avatar.name
@@ -346,13 +353,29 @@ def job_view(
         delivered_at=job.delivered_at,
         parent_job_id=job.parent_job_id,
         timings={k: float(v) for k, v in (job.timings or {}).items()},
+        with_avatar_id=job.with_avatar_id,
+        with_avatar_name=_with_avatar_name(job, s, avatar_names),
     )
 
 
-def settings_to_json(settings: RenderSettings, *, avatar_name: str) -> dict[str, object]:
+def _with_avatar_name(job: RenderJob, s: dict[str, Any], names: dict[int, str]) -> str | None:
+    stored = s.get(WITH_AVATAR_NAME)
+    if stored is None and job.with_avatar_id is None:
+        return None
+    return names.get(job.with_avatar_id or 0, str(stored or ""))
+
+
+def has_second_avatar(settings: dict[str, Any]) -> bool:
+    """Whether a job's ``settings`` column says it renders two avatars."""
+    return settings.get(WITH_AVATAR_NAME) is not None
+
+
+def settings_to_json(
+    settings: RenderSettings, *, avatar_name: str, with_avatar_name: str | None = None
+) -> dict[str, object]:
     """The job row's ``settings`` column. The prompt and negative prompt have their own
     columns (as the member typed them; the style is applied when rendering)."""
-    return {
+    out: dict[str, object] = {
         "style": settings.style,
         "aspect": settings.aspect,
         "width": settings.width,
@@ -366,6 +389,9 @@ def settings_to_json(settings: RenderSettings, *, avatar_name: str) -> dict[str,
         # Shown with the result even after the avatar was renamed or deleted.
         "avatar_name": avatar_name,
     }
+    if with_avatar_name is not None:
+        out[WITH_AVATAR_NAME] = with_avatar_name
+    return out
 
 
 def settings_from_json(s: dict[str, object], negative_prompt: str, seed: int) -> RenderSettings:

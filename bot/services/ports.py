@@ -10,6 +10,7 @@ Everything that crosses this boundary is a PIL image, bytes or a frozen dataclas
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -119,6 +120,10 @@ class EngineFacts:
     loads no model can still validate prompts, pick sizes and steps, and tell stale features.
     ``tokenizer_json`` is the text encoder's tokenizer in the ``tokenizers`` library's format:
     prompts are measured with it without torch.
+
+    Facts rows written before a field existed still parse (``from_json``): a personalizer
+    missing from ``max_subjects`` shows one subject, and ``default_guidance`` None leaves the
+    guidance to the bot's settings (every profile of those days was Stable Diffusion's).
     """
 
     profile: str
@@ -129,12 +134,22 @@ class EngineFacts:
     default_steps: int
     max_prompt_tokens: int
     tokenizer_json: str | None = field(default=None, repr=False, compare=False)
+    # personalizer name -> how many avatars one render may show (1 when missing)
+    max_subjects: Mapping[str, int] = field(default_factory=dict)
+    # The guidance the engine's profile renders best with (None: not published).
+    default_guidance: float | None = None
+    # Image sides must be multiples of this (8: Stable Diffusion; 16: FLUX.2).
+    size_multiple: int = 8
 
     def encoder_id(self, personalizer: str) -> str:
         try:
             return self.encoders[personalizer]
         except KeyError:
             raise UnknownPersonalizer(personalizer, tuple(self.encoders)) from None
+
+    def subjects_for(self, personalizer: str) -> int:
+        """How many avatars one render with ``personalizer`` may show (at least 1)."""
+        return max(1, self.max_subjects.get(personalizer, 1))
 
     def count_tokens(self, text: str) -> int | None:
         """The prompt's length in the text encoder's tokens (no start/end tokens); None when
@@ -153,6 +168,9 @@ class EngineFacts:
             "native_size": self.native_size,
             "default_steps": self.default_steps,
             "max_prompt_tokens": self.max_prompt_tokens,
+            "max_subjects": dict(self.max_subjects),
+            "default_guidance": self.default_guidance,
+            "size_multiple": self.size_multiple,
         }
 
     @classmethod
@@ -160,6 +178,11 @@ class EngineFacts:
         encoders = data["encoders"]
         if not isinstance(encoders, Mapping):
             raise ValueError("engine facts: encoders must be a mapping")
+        # Absent from rows written before two-subject renders: one subject each.
+        subjects = data.get("max_subjects") or {}
+        if not isinstance(subjects, Mapping):
+            raise ValueError("engine facts: max_subjects must be a mapping")
+        guidance = data.get("default_guidance")
         return cls(
             profile=str(data["profile"]),
             default_personalizer=str(data["default_personalizer"]),
@@ -168,6 +191,10 @@ class EngineFacts:
             default_steps=_int(data["default_steps"]),
             max_prompt_tokens=_int(data["max_prompt_tokens"]),
             tokenizer_json=tokenizer_json,
+            max_subjects={str(k): _int(v) for k, v in subjects.items()},
+            default_guidance=None if guidance is None else _float(guidance),
+            # Absent from rows of Stable Diffusion days: the VAE's factor.
+            size_multiple=_int(data.get("size_multiple", 8)),
         )
 
 
@@ -175,6 +202,15 @@ def _int(value: object) -> int:
     if not isinstance(value, int | float | str):
         raise ValueError(f"engine facts: not a number: {value!r}")
     return int(value)
+
+
+def _float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"engine facts: not a number: {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"engine facts: not a finite number: {value!r}")
+    return number
 
 
 class UnknownPersonalizer(Exception):
@@ -214,7 +250,17 @@ class EnginePort(Protocol):
     ) -> EncodedFeatures: ...
 
     async def render(
-        self, spec: RenderSpec, features: bytes, progress: ProgressCallback | None = None
-    ) -> RenderOutput: ...
+        self,
+        spec: RenderSpec,
+        features: bytes,
+        progress: ProgressCallback | None = None,
+        *,
+        extra_subjects: Sequence[bytes] = (),
+    ) -> RenderOutput:
+        """Render ``spec`` from the first avatar's ``features``; ``extra_subjects`` are more
+        avatars' features in the same picture, in the order the prompt names them ("image 2",
+        ...), only for a personalizer whose ``EngineFacts.subjects_for`` allows them. Callers
+        pass ``extra_subjects`` only when there are some."""
+        ...
 
     async def aclose(self) -> None: ...

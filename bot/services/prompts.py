@@ -168,8 +168,9 @@ def styled_prompt(prompt: str, negative: str, style: str) -> tuple[str, str]:
     return full, neg
 
 
-def size_for(aspect: Aspect, native: int, max_side: int) -> tuple[int, int]:
-    """Width and height for an aspect, as multiples of 8 (the VAE's factor).
+def size_for(aspect: Aspect, native: int, max_side: int, multiple: int = 8) -> tuple[int, int]:
+    """Width and height for an aspect, as multiples of ``multiple`` (what the model needs:
+    the VAE's factor 8 for Stable Diffusion, 16 for FLUX.2's 2x2 patches of its latents).
 
     Square is the model's native side; portrait and landscape keep the native side as the
     short one and make the long one 4/3 of it (SD1.5 composes best near its training size).
@@ -178,11 +179,16 @@ def size_for(aspect: Aspect, native: int, max_side: int) -> tuple[int, int]:
     """
     if aspect not in ("square", "portrait", "landscape"):
         raise InvalidInput(f"Unknown aspect {aspect!r}.")
-    cap = max(MIN_RENDER_SIDE, max_side // 8 * 8)
-    short = max(MIN_RENDER_SIDE, native // 8 * 8)
-    long = short if aspect == "square" else short * 4 // 3 // 8 * 8
+    m = max(1, multiple)
+
+    def floor(side: int) -> int:
+        return max(MIN_RENDER_SIDE, side // m * m)
+
+    cap = floor(max_side)
+    short = floor(native)
+    long = short if aspect == "square" else floor(short * 4 // 3)
     if long > cap:
-        short = max(MIN_RENDER_SIDE, short * cap // long // 8 * 8)
+        short = floor(short * cap // long)
         long = cap
     if aspect == "portrait":
         return short, long

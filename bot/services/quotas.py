@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,11 +32,14 @@ from db.repositories import ledger as ledger_repo
 from db.repositories.common import lock_scope
 from db.session import Database
 from db.types import utcnow
+from engine.config import Personalizer as PersonalizerName
 
 logger = logging.getLogger(__name__)
 
 QUOTA_FIELDS: tuple[str, ...] = tuple(QuotaDefaults.model_fields)
-PERSONALIZERS = ("ip-adapter", "instantbooth")
+# The personalizers an admin may pick: the engine settings' one list (renders still refuse a
+# personalizer the running workers do not have, naming the ones they do).
+PERSONALIZERS: tuple[str, ...] = get_args(PersonalizerName)
 MAX_REPORT_DAYS = 90
 MAX_GRANT = 1000
 

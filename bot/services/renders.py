@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import Forbidden, InvalidInput, NotFound, NotOwner, QueueFull, QuotaExceeded
 from bot.services import limits
 from bot.services.events import JobEventKind, JobEvents
-from bot.services.jobs import JobService, queue_position, settings_to_json
+from bot.services.jobs import JobService, has_second_avatar, queue_position, settings_to_json
 from bot.services.ledger import UNITS_PER_RENDER, day_bounds, refund, reserve
 from bot.services.names import name_key
 from bot.services.ports import EngineFacts, SubjectKind, UnknownPersonalizer
 from bot.services.prompt_policy import PromptPolicy
 from bot.services.prompts import clean_prompt, size_for, styled_prompt
-from bot.services.quotas import QuotaService
+from bot.services.quotas import PERSONALIZERS, QuotaService
 from bot.services.results import (
     ASPECTS,
     GuildQuotas,
@@ -37,7 +37,7 @@ from bot.services.results import (
     interaction_columns,
 )
 from bot.services.workers import WorkerRegistry
-from db.models import AvatarStatus, RenderJob
+from db.models import Avatar, AvatarStatus, RenderJob
 from db.repositories import avatars as avatars_repo
 from db.repositories import jobs as repo
 from db.repositories.common import checkpoint, lock_scope, scrub_deletes
@@ -48,6 +48,8 @@ from engine.types import MAX_SEED
 logger = logging.getLogger(__name__)
 
 MAX_GUIDANCE = 30.0
+# The guidance of workers that publish none (their facts predate it; all ran SD1.5 profiles).
+FALLBACK_GUIDANCE = 6.0
 
 # Whether a member still belongs to a guild (the bot asks Discord; services cannot).
 MembershipCheck = Callable[[int], Awaitable[bool]]
@@ -64,8 +66,12 @@ class RenderService:
         *,
         prompts: PromptPolicy,
         default_steps: int | None,
-        default_guidance: float,
+        default_guidance: float | None,
+        fallback_guidance: float = FALLBACK_GUIDANCE,
     ) -> None:
+        """``default_guidance``: the operator's explicit setting, or None for the engine's
+        own (``EngineFacts.default_guidance``: FLUX.2 [klein] wants 1.0, SD1.5 6.0), else
+        ``fallback_guidance`` (workers that published no guidance)."""
         self._db = database
         self._registry = registry
         self._quotas = quotas
@@ -74,6 +80,7 @@ class RenderService:
         self._prompts = prompts
         self._default_steps = default_steps
         self._default_guidance = default_guidance
+        self._fallback_guidance = fallback_guidance
 
     async def request(
         self,
@@ -86,28 +93,43 @@ class RenderService:
         interaction: InteractionRef | None = None,
         *,
         age_restricted: bool = False,
+        with_avatar: str | None = None,
     ) -> JobTicket:
         """Queue a render of the member's avatar; returns the job id and queue position.
 
+        ``with_avatar`` names a second avatar of the same member to put in the same picture
+        (the first is "image 1" in the prompt, this one "image 2"); only personalizers that
+        show two subjects take it.
+
         Raises ``NotFound`` (no such avatar of theirs), ``InvalidInput`` (prompt or options out
-        of bounds), ``PromptRefused`` (blocklist), ``QuotaExceeded`` (with ``resets_at``),
-        ``RateLimited`` (renders per minute, with ``retry_at``) or ``QueueFull`` (with
-        ``retry_at`` for the guild's cap). Nothing is reserved when it raises.
+        of bounds, the same avatar twice, a second avatar the personalizer cannot show),
+        ``PromptRefused`` (blocklist), ``QuotaExceeded`` (with ``resets_at``), ``RateLimited``
+        (renders per minute, with ``retry_at``) or ``QueueFull`` (with ``retry_at`` for the
+        guild's cap). Nothing is reserved when it raises.
         """
+        second_name = " ".join(str(with_avatar).split()) if with_avatar is not None else ""
         async with self._db.begin(readonly=True) as session:
             quotas = await self._quotas.quotas_in(session, guild_id)
-            avatar = await avatars_repo.by_name(
-                session, user_id, name_key(" ".join(str(avatar_name).split()))
+            avatar = await self._subject(
+                session, user_id, avatar_name, "You have no avatar by that name. See /avatar list."
             )
-            if avatar is None:
-                raise NotFound("You have no avatar by that name. See /avatar list.")
-            if avatar.status == AvatarStatus.PENDING:
-                raise InvalidInput(
-                    f"“{avatar.name}” is still being checked; try again in a moment."
+            subjects = [avatar]
+            if second_name:
+                second = await self._subject(
+                    session,
+                    user_id,
+                    second_name,
+                    f"You have no avatar named “{second_name[:40]}” to render with. "
+                    "See /avatar list.",
                 )
-            await limits.check_avatar_fits(session, quotas, avatar, user_id)
-            avatar_id, shown_name = avatar.id, avatar.name
-            person = avatar.kind == SubjectKind.PERSON.value
+                if second.id == avatar.id:
+                    raise InvalidInput(
+                        f"Pick two different avatars: “{avatar.name}” is already the first one."
+                    )
+                subjects.append(second)
+            for subject in subjects:
+                await limits.check_avatar_fits(session, quotas, subject, user_id)
+            chosen = [_Subject.of(a) for a in subjects]
         text = clean_prompt(prompt)
         negative = clean_prompt(options.negative_prompt, what="negative prompt", allow_empty=True)
         facts = await self._registry.current_facts()
@@ -119,7 +141,7 @@ class RenderService:
                 quotas,
                 facts,
                 age_restricted=age_restricted,
-                person=person,
+                subjects=chosen,
             ),
             age_restricted=age_restricted,
         )
@@ -127,8 +149,7 @@ class RenderService:
             user_id=user_id,
             guild_id=guild_id,
             channel_id=channel_id,
-            avatar_id=avatar_id,
-            avatar_name=shown_name,
+            subjects=chosen,
             prompt=text,
             settings=settings,
             interaction=interaction,
@@ -215,7 +236,7 @@ class RenderService:
         personalizer: str | None = None,
         *,
         age_restricted: bool,
-        person: bool,
+        subjects: Sequence[_Subject],
     ) -> RenderSettings:
         if options.aspect not in ASPECTS:
             raise InvalidInput(f"The aspect must be one of {', '.join(ASPECTS)}.")
@@ -228,7 +249,13 @@ class RenderService:
             steps = min(steps, quotas.max_steps)
         if not 1 <= steps <= quotas.max_steps:
             raise InvalidInput(f"Steps must be between 1 and {quotas.max_steps} here.")
-        guidance = options.guidance if options.guidance is not None else self._default_guidance
+        guidance = options.guidance
+        if guidance is None:
+            guidance = self._default_guidance
+        if guidance is None:
+            guidance = facts.default_guidance
+        if guidance is None:
+            guidance = self._fallback_guidance
         if not 0.0 <= guidance <= MAX_GUIDANCE:
             raise InvalidInput(f"Guidance must be between 0 and {MAX_GUIDANCE:g}.")
         if not 0.0 <= options.identity_strength <= 1.0:
@@ -238,13 +265,16 @@ class RenderService:
             raise InvalidInput(f"The seed must be between 0 and {MAX_SEED}.")
         full, full_negative = styled_prompt(prompt, negative, options.style)
         # The guild's prompt policy (bot/services/prompt_policy.py): the channel and whether
-        # the avatar is a person decide what is refused.
+        # an avatar in the picture is a person decide what is refused.
+        person = any(s.kind == SubjectKind.PERSON.value for s in subjects)
         self._prompts.for_guild(quotas.blocked_terms, quotas.allowed_terms).check(
             prompt, negative, age_restricted=age_restricted, person=person
         )
         self._check_tokens(facts, full, "prompt")
         self._check_tokens(facts, full_negative, "negative prompt")
-        width, height = size_for(options.aspect, facts.native_size, quotas.max_side)
+        width, height = size_for(
+            options.aspect, facts.native_size, quotas.max_side, facts.size_multiple
+        )
         personalizer = personalizer or quotas.personalizer or facts.default_personalizer
         try:
             facts.encoder_id(personalizer)
@@ -253,6 +283,7 @@ class RenderService:
                 f"The render workers have no “{personalizer}” personalizer; an admin can pick "
                 f"one of {', '.join(exc.known)}."
             ) from exc
+        _check_subjects(facts, personalizer, len(subjects))
         return RenderSettings(
             negative_prompt=negative,
             style=options.style,
@@ -298,8 +329,20 @@ class RenderService:
             avatar = await avatars_repo.by_id(session, old.avatar_id)
             if avatar is None:
                 raise NotFound("The avatar of this render was deleted.")
+            subjects = [avatar]
+            # Both subjects again, or none: a render whose second avatar is gone is refused,
+            # never redone as a picture of the first alone.
+            if old.with_avatar_id is not None or has_second_avatar(old.settings or {}):
+                second = None
+                if old.with_avatar_id is not None:
+                    second = await avatars_repo.by_id(session, old.with_avatar_id)
+                if second is None:
+                    raise NotFound("The second avatar of this render was deleted.")
+                subjects.append(second)
             quotas = await self._quotas.quotas_in(session, old.guild_id)
-            await limits.check_avatar_fits(session, quotas, avatar, user_id)
+            for subject in subjects:
+                await limits.check_avatar_fits(session, quotas, subject, user_id)
+            chosen = [_Subject.of(a) for a in subjects]
             old_view = (await self._jobs.views_in(session, [old]))[0]
         previous = old_view.settings
         count = quotas.images_per_render if variations else previous.count
@@ -323,7 +366,7 @@ class RenderService:
                 facts,
                 previous.personalizer,
                 age_restricted=previous.age_restricted,
-                person=avatar.kind == SubjectKind.PERSON.value,
+                subjects=chosen,
             ),
             # Same channel as the original: the same policy.
             age_restricted=previous.age_restricted,
@@ -332,8 +375,7 @@ class RenderService:
             user_id=user_id,
             guild_id=old.guild_id,
             channel_id=old.channel_id,
-            avatar_id=avatar.id,
-            avatar_name=avatar.name,
+            subjects=chosen,
             prompt=old_view.prompt,
             settings=settings,
             interaction=interaction,
@@ -346,13 +388,14 @@ class RenderService:
         user_id: int,
         guild_id: int | None,
         channel_id: int | None,
-        avatar_id: int,
-        avatar_name: str,
+        subjects: Sequence[_Subject],
         prompt: str,
         settings: RenderSettings,
         interaction: InteractionRef | None,
         parent_job_id: int | None,
     ) -> JobTicket:
+        first, *others = subjects
+        second = others[0] if others else None
         now = utcnow()
         async with self._db.begin() as session:
             # Serialise the guild's check-then-insert: the counts read below cannot change
@@ -385,11 +428,16 @@ class RenderService:
                 user_id=user_id,
                 guild_id=guild_id,
                 channel_id=channel_id,
-                avatar_id=avatar_id,
+                avatar_id=first.id,
+                with_avatar_id=second.id if second is not None else None,
                 parent_job_id=parent_job_id,
                 prompt=prompt,
                 negative_prompt=settings.negative_prompt,
-                settings=settings_to_json(settings, avatar_name=avatar_name),
+                settings=settings_to_json(
+                    settings,
+                    avatar_name=first.name,
+                    with_avatar_name=second.name if second is not None else None,
+                ),
                 seed=settings.seed,
                 reserved=UNITS_PER_RENDER,
                 created_at=now,
@@ -404,6 +452,18 @@ class RenderService:
         logger.debug("job %s is user %s's", job_id, user_id)
         return JobTicket(job_id=job_id, position=position if position is not None else 0)
 
+    async def _subject(
+        self, session: AsyncSession, user_id: int, name: str, not_found: str
+    ) -> Avatar:
+        """One of the member's own avatars by name, ready to render (``NotFound`` with
+        ``not_found`` when they have none by that name: another member's is never found)."""
+        avatar = await avatars_repo.by_name(session, user_id, name_key(" ".join(str(name).split())))
+        if avatar is None:
+            raise NotFound(not_found)
+        if avatar.status == AvatarStatus.PENDING:
+            raise InvalidInput(f"“{avatar.name}” is still being checked; try again in a moment.")
+        return avatar
+
     async def _owned(self, session: AsyncSession, user_id: int, job_id: int) -> RenderJob:
         job = await repo.get(session, job_id, fresh=True)
         if job is None:
@@ -411,6 +471,41 @@ class RenderService:
         if job.user_id != user_id:
             raise NotOwner("Only the member who asked for this render can do that.")
         return job
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """An avatar in a render, as the checks and the job row need it."""
+
+    id: int
+    name: str
+    kind: str
+
+    @classmethod
+    def of(cls, avatar: Avatar) -> _Subject:
+        return cls(avatar.id, avatar.name, avatar.kind)
+
+
+def _check_subjects(facts: EngineFacts, personalizer: str, count: int) -> None:
+    """Refuse more avatars in one picture than the personalizer shows (before any job)."""
+    most = facts.subjects_for(personalizer)
+    if count <= most:
+        return
+    # Only what an admin can pick (``/avatar-admin quota personalizer``) is worth naming.
+    able = sorted(
+        p for p in PERSONALIZERS if p in facts.encoders and facts.subjects_for(p) >= count
+    )
+    hint = (
+        f" A server admin can switch to {' or '.join(able)} with "
+        "`/avatar-admin quota personalizer`."
+        if able
+        else ""
+    )
+    shows = "one avatar" if most == 1 else f"at most {most} avatars"
+    raise InvalidInput(
+        f"This server renders with {personalizer}, which shows {shows} per picture, so "
+        f"“with” cannot be used here. Render each avatar on its own.{hint}"
+    )
 
 
 def refunds_on_cancel(job: RenderJob) -> bool:

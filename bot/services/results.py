@@ -181,10 +181,21 @@ class JobView:
     delivered_at: datetime | None
     parent_job_id: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # A two-subject render's second avatar ("image 2"): its id (None once deleted) and its
+    # name (kept after a rename or deletion). Both None for a one-subject render.
+    with_avatar_id: int | None = None
+    with_avatar_name: str | None = None
 
     @property
     def finished(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def avatar_names(self) -> tuple[str, ...]:
+        """The names of the avatars in the picture, first ("image 1") first."""
+        if self.with_avatar_name is None:
+            return (self.avatar_name,)
+        return (self.avatar_name, self.with_avatar_name)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,21 @@ def test_demo_writes_images_and_a_transcript(tmp_path: Path, monkeypatch, capsys
     assert not (tmp_path / "untouched").exists()
 
 
+def test_the_demo_renders_two_avatars_with_tiny_flux2(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path / "untouched"))
+    out = tmp_path / "demo-output"
+    argv = ["--log-level", "WARNING", "demo", "--out", str(out), "--profile", "tiny-flux2"]
+    assert main(argv) == 0
+
+    printed = capsys.readouterr().out
+    assert "with the tiny-flux2 engine" in printed and "9/9 /avatar usage" in printed
+    html = (out / "transcript.html").read_text()
+    assert "Two avatars in one picture" in html
+    assert "with: Cat" in html and "Avatars: Me + Cat" in html
+    renders = [p for p in (out / "images").iterdir() if "render-" in p.name]
+    assert len(renders) == 5  # two images, their reroll, and the picture of both avatars
+
+
 @SIMCORD
 async def test_the_interactive_preview_serves_the_channel(world: World) -> None:
     said: list[str] = []

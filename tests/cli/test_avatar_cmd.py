@@ -93,6 +93,25 @@ def test_avatar_session(
     code = main(["--log-level", "WARNING", "job", "workers"])
     assert code == 0 and "no job loop has run" in capsys.readouterr().out
 
+    # Two avatars in one picture: the same one twice is refused before loading an engine;
+    # the tiny profile's IP-Adapter shows one avatar, so ``--with`` is refused, uncounted.
+    before = len(loads)
+    code, _, err = run(
+        "render", "--user", "42", "--avatar", "Mia", "--with", " mia ", "--prompt", "x"
+    )
+    assert code == 2 and "--with must name another avatar" in err and len(loads) == before
+    code, _, _ = run(
+        "create", "--user", "42", "--name", "Rex", "--kind", "object", photos[0], "--consent"
+    )
+    assert code == 0
+    code, _, err = run(
+        "render", "--user", "42", "--avatar", "Mia", "--with", "Rex",
+        "--prompt", "the mug from image 1 and the box from image 2",
+    )  # fmt: skip
+    assert code == 1 and "shows one avatar per picture" in err
+    code, out, _ = run("usage", "--user", "42")
+    assert out.startswith("1 of 25 renders used today")
+
     code, _, err = run("render", "--user", "43", "--avatar", "Mia", "--prompt", "a cat")
     assert code == 1 and "no avatar" in err  # another user's avatar does not exist for them
     code, out, _ = run("delete", "--user", "42", "--avatar", "Mia")
@@ -103,3 +122,40 @@ def test_avatar_session(
     assert out.strip() == "user 42 has no avatars"
     code, _, err = run("reencrypt")
     assert code == 2 and "AVATARBOT_DATA_KEY" in err
+
+
+def test_render_with_a_second_avatar_on_tiny_flux2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tiny_flux2_port: EnginePort,
+) -> None:
+    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AVATARBOT_ENGINE__PROFILE", "tiny-flux2")
+    monkeypatch.setenv("AVATARBOT_ENGINE__DEFAULT_STEPS", "2")
+    monkeypatch.delenv("AVATARBOT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("AVATARBOT_DATA_KEY", raising=False)
+
+    async def build_engine_port(settings: object) -> EnginePort:
+        return _Shared(tiny_flux2_port)  # type: ignore[return-value]
+
+    monkeypatch.setattr("bot.engine_adapter.build_engine_port", build_engine_port)
+    for i, name in enumerate(("Mug", "Box")):
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(make_photo(10 + i))
+        argv = ["create", "--user", "42", "--name", name, "--kind", "object", str(path)]
+        assert main(["--log-level", "WARNING", "avatar", *argv, "--consent"]) == 0
+    capsys.readouterr()
+
+    out_dir = tmp_path / "renders"
+    code = main([
+        "--log-level", "WARNING", "avatar", "render", "--user", "42", "--avatar", "Mug",
+        "--with", "Box", "--prompt", "the mug from image 1 and the box from image 2",
+        "--seed", "3", "--out", str(out_dir),
+    ])  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    # Jobs 1 and 2 created the avatars; job 3 rendered both.
+    assert printed.out.split() == [str(out_dir / "job3-seed3.png")]
+    with Image.open(out_dir / "job3-seed3.png") as image:
+        assert image.format == "PNG"

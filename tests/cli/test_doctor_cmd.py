@@ -3,6 +3,7 @@ naming the cause for a real profile without weights and for an unreachable datab
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -116,3 +117,30 @@ def test_a_bad_token_fails_without_being_printed(tmp_path: Path) -> None:
 )
 def test_token_shape(token: str, ok: bool) -> None:
     assert (token_problem(token) is None) is ok
+
+
+def test_names_a_flux2_folder_without_its_transformer(tmp_path: Path) -> None:
+    folder = tmp_path / "klein"
+    index = {"transformer": ["diffusers", "Flux2Transformer2DModel"], "vae": ["diffusers", "X"]}
+    (folder / "vae").mkdir(parents=True)
+    (folder / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    (folder / "transformer").mkdir()
+    (folder / "model_index.json").write_text(json.dumps(index))
+    proc = _doctor(
+        tmp_path,
+        AVATARBOT_ENGINE__PROFILE="flux2-klein-4b",
+        AVATARBOT_ENGINE__BASE_MODEL=str(folder),
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (failure,) = _lines(proc, "fail")
+    assert "missing transformer" in failure
+
+    single = tmp_path / "klein.safetensors"
+    single.write_bytes(b"weights")
+    proc = _doctor(
+        tmp_path,
+        AVATARBOT_ENGINE__PROFILE="flux2-klein-4b",
+        AVATARBOT_ENGINE__BASE_MODEL=str(single),
+    )
+    assert proc.returncode == 1
+    assert "diffusers folder or hub id" in "\n".join(_lines(proc, "fail"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from bot.errors import Forbidden, InternalError
+from bot.errors import Forbidden, InternalError, NotFound
 from bot.services.container import Services, build_services
 from bot.services.crypto import sealed_key_id
 from bot.services.ledger import day_bounds
@@ -100,6 +100,40 @@ async def test_forget_me_erases_every_row_and_byte(services: Services) -> None:
                     assert hits == 0, f"{table.name}.{column.name} still names user 7"
     if services.database.dialect == "sqlite":
         assert _found([*photos, *outputs], _raw_files(services.database)) == [False] * 4
+
+
+async def test_forget_me_erases_two_subject_renders(two_subject_services: Services) -> None:
+    """A render of two of the member's avatars goes with them (its second avatar is theirs
+    too); another member's renders and avatars stay; no job points at an erased avatar."""
+    services = two_subject_services
+    await make_avatar(services, 7, "Mia", photos=2)
+    await make_avatar(services, 7, "Rex", photos=1, kind="pet")
+    await make_avatar(services, 8, "Keep", photos=1)
+    both = await services.renders.request(7, GUILD, CHANNEL, "Mia", "together", with_avatar="Rex")
+    assert await services.dispatcher.run_once() == both.job_id
+    queued = await services.renders.request(7, GUILD, CHANNEL, "Rex", "again", with_avatar="Mia")
+    outputs = await services.jobs.outputs(both.job_id)
+    kept = await _render_one(services, 8, "Keep")
+    async with services.database.begin(readonly=True) as session:
+        alices = set(await session.scalars(select(Avatar.id).where(Avatar.owner_id == 7)))
+        withs = set(await session.scalars(select(RenderJob.with_avatar_id)))
+    assert withs - {None} <= alices and len(withs - {None}) == 2
+
+    report = await services.privacy.forget_me(7)
+    assert (report.avatars, report.jobs, report.outputs) == (2, 2, 1)
+    for job_id in (both.job_id, queued.job_id):
+        with pytest.raises(NotFound):
+            await services.jobs.view(job_id)
+    async with services.database.begin(readonly=True) as session:
+        referenced = set(await session.scalars(select(RenderJob.avatar_id))) | set(
+            await session.scalars(select(RenderJob.with_avatar_id))
+        )
+        remaining = set(await session.scalars(select(Avatar.id)))
+    assert referenced - {None} <= remaining
+    assert not referenced & alices
+    assert (await services.jobs.view(kept)).status == "done"
+    if services.database.dialect == "sqlite":
+        assert _found(outputs, _raw_files(services.database)) == [False]
 
 
 async def test_member_purge_and_guild_removal(services: Services) -> None:

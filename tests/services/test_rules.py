@@ -121,6 +121,15 @@ def test_sizes(aspect: str, native: int, max_side: int, expected: tuple[int, int
     assert width % 8 == 0 and height % 8 == 0 and min(width, height) >= 64
 
 
+@pytest.mark.parametrize("aspect", ["square", "portrait", "landscape"])
+@pytest.mark.parametrize("max_side", [64, 100, 250, 768, 1536])
+def test_sizes_keep_the_models_multiple(aspect: str, max_side: int) -> None:
+    for native in (64, 512, 1024):
+        width, height = size_for(aspect, native, max_side, 16)  # type: ignore[arg-type]
+        assert width % 16 == 0 and height % 16 == 0 and min(width, height) >= 64
+        assert max(width, height) <= max(64, max_side)
+
+
 PHOTO_1 = photo_binding(1, 100)
 
 

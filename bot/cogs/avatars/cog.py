@@ -39,6 +39,9 @@ yours to use. You get a contact sheet of the photos kept.
 2. `/avatar render` — pick your avatar, write a prompt (“as an astronaut on the moon”), \
 optionally a style, an aspect, how many images and a seed. The images appear in the channel \
 with **Reroll**, **Variations** and **Delete** buttons.
+   **Two avatars in one picture**: add `with` (another of your avatars). The first avatar is \
+“image 1”, the second “image 2”; say who is who, e.g. “the person from image 1 and the dog \
+from image 2 on a beach”. Only some servers' renderers can do this; the others say so.
 3. `/avatar list`, `show`, `rename`, `delete` — manage your avatars. Only you can see your \
 photos or render your avatars.
 4. `/avatar usage` — renders left today and when the count resets.

@@ -46,9 +46,11 @@ def channel_is_age_restricted(interaction: discord.Interaction) -> bool:
 
 
 @app_commands.command(name="render", description="Render your avatar in a scene")
+@app_commands.rename(with_avatar="with")
 @app_commands.describe(
     avatar="Which of your avatars",
     prompt="The scene, e.g. “as an astronaut on the moon, film photo”",
+    with_avatar="Another of your avatars in the same picture (“image 2” in the prompt)",
     negative_prompt="What to avoid, e.g. “blurry, extra fingers”",
     style="A look to add to the prompt",
     aspect="Picture shape",
@@ -57,7 +59,7 @@ def channel_is_age_restricted(interaction: discord.Interaction) -> bool:
     identity_strength="How closely to follow the photos (0–100, default 70)",
 )
 @app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES)
-@app_commands.autocomplete(avatar=avatar_name_autocomplete)
+@app_commands.autocomplete(avatar=avatar_name_autocomplete, with_avatar=avatar_name_autocomplete)
 async def render_command(
     interaction: discord.Interaction,
     avatar: str,
@@ -68,6 +70,7 @@ async def render_command(
     count: app_commands.Range[int, 1, 4] = 1,
     seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
     identity_strength: app_commands.Range[int, 0, 100] = 70,
+    with_avatar: str | None = None,
 ) -> None:
     if interaction.guild_id is None:
         await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
@@ -92,6 +95,7 @@ async def render_command(
         options,
         ref,
         age_restricted=channel_is_age_restricted(interaction),
+        with_avatar=with_avatar,
     )
     await cog.queued(interaction, ticket, ref)
 

@@ -101,7 +101,7 @@ class RenderMessages:
 
 
 def _running_text(job: JobView, fraction: float) -> str:
-    name = discord.utils.escape_markdown(job.avatar_name)
+    name = "** and **".join(discord.utils.escape_markdown(n) for n in job.avatar_names)
     if fraction <= 0:
         # Progress comes every few seconds: a bare "0%" would look stuck until then.
         return f"Rendering **{name}** — starting…"

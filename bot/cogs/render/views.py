@@ -139,7 +139,9 @@ def cancel_view(job_id: int) -> discord.ui.View:
 def result_embed(job: JobView) -> discord.Embed:
     prompt = discord.utils.escape_markdown(job.prompt)
     embed = discord.Embed(description=prompt[:4000], colour=discord.Colour.blurple())
-    embed.set_author(name=f"Avatar: {job.avatar_name}"[:256])
+    names = job.avatar_names
+    label = "Avatar" if len(names) == 1 else "Avatars"
+    embed.set_author(name=f"{label}: {' + '.join(names)}"[:256])
     settings = job.settings
     seeds = ", ".join(str(s) for s in job.seeds) or str(settings.seed)
     embed.add_field(name="Seed" if len(job.seeds) <= 1 else "Seeds", value=seeds[:1024])
