@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from bench.common import (
@@ -26,6 +25,7 @@ from bench.common import (
     base_parser,
     headline_text,
     is_large_on_cpu,
+    max_pixel_difference,
     prepare_context,
     record,
     render_defaults,
@@ -246,8 +246,7 @@ def _max_pixel_diff(a: list[Any], b: list[Any]) -> int:
     worst = 0
     for ra, rb in zip(a, b, strict=True):
         for x, y in zip(ra.images, rb.images, strict=True):
-            diff = np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16))
-            worst = max(worst, int(diff.max()))
+            worst = max(worst, max_pixel_difference(x, y) or 0)
     return worst
 
 

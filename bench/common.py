@@ -216,6 +216,21 @@ def summary(times: Sequence[float]) -> dict[str, Any]:
 # -- results ----------------------------------------------------------------------------------
 
 
+def stats_row(stats: dict[str, Any]) -> dict[str, Any]:
+    """A table row's timing columns from ``summary``'s statistics."""
+    return {"median_s": stats["median_s"], "min_s": stats["min_s"], "max_s": stats["max_s"]}
+
+
+def max_pixel_difference(a: Any, b: Any) -> int | None:
+    """The largest difference of any pixel channel between two images (None if one is
+    missing): 0 means the same image."""
+    if a is None or b is None:
+        return None
+    import numpy as np
+
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
 def result_stem(profile: str, device: str) -> str:
     return f"engine-{profile}-{device}"
 

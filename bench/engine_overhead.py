@@ -22,17 +22,18 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 
 from bench.common import (
     BenchContext,
     base_parser,
     headline_text,
+    max_pixel_difference,
     prepare_context,
     record,
     render_defaults,
     setup_logging,
+    stats_row,
     summary,
     synchronize,
 )
@@ -214,7 +215,7 @@ async def measure(
     paired = statistics.median(e / b for e, b in zip(engine_times, bare_times, strict=True))
     engine_cpu_stats, bare_cpu_stats = summary(engine_cpu), summary(bare_cpu)
     cpu_ratio = engine_cpu_stats["median_s"] / bare_cpu_stats["median_s"]
-    pixel_diff = _max_pixel_diff(engine_image, bare_image)
+    pixel_diff = max_pixel_difference(engine_image, bare_image)
     headline = [
         {
             "figure": "Engine.render / bare pipeline call (median wall time)",
@@ -262,12 +263,12 @@ async def measure(
             "shared machine it is steadier than wall time; on a GPU it means little.",
         ],
         "table": [
-            {"what": "Engine.render", **_row(engine_stats)},
-            {"what": "  of which queued (gather window)", **_row(queued_stats)},
-            {"what": "  without the queue wait", **_row(without_wait)},
-            {"what": "bare StableDiffusionPipeline call", **_row(bare_stats)},
-            {"what": "Engine.render, CPU time", **_row(engine_cpu_stats)},
-            {"what": "bare call, CPU time", **_row(bare_cpu_stats)},
+            {"what": "Engine.render", **stats_row(engine_stats)},
+            {"what": "  of which queued (gather window)", **stats_row(queued_stats)},
+            {"what": "  without the queue wait", **stats_row(without_wait)},
+            {"what": "bare StableDiffusionPipeline call", **stats_row(bare_stats)},
+            {"what": "Engine.render, CPU time", **stats_row(engine_cpu_stats)},
+            {"what": "bare call, CPU time", **stats_row(bare_cpu_stats)},
         ],
         "ratio": ratio,
         "ratio_without_gather_wait": ratio_without_wait,
@@ -316,16 +317,6 @@ async def run(args: argparse.Namespace) -> Path:
     finally:
         await engine.aclose()
     return record(ctx.out, ctx.profile.name, ctx.device, NAME, section)
-
-
-def _row(stats: dict[str, Any]) -> dict[str, Any]:
-    return {"median_s": stats["median_s"], "min_s": stats["min_s"], "max_s": stats["max_s"]}
-
-
-def _max_pixel_diff(a: Any, b: Any) -> int | None:
-    if a is None or b is None:
-        return None
-    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -216,6 +216,9 @@ def bench_settings(workdir: Path, args: argparse.Namespace) -> Any:
             avatars_per_member=3,
             queued_per_member=1000,
             queued_per_guild=10_000,
+            # A burst is the point of this benchmark: no per-minute limit may refuse it.
+            renders_per_minute=1000,
+            creates_per_hour=1000,
         ),
     )
 

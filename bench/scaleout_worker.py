@@ -91,7 +91,12 @@ class FixedTimeEngine:
         return EncodedFeatures(self.facts().encoder_id(personalizer), FEATURES)
 
     async def render(
-        self, spec: RenderSpec, features: bytes, progress: ProgressCallback | None = None
+        self,
+        spec: RenderSpec,
+        features: bytes,
+        progress: ProgressCallback | None = None,
+        *,
+        extra_subjects: Sequence[bytes] = (),
     ) -> RenderOutput:
         await asyncio.sleep(self.render_seconds)
         if progress is not None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import setup_logging, summary
 from engine import RenderRequest, RenderResult
-from engine.pipeline import BatchOutcome, StepCallback
+from engine.personalizers.base import BatchOutcome, StepCallback
 from engine.worker import Worker
 
 logger = logging.getLogger(__name__)

@@ -91,6 +91,24 @@ async def test_engine_overhead(tmp_path: Path) -> None:
     assert any("CPU time" in figure for figure in figures)
 
 
+async def test_flux2_overhead(tmp_path: Path) -> None:
+    from bench import flux2_overhead
+
+    args = flux2_overhead.parse_args(
+        ["--device", "cpu", "--quick", "--threads", "1", "--photos", "2", "--out", str(tmp_path)]
+    )
+    path = await flux2_overhead.run(args)
+    document = json.loads(path.read_text())
+    assert (document["profile"], document["device"]) == ("tiny-flux2", "cpu")
+    section = document["benchmarks"][flux2_overhead.NAME]
+    assert set(section["machine"]) >= MACHINE_KEYS
+    assert section["settings"]["quick"] is True
+    assert section["engine"]["runs"] == section["bare"]["runs"] >= 2
+    assert section["progress_updates_seen"] >= 1
+    for head in section["headline"]:
+        assert head["figure"] and isinstance(head["ratio"], float) and head["ratio"] > 0
+
+
 async def test_batching(tmp_path: Path) -> None:
     options = ["--photos", "2", "--steps", "1", "--concurrency", "1", "3"]
     args = batching.parse_args([*SMALLEST, *options, "--out", str(tmp_path)])
