@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "train_cmd",
     "engine_cmd",
     "avatar_cmd",
+    "eval_cmd",
     "job_cmd",
     "worker_cmd",
     "run_cmd",

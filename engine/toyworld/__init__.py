@@ -1,0 +1,53 @@
+"""A synthetic subject world where identity and text control are measurable from pixels.
+
+Issue 15: show that InstantBooth personalises, on a world small enough to train on a CPU.
+``world`` makes subjects and scenes, ``export`` writes them as the trainer's dataset,
+``metrics`` measures identity and place back from images (contact sheets of results:
+``engine.evaluation.contact_sheet``).
+"""
+
+from engine.toyworld.export import write_dataset
+from engine.toyworld.metrics import (
+    ToyIdentity,
+    identity_features,
+    scene_accuracy,
+    scene_class,
+    segment,
+)
+from engine.toyworld.world import (
+    N_SUBJECTS,
+    PLACES,
+    POSITIONS,
+    SIZES,
+    Scene,
+    Subject,
+    caption,
+    random_scene,
+    reference_photos,
+    render_scene,
+    split_subjects,
+    subject,
+    subjects,
+)
+
+__all__ = [
+    "N_SUBJECTS",
+    "PLACES",
+    "POSITIONS",
+    "SIZES",
+    "Scene",
+    "Subject",
+    "ToyIdentity",
+    "caption",
+    "identity_features",
+    "random_scene",
+    "reference_photos",
+    "render_scene",
+    "scene_accuracy",
+    "scene_class",
+    "segment",
+    "split_subjects",
+    "subject",
+    "subjects",
+    "write_dataset",
+]
