@@ -9,7 +9,8 @@ save/load), ``conditioning`` (a render batch's inputs), ``personalizer`` (the en
 ``dataset``/``trainer``/``validation``/``frozen`` (training).
 
 Importing this package registers the ``instantbooth`` personalizer and the
-``tiny-instantbooth``, ``sd15-shaped-instantbooth`` and ``sd15-instantbooth`` profiles; the
+``tiny-instantbooth``, ``sd15-shaped-instantbooth``, ``sd15-instantbooth`` and
+``toyworld-instantbooth`` profiles; the
 personalizer's own modules load only when a profile builds it.
 """
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 # EngineSettings.instantbooth_weights (a trainer's ``OUT/weights`` folder) replaces the
 # profile's weights; with it, tiny-instantbooth loads trained tiny weights instead of random.
 _OVERRIDES = {"weights": "instantbooth_weights"}
+TOYWORLD_BASE = ".toyworld/base"
+TOYWORLD_WEIGHTS = ".toyworld/instantbooth/weights"
 
 
 def _factory(ctx: LoadContext) -> Personalizer:
@@ -77,6 +80,28 @@ def _register_profiles() -> None:
                 PersonalizerSpec("none"),
             ),
             default_personalizer="instantbooth",
+        )
+    )
+
+    # Issue 15: the toy world's base and InstantBooth weights, trained by `python -m
+    # bench.toyworld` into .toyworld/ (run from the repository root, or set base_model and
+    # instantbooth_weights to the folders it wrote).
+    register_profile(
+        dataclasses.replace(
+            tiny,
+            name="toyworld-instantbooth",
+            description="the toy world's small base and InstantBooth weights trained by "
+            "bench/toyworld.py (.toyworld/base, .toyworld/instantbooth/weights) on the CPU",
+            personalizers=(
+                PersonalizerSpec("instantbooth", {"weights": TOYWORLD_WEIGHTS}, _OVERRIDES),
+                PersonalizerSpec("none"),
+            ),
+            base_model=TOYWORLD_BASE,
+            random_base=None,
+            is_noise=False,
+            default_personalizer="instantbooth",
+            default_steps=20,
+            cpu_threads=None,
         )
     )
 

@@ -1,0 +1,503 @@
+"""Train the whole stack small on the synthetic toy world, then evaluate InstantBooth on it
+(issue 15, part 2).
+
+    python -m bench.toyworld                 # everything, ~40 min on a 2-core CPU
+    python -m bench.toyworld --quick         # seconds: checks that it runs, not quality
+    python -m bench.toyworld --stages eval   # one stage (earlier ones must have run)
+
+Stages, each skipped when its output exists (``--force`` redoes them), all seeded:
+
+1. ``data``: training-split subjects written in the trainer's format (engine.toyworld);
+   held-out subjects are never written.
+2. ``vae``: a small AutoencoderKL (f = 4) trained on the images (MSE + small KL).
+3. ``unet``: a small text-to-image UNet trained with the DDPM epsilon objective on the VAE's
+   latents, conditioned by a frozen random tiny CLIP text encoder; saved with the VAE, text
+   encoder, tokenizer and scheduler as a diffusers StableDiffusionPipeline folder: the base.
+4. ``instantbooth``: our trainer (engine.personalizers.instantbooth.trainer) on that base.
+5. ``eval``: held-out subjects rendered through the real engine (profile
+   ``toyworld-instantbooth`` over the trained base and weights); results under ``--out``.
+
+Long stages checkpoint every ``--save-every`` steps and resume from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import RESULTS_DIR
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("data", "vae", "unet", "instantbooth", "eval")
+DEFAULT_WORKDIR = Path(".toyworld")
+TIMINGS = "timings.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every size of a run. ``QUICK`` shrinks all of them for the tests."""
+
+    size: int = 64
+    n_subjects: int = 120  # subjects 0..n-1 of the world; n_heldout of them never trained on
+    n_heldout: int = 8
+    n_images: int = 4000
+    vae_steps: int = 900
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-4
+    unet_steps: int = 1800
+    unet_batch: int = 32
+    unet_lr: float = 5e-4
+    uncond_rate: float = 0.1  # captions dropped for classifier-free guidance
+    ib_steps: int = 1000
+    ib_batch: int = 8
+    ib_lr_linear: float = 1e-3
+    ib_lr_adapter: float = 1e-3  # 1e-4 left the gates shut (first run, docs)
+    eval_subjects: int = 8
+    eval_seeds: int = 2
+    eval_steps: int = 20
+    guidance: float = 4.0
+    references: int = 3
+    sweep: bool = True
+    save_every: int = 200
+    quick: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+QUICK = Plan(
+    size=64,  # the engine renders 64 px at least
+    n_subjects=12,
+    n_heldout=2,
+    n_images=24,
+    vae_steps=3,
+    vae_batch=4,
+    unet_steps=3,
+    unet_batch=4,
+    ib_steps=2,
+    ib_batch=2,
+    eval_subjects=2,
+    eval_seeds=1,
+    eval_steps=2,
+    sweep=False,
+    save_every=2,
+    quick=True,
+)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def tqdm_bar(total: int, desc: str, initial: int = 0) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr)
+
+
+# -- paths ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def vae(self) -> Path:
+        return self.root / "vae"
+
+    @property
+    def unet(self) -> Path:
+        return self.root / "unet"
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def instantbooth(self) -> Path:
+        return self.root / "instantbooth"
+
+    @property
+    def weights(self) -> Path:
+        return self.instantbooth / "weights"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
+
+
+# -- stage: data ------------------------------------------------------------------------------
+
+
+def stage_data(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
+    from engine.toyworld import split_subjects, subjects, write_dataset
+
+    train_ids, heldout_ids = split_subjects(plan.n_subjects, plan.n_heldout, seed)
+    tmp = paths.data.with_name("data.tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    write_dataset(tmp, subjects(train_ids), plan.n_images, size=plan.size, seed=seed)
+    if paths.data.exists():
+        import shutil
+
+        shutil.rmtree(paths.data)
+    tmp.rename(paths.data)
+    split = {"train": train_ids, "heldout": heldout_ids, "size": plan.size}
+    paths.split.write_text(json.dumps(split) + "\n")
+    return {"images": plan.n_images, "train_subjects": len(train_ids), "heldout": heldout_ids}
+
+
+def load_images(paths: Paths) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """All dataset images as a [N, 3, S, S] tensor in -1..1 and the world index rows."""
+    from PIL import Image
+
+    rows = [json.loads(line) for line in (paths.data / "world.jsonl").read_text().splitlines()]
+    arrays = [np.asarray(Image.open(paths.data / r["image"]).convert("RGB")) for r in rows]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return pixels, rows
+
+
+# -- resumable training loops ------------------------------------------------------------------
+
+
+def train_loop(
+    name: str,
+    folder: Path,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    save_every: int,
+    loss_fn: Callable[[torch.Generator], torch.Tensor],
+    seed: int,
+) -> list[float]:
+    """Optimiser steps with a checkpoint (weights, optimiser, RNG, losses) every
+    ``save_every`` steps in ``folder/checkpoint.pt``; resumes from it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = folder / "checkpoint.pt"
+    rng = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    start = 0
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.set_state(state["rng"])
+        losses = list(state["losses"])
+        start = int(state["step"])
+        logger.info("%s: resumed from step %d", name, start)
+    module.train()
+    bar = tqdm_bar(steps, name, initial=start)
+    with bar:
+        for step in range(start, steps):
+            loss = loss_fn(rng)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+            optimizer.step()
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise FloatingPointError(f"{name} diverged at step {step + 1}")
+            losses.append(value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            done = step + 1
+            if save_every and (done % save_every == 0 or done == steps):
+                state = {
+                    "model": module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng.get_state(),
+                    "losses": losses,
+                    "step": done,
+                }
+                torch.save(state, folder / "checkpoint.tmp")
+                (folder / "checkpoint.tmp").replace(ckpt)
+    module.eval()
+    return losses
+
+
+def _summary(losses: list[float]) -> dict[str, Any]:
+    head = losses[: max(1, len(losses) // 10)]
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "steps": len(losses),
+        "loss_first": float(np.mean(head)) if losses else None,
+        "loss_last": float(np.mean(tail)) if losses else None,
+    }
+
+
+# -- stage: vae -------------------------------------------------------------------------------
+
+
+def stage_vae(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
+    from bench.toyworld_models import ModelSizes, make_vae
+
+    pixels, _ = load_images(paths)
+    vae = make_vae(ModelSizes(), plan.size, seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, weight_decay=0.0)
+    n = pixels.shape[0]
+
+    def loss_fn(rng: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, n, (plan.vae_batch,), generator=rng)
+        x = pixels[index]
+        if torch.rand((), generator=rng) < 0.5:
+            x = x.flip(-1)  # the world is left-right symmetric up to captions
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=rng)
+        recon = vae.decode(z).sample
+        kl = dist.kl().mean() / z[0].numel()
+        return torch.nn.functional.mse_loss(recon, x) + plan.vae_kl * kl
+
+    losses = train_loop(
+        "vae", paths.vae, vae, optimizer, plan.vae_steps, plan.save_every, loss_fn, seed
+    )
+    # Scale latents to unit variance, as SD's scaling_factor does.
+    with torch.no_grad():
+        sample = pixels[: min(n, 256)]
+        latents = torch.cat([vae.encode(c).latent_dist.mean for c in sample.split(32)])
+        recon = torch.cat([vae.decode(c).sample for c in latents.split(32)])
+        mse = float(torch.nn.functional.mse_loss(recon.clamp(-1, 1), sample))
+    scale = float(1.0 / latents.std().clamp_min(1e-4))
+    vae.register_to_config(scaling_factor=scale)
+    vae.save_pretrained(paths.vae / "final")
+    psnr = float(10 * np.log10(4.0 / max(mse, 1e-12)))  # pixel range 2
+    return {**_summary(losses), "recon_mse": mse, "recon_psnr_db": psnr, "scaling_factor": scale}
+
+
+# -- stage: unet ------------------------------------------------------------------------------
+
+
+def _identifier_caption(text: str) -> str:
+    """The caption as the InstantBooth trainer rewrites it ("toy" → "sks object")."""
+    from engine.personalizers.instantbooth.config import InstantBoothConfig
+    from engine.personalizers.instantbooth.prompts import TRAIN_PREFIX, subject_prompt
+
+    return subject_prompt(text, InstantBoothConfig(), "object", prefix=TRAIN_PREFIX)
+
+
+def stage_unet(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
+    from diffusers import AutoencoderKL
+
+    from bench.toyworld_models import (
+        ModelSizes,
+        encode_text,
+        make_text_encoder,
+        make_unet,
+        noise_scheduler,
+        save_base,
+    )
+
+    pixels, rows = load_images(paths)
+    vae: Any = AutoencoderKL.from_pretrained(paths.vae / "final")
+    vae.eval()
+    vae.requires_grad_(False)
+    with torch.no_grad():
+        dists = [vae.encode(c).latent_dist for c in pixels.split(64)]
+        means = torch.cat([d.mean for d in dists])
+        stds = torch.cat([d.std for d in dists])
+    scale = float(vae.config.scaling_factor)
+    encoder, tokenizer = make_text_encoder(seed + 2)
+    # Each caption as written and as the InstantBooth trainer rewrites it, so the base reads
+    # the prompts the evaluation uses ("a photo of sks object on the beach"); "" for guidance.
+    texts = sorted({t for r in rows for t in (r["caption"], _identifier_caption(r["caption"]))})
+    texts.append("")
+    lookup = {t: i for i, t in enumerate(texts)}
+    embeds = torch.cat([encode_text(encoder, tokenizer, c) for c in _chunks(texts, 64)])
+    plain = torch.tensor([lookup[r["caption"]] for r in rows])
+    ident = torch.tensor([lookup[_identifier_caption(r["caption"])] for r in rows])
+    latent_size = means.shape[-1]
+    unet = make_unet(ModelSizes(), latent_size, seed + 1)
+    scheduler = noise_scheduler()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=plan.unet_lr, weight_decay=0.0)
+    n = means.shape[0]
+    empty = len(texts) - 1
+
+    def loss_fn(rng: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, n, (plan.unet_batch,), generator=rng)
+        eps = torch.randn(means[index].shape, generator=rng)
+        latents = (means[index] + stds[index] * eps) * scale
+        use_ident = torch.rand(plan.unet_batch, generator=rng) < 0.5
+        caption = torch.where(use_ident, ident[index], plain[index])
+        drop = torch.rand(plan.unet_batch, generator=rng) < plan.uncond_rate
+        caption = torch.where(drop, torch.full_like(caption, empty), caption)
+        noise = torch.randn(latents.shape, generator=rng)
+        t = torch.randint(
+            0, scheduler.config.num_train_timesteps, (plan.unet_batch,), generator=rng
+        )
+        noisy = scheduler.add_noise(latents, noise, t)
+        pred = unet(noisy, t, embeds[caption]).sample
+        return torch.nn.functional.mse_loss(pred, noise)
+
+    losses = train_loop(
+        "unet", paths.unet, unet, optimizer, plan.unet_steps, plan.save_every, loss_fn, seed
+    )
+    save_base(paths.base, vae, unet, encoder, tokenizer)
+    return {**_summary(losses), "captions": len(texts) - 1, "base": str(paths.base)}
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# -- stage: instantbooth ----------------------------------------------------------------------
+
+
+def frozen_base(base: Path) -> Any:
+    """The trained base as the InstantBooth trainer's frozen models, with the tiny random CLIP
+    image encoder ("tiny:0", which the personalizer rebuilds from that name)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from engine.personalizers.instantbooth.frozen import FrozenModels
+    from engine.tiny import tiny_image_encoder
+
+    return FrozenModels(
+        unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet"),
+        vae=AutoencoderKL.from_pretrained(base, subfolder="vae"),
+        text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
+        noise_scheduler=DDPMScheduler.from_pretrained(base, subfolder="scheduler"),
+        image_encoder=tiny_image_encoder(0),
+        base_model=str(base.resolve()),
+        image_encoder_id="tiny:0",
+    )
+
+
+def stage_instantbooth(plan: Plan, paths: Paths, seed: int, *, resume: bool) -> dict[str, Any]:
+    from engine.personalizers.instantbooth.trainer import TrainOptions, train
+
+    options = TrainOptions(
+        data=paths.data,
+        out=paths.instantbooth,
+        profile="sd15",  # not "tiny": the frozen models are ours (passed below)
+        kind="object",
+        steps=plan.ib_steps,
+        batch_size=plan.ib_batch,
+        lr_linear=plan.ib_lr_linear,
+        lr_adapter=plan.ib_lr_adapter,
+        resume=resume,
+        save_every=plan.save_every,
+        keep_checkpoints=2,
+        resolution=plan.size,
+        seed=seed,
+        num_workers=0,
+        log_every=50,
+        validation_samples=2,
+        validation_steps=plan.eval_steps,
+        base_model=str(paths.base.resolve()),
+        image_encoder="tiny:0",
+    )
+    result = train(options, frozen=frozen_base(paths.base))
+    return {**_summary(result.losses), "trainer_steps": result.step, "weights": str(result.weights)}
+
+
+# -- driver -----------------------------------------------------------------------------------
+
+
+def stage_done(stage: str, paths: Paths, out: Path) -> bool:
+    return {
+        "data": paths.split.is_file() and (paths.data / "world.jsonl").is_file(),
+        "vae": (paths.vae / "final" / "config.json").is_file(),
+        "unet": (paths.base / "model_index.json").is_file(),
+        "instantbooth": (paths.weights / "config.json").is_file(),
+        "eval": (out / "toyworld-cpu.json").is_file(),
+    }[stage]
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = QUICK if args.quick else Plan()
+    if args.eval_subjects is not None:
+        plan = replace(plan, eval_subjects=args.eval_subjects)
+    if args.ib_lr_adapter is not None:
+        plan = replace(plan, ib_lr_adapter=args.ib_lr_adapter)
+    paths = Paths(args.workdir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    out: Path = args.out
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        print(f"unknown stage(s) {unknown} (known: {', '.join(STAGES)})", file=sys.stderr)
+        return 2
+    timings_path = paths.root / TIMINGS
+    timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        if stage_done(stage, paths, out) and not args.force:
+            logger.info("stage %s: done already (--force redoes it)", stage)
+            continue
+        logger.info("stage %s", stage)
+        seed_everything(args.seed)
+        started = time.monotonic()
+        if stage == "data":
+            info = stage_data(plan, paths, args.seed)
+        elif stage == "vae":
+            if args.force:
+                (paths.vae / "checkpoint.pt").unlink(missing_ok=True)
+            info = stage_vae(plan, paths, args.seed)
+        elif stage == "unet":
+            if args.force:
+                (paths.unet / "checkpoint.pt").unlink(missing_ok=True)
+            info = stage_unet(plan, paths, args.seed)
+        elif stage == "instantbooth":
+            info = stage_instantbooth(plan, paths, args.seed, resume=not args.force)
+        else:
+            from bench.toyworld_eval import stage_eval
+
+            info = stage_eval(plan, paths, out, args.seed, timings)
+        seconds = time.monotonic() - started
+        timings[stage] = {"seconds": round(seconds, 1), **info}
+        timings_path.write_text(json.dumps(timings, indent=2, default=str) + "\n")
+        logger.info("stage %s took %.1f s", stage, seconds)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: runs in seconds")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="artefacts")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    parser.add_argument("--force", action="store_true", help="redo stages whose output exists")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-subjects", type=int, default=None, help="held-out subjects")
+    parser.add_argument(
+        "--ib-lr-adapter", type=float, default=None, help="InstantBooth adapters' learning rate"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("diffusers", "transformers", "accelerate", "httpx", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
