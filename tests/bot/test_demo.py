@@ -59,14 +59,17 @@ def test_the_demo_renders_two_avatars_with_tiny_flux2(tmp_path: Path, monkeypatc
 @SIMCORD
 async def test_the_interactive_preview_serves_the_channel(world: World) -> None:
     said: list[str] = []
+    announced = asyncio.Event()
+
+    def say(text: str) -> None:  # the preview announces its URL once it serves
+        said.append(text)
+        announced.set()
+
     report = DemoReport(Path("."), Path("transcript.html"))
     task = asyncio.ensure_future(
-        _preview(world.env, world.channel, world.alice, 0.05, None, report, said.append)
+        _preview(world.env, world.channel, world.alice, 0.05, None, report, say)
     )
-    for _ in range(200):
-        if report.preview_url:
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(announced.wait(), 2)
     url = report.preview_url
     assert url and re.fullmatch(r"http://127\.0\.0\.1:\d+/#[\w-]{20,}", url)
     assert url in said[0]
