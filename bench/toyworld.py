@@ -40,7 +40,9 @@ from bench.common import RESULTS_DIR
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("data", "vae", "unet", "instantbooth", "eval")
+STAGES = ("data", "vae", "unet", "instantbooth", "eval", "ablations")
+# The result (about 40 min); the ablations take one more command (about 15 min).
+DEFAULT_STAGES = STAGES[:-1]
 DEFAULT_WORKDIR = Path(".toyworld")
 TIMINGS = "timings.json"
 
@@ -59,18 +61,24 @@ class Plan:
     vae_kl: float = 1e-4
     unet_steps: int = 1800
     unet_batch: int = 32
-    unet_lr: float = 5e-4
+    unet_lr: float = 1e-3
+    unet_warmup: int = 100
+    unet_ema: float = 0.999  # the EMA's ceiling; its warm-up starts it near 0
+    snr_gamma: float = 5.0
     uncond_rate: float = 0.1  # captions dropped for classifier-free guidance
-    ib_steps: int = 1000
+    ib_steps: int = 2500  # identity still grows at 3000 (docs); 2500 keeps the run near 40 min
     ib_batch: int = 8
     ib_lr_linear: float = 1e-3
     ib_lr_adapter: float = 1e-3  # 1e-4 left the gates shut (first run, docs)
+    ib_train_encoder: bool = False  # fine-tune the (random tiny) CLIP image encoder too
+    ib_lr_encoder: float = 1e-4  # a random encoder has everything to learn: not 1e-5
     eval_subjects: int = 8
     eval_seeds: int = 2
     eval_steps: int = 20
     guidance: float = 4.0
     references: int = 3
     sweep: bool = True
+    ablation_steps: int = 1000  # the ablations' InstantBooth runs (and the main run's snapshot)
     save_every: int = 200
     quick: bool = False
 
@@ -87,8 +95,9 @@ QUICK = Plan(
     vae_batch=4,
     unet_steps=3,
     unet_batch=4,
-    ib_steps=2,
+    ib_steps=3,
     ib_batch=2,
+    ablation_steps=2,
     eval_subjects=2,
     eval_seeds=1,
     eval_steps=2,
@@ -191,18 +200,34 @@ def train_loop(
     save_every: int,
     loss_fn: Callable[[torch.Generator], torch.Tensor],
     seed: int,
+    *,
+    warmup: int = 0,
+    ema_decay: float | None = None,
 ) -> list[float]:
-    """Optimiser steps with a checkpoint (weights, optimiser, RNG, losses) every
-    ``save_every`` steps in ``folder/checkpoint.pt``; resumes from it."""
+    """Optimiser steps with a checkpoint (weights, optimiser, EMA, RNG, losses) every
+    ``save_every`` steps in ``folder/checkpoint.pt``; resumes from it.
+
+    ``warmup`` ramps the learning rate linearly over its first steps. With ``ema_decay`` the
+    module ends with an exponential moving average of its weights (diffusers' ``EMAModel``,
+    with its warm-up, so a short run is not dominated by its random start): averaged weights
+    sample much better than the last step's when a diffusion model is this undertrained.
+    """
+    from diffusers.training_utils import EMAModel
+
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = folder / "checkpoint.pt"
     rng = torch.Generator().manual_seed(seed)
+    params = [p for p in module.parameters() if p.requires_grad]
+    ema = EMAModel(params, decay=ema_decay, use_ema_warmup=True) if ema_decay else None
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     losses: list[float] = []
     start = 0
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         rng.set_state(state["rng"])
         losses = list(state["losses"])
         start = int(state["step"])
@@ -211,11 +236,16 @@ def train_loop(
     bar = tqdm_bar(steps, name, initial=start)
     with bar:
         for step in range(start, steps):
+            ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = lr * ramp
             loss = loss_fn(rng)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            if ema is not None:
+                ema.step(params)
             value = float(loss.detach())
             if not np.isfinite(value):
                 raise FloatingPointError(f"{name} diverged at step {step + 1}")
@@ -227,12 +257,15 @@ def train_loop(
                 state = {
                     "model": module.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
                     "rng": rng.get_state(),
                     "losses": losses,
                     "step": done,
                 }
                 torch.save(state, folder / "checkpoint.tmp")
                 (folder / "checkpoint.tmp").replace(ckpt)
+    if ema is not None:
+        ema.copy_to(params)
     module.eval()
     return losses
 
@@ -298,10 +331,11 @@ def _identifier_caption(text: str) -> str:
 
 def stage_unet(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
     from diffusers import AutoencoderKL
+    from diffusers.training_utils import compute_snr
 
     from bench.toyworld_models import (
+        MAX_TOKENS,
         ModelSizes,
-        encode_text,
         make_text_encoder,
         make_unet,
         noise_scheduler,
@@ -318,18 +352,26 @@ def stage_unet(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
         stds = torch.cat([d.std for d in dists])
     scale = float(vae.config.scaling_factor)
     encoder, tokenizer = make_text_encoder(seed + 2)
+    # Trained jointly with the UNet, as in latent diffusion's text-to-image model (a
+    # transformer trained from scratch with it): a frozen random encoder left the place words
+    # too faint for the UNet to follow (docs/instantbooth.md). InstantBooth then freezes it,
+    # as it freezes SD's.
+    encoder.requires_grad_(True)
     # Each caption as written and as the InstantBooth trainer rewrites it, so the base reads
     # the prompts the evaluation uses ("a photo of sks object on the beach"); "" for guidance.
     texts = sorted({t for r in rows for t in (r["caption"], _identifier_caption(r["caption"]))})
     texts.append("")
     lookup = {t: i for i, t in enumerate(texts)}
-    embeds = torch.cat([encode_text(encoder, tokenizer, c) for c in _chunks(texts, 64)])
+    ids = tokenizer(
+        texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
     plain = torch.tensor([lookup[r["caption"]] for r in rows])
     ident = torch.tensor([lookup[_identifier_caption(r["caption"])] for r in rows])
     latent_size = means.shape[-1]
     unet = make_unet(ModelSizes(), latent_size, seed + 1)
+    model = torch.nn.ModuleDict({"unet": unet, "text_encoder": encoder})
     scheduler = noise_scheduler()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=plan.unet_lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.unet_lr, weight_decay=0.0)
     n = means.shape[0]
     empty = len(texts) - 1
 
@@ -346,12 +388,27 @@ def stage_unet(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
             0, scheduler.config.num_train_timesteps, (plan.unet_batch,), generator=rng
         )
         noisy = scheduler.add_noise(latents, noise, t)
-        pred = unet(noisy, t, embeds[caption]).sample
-        return torch.nn.functional.mse_loss(pred, noise)
+        pred = unet(noisy, t, encoder(ids[caption])[0]).sample
+        # Min-SNR-γ weighting (Hang et al., 2023; γ = 5): the nearly clean timesteps stop
+        # dominating the gradient, which roughly triples how fast a small model converges.
+        snr = compute_snr(scheduler, t)
+        weight = snr.clamp(max=plan.snr_gamma) / snr
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        return (per_sample * weight).mean()
 
     losses = train_loop(
-        "unet", paths.unet, unet, optimizer, plan.unet_steps, plan.save_every, loss_fn, seed
+        "unet",
+        paths.unet,
+        model,
+        optimizer,
+        plan.unet_steps,
+        plan.save_every,
+        loss_fn,
+        seed,
+        warmup=plan.unet_warmup,
+        ema_decay=plan.unet_ema,
     )
+    encoder.requires_grad_(False)
     save_base(paths.base, vae, unet, encoder, tokenizer)
     return {**_summary(losses), "captions": len(texts) - 1, "base": str(paths.base)}
 
@@ -384,18 +441,30 @@ def frozen_base(base: Path) -> Any:
     )
 
 
-def stage_instantbooth(plan: Plan, paths: Paths, seed: int, *, resume: bool) -> dict[str, Any]:
-    from engine.personalizers.instantbooth.trainer import TrainOptions, train
+def stage_instantbooth(
+    plan: Plan, paths: Paths, seed: int, *, resume: bool, out: Path | None = None
+) -> dict[str, Any]:
+    """Our trainer on the base. When ``plan.ablation_steps`` is below ``plan.ib_steps`` the
+    weights at that step are kept (``weights-step-N``): the ablations' reference, and a point
+    of the identity-vs-steps curve."""
+    import shutil
 
+    from engine.personalizers.instantbooth.model import InstantBoothModel
+    from engine.personalizers.instantbooth.trainer import TrainOptions, train
+    from engine.tiny import tiny_image_encoder
+
+    folder = out or paths.instantbooth
     options = TrainOptions(
         data=paths.data,
-        out=paths.instantbooth,
+        out=folder,
         profile="sd15",  # not "tiny": the frozen models are ours (passed below)
         kind="object",
         steps=plan.ib_steps,
         batch_size=plan.ib_batch,
         lr_linear=plan.ib_lr_linear,
         lr_adapter=plan.ib_lr_adapter,
+        train_image_encoder=plan.ib_train_encoder,
+        lr_image_encoder=plan.ib_lr_encoder,
         resume=resume,
         save_every=plan.save_every,
         keep_checkpoints=2,
@@ -408,8 +477,82 @@ def stage_instantbooth(plan: Plan, paths: Paths, seed: int, *, resume: bool) -> 
         base_model=str(paths.base.resolve()),
         image_encoder="tiny:0",
     )
-    result = train(options, frozen=frozen_base(paths.base))
-    return {**_summary(result.losses), "trainer_steps": result.step, "weights": str(result.weights)}
+    frozen = frozen_base(paths.base)
+    losses: list[float] = []
+    snapshot = snapshot_weights(folder, plan.ablation_steps)
+    if 0 < plan.ablation_steps < plan.ib_steps and not snapshot.is_dir():
+        first = train(replace(options, steps=plan.ablation_steps), frozen=frozen)
+        losses += first.losses
+        tmp = snapshot.with_name(snapshot.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(first.weights, tmp)
+        tmp.rename(snapshot)
+        options = replace(options, resume=True)
+    result = train(options, frozen=frozen)
+    losses += result.losses
+    weights = InstantBoothModel.from_pretrained(result.weights, tiny_image_encoder(0))
+    gates = list(weights.gates().values())
+    return {
+        **_summary(losses),
+        "trainer_steps": result.step,
+        "gate_mean": float(np.mean(gates)),
+        "weights": str(result.weights),
+    }
+
+
+def snapshot_weights(folder: Path, step: int) -> Path:
+    return folder / f"weights-step-{step}"
+
+
+# -- stage: ablations -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """InstantBooth trained once more with one training choice changed (issue 15's list)."""
+
+    name: str
+    slug: str
+    lr_adapter: float | None = None
+    train_encoder: bool | None = None
+
+
+def variants(plan: Plan) -> list[Variant]:
+    return [
+        Variant("adapters at 1e-6 (the paper's rate)", "lr-adapter-1e-6", lr_adapter=1e-6),
+        Variant("adapters at 1e-4 (the heads' rate)", "lr-adapter-1e-4", lr_adapter=1e-4),
+        Variant(
+            "image encoder frozen" if plan.ib_train_encoder else "image encoder fine-tuned",
+            "encoder-frozen" if plan.ib_train_encoder else "encoder-trained",
+            train_encoder=not plan.ib_train_encoder,
+        ),
+    ]
+
+
+def stage_ablations(plan: Plan, paths: Paths, out: Path, seed: int) -> dict[str, Any]:
+    from bench.toyworld_eval import write_ablations
+
+    trained = []
+    for variant in variants(plan):
+        folder = paths.root / "ablations" / variant.slug
+        vplan = replace(
+            plan,
+            ib_steps=plan.ablation_steps,
+            ib_lr_adapter=variant.lr_adapter
+            if variant.lr_adapter is not None
+            else plan.ib_lr_adapter,
+            ib_train_encoder=(
+                variant.train_encoder
+                if variant.train_encoder is not None
+                else plan.ib_train_encoder
+            ),
+        )
+        seed_everything(seed)
+        started = time.monotonic()
+        info = stage_instantbooth(vplan, paths, seed, resume=True, out=folder)
+        info["seconds"] = round(time.monotonic() - started, 1)
+        trained.append((variant.name, vplan, folder / "weights", info))
+    return write_ablations(plan, paths, out, seed, trained)
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -422,6 +565,7 @@ def stage_done(stage: str, paths: Paths, out: Path) -> bool:
         "unet": (paths.base / "model_index.json").is_file(),
         "instantbooth": (paths.weights / "config.json").is_file(),
         "eval": (out / "toyworld-cpu.json").is_file(),
+        "ablations": (out / "toyworld-ablations-cpu.json").is_file(),
     }[stage]
 
 
@@ -431,6 +575,8 @@ def run(args: argparse.Namespace) -> int:
         plan = replace(plan, eval_subjects=args.eval_subjects)
     if args.ib_lr_adapter is not None:
         plan = replace(plan, ib_lr_adapter=args.ib_lr_adapter)
+    if args.ib_train_encoder is not None:
+        plan = replace(plan, ib_train_encoder=args.ib_train_encoder == "on")
     paths = Paths(args.workdir)
     paths.root.mkdir(parents=True, exist_ok=True)
     out: Path = args.out
@@ -464,10 +610,12 @@ def run(args: argparse.Namespace) -> int:
             info = stage_unet(plan, paths, args.seed)
         elif stage == "instantbooth":
             info = stage_instantbooth(plan, paths, args.seed, resume=not args.force)
-        else:
+        elif stage == "eval":
             from bench.toyworld_eval import stage_eval
 
             info = stage_eval(plan, paths, out, args.seed, timings)
+        else:
+            info = stage_ablations(plan, paths, out, args.seed)
         seconds = time.monotonic() - started
         timings[stage] = {"seconds": round(seconds, 1), **info}
         timings_path.write_text(json.dumps(timings, indent=2, default=str) + "\n")
@@ -478,7 +626,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: runs in seconds")
-    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset")
+    parser.add_argument(
+        "--stages",
+        default=",".join(DEFAULT_STAGES),
+        help=f"comma-separated, of {', '.join(STAGES)} (default: all but ablations)",
+    )
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="artefacts")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument("--force", action="store_true", help="redo stages whose output exists")
@@ -486,6 +638,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-subjects", type=int, default=None, help="held-out subjects")
     parser.add_argument(
         "--ib-lr-adapter", type=float, default=None, help="InstantBooth adapters' learning rate"
+    )
+    parser.add_argument(
+        "--ib-train-encoder",
+        choices=["on", "off"],
+        default=None,
+        help="fine-tune InstantBooth's image encoder (the ablations train the other way too)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("-v", "--verbose", action="store_true")

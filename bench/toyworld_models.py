@@ -112,15 +112,6 @@ def make_text_encoder(seed: int) -> tuple[CLIPTextModel, Any]:
     return encoder, tokenizer
 
 
-@torch.no_grad()
-def encode_text(encoder: CLIPTextModel, tokenizer: Any, texts: list[str]) -> torch.Tensor:
-    ids = tokenizer(
-        texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
-    ).input_ids
-    out: torch.Tensor = encoder(ids)[0]
-    return out
-
-
 def noise_scheduler() -> Any:  # a DDPMScheduler
     return DDPMScheduler.from_config(scheduler_config())
 

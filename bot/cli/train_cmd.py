@@ -33,7 +33,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ib.add_argument("--steps", type=int, default=1000, help="optimiser steps")
     ib.add_argument("--batch-size", type=int, default=4, help="per process and micro-batch")
     ib.add_argument("--lr-linear", type=float, default=1e-4, help="concept/patch heads")
-    ib.add_argument("--lr-adapter", type=float, default=1e-6, help="gated adapters")
+    ib.add_argument("--lr-adapter", type=float, default=1e-4, help="gated adapters")
+    ib.add_argument(
+        "--train-image-encoder",
+        action="store_true",
+        help="fine-tune the CLIP image encoder too (the paper's recipe; saved with the weights)",
+    )
+    ib.add_argument("--lr-image-encoder", type=float, default=1e-5, help="with the above")
     ib.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     ib.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     ib.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -69,6 +75,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         batch_size=args.batch_size,
         lr_linear=args.lr_linear,
         lr_adapter=args.lr_adapter,
+        train_image_encoder=args.train_image_encoder,
+        lr_image_encoder=args.lr_image_encoder,
         grad_accum=args.grad_accum,
         mixed_precision=args.mixed_precision,
         resume=args.resume,

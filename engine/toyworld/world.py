@@ -275,8 +275,16 @@ def render_scene(
 
 def reference_photos(subj: Subject, n: int, size: int = 64, seed: int = 0) -> list[Image.Image]:
     """``n`` photos of the subject alone on plain, varied backgrounds (unmasked, as uploaded)."""
+    return [image for image, _ in reference_shots(subj, n, size, seed)]
+
+
+def reference_shots(
+    subj: Subject, n: int, size: int = 64, seed: int = 0
+) -> list[tuple[Image.Image, Image.Image]]:
+    """``reference_photos`` with their subject masks (L, 255 on the subject): what a perfect
+    segmenter would give, for measuring what masking the references changes."""
     rng = np.random.default_rng([seed, subj.id])
-    photos = []
+    shots = []
     for _ in range(n):
         side = size * _SUPERSAMPLE
         top = _jitter(PLAIN_BACKGROUNDS[int(rng.integers(len(PLAIN_BACKGROUNDS)))], rng, 6)
@@ -285,8 +293,8 @@ def reference_photos(subj: Subject, n: int, size: int = 64, seed: int = 0) -> li
         canvas = Image.fromarray((np.full((side, side, 3), top) * ramp).astype(np.uint8), "RGB")
         anchor = (0.5 + rng.uniform(-0.06, 0.06), 0.5 + rng.uniform(-0.06, 0.06))
         mask = _place_subject(canvas, subj, rng.uniform(0.18, 0.3), anchor, rng.uniform(-15, 15))
-        photos.append(_finish(canvas, mask, rng)[0])
-    return photos
+        shots.append(_finish(canvas, mask, rng))
+    return shots
 
 
 def subjects(ids: Sequence[int]) -> list[Subject]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench import toyworld
-from bench.toyworld_eval import STEM
+from bench.toyworld_eval import ABLATION_STEM, STEM
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,10 @@ def torch_globals() -> Iterator[None]:
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("toyworld")
     work, out = root / "work", root / "out"
-    code = toyworld.main(["--quick", "--workdir", str(work), "--out", str(out), "--threads", "1"])
+    every = ",".join(toyworld.STAGES)
+    code = toyworld.main(
+        ["--quick", "--workdir", str(work), "--out", str(out), "--threads", "1", "--stages", every]
+    )
     assert code == 0
     return work, out
 
@@ -50,13 +53,46 @@ def test_quick_run_writes_results(quick_run: tuple[Path, Path]) -> None:
         assert 0.0 <= row["scene_accuracy"] <= 1.0
     assert document["upper_bound"]["identity_mean"] is not None
     assert document["control"]["identity_mean"] is not None
-    assert set(document["timings"]) == set(toyworld.STAGES)
+    assert set(document["timings"]) == set(toyworld.STAGES) - {"ablations"}  # runs after
     assert all(info["seconds"] >= 0 for info in document["timings"].values())
     assert (out / f"{STEM}.md").read_text().startswith("# Toy world")
     assert (out / f"{STEM}-sheet.png").stat().st_size > 0
     split = json.loads((work / "split.json").read_text())
     assert not set(split["train"]) & set(split["heldout"])
     assert set(document["heldout"]) <= set(split["heldout"])
+
+
+def test_ablations_train_each_variant_and_report_it(quick_run: tuple[Path, Path]) -> None:
+    from engine.personalizers.instantbooth.model import InstantBoothModel
+    from engine.tiny import tiny_image_encoder
+
+    work, out = quick_run
+    document = json.loads((out / f"{ABLATION_STEM}.json").read_text())
+    rows = document["variants"]
+    plan = toyworld.QUICK
+    names = [v.name for v in toyworld.variants(plan)]
+    # The main recipe's snapshot at the ablations' step count, each variant, the main run.
+    assert [r["variant"] for r in rows] == ["main recipe", *names, "main recipe (the main run)"]
+    assert [r["steps"] for r in rows] == [plan.ablation_steps] * 4 + [plan.ib_steps]
+    for row in rows[:-1]:
+        assert row["gate_mean"] is not None
+        for arm in row["arms"]:
+            assert arm["renders"] == plan.eval_subjects * 5  # one seed, 5 places
+    assert {r["lr_adapter"] for r in rows[1:3]} == {1e-6, 1e-4}
+    snapshot = toyworld.snapshot_weights(work / "instantbooth", plan.ablation_steps)
+    assert (snapshot / "config.json").is_file()
+    # The fine-tuned encoder is saved with the weights, so they load only over its
+    # architecture and its weights differ from the random one it started from.
+    tuned_dir = work / "ablations" / "encoder-trained" / "weights"
+    tuned = InstantBoothModel.from_pretrained(tuned_dir, tiny_image_encoder(0))
+    assert tuned.config.image_encoder_trained and tuned.backbone is not None
+    start = tiny_image_encoder(0).state_dict()
+    assert any(
+        not torch.equal(value, start[name]) for name, value in tuned.backbone.state_dict().items()
+    )
+    with pytest.raises(ValueError, match="fine-tuned image encoder"):
+        InstantBoothModel.from_pretrained(tuned_dir)
+    assert (out / f"{ABLATION_STEM}.md").read_text().startswith("# Toy world")
 
 
 def test_stages_are_skipped_once_done(quick_run: tuple[Path, Path]) -> None:
@@ -104,3 +140,46 @@ def test_trained_base_loads_through_the_engine(quick_run: tuple[Path, Path]) -> 
             await engine.aclose()
 
     assert asyncio.run(render()) == 1
+
+
+def test_avatarbot_eval_on_the_toyworld_profile(
+    quick_run: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What an operator runs on the toy world: `avatarbot eval --profile toyworld-instantbooth`
+    over the trained base and weights, a held-out subject's photos, the toy metric."""
+    from bot.cli import main
+    from engine.toyworld import reference_photos, subject
+
+    work, _ = quick_run
+    split = json.loads((work / "split.json").read_text())
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i, photo in enumerate(reference_photos(subject(split["heldout"][0]), 2)):
+        photo.save(refs / f"{i}.png")
+    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AVATARBOT_ENGINE__BASE_MODEL", str(work / "base"))
+    monkeypatch.setenv("AVATARBOT_ENGINE__INSTANTBOOTH_WEIGHTS", str(work / "instantbooth/weights"))
+    monkeypatch.delenv("AVATARBOT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("AVATARBOT_ENGINE__PROFILE", raising=False)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "--log-level", "WARNING", "eval", "--profile", "toyworld-instantbooth",
+            "--photos", str(refs), "--kind", "object", "--metric", "toy", "--baseline",
+            "--prompt", "a photo of a toy on the beach", "--seeds", "1", "--steps", "2",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["profile"] == "toyworld-instantbooth"
+    assert results["metric"].startswith("toy")
+    personalizers = {r["personalizer"] for r in results["renders"]}
+    assert personalizers == {"instantbooth", "none"}
+    for render in results["renders"]:
+        assert render["identity"] is None or 0.0 <= render["identity"] <= 1.0
+        assert render["scene"] in ("beach", "snow", "forest", "night", "city")
+    assert (out / "results.md").is_file() and (out / "contact_sheet.png").stat().st_size > 0

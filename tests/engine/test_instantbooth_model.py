@@ -149,6 +149,11 @@ def test_concept_token_lands_on_the_identifier_and_is_renormalised(pipe: Any) ->
         assert float(scaled[0, p].norm()) == pytest.approx(0.4 * float(embeds[0, p].norm()), 1e-5)
         cos = torch.nn.functional.cosine_similarity(scaled[0, p], concepts[0], dim=0)
         assert float(cos) == pytest.approx(1.0, abs=1e-5)
+    # Per row: None keeps that row's raw vector (as trained), a number renormalises.
+    both = torch.stack([embeds[0], embeds[0]])
+    mixed = inject_concept(both, [positions[0]] * 2, concepts[[0, 0]], alpha=[None, 0.4])
+    assert torch.equal(mixed[0], raw[0])
+    assert torch.equal(mixed[1], scaled[0])
 
 
 def test_knobs_from_request() -> None:
@@ -159,6 +164,19 @@ def test_knobs_from_request() -> None:
     assert knobs(config, identity_strength=0.0) == (0.4, 0.0)
     with pytest.raises(ValueError, match="beta"):
         knobs(config, {"beta": -1.0})
+    # The evaluations' switch: the concept token without renormalisation.
+    assert knobs(config, {"raw_concept": 1.0, "beta": 0.5}) == (None, 0.5)
+    assert knobs(config, {"raw_concept": 0.0}) == (0.4, 0.3)
+
+
+def test_encoder_ids_of_published_configs_do_not_change() -> None:
+    # image_encoder_trained came later: at its default it stays out of the canonical JSON,
+    # so weights saved before it keep their encoder id (and avatars their cached features).
+    config = InstantBoothConfig()
+    assert "image_encoder_trained" not in config.canonical_json()
+    tuned = config.model_copy(update={"image_encoder_trained": True})
+    assert '"image_encoder_trained":true' in tuned.canonical_json()
+    assert tuned.encoder_id("d") != config.encoder_id("d")
 
 
 def test_more_photos_average_the_token_and_concatenate_patches(frozen: FrozenModels) -> None:

@@ -63,6 +63,46 @@ def test_training_lowers_the_loss_and_changes_only_trainable_parts(tmp_path: Pat
     assert result.validation_images and result.validation_images[0].is_file()
 
 
+def test_fine_tuned_image_encoder_trains_saves_and_loads(tmp_path: Path) -> None:
+    from engine.personalizers import personalizer_factory
+    from engine.personalizers.instantbooth.validation import validation_pipeline
+    from engine.tiny import tiny_image_encoder
+    from tests.engine.test_instantbooth_personalizer import _context
+
+    frozen = load_frozen("tiny")
+    options = TrainOptions(
+        data=make_shapes_dataset(tmp_path / "data", count=4),
+        out=tmp_path / "out",
+        kind="object",
+        steps=3,
+        batch_size=2,
+        resolution=32,
+        lr_image_encoder=1e-3,
+        train_image_encoder=True,
+        save_every=0,
+        validation_samples=0,
+    )
+    result = train(options, frozen=frozen)
+    saved = load_file(str(result.weights / "instantbooth.safetensors"))
+    backbone = {
+        k.removeprefix("backbone."): v for k, v in saved.items() if k.startswith("backbone.")
+    }
+    start = tiny_image_encoder(0).state_dict()
+    assert backbone.keys() == start.keys()
+    assert any(not torch.equal(v, start[k]) for k, v in backbone.items())
+    # The personalizer loads the fine-tuned encoder over the architecture the config names
+    # and encodes with it, not with the random one.
+    ctx = _context(validation_pipeline(load_frozen("tiny")), weights=str(result.weights))
+    booth = personalizer_factory("instantbooth")(ctx)
+    assert booth.model.backbone is booth.image_encoder  # type: ignore[attr-defined]
+    loaded = booth.image_encoder.state_dict()  # type: ignore[attr-defined]
+    assert all(torch.equal(loaded[k], v) for k, v in backbone.items())
+    assert (
+        booth.encoder_id
+        == InstantBoothModel.from_pretrained(result.weights, tiny_image_encoder(0)).encoder_id
+    )
+
+
 def _cli(data: Path, out: Path, steps: int, *extra: str) -> int:
     return main(
         [

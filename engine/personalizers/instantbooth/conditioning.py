@@ -55,8 +55,9 @@ def knobs(
     config: InstantBoothConfig,
     extra: Mapping[str, float] | None = None,
     identity_strength: float | None = None,
-) -> tuple[float, float]:
-    """(α, β) for one request.
+) -> tuple[float | None, float]:
+    """(α, β) for one request; α None: the concept vector as the heads made it, without the
+    renormalisation (as in training; ``extra["raw_concept"] = 1``, for evaluations).
 
     ``extra["alpha"]``/``extra["beta"]`` win when given. Otherwise α is the config's and β is
     the config's β scaled by identity strength, linearly, so that the engine's default strength
@@ -74,7 +75,7 @@ def knobs(
     for name, value in (("alpha", alpha), ("beta", beta)):
         if not (math.isfinite(value) and 0.0 <= value <= 4.0):
             raise ValueError(f"InstantBooth {name} must be in 0..4 (got {value})")
-    return alpha, beta
+    return (None if extra.get("raw_concept") else alpha), beta
 
 
 def build_conditioning(
@@ -83,7 +84,7 @@ def build_conditioning(
     prompts: Sequence[str],
     concepts: Sequence[Concept | None],
     *,
-    alphas: Sequence[float],
+    alphas: Sequence[float | None],
     betas: Sequence[float],
     do_cfg: bool,
     negative_prompts: Sequence[str] | None = None,

@@ -60,6 +60,10 @@ class InstantBoothConfig(BaseModel):
     # The frozen models these weights were trained against (hub id, folder or file).
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     image_encoder: str = "openai/clip-vit-large-patch14"
+    # True when the image encoder was fine-tuned with the heads (the paper trains its image
+    # encoders; TrainOptions.train_image_encoder): the weights file then also carries the
+    # encoder's weights (``backbone.*``), loaded over the architecture ``image_encoder`` names.
+    image_encoder_trained: bool = False
     # Image backbone: input side, hidden size (patch tokens), projection size (global
     # embedding) and the number of tokens of its last hidden state (CLS + patches).
     image_size: int = Field(default=224, ge=8)
@@ -94,7 +98,11 @@ class InstantBoothConfig(BaseModel):
             ) from None
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # A field added after weights were published stays out while at its default, so their
+        # encoder ids (and every avatar's cached features) do not change.
+        later = set() if self.image_encoder_trained else {"image_encoder_trained"}
+        data = self.model_dump(mode="json", exclude=later)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def encoder_id(self, weights_digest: str) -> str:
         """Names these weights + this config; changes whenever features would change."""

@@ -40,7 +40,8 @@ class FrozenModels:
         }
 
     def freeze(self, device: torch.device | str, dtype: torch.dtype) -> None:
-        """No gradients, eval mode, on ``device`` in ``dtype`` (they are never trained)."""
+        """No gradients, eval mode, on ``device`` in ``dtype``. (A fine-tuned image encoder is
+        made trainable again by the model that takes it over.)"""
         for module in self.modules().values():
             module.requires_grad_(False)
             module.eval()

@@ -1,7 +1,9 @@
 """InstantBooth's trainable parts as one module: the two heads and the gated adapters.
 
 Only these are saved (``instantbooth.safetensors``) beside ``config.json``; the frozen base model
-and image encoder are named by the config and loaded by the profile. ``encoder_id`` derives from
+and image encoder are named by the config and loaded by the profile. When the image encoder was
+fine-tuned too (``config.image_encoder_trained``), it is a submodule (``backbone``) and its
+weights are saved with the rest, over the architecture the config names. ``encoder_id`` derives from
 the config and the weights' digest, so new weights make old cached features stale.
 """
 
@@ -47,11 +49,21 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 class InstantBoothModel(nn.Module):
-    def __init__(self, config: InstantBoothConfig) -> None:
+    backbone: nn.Module | None
+
+    def __init__(self, config: InstantBoothConfig, backbone: nn.Module | None = None) -> None:
+        """``backbone``: the image encoder, used (and registered, so trained and saved) only
+        when ``config.image_encoder_trained``."""
         super().__init__()
         if not config.adapters:
             raise ValueError("InstantBooth config lists no adapters (build it with for_unet)")
+        if config.image_encoder_trained and backbone is None:
+            raise ValueError(
+                "these InstantBooth weights include a fine-tuned image encoder: pass its "
+                f"architecture ({config.image_encoder}) as backbone"
+            )
         self.config = config
+        self.backbone = backbone if config.image_encoder_trained else None
         self.concept = ConceptHead(config.image_embed_dim, config.text_hidden_size)
         self.patch = PatchHead(config.image_hidden_size, config.patch_dim)
         self.adapters = nn.ModuleDict(
@@ -77,7 +89,8 @@ class InstantBoothModel(nn.Module):
             "adapters": tuple(adapter_specs(unet)),
         }
         fields.update(overrides)
-        return cls(InstantBoothConfig.model_validate(fields))
+        # The vision model becomes a trainable part only if the overrides ask for it.
+        return cls(InstantBoothConfig.model_validate(fields), vision_model)
 
     # --- identity -------------------------------------------------------------------------
     @property
@@ -106,13 +119,17 @@ class InstantBoothModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> InstantBoothModel:
+    def from_pretrained(
+        cls, directory: str | Path, backbone: nn.Module | None = None
+    ) -> InstantBoothModel:
+        """``backbone``: the image encoder the config names; its weights are replaced by the
+        fine-tuned ones when the config says it was trained (ignored otherwise)."""
         directory = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} is missing")
         config = InstantBoothConfig.load(directory)
-        model = cls(config)
+        model = cls(config, backbone)
         state = load_file(str(directory / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -142,14 +159,19 @@ class InstantBoothModel(nn.Module):
     def encode_pixels(
         self, image_encoder: nn.Module, pixels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per image: concept vector [N, D] and patch tokens [N, P, D']."""
-        out = run_backbone(image_encoder, pixels)
+        """Per image: concept vector [N, D] and patch tokens [N, P, D']. A fine-tuned
+        ``backbone`` stands in for ``image_encoder``."""
+        out = run_backbone(self.backbone if self.backbone is not None else image_encoder, pixels)
         return self.concept(out.image_embeds), self.patch(out.hidden)
 
-    def trainable_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(linear heads, adapters): the paper trains them with different learning rates."""
+    def trainable_groups(
+        self,
+    ) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+        """(linear heads, adapters, image encoder): each trains at its own learning rate. The
+        last is empty unless the image encoder is fine-tuned."""
         heads = [*self.concept.parameters(), *self.patch.parameters()]
-        return heads, list(self.adapters.parameters())
+        backbone = list(self.backbone.parameters()) if self.backbone is not None else []
+        return heads, list(self.adapters.parameters()), backbone
 
     def gates(self) -> dict[str, float]:
         return {

@@ -34,6 +34,7 @@ from engine.personalizers.instantbooth.adapters import (
     GatedSelfAttention,
 )
 from engine.personalizers.instantbooth.conditioning import Concept, build_conditioning, knobs
+from engine.personalizers.instantbooth.config import InstantBoothConfig
 from engine.personalizers.instantbooth.encoders import (
     clip_pixels,
     square_crop_around,
@@ -130,7 +131,7 @@ class InstantBoothPersonalizer(Personalizer):
 
     def prepare(self, pipe: Any, batch: DenoiseBatch) -> PreparedConditioning:
         concepts: list[Concept | None] = []
-        alphas: list[float] = []
+        alphas: list[float | None] = []
         betas: list[float] = []
         for request in batch.samples:
             features = request.features
@@ -194,8 +195,11 @@ def load_personalizer(ctx: LoadContext) -> InstantBoothPersonalizer:
     options = dict(ctx.options)
     pipe: Any = ctx.pipe
     if options.get("weights"):
-        model = _load_weights(Path(str(options["weights"])))
-        image_encoder = _image_encoder(model.config.image_encoder, ctx)
+        directory = Path(str(options["weights"]))
+        config = _load_config(directory)
+        image_encoder = _image_encoder(config.image_encoder, ctx)
+        # A fine-tuned encoder's weights (when the config says so) load into this one.
+        model = _load_weights(directory, image_encoder)
     elif options.get("random") in ("tiny", "sd15"):
         shape = str(options["random"])
         image_encoder = _random_image_encoder(shape, ctx.seed)
@@ -226,9 +230,11 @@ def load_personalizer(ctx: LoadContext) -> InstantBoothPersonalizer:
     return personalizer
 
 
-def _load_weights(directory: Path) -> InstantBoothModel:
+@contextmanager
+def _weights_errors(directory: Path) -> Iterator[None]:
+    """Missing or unusable weights as the engine's MissingWeights, saying how to train."""
     try:
-        return InstantBoothModel.from_pretrained(directory)
+        yield
     except FileNotFoundError as exc:
         raise MissingWeights(
             "InstantBooth weights", str(directory), TRAIN_HINT, reason=str(exc)
@@ -237,6 +243,16 @@ def _load_weights(directory: Path) -> InstantBoothModel:
         raise MissingWeights(
             "usable InstantBooth weights", str(directory), TRAIN_HINT, reason=str(exc)
         ) from exc
+
+
+def _load_config(directory: Path) -> InstantBoothConfig:
+    with _weights_errors(directory):
+        return InstantBoothConfig.load(directory)
+
+
+def _load_weights(directory: Path, image_encoder: Any) -> InstantBoothModel:
+    with _weights_errors(directory):
+        return InstantBoothModel.from_pretrained(directory, image_encoder)
 
 
 def _random_image_encoder(shape: str, seed: int) -> Any:

@@ -82,33 +82,33 @@ def inject_concept(
     prompt_embeds: torch.Tensor,
     positions: Sequence[Sequence[int]],
     concepts: torch.Tensor,
-    alpha: float | Sequence[float] | None = None,
+    alpha: float | Sequence[float | None] | None = None,
 ) -> torch.Tensor:
     """Replace the identifier positions of each row with that row's concept vector.
 
     prompt_embeds [B, L, D] (text encoder output), concepts [B, D]; alpha: None in training (raw
-    vector), else one α or one per row (renormalisation, see the module docstring). Rows
+    vector), else one α or one per row (renormalisation, see the module docstring; a row's
+    None keeps its raw vector). Rows
     without an identifier position are returned unchanged. Differentiable in ``concepts``.
     """
     if concepts.shape[0] != prompt_embeds.shape[0] or len(positions) != prompt_embeds.shape[0]:
         raise ValueError("one concept vector and one position list per prompt row are required")
-    alphas: list[float] | None
-    if alpha is None:
-        alphas = None
-    elif isinstance(alpha, float | int):
-        alphas = [float(alpha)] * prompt_embeds.shape[0]
+    alphas: list[float | None]
+    if alpha is None or isinstance(alpha, float | int):
+        alphas = [None if alpha is None else float(alpha)] * prompt_embeds.shape[0]
     else:
-        alphas = [float(a) for a in alpha]
+        alphas = [None if a is None else float(a) for a in alpha]
     rows = []
     for i, pos in enumerate(positions):
         row = prompt_embeds[i]
         if pos:
             index = torch.tensor(list(pos), device=row.device)
             vec = concepts[i].to(row.dtype).expand(len(pos), -1)
-            if alphas is not None:
+            a = alphas[i]
+            if a is not None:
                 reference = row.index_select(0, index).float().norm(dim=-1, keepdim=True)
                 unit = vec.float() / vec.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
-                vec = (alphas[i] * reference * unit).to(row.dtype)
+                vec = (a * reference * unit).to(row.dtype)
             # index_put keeps the graph to ``concepts`` (training) and leaves the rest intact.
             row = row.index_put((index,), vec)
         rows.append(row)

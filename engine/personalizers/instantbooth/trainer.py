@@ -63,7 +63,11 @@ class TrainOptions:
     steps: int = 1000
     batch_size: int = 4
     lr_linear: float = 1e-4  # the paper's rate for the two linear heads
-    lr_adapter: float = 1e-6  # the paper's rate for the adapters
+    lr_adapter: float = 1e-4  # the heads' rate: the paper's 1e-6 leaves the gates shut (docs)
+    # Fine-tune the CLIP image encoder with the heads, as the paper trains its image encoders
+    # (the weights then carry it); off by default: frozen, only the heads adapt it.
+    train_image_encoder: bool = False
+    lr_image_encoder: float = 1e-5
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | fp16 | bf16
     resume: bool = False
@@ -158,8 +162,12 @@ class TrainingStep(nn.Module):
             latents = dist.mean + dist.std * eps.to(dist.mean.device, dist.mean.dtype)
             latents = latents * f.vae.config.scaling_factor
             text = f.text_encoder(input_ids)[0]
-            backbone_dtype = next(f.image_encoder.parameters()).dtype
-            image = f.image_encoder(pixel_values=subject_pixels.to(backbone_dtype))
+            if self.model.backbone is None:
+                backbone_dtype = next(f.image_encoder.parameters()).dtype
+                image = f.image_encoder(pixel_values=subject_pixels.to(backbone_dtype))
+        if self.model.backbone is not None:  # fine-tuned: with gradients
+            backbone_dtype = next(self.model.backbone.parameters()).dtype
+            image = self.model.backbone(pixel_values=subject_pixels.to(backbone_dtype))
         g = self.rng.generator
         noise = torch.randn(latents.shape, generator=g).to(latents.device, latents.dtype)
         steps = f.noise_scheduler.config.num_train_timesteps
@@ -240,15 +248,20 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
     )
     frozen.freeze(accelerator.device, weight_dtype)
     if options.init_weights is not None:
-        model = InstantBoothModel.from_pretrained(options.init_weights)
+        model = InstantBoothModel.from_pretrained(options.init_weights, frozen.image_encoder)
     else:
+        overrides = dict(options.config_overrides)
+        if options.train_image_encoder:
+            overrides["image_encoder_trained"] = True
         model = InstantBoothModel.for_unet(
             frozen.unet,
             frozen.image_encoder,
             base_model=frozen.base_model,
             image_encoder=frozen.image_encoder_id,
-            **options.config_overrides,
+            **overrides,
         )
+    if model.backbone is not None:
+        model.backbone.requires_grad_(True)  # frozen.freeze() froze it with the rest
     model.to(accelerator.device, torch.float32).train()
     hooks = model.install(frozen.unet)
     resolution = options.resolution or (64 if options.profile == "tiny" else 512)
@@ -266,14 +279,14 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
         num_workers=options.num_workers,
         drop_last=len(dataset) >= options.batch_size,
     )
-    heads, adapters = model.trainable_groups()
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": heads, "lr": options.lr_linear},
-            {"params": adapters, "lr": options.lr_adapter},
-        ],
-        weight_decay=0.0,
-    )
+    heads, adapters, backbone = model.trainable_groups()
+    groups = [
+        {"params": heads, "lr": options.lr_linear},
+        {"params": adapters, "lr": options.lr_adapter},
+    ]
+    if backbone:
+        groups.append({"params": backbone, "lr": options.lr_image_encoder})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     # Each process draws its own noise; all of them resume where they were.
     rng = NoiseRNG(options.seed * 1_000 + accelerator.process_index)
     accelerator.register_for_checkpointing(rng)
@@ -313,7 +326,7 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
                 loss = step_module(batch["pixel_values"], batch["subject_pixels"], input_ids)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and options.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(heads + adapters, options.max_grad_norm)
+                    accelerator.clip_grad_norm_(heads + adapters + backbone, options.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             window.append(float(accelerator.gather(loss.detach()).mean()))
