@@ -345,7 +345,7 @@ def markdown(document: dict[str, Any]) -> str:
         )
         lines.append(f"| {stage} | {info.get('seconds', '–')} | {notes} |")
     lines += ["", f"Contact sheet: `{STEM}-sheet.png` (references | no personalization | "
-              "InstantBooth, seed 0)."]  # fmt: skip
+              "InstantBooth at β = 0.3 | at β = 1.0, seed 0)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -354,11 +354,13 @@ def sheet(evaluation: dict[str, Any], plan: Plan) -> Image:
     from engine.toyworld import PLACES
 
     places = list(PLACES)[:SHEET_PLACES]
-    shown = [evaluation["arms"][0].name, evaluation["arms"][1].name]
+    names = {a.name for a in evaluation["arms"]}
+    # No personalization, the paper's β and the strongest β of the sweep (when it ran).
+    labels = {"no personalization": "none", "InstantBooth α=0.4 β=0.3": "IB beta 0.3",
+              "InstantBooth α=0.4 β=1.0": "IB beta 1.0"}  # fmt: skip
+    shown = [name for name in labels if name in names]
     columns = [f"reference {i + 1}" for i in range(plan.references)]
-    columns += [
-        f"{'none' if a == shown[0] else 'InstantBooth'}\n{p}" for a in shown for p in places
-    ]
+    columns += [f"{labels[a]}\n{p}" for a in shown for p in places]
     index = {(r.arm, r.subject, r.place, r.seed): r for r in evaluation["renders"]}
     rows = []
     for sid in evaluation["heldout"]:
