@@ -79,6 +79,7 @@ class Plan:
     references: int = 3
     sweep: bool = True
     ablation_steps: int = 1000  # the ablations' InstantBooth runs (and the main run's snapshot)
+    feature_samples: int = 64  # training samples of the feature-use check
     save_every: int = 200
     quick: bool = False
 
@@ -98,6 +99,7 @@ QUICK = Plan(
     ib_steps=3,
     ib_batch=2,
     ablation_steps=2,
+    feature_samples=4,
     eval_subjects=2,
     eval_seeds=1,
     eval_steps=2,

@@ -15,6 +15,7 @@ the base's VAE (the blur every render has). Identity is ``ToyIdentity``, text co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import statistics
@@ -269,6 +270,85 @@ def scene_ceiling(
     }
 
 
+FEATURE_TIMESTEPS = (100, 300, 500, 700, 900)
+
+
+def feature_use(paths: Paths, weights: Path, samples: int, seed: int) -> list[dict[str, Any]]:
+    """Does the trained model use its features? The diffusion loss on training samples (the
+    trainer's own batches: subject crop + caption), per timestep, for the base model, with the
+    concept token only, with the token and the adapters (β = 1, as trained), and with another
+    sample's features (shuffled: what features of the wrong subject do). Only a gap between
+    "full" and both "base" and "shuffled" says identity flows through the features."""
+    import torch
+
+    from bench.toyworld import frozen_base
+    from engine.personalizers.instantbooth.adapters import AdapterState
+    from engine.personalizers.instantbooth.dataset import InstantBoothDataset, Sample, collate
+    from engine.personalizers.instantbooth.model import InstantBoothModel
+    from engine.personalizers.instantbooth.prompts import (
+        identifier_ids,
+        identifier_positions,
+        inject_concept,
+        tokenize,
+    )
+    from engine.tiny import tiny_image_encoder
+
+    frozen = frozen_base(paths.base)
+    frozen.freeze("cpu", torch.float32)
+    model = InstantBoothModel.from_pretrained(weights, tiny_image_encoder(0)).eval()
+    encoder = model.backbone if model.backbone is not None else frozen.image_encoder
+    index = weights.parent / "samples.jsonl"
+    rows = [json.loads(line) for line in index.read_text().splitlines()][:samples]
+    chosen = [Sample(Path(r["image"]), r["caption"], Path(r["mask"]), r["kind"]) for r in rows]
+    dataset = InstantBoothDataset(chosen, model.config, paths_size(paths), seed=seed)
+    batch = collate([dataset[i] for i in range(len(chosen))])
+    n = len(chosen)
+    shuffle = torch.roll(torch.arange(n), 1)  # every sample gets its neighbour's features
+    hooks = model.install(frozen.unet)
+    out = []
+    try:
+        with torch.no_grad():
+            ids = tokenize(frozen.tokenizer, batch["prompt"])
+            scale = frozen.vae.config.scaling_factor
+            latents = frozen.vae.encode(batch["pixel_values"]).latent_dist.mean * scale
+            text = frozen.text_encoder(ids)[0]
+            image = encoder(pixel_values=batch["subject_pixels"])
+            concepts, patches = (
+                model.concept(image.image_embeds),
+                model.patch(image.last_hidden_state),
+            )
+            where = identifier_positions(
+                ids, identifier_ids(frozen.tokenizer, model.config.identifier)
+            )
+            own = inject_concept(text, where, concepts)
+            other = inject_concept(text, where, concepts[shuffle])
+            for t in FEATURE_TIMESTEPS:
+                noise = torch.randn(
+                    latents.shape, generator=torch.Generator().manual_seed(seed + t)
+                )
+                steps = torch.full((n,), t)
+                noisy = frozen.noise_scheduler.add_noise(latents, noise, steps)
+                losses = {}
+                for arm, embeds, feats in (
+                    ("base", text, None),
+                    ("token", own, None),
+                    ("full", own, patches),
+                    ("shuffled", other, patches[shuffle]),
+                ):
+                    state = AdapterState.dense(feats, beta=1.0) if feats is not None else None
+                    with hooks.active(state) if state is not None else contextlib.nullcontext():
+                        pred = frozen.unet(noisy, steps, embeds).sample
+                    losses[arm] = float(((pred - noise) ** 2).mean())
+                out.append({"t": t, **losses})
+    finally:
+        hooks.remove()
+    return out
+
+
+def paths_size(paths: Paths) -> int:
+    return int(json.loads(paths.split.read_text())["size"])
+
+
 def reference_bounds(
     metric: Any, refs: dict[int, list[Image]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -336,6 +416,23 @@ def markdown(document: dict[str, Any]) -> str:
     )
     for row in (document["upper_bound"], document["control"]):
         lines.append(f"| {row['arm']} | {row['n']} | {_fmt(row['identity_mean'])} | – | – | – |")
+    lines += [
+        "",
+        "## Does the model use its features?",
+        "",
+        "Diffusion loss (MSE on ε) on training samples, the trainer's own inputs, per timestep: "
+        "the base model, with the concept token only, with token + adapters (β = 1, as "
+        "trained), and with another sample's token + patches (shuffled).",
+        "",
+        "| weights | t | base | token only | token + adapters | shuffled |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, rows in document.get("feature_use", {}).items():
+        for r in rows:
+            lines.append(
+                f"| {name} | {r['t']} | {r['base']:.4f} | {r['token']:.4f} | "
+                f"{r['full']:.4f} | {r['shuffled']:.4f} |"
+            )
     lines += ["", "## Stages", "", "| stage | seconds | notes |", "|---|---:|---|"]
     for stage, info in document["timings"].items():
         notes = ", ".join(
@@ -386,6 +483,16 @@ def stage_eval(
     evaluation = asyncio.run(
         _evaluate(plan, paths, seed, paths.weights.resolve(), arms(plan.sweep))
     )
+    from bench.toyworld import snapshot_weights
+
+    usage = {
+        f"{plan.ib_steps} steps": feature_use(paths, paths.weights, plan.feature_samples, seed)
+    }
+    snapshot = snapshot_weights(paths.instantbooth, plan.ablation_steps)
+    if snapshot.is_dir():
+        usage[f"{plan.ablation_steps} steps"] = feature_use(
+            paths, snapshot, plan.feature_samples, seed
+        )
     names = [a.name for a in evaluation["arms"]]
     table = summarise(evaluation["renders"], names)
     per_subject = {
@@ -417,6 +524,7 @@ def stage_eval(
         "upper_bound": evaluation["upper"],
         "control": evaluation["control"],
         "ceiling": evaluation["ceiling"],
+        "feature_use": usage,
         "per_subject": per_subject,
         "renders": [
             {k: v for k, v in r.__dict__.items() if k != "image"} for r in evaluation["renders"]

@@ -56,6 +56,12 @@ def test_quick_run_writes_results(quick_run: tuple[Path, Path]) -> None:
     assert set(document["timings"]) == set(toyworld.STAGES) - {"ablations"}  # runs after
     assert all(info["seconds"] >= 0 for info in document["timings"].values())
     assert (out / f"{STEM}.md").read_text().startswith("# Toy world")
+    plan = toyworld.QUICK
+    usage = document["feature_use"]
+    assert set(usage) == {f"{plan.ib_steps} steps", f"{plan.ablation_steps} steps"}
+    for rows in usage.values():
+        assert [r["t"] for r in rows] == [100, 300, 500, 700, 900]
+        assert all(r[k] > 0 for r in rows for k in ("base", "token", "full", "shuffled"))
     assert (out / f"{STEM}-sheet.png").stat().st_size > 0
     split = json.loads((work / "split.json").read_text())
     assert not set(split["train"]) & set(split["heldout"])
