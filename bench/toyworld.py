@@ -560,14 +560,16 @@ def stage_ablations(plan: Plan, paths: Paths, out: Path, seed: int) -> dict[str,
 # -- driver -----------------------------------------------------------------------------------
 
 
-def stage_done(stage: str, paths: Paths, out: Path) -> bool:
+def stage_done(stage: str, paths: Paths, timings: dict[str, Any]) -> bool:
+    """Training stages are done when their output exists; the evaluations when this workdir
+    recorded them (the results folder already holds the committed results of earlier runs)."""
     return {
         "data": paths.split.is_file() and (paths.data / "world.jsonl").is_file(),
         "vae": (paths.vae / "final" / "config.json").is_file(),
         "unet": (paths.base / "model_index.json").is_file(),
         "instantbooth": (paths.weights / "config.json").is_file(),
-        "eval": (out / "toyworld-cpu.json").is_file(),
-        "ablations": (out / "toyworld-ablations-cpu.json").is_file(),
+        "eval": "eval" in timings,
+        "ablations": "ablations" in timings,
     }[stage]
 
 
@@ -594,7 +596,7 @@ def run(args: argparse.Namespace) -> int:
     for stage in STAGES:
         if stage not in stages:
             continue
-        if stage_done(stage, paths, out) and not args.force:
+        if stage_done(stage, paths, timings) and not args.force:
             logger.info("stage %s: done already (--force redoes it)", stage)
             continue
         logger.info("stage %s", stage)

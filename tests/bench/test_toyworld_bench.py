@@ -114,6 +114,31 @@ def test_stages_are_skipped_once_done(quick_run: tuple[Path, Path]) -> None:
     assert toyworld.main(["--quick", "--workdir", str(work), "--stages", "nope"]) == 2
 
 
+def test_evaluations_run_in_a_new_workdir_even_when_results_exist(
+    quick_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A fresh clone's results folder holds the committed results: they must not make a new
+    workdir skip its evaluation."""
+    import shutil
+
+    work, out = quick_run
+    shutil.copytree(work, tmp_path / "work")
+    shutil.copytree(out, tmp_path / "out")
+    timings_path = tmp_path / "work" / "timings.json"
+    timings = json.loads(timings_path.read_text())
+    del timings["eval"]
+    timings_path.write_text(json.dumps(timings))
+    results = tmp_path / "out" / f"{STEM}.json"
+    results.write_text("{}")  # stands for an earlier run's results
+    argv = ["--quick", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert toyworld.main([*argv, "--stages", "eval"]) == 0
+    assert json.loads(results.read_text())["benchmark"] == "toyworld"
+    assert "eval" in json.loads(timings_path.read_text())
+    results.write_text("{}")
+    assert toyworld.main([*argv, "--stages", "eval"]) == 0  # recorded now: skipped
+    assert results.read_text() == "{}"
+
+
 def test_trained_base_loads_through_the_engine(quick_run: tuple[Path, Path]) -> None:
     from engine.config import EngineSettings
     from engine.engine import create_engine
