@@ -1,21 +1,24 @@
 """Train the whole stack small on the synthetic toy world, then evaluate InstantBooth on it
 (issue 15, part 2).
 
-    python -m bench.toyworld                 # everything, ~40 min on a 2-core CPU
-    python -m bench.toyworld --quick         # seconds: checks that it runs, not quality
-    python -m bench.toyworld --stages eval   # one stage (earlier ones must have run)
+    python -m bench.toyworld                     # the result, ~40 min on a 2-core CPU
+    python -m bench.toyworld --stages ablations  # then the training-choice ablations, ~15 min
+    python -m bench.toyworld --quick             # seconds: checks that it runs, not quality
+    python -m bench.toyworld --stages eval       # one stage (earlier ones must have run)
 
 Stages, each skipped when its output exists (``--force`` redoes them), all seeded:
 
 1. ``data``: training-split subjects written in the trainer's format (engine.toyworld);
    held-out subjects are never written.
 2. ``vae``: a small AutoencoderKL (f = 4) trained on the images (MSE + small KL).
-3. ``unet``: a small text-to-image UNet trained with the DDPM epsilon objective on the VAE's
-   latents, conditioned by a frozen random tiny CLIP text encoder; saved with the VAE, text
-   encoder, tokenizer and scheduler as a diffusers StableDiffusionPipeline folder: the base.
+3. ``unet``: a small text-to-image UNet and a tiny CLIP text encoder trained together with the
+   DDPM epsilon objective (min-SNR weighted, EMA) on the VAE's latents; saved with the VAE,
+   tokenizer and scheduler as a diffusers StableDiffusionPipeline folder: the base.
 4. ``instantbooth``: our trainer (engine.personalizers.instantbooth.trainer) on that base.
 5. ``eval``: held-out subjects rendered through the real engine (profile
    ``toyworld-instantbooth`` over the trained base and weights); results under ``--out``.
+6. ``ablations`` (only when asked for): InstantBooth retrained with one training choice
+   changed (bench.toyworld_eval.write_ablations).
 
 Long stages checkpoint every ``--save-every`` steps and resume from the last checkpoint.
 """

@@ -1,5 +1,6 @@
-"""The toy-world base model's parts: a small VAE (f = 4), a small text-to-image UNet, a frozen
-random CLIP text encoder with the tiny tokenizer, and the noise schedule (issue 15, part 2).
+"""The toy-world base model's parts: a small VAE (f = 4), a small text-to-image UNet, a tiny
+CLIP text encoder (trained with the UNet) with the tiny tokenizer, and the noise schedule
+(issue 15, part 2).
 
 The base is saved as a standard diffusers ``StableDiffusionPipeline`` folder, which the engine
 loads like any other base model (``EngineSettings.base_model``).
@@ -89,9 +90,9 @@ def make_unet(sizes: ModelSizes, latent_size: int, seed: int) -> Any:  # a UNet2
 
 
 def make_text_encoder(seed: int) -> tuple[CLIPTextModel, Any]:
-    """A frozen random CLIP text encoder and the tiny tokenizer (whole words for most of the
-    toy world's vocabulary): different captions give different token sequences, and the UNet
-    learns to read them."""
+    """A randomly initialised, frozen tiny CLIP text encoder and the tiny tokenizer (whole
+    words for most of the toy world's vocabulary); the unet stage unfreezes it and trains it
+    with the UNet."""
     tokenizer = tiny_tokenizer(MAX_TOKENS)
     torch.manual_seed(seed)
     encoder = CLIPTextModel(
