@@ -10,15 +10,18 @@ Stages, each skipped when its output exists (``--force`` redoes them), all seede
 
 1. ``data``: training-split subjects written in the trainer's format (engine.toyworld);
    held-out subjects are never written.
-2. ``vae``: a small AutoencoderKL (f = 4) trained on the images (MSE + small KL).
-3. ``unet``: a small text-to-image UNet and a tiny CLIP text encoder trained together with the
-   DDPM epsilon objective (min-SNR weighted, EMA) on the VAE's latents; saved with the VAE,
-   tokenizer and scheduler as a diffusers StableDiffusionPipeline folder: the base.
+2. ``vae`` (bench.toyworld_base): a small AutoencoderKL (f = 4) trained on the images (MSE +
+   small KL).
+3. ``unet`` (bench.toyworld_base): a small text-to-image UNet and a tiny CLIP text encoder
+   trained together with the DDPM epsilon objective (min-SNR weighted, EMA) on the VAE's
+   latents; saved with the VAE, tokenizer and scheduler as a diffusers
+   StableDiffusionPipeline folder: the base.
 4. ``instantbooth``: our trainer (engine.personalizers.instantbooth.trainer) on that base.
-5. ``eval``: held-out subjects rendered through the real engine (profile
-   ``toyworld-instantbooth`` over the trained base and weights); results under ``--out``.
+5. ``eval`` (bench.toyworld_eval, bench.toyworld_diagnostics): held-out subjects rendered
+   through the real engine (profile ``toyworld-instantbooth`` over the trained base and
+   weights); results under ``--out``.
 6. ``ablations`` (only when asked for): InstantBooth retrained with one training choice
-   changed (bench.toyworld_eval.write_ablations).
+   changed (bench.toyworld_ablations).
 
 Long stages checkpoint every ``--save-every`` steps and resume from the last checkpoint.
 """
@@ -31,7 +34,6 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -183,98 +185,6 @@ def stage_data(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
     return {"images": plan.n_images, "train_subjects": len(train_ids), "heldout": heldout_ids}
 
 
-def load_images(paths: Paths) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """All dataset images as a [N, 3, S, S] tensor in -1..1 and the world index rows."""
-    from PIL import Image
-
-    rows = [json.loads(line) for line in (paths.data / "world.jsonl").read_text().splitlines()]
-    arrays = [np.asarray(Image.open(paths.data / r["image"]).convert("RGB")) for r in rows]
-    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return pixels, rows
-
-
-# -- resumable training loops ------------------------------------------------------------------
-
-
-def train_loop(
-    name: str,
-    folder: Path,
-    module: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    steps: int,
-    save_every: int,
-    loss_fn: Callable[[torch.Generator], torch.Tensor],
-    seed: int,
-    *,
-    warmup: int = 0,
-    ema_decay: float | None = None,
-) -> list[float]:
-    """Optimiser steps with a checkpoint (weights, optimiser, EMA, RNG, losses) every
-    ``save_every`` steps in ``folder/checkpoint.pt``; resumes from it.
-
-    ``warmup`` ramps the learning rate linearly over its first steps. With ``ema_decay`` the
-    module ends with an exponential moving average of its weights (diffusers' ``EMAModel``,
-    with its warm-up, so a short run is not dominated by its random start): averaged weights
-    sample much better than the last step's when a diffusion model is this undertrained.
-    """
-    from diffusers.training_utils import EMAModel
-
-    folder.mkdir(parents=True, exist_ok=True)
-    ckpt = folder / "checkpoint.pt"
-    rng = torch.Generator().manual_seed(seed)
-    params = [p for p in module.parameters() if p.requires_grad]
-    ema = EMAModel(params, decay=ema_decay, use_ema_warmup=True) if ema_decay else None
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    losses: list[float] = []
-    start = 0
-    if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        rng.set_state(state["rng"])
-        losses = list(state["losses"])
-        start = int(state["step"])
-        logger.info("%s: resumed from step %d", name, start)
-    module.train()
-    bar = tqdm_bar(steps, name, initial=start)
-    with bar:
-        for step in range(start, steps):
-            ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
-            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = lr * ramp
-            loss = loss_fn(rng)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            if ema is not None:
-                ema.step(params)
-            value = float(loss.detach())
-            if not np.isfinite(value):
-                raise FloatingPointError(f"{name} diverged at step {step + 1}")
-            losses.append(value)
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            done = step + 1
-            if save_every and (done % save_every == 0 or done == steps):
-                state = {
-                    "model": module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "rng": rng.get_state(),
-                    "losses": losses,
-                    "step": done,
-                }
-                torch.save(state, folder / "checkpoint.tmp")
-                (folder / "checkpoint.tmp").replace(ckpt)
-    if ema is not None:
-        ema.copy_to(params)
-    module.eval()
-    return losses
-
-
 def _summary(losses: list[float]) -> dict[str, Any]:
     head = losses[: max(1, len(losses) // 10)]
     tail = losses[-max(1, len(losses) // 10) :]
@@ -283,143 +193,6 @@ def _summary(losses: list[float]) -> dict[str, Any]:
         "loss_first": float(np.mean(head)) if losses else None,
         "loss_last": float(np.mean(tail)) if losses else None,
     }
-
-
-# -- stage: vae -------------------------------------------------------------------------------
-
-
-def stage_vae(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
-    from bench.toyworld_models import ModelSizes, make_vae
-
-    pixels, _ = load_images(paths)
-    vae = make_vae(ModelSizes(), plan.size, seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, weight_decay=0.0)
-    n = pixels.shape[0]
-
-    def loss_fn(rng: torch.Generator) -> torch.Tensor:
-        index = torch.randint(0, n, (plan.vae_batch,), generator=rng)
-        x = pixels[index]
-        if torch.rand((), generator=rng) < 0.5:
-            x = x.flip(-1)  # the world is left-right symmetric up to captions
-        dist = vae.encode(x).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=rng)
-        recon = vae.decode(z).sample
-        kl = dist.kl().mean() / z[0].numel()
-        return torch.nn.functional.mse_loss(recon, x) + plan.vae_kl * kl
-
-    losses = train_loop(
-        "vae", paths.vae, vae, optimizer, plan.vae_steps, plan.save_every, loss_fn, seed
-    )
-    # Scale latents to unit variance, as SD's scaling_factor does.
-    with torch.no_grad():
-        sample = pixels[: min(n, 256)]
-        latents = torch.cat([vae.encode(c).latent_dist.mean for c in sample.split(32)])
-        recon = torch.cat([vae.decode(c).sample for c in latents.split(32)])
-        mse = float(torch.nn.functional.mse_loss(recon.clamp(-1, 1), sample))
-    scale = float(1.0 / latents.std().clamp_min(1e-4))
-    vae.register_to_config(scaling_factor=scale)
-    vae.save_pretrained(paths.vae / "final")
-    psnr = float(10 * np.log10(4.0 / max(mse, 1e-12)))  # pixel range 2
-    return {**_summary(losses), "recon_mse": mse, "recon_psnr_db": psnr, "scaling_factor": scale}
-
-
-# -- stage: unet ------------------------------------------------------------------------------
-
-
-def _identifier_caption(text: str) -> str:
-    """The caption as the InstantBooth trainer rewrites it ("toy" → "sks object")."""
-    from engine.personalizers.instantbooth.config import InstantBoothConfig
-    from engine.personalizers.instantbooth.prompts import TRAIN_PREFIX, subject_prompt
-
-    return subject_prompt(text, InstantBoothConfig(), "object", prefix=TRAIN_PREFIX)
-
-
-def stage_unet(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
-    from diffusers import AutoencoderKL
-    from diffusers.training_utils import compute_snr
-
-    from bench.toyworld_models import (
-        MAX_TOKENS,
-        ModelSizes,
-        make_text_encoder,
-        make_unet,
-        noise_scheduler,
-        save_base,
-    )
-
-    pixels, rows = load_images(paths)
-    vae: Any = AutoencoderKL.from_pretrained(paths.vae / "final")
-    vae.eval()
-    vae.requires_grad_(False)
-    with torch.no_grad():
-        dists = [vae.encode(c).latent_dist for c in pixels.split(64)]
-        means = torch.cat([d.mean for d in dists])
-        stds = torch.cat([d.std for d in dists])
-    scale = float(vae.config.scaling_factor)
-    encoder, tokenizer = make_text_encoder(seed + 2)
-    # Trained jointly with the UNet, as in latent diffusion's text-to-image model (a
-    # transformer trained from scratch with it): a frozen random encoder left the place words
-    # too faint for the UNet to follow (docs/instantbooth.md). InstantBooth then freezes it,
-    # as it freezes SD's.
-    encoder.requires_grad_(True)
-    # Each caption as written and as the InstantBooth trainer rewrites it, so the base reads
-    # the prompts the evaluation uses ("a photo of sks object on the beach"); "" for guidance.
-    texts = sorted({t for r in rows for t in (r["caption"], _identifier_caption(r["caption"]))})
-    texts.append("")
-    lookup = {t: i for i, t in enumerate(texts)}
-    ids = tokenizer(
-        texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
-    ).input_ids
-    plain = torch.tensor([lookup[r["caption"]] for r in rows])
-    ident = torch.tensor([lookup[_identifier_caption(r["caption"])] for r in rows])
-    latent_size = means.shape[-1]
-    unet = make_unet(ModelSizes(), latent_size, seed + 1)
-    model = torch.nn.ModuleDict({"unet": unet, "text_encoder": encoder})
-    scheduler = noise_scheduler()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.unet_lr, weight_decay=0.0)
-    n = means.shape[0]
-    empty = len(texts) - 1
-
-    def loss_fn(rng: torch.Generator) -> torch.Tensor:
-        index = torch.randint(0, n, (plan.unet_batch,), generator=rng)
-        eps = torch.randn(means[index].shape, generator=rng)
-        latents = (means[index] + stds[index] * eps) * scale
-        use_ident = torch.rand(plan.unet_batch, generator=rng) < 0.5
-        caption = torch.where(use_ident, ident[index], plain[index])
-        drop = torch.rand(plan.unet_batch, generator=rng) < plan.uncond_rate
-        caption = torch.where(drop, torch.full_like(caption, empty), caption)
-        noise = torch.randn(latents.shape, generator=rng)
-        t = torch.randint(
-            0, scheduler.config.num_train_timesteps, (plan.unet_batch,), generator=rng
-        )
-        noisy = scheduler.add_noise(latents, noise, t)
-        pred = unet(noisy, t, encoder(ids[caption])[0]).sample
-        # Min-SNR-γ weighting (Hang et al., 2023; γ = 5): the nearly clean timesteps stop
-        # dominating the gradient, which roughly triples how fast a small model converges.
-        snr = compute_snr(scheduler, t)
-        weight = snr.clamp(max=plan.snr_gamma) / snr
-        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
-        return (per_sample * weight).mean()
-
-    losses = train_loop(
-        "unet",
-        paths.unet,
-        model,
-        optimizer,
-        plan.unet_steps,
-        plan.save_every,
-        loss_fn,
-        seed,
-        warmup=plan.unet_warmup,
-        ema_decay=plan.unet_ema,
-    )
-    encoder.requires_grad_(False)
-    save_base(paths.base, vae, unet, encoder, tokenizer)
-    return {**_summary(losses), "captions": len(texts) - 1, "base": str(paths.base)}
-
-
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 # -- stage: instantbooth ----------------------------------------------------------------------
@@ -509,57 +282,6 @@ def snapshot_weights(folder: Path, step: int) -> Path:
     return folder / f"weights-step-{step}"
 
 
-# -- stage: ablations -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Variant:
-    """InstantBooth trained once more with one training choice changed (issue 15's list)."""
-
-    name: str
-    slug: str
-    lr_adapter: float | None = None
-    train_encoder: bool | None = None
-
-
-def variants(plan: Plan) -> list[Variant]:
-    return [
-        Variant("adapters at 1e-6 (the paper's rate)", "lr-adapter-1e-6", lr_adapter=1e-6),
-        Variant("adapters at 1e-4 (the heads' rate)", "lr-adapter-1e-4", lr_adapter=1e-4),
-        Variant(
-            "image encoder frozen" if plan.ib_train_encoder else "image encoder fine-tuned",
-            "encoder-frozen" if plan.ib_train_encoder else "encoder-trained",
-            train_encoder=not plan.ib_train_encoder,
-        ),
-    ]
-
-
-def stage_ablations(plan: Plan, paths: Paths, out: Path, seed: int) -> dict[str, Any]:
-    from bench.toyworld_eval import write_ablations
-
-    trained = []
-    for variant in variants(plan):
-        folder = paths.root / "ablations" / variant.slug
-        vplan = replace(
-            plan,
-            ib_steps=plan.ablation_steps,
-            ib_lr_adapter=variant.lr_adapter
-            if variant.lr_adapter is not None
-            else plan.ib_lr_adapter,
-            ib_train_encoder=(
-                variant.train_encoder
-                if variant.train_encoder is not None
-                else plan.ib_train_encoder
-            ),
-        )
-        seed_everything(seed)
-        started = time.monotonic()
-        info = stage_instantbooth(vplan, paths, seed, resume=True, out=folder)
-        info["seconds"] = round(time.monotonic() - started, 1)
-        trained.append((variant.name, vplan, folder / "weights", info))
-    return write_ablations(plan, paths, out, seed, trained)
-
-
 # -- driver -----------------------------------------------------------------------------------
 
 
@@ -608,10 +330,14 @@ def run(args: argparse.Namespace) -> int:
         if stage == "data":
             info = stage_data(plan, paths, args.seed)
         elif stage == "vae":
+            from bench.toyworld_base import stage_vae
+
             if args.force:
                 (paths.vae / "checkpoint.pt").unlink(missing_ok=True)
             info = stage_vae(plan, paths, args.seed)
         elif stage == "unet":
+            from bench.toyworld_base import stage_unet
+
             if args.force:
                 (paths.unet / "checkpoint.pt").unlink(missing_ok=True)
             info = stage_unet(plan, paths, args.seed)
@@ -622,6 +348,8 @@ def run(args: argparse.Namespace) -> int:
 
             info = stage_eval(plan, paths, out, args.seed, timings)
         else:
+            from bench.toyworld_ablations import stage_ablations
+
             info = stage_ablations(plan, paths, out, args.seed)
         seconds = time.monotonic() - started
         timings[stage] = {"seconds": round(seconds, 1), **info}

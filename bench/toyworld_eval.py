@@ -15,7 +15,6 @@ the base's VAE (the blur every render has). Identity is ``ToyIdentity``, text co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import statistics
@@ -217,6 +216,8 @@ async def _evaluate(
     finally:
         await engine.aclose()
     render_seconds = time.monotonic() - started
+    from bench.toyworld_diagnostics import reference_bounds, scene_ceiling
+
     upper, control = reference_bounds(metric, refs)
     ceiling = scene_ceiling(metric, paths, refs, plan, seed)
     return {
@@ -230,151 +231,6 @@ async def _evaluate(
         "render_seconds": render_seconds,
         "images": len(renders),
     }
-
-
-def scene_ceiling(
-    metric: Any, paths: Paths, refs: dict[int, list[Image]], plan: Plan, seed: int
-) -> dict[str, Any]:
-    """Each held-out subject drawn by the world in every place (as many as the renders), then
-    encoded and decoded by the base's VAE, scored like a render: what perfect personalization
-    would score through this VAE."""
-    import numpy as np
-    import torch
-    from diffusers import AutoencoderKL
-    from PIL import Image as PILImage
-
-    from engine.toyworld import PLACES, Scene, render_scene, scene_class, subject
-
-    vae: Any = AutoencoderKL.from_pretrained(paths.base, subfolder="vae").eval()
-    scores: list[float] = []
-    hits: list[float] = []
-    for sid, photos in refs.items():
-        rng = np.random.default_rng([seed, sid, 7])
-        for place in PLACES:
-            for _ in range(plan.eval_seeds):
-                image, _mask = render_scene(subject(sid), Scene(place), plan.size, rng)
-                x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
-                with torch.no_grad():
-                    y = vae.decode(vae.encode(x).latent_dist.mean).sample[0]
-                pixels = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-                decoded = PILImage.fromarray(pixels, "RGB")
-                value = metric.similarity(decoded, photos)
-                if value is not None:
-                    scores.append(value)
-                hits.append(float(scene_class(decoded) == place))
-    return {
-        "arm": "the subject drawn in the place (VAE round trip)",
-        "identity_mean": _mean(scores),
-        "scene_accuracy": _mean(hits),
-        "n": len(hits),
-    }
-
-
-FEATURE_TIMESTEPS = (100, 300, 500, 700, 900)
-
-
-def feature_use(paths: Paths, weights: Path, samples: int, seed: int) -> list[dict[str, Any]]:
-    """Does the trained model use its features? The diffusion loss on training samples (the
-    trainer's own batches: subject crop + caption), per timestep, for the base model, with the
-    concept token only, with the token and the adapters (β = 1, as trained), and with another
-    sample's features (shuffled: what features of the wrong subject do). Only a gap between
-    "full" and both "base" and "shuffled" says identity flows through the features."""
-    import torch
-
-    from bench.toyworld import frozen_base
-    from engine.personalizers.instantbooth.adapters import AdapterState
-    from engine.personalizers.instantbooth.dataset import InstantBoothDataset, Sample, collate
-    from engine.personalizers.instantbooth.model import InstantBoothModel
-    from engine.personalizers.instantbooth.prompts import (
-        identifier_ids,
-        identifier_positions,
-        inject_concept,
-        tokenize,
-    )
-    from engine.tiny import tiny_image_encoder
-
-    frozen = frozen_base(paths.base)
-    frozen.freeze("cpu", torch.float32)
-    model = InstantBoothModel.from_pretrained(weights, tiny_image_encoder(0)).eval()
-    encoder = model.backbone if model.backbone is not None else frozen.image_encoder
-    index = weights.parent / "samples.jsonl"
-    rows = [json.loads(line) for line in index.read_text().splitlines()][:samples]
-    chosen = [Sample(Path(r["image"]), r["caption"], Path(r["mask"]), r["kind"]) for r in rows]
-    dataset = InstantBoothDataset(chosen, model.config, paths_size(paths), seed=seed)
-    batch = collate([dataset[i] for i in range(len(chosen))])
-    n = len(chosen)
-    shuffle = torch.roll(torch.arange(n), 1)  # every sample gets its neighbour's features
-    hooks = model.install(frozen.unet)
-    out = []
-    try:
-        with torch.no_grad():
-            ids = tokenize(frozen.tokenizer, batch["prompt"])
-            scale = frozen.vae.config.scaling_factor
-            latents = frozen.vae.encode(batch["pixel_values"]).latent_dist.mean * scale
-            text = frozen.text_encoder(ids)[0]
-            image = encoder(pixel_values=batch["subject_pixels"])
-            concepts, patches = (
-                model.concept(image.image_embeds),
-                model.patch(image.last_hidden_state),
-            )
-            where = identifier_positions(
-                ids, identifier_ids(frozen.tokenizer, model.config.identifier)
-            )
-            own = inject_concept(text, where, concepts)
-            other = inject_concept(text, where, concepts[shuffle])
-            for t in FEATURE_TIMESTEPS:
-                noise = torch.randn(
-                    latents.shape, generator=torch.Generator().manual_seed(seed + t)
-                )
-                steps = torch.full((n,), t)
-                noisy = frozen.noise_scheduler.add_noise(latents, noise, steps)
-                losses = {}
-                for arm, embeds, feats in (
-                    ("base", text, None),
-                    ("token", own, None),
-                    ("full", own, patches),
-                    ("shuffled", other, patches[shuffle]),
-                ):
-                    state = AdapterState.dense(feats, beta=1.0) if feats is not None else None
-                    with hooks.active(state) if state is not None else contextlib.nullcontext():
-                        pred = frozen.unet(noisy, steps, embeds).sample
-                    losses[arm] = float(((pred - noise) ** 2).mean())
-                out.append({"t": t, **losses})
-    finally:
-        hooks.remove()
-    return out
-
-
-def paths_size(paths: Paths) -> int:
-    return int(json.loads(paths.split.read_text())["size"])
-
-
-def reference_bounds(
-    metric: Any, refs: dict[int, list[Image]]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Upper bound: each reference against the subject's other references. Control: another
-    held-out subject's references against this subject's."""
-    ids = list(refs)
-    upper: list[float] = []
-    control: list[float] = []
-    for i, sid in enumerate(ids):
-        photos = refs[sid]
-        for j, photo in enumerate(photos):
-            others = photos[:j] + photos[j + 1 :]
-            if others:
-                value = metric.similarity(photo, others)
-                if value is not None:
-                    upper.append(value)
-        if len(ids) > 1:
-            other = refs[ids[(i + 1) % len(ids)]]
-            for photo in other:
-                value = metric.similarity(photo, photos)
-                if value is not None:
-                    control.append(value)
-    return (
-        {"arm": "references (own, leave-one-out)", "identity_mean": _mean(upper), "n": len(upper)},
-        {"arm": "another subject's references", "identity_mean": _mean(control), "n": len(control)},
-    )
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -484,6 +340,7 @@ def stage_eval(
         _evaluate(plan, paths, seed, paths.weights.resolve(), arms(plan.sweep))
     )
     from bench.toyworld import snapshot_weights
+    from bench.toyworld_diagnostics import feature_use
 
     usage = {
         f"{plan.ib_steps} steps": feature_use(paths, paths.weights, plan.feature_samples, seed)
@@ -544,131 +401,3 @@ def stage_eval(
         "render_seconds": round(evaluation["render_seconds"], 1),
         "results": str(out / f"{STEM}.json"),
     }
-
-
-# -- ablations: the training-side choices --------------------------------------------------------
-
-ABLATION_STEM = "toyworld-ablations-cpu"
-
-
-def ablation_arms() -> list[Arm]:
-    return [
-        Arm("InstantBooth α=0.4 β=0.3", "instantbooth", 0.4, 0.3),
-        Arm("InstantBooth α=0.4 β=1.0", "instantbooth", 0.4, 1.0),
-    ]
-
-
-def _main_rows(out: Path, names: list[str]) -> dict[str, dict[str, Any]]:
-    """The main run's figures for the same arms on seed 0 only (what the ablations render)."""
-    document = json.loads((out / f"{STEM}.json").read_text())
-    renders = [
-        Render(r["arm"], r["subject"], r["place"], r["seed"], r["identity"], r["scene_ok"])
-        for r in document["renders"]
-        if r["seed"] == 0
-    ]
-    return {row["arm"]: row for row in summarise(renders, names)}
-
-
-def write_ablations(
-    plan: Plan,
-    paths: Paths,
-    out: Path,
-    seed: int,
-    trained: list[tuple[str, Plan, Path, dict[str, Any]]],
-) -> dict[str, Any]:
-    """The main recipe's weights at ``plan.ablation_steps`` (kept by the instantbooth stage)
-    and each variant's, rendered like the main run but on seed 0 only (to keep the time), and
-    the main run's own seed-0 figures; written as ``toyworld-ablations-cpu.{json,md}``."""
-    from dataclasses import replace
-
-    from bench.common import machine_info
-    from bench.toyworld import snapshot_weights
-    from engine.personalizers.instantbooth.model import InstantBoothModel
-    from engine.tiny import tiny_image_encoder
-
-    arms_list = ablation_arms()
-    names = [a.name for a in arms_list]
-    one_seed = replace(plan, eval_seeds=1)
-    timings_path = paths.root / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    main_info = timings.get("instantbooth", {})
-
-    def row(name: str, vplan: Plan, steps: int, info: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "variant": name,
-            "steps": steps,
-            "lr_adapter": vplan.ib_lr_adapter,
-            "image_encoder": "fine-tuned" if vplan.ib_train_encoder else "frozen",
-            "gate_mean": info.get("gate_mean"),
-            "loss_last": info.get("loss_last"),
-            "train_seconds": info.get("seconds"),
-        }
-
-    runs = list(trained)
-    snapshot = snapshot_weights(paths.instantbooth, plan.ablation_steps)
-    if snapshot.is_dir():
-        gates = InstantBoothModel.from_pretrained(snapshot, tiny_image_encoder(0)).gates()
-        info = {"gate_mean": statistics.fmean(gates.values())}
-        runs.insert(0, ("main recipe", plan, snapshot, info))
-    rows: list[dict[str, Any]] = []
-    for name, vplan, weights, info in runs:
-        evaluation = asyncio.run(_evaluate(one_seed, paths, seed, weights.resolve(), arms_list))
-        rows.append(
-            {
-                **row(name, vplan, plan.ablation_steps, info),
-                "arms": summarise(evaluation["renders"], names),
-            }
-        )
-    if (out / f"{STEM}.json").is_file():
-        main = _main_rows(out, names)
-        rows.append(
-            {
-                **row("main recipe (the main run)", plan, plan.ib_steps, main_info),
-                "arms": [main.get(n) for n in names],
-            }
-        )
-    document = {
-        "benchmark": "toyworld-ablations",
-        "machine": machine_info("cpu"),
-        "plan": plan.to_json(),
-        "variants": rows,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{ABLATION_STEM}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
-    (out / f"{ABLATION_STEM}.md").write_text(ablations_markdown(document, names))
-    return {"variants": len(trained), "results": str(out / f"{ABLATION_STEM}.json")}
-
-
-def _gate(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.4f}" if abs(value) >= 1e-3 else f"{value:.1e}"
-
-
-def ablations_markdown(document: dict[str, Any], names: list[str]) -> str:
-    plan = document["plan"]
-    lines = [
-        "# Toy world: InstantBooth's training choices (CPU)",
-        "",
-        "Generated by `python -m bench.toyworld` (stage `ablations`, issue 15): InstantBooth "
-        "trained again with one choice changed, on the same base and data, rendered for "
-        f"{plan['eval_subjects']} held-out subjects × 5 places, seed 0. Identity / scene "
-        "accuracy per arm; `tanh(gate)` is the adapters' mean gate after training."
-        + (" **Quick run: sizes shrunk, numbers meaningless.**" if plan["quick"] else ""),
-        "",
-        "| variant | steps | adapters' lr | image encoder | tanh(gate) | "
-        + " | ".join(f"{n}: identity | scene" for n in names)
-        + " |",
-        "|---|---:|---:|---|---:|" + "---:|---:|" * len(names),
-    ]
-    for row in document["variants"]:
-        cells = []
-        for arm in row["arms"]:
-            cells += ["–", "–"] if arm is None else [
-                _fmt(arm["identity_mean"]), _fmt(arm["scene_accuracy"], True)
-            ]  # fmt: skip
-        lines.append(
-            f"| {row['variant']} | {row['steps']} | {row['lr_adapter']:g} | "
-            f"{row['image_encoder']} | {_gate(row['gate_mean'])} | " + " | ".join(cells) + " |"
-        )
-    return "\n".join(lines) + "\n"

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from bench import toyworld
-from bench.toyworld_eval import ABLATION_STEM, STEM
+from bench.toyworld_ablations import ABLATION_STEM, variants
+from bench.toyworld_eval import STEM
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +77,7 @@ def test_ablations_train_each_variant_and_report_it(quick_run: tuple[Path, Path]
     document = json.loads((out / f"{ABLATION_STEM}.json").read_text())
     rows = document["variants"]
     plan = toyworld.QUICK
-    names = [v.name for v in toyworld.variants(plan)]
+    names = [v.name for v in variants(plan)]
     # The main recipe's snapshot at the ablations' step count, each variant, the main run.
     assert [r["variant"] for r in rows] == ["main recipe", *names, "main recipe (the main run)"]
     assert [r["steps"] for r in rows] == [plan.ablation_steps] * 4 + [plan.ib_steps]
