@@ -28,7 +28,7 @@ from functools import lru_cache
 from importlib import resources
 
 from bot.errors import InvalidInput, PromptRefused
-from bot.services.prompts import PromptBlocklist, compile_entry
+from bot.services.blocklist_match import PromptBlocklist, compile_entry, is_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +100,7 @@ def term_key(term: str) -> str:
     """How entries are compared for lifting and removing: trimmed, spaces collapsed, and
     casefolded for words (a pattern is kept as written)."""
     term = " ".join(term.split())
-    return term if _is_pattern(term) else term.casefold()
-
-
-def _is_pattern(term: str) -> bool:
-    return len(term) > 2 and term.startswith("/") and term.endswith("/")
+    return term if is_pattern(term) else term.casefold()
 
 
 def validate_term(term: str) -> str:
@@ -116,12 +112,17 @@ def validate_term(term: str) -> str:
         raise InvalidInput(f"Keep words and patterns to {MAX_TERM_CHARS} characters.")
     if any(not ch.isprintable() for ch in cleaned):
         raise InvalidInput("The word or pattern contains control characters.")
-    if _is_pattern(cleaned):
+    if is_pattern(cleaned):
+        # RE2 (bot/services/blocklist_match.py): what it refuses could take time exponential
+        # in the prompt's length with a backtracking engine, so it is refused here.
         try:
-            compile_entry(cleaned)
+            entry = compile_entry(cleaned)
         except ValueError as exc:
-            raise InvalidInput(f"That pattern is not a valid regular expression: {exc}") from exc
-        if compile_entry(cleaned).search(""):
+            raise InvalidInput(
+                f"That pattern is refused: {exc}. Patterns use RE2 syntax (no look-around or "
+                "back-references, bounded size); a plain word or phrase also works."
+            ) from exc
+        if entry.matches_empty():
             raise InvalidInput("That pattern matches every prompt.")
     elif len(cleaned.replace(" ", "")) < MIN_WORD_CHARS:
         raise InvalidInput(f"Words must have at least {MIN_WORD_CHARS} characters.")
@@ -141,6 +142,7 @@ class PromptPolicy:
         operator: Iterable[str] = (),
         blocked: Iterable[str] = (),
         allowed: Iterable[str] = (),
+        guild_id: int | None = None,
     ) -> None:
         self.defaults = defaults
         self.operator = tuple(operator)
@@ -153,8 +155,11 @@ class PromptPolicy:
         self._minors = PromptBlocklist(defaults.entries(MINORS))
         self._sexual_all = PromptBlocklist(sexual)
         self._sexual = PromptBlocklist(kept)
-        # The operator's entries were validated at startup (a bad one stops the process).
-        self._blocked = PromptBlocklist([*self.operator, *self.blocked])
+        # The operator's entries were validated at startup (a bad one stops the process); a
+        # guild's were stored before RE2 and may hold a pattern it refuses (see
+        # PromptBlocklist's lenient_owner).
+        self._operator = PromptBlocklist(self.operator)
+        self._blocked = PromptBlocklist(self.blocked, lenient_owner=f"guild {guild_id}")
         self._guild_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], PromptPolicy] = {}
 
     @classmethod
@@ -162,7 +167,10 @@ class PromptPolicy:
         """The default file plus the operator's entries (no guild changes)."""
         return cls(default_blocklist(), operator)
 
-    def for_guild(self, blocked: Sequence[str], allowed: Sequence[str]) -> PromptPolicy:
+    def for_guild(
+        self, blocked: Sequence[str], allowed: Sequence[str], guild_id: int | None = None
+    ) -> PromptPolicy:
+        """``guild_id`` only names the guild in warnings about its stored entries."""
         key = (tuple(blocked), tuple(allowed))
         if not key[0] and not key[1]:
             return self
@@ -170,7 +178,7 @@ class PromptPolicy:
         if policy is None:
             if len(self._guild_cache) > 256:
                 self._guild_cache.clear()
-            policy = PromptPolicy(self.defaults, self.operator, blocked, allowed)
+            policy = PromptPolicy(self.defaults, self.operator, blocked, allowed, guild_id)
             self._guild_cache[key] = policy
         return policy
 
@@ -181,7 +189,11 @@ class PromptPolicy:
     def check(self, prompt: str, negative: str = "", *, age_restricted: bool, person: bool) -> None:
         """Raise ``PromptRefused`` (with a user-safe message that does not echo the matched
         word) when the prompt breaks a rule."""
-        if self._blocked.matches(prompt, negative) or self._always.matches(prompt):
+        if (
+            self._operator.matches(prompt, negative)
+            or self._blocked.matches(prompt, negative)
+            or self._always.matches(prompt)
+        ):
             raise PromptRefused(BLOCKED_MESSAGE)
         sexual_any = self._sexual_all.matches(prompt)
         if sexual_any and self._minors.matches(prompt):

@@ -1,4 +1,6 @@
-"""Prompt rules: the blocklist, token length, style presets, and the render size of an aspect.
+"""Prompt rules: cleaning, style presets, and the render size of an aspect. The blocklist
+lives in bot/services/blocklist_match.py (matching) and bot/services/prompt_text.py
+(normalisation); ``PromptBlocklist`` and ``compile_entry`` are re-exported here.
 
 All of this runs before a job is queued, so a refused prompt never costs GPU time or quota.
 """
@@ -6,12 +8,12 @@ All of this runs before a job is queued, so a refused prompt never costs GPU tim
 from __future__ import annotations
 
 import logging
-import re
 import unicodedata
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bot.errors import InvalidInput, PromptRefused
+from bot.errors import InvalidInput
+from bot.services.blocklist_match import PromptBlocklist, compile_entry
+from bot.services.prompt_text import evasion_forms
 from bot.services.results import Aspect
 
 logger = logging.getLogger(__name__)
@@ -43,107 +45,6 @@ STYLE_PRESETS: dict[str, StylePreset] = {
     "3d": StylePreset("3D render", "3d render, octane, subsurface scattering"),
     "pixel": StylePreset("Pixel art", "pixel art, 16-bit, limited palette", "blurry"),
 }
-
-
-class PromptBlocklist:
-    """Words (matched as whole words, case-insensitively) and ``/regex/`` patterns.
-
-    Matching runs on a normalised prompt (NFKC, casefolded, zero-width characters removed) so
-    full-width letters or invisible joiners cannot smuggle a blocked word through, and on
-    de-obfuscated forms of it (``evasion_forms``: "n.u.d.e", "n u d e", "nu-de", "nud3",
-    "nuuuude"). A word also matches its plural ("s"/"es"); a space in an entry matches any run
-    of spaces or punctuation.
-    """
-
-    def __init__(self, entries: Iterable[str]) -> None:
-        patterns: list[re.Pattern[str]] = []
-        for entry in entries:
-            entry = entry.strip()
-            if entry:
-                patterns.append(compile_entry(entry))
-        self._patterns = tuple(patterns)
-
-    def __bool__(self) -> bool:
-        return bool(self._patterns)
-
-    def matches(self, *texts: str) -> bool:
-        """Whether any text (in any of its evasion forms) matches an entry."""
-        for text in texts:
-            for form in evasion_forms(text):
-                for pattern in self._patterns:
-                    if pattern.search(form):
-                        logger.info("prompt matched blocklist entry %r", pattern.pattern)
-                        return True
-        return False
-
-    def check(self, *texts: str) -> None:
-        """Raise ``PromptRefused`` if any text matches an entry."""
-        if self.matches(*texts):
-            raise PromptRefused(
-                "This prompt contains something this server does not allow. Please rephrase it."
-            )
-
-
-def compile_entry(entry: str) -> re.Pattern[str]:
-    """One blocklist entry: ``/regex/`` as given, otherwise a whole word or phrase (plural
-    included). Raises ``ValueError`` for a pattern that does not compile."""
-    entry = entry.strip()
-    if len(entry) > 2 and entry.startswith("/") and entry.endswith("/"):
-        try:
-            return re.compile(entry[1:-1], re.IGNORECASE)
-        except re.error as exc:
-            raise ValueError(f"invalid blocklist pattern {entry!r}: {exc}") from exc
-    words = _normalise(entry).split()
-    if not words:
-        raise ValueError("empty blocklist entry")
-    phrase = r"[\W_]+".join(re.escape(w) for w in words)
-    return re.compile(rf"(?<![^\W_]){phrase}(?:e?s)?(?![^\W_])")
-
-
-_LEET = str.maketrans(
-    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
-)
-# Punctuation inside a word ("nu.de", "nu-de", "nu*de") and letters spelled apart ("n u d e").
-_INNER_PUNCTUATION = re.compile(r"(?<=[^\W_])[.\-_*'’`~|+^]+(?=[^\W_])")
-_SPELLED_APART = re.compile(r"(?<![^\W_])(?:[^\W_][\s.\-_*]+){2,}[^\W_](?![^\W_])")
-_MIXED_WORD = re.compile(r"[\w@$]*[^\W\d_][\w@$]*|[\w@$]*[@$][\w@$]*")
-_REPEATS = re.compile(r"([^\W\d_])\1{2,}")
-
-
-def evasion_forms(text: str) -> set[str]:
-    """The normalised text and de-obfuscated forms of it, for blocklist matching."""
-    base = _normalise(text)
-    unpunctuated = _INNER_PUNCTUATION.sub("", base)
-    forms = {base}
-    # "n u d e" joined; also with a leading or trailing one-letter word kept apart ("a n u d e").
-    for keep_first, keep_last in ((False, False), (True, False), (False, True)):
-
-        def join(match: re.Match[str], first: bool = keep_first, last: bool = keep_last) -> str:
-            return _join_letters(match.group(), first, last)
-
-        joined = _SPELLED_APART.sub(join, unpunctuated)
-        # Digits read as letters only inside words that have letters ("s3x", "p0rn"; not "18").
-        leet = _MIXED_WORD.sub(lambda m: m.group().translate(_LEET), joined)
-        forms |= {
-            joined,
-            leet,
-            _REPEATS.sub(r"\1", leet),  # "nuuuude" -> "nude"
-            _REPEATS.sub(r"\1\1", leet),  # "booooobs" -> "boobs"
-        }
-    return forms
-
-
-def _join_letters(run: str, keep_first: bool, keep_last: bool) -> str:
-    letters = re.split(r"[\s.\-_*]+", run)
-    head = [letters.pop(0)] if keep_first and len(letters) > 3 else []
-    tail = [letters.pop()] if keep_last and len(letters) > 3 else []
-    return " ".join([*head, "".join(letters), *tail])
-
-
-def _normalise(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
-    return text.casefold()
 
 
 def clean_prompt(raw: str, *, what: str = "prompt", allow_empty: bool = False) -> str:
@@ -195,3 +96,16 @@ def size_for(aspect: Aspect, native: int, max_side: int, multiple: int = 8) -> t
     if aspect == "landscape":
         return long, short
     return long, long
+
+
+__all__ = [
+    "MAX_PROMPT_CHARS",
+    "STYLE_PRESETS",
+    "PromptBlocklist",
+    "StylePreset",
+    "clean_prompt",
+    "compile_entry",
+    "evasion_forms",
+    "size_for",
+    "styled_prompt",
+]

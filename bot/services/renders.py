@@ -267,7 +267,7 @@ class RenderService:
         # The guild's prompt policy (bot/services/prompt_policy.py): the channel and whether
         # an avatar in the picture is a person decide what is refused.
         person = any(s.kind == SubjectKind.PERSON.value for s in subjects)
-        self._prompts.for_guild(quotas.blocked_terms, quotas.allowed_terms).check(
+        self._prompts.for_guild(quotas.blocked_terms, quotas.allowed_terms, quotas.guild_id).check(
             prompt, negative, age_restricted=age_restricted, person=person
         )
         self._check_tokens(facts, full, "prompt")
