@@ -20,6 +20,7 @@ import logging
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import re2
 
@@ -262,26 +263,33 @@ def _words_match(
     joinable: frozenset[str],
     phrases: dict[str, tuple[tuple[str, ...], ...]],
 ) -> bool:
-    count = len(words)
-    for i, word in enumerate(words):
-        if single and any(stem in single for stem in _plural_stems(word)):
+    present = set(words)
+    if single and not single.isdisjoint(_with_stems(present)):
+        return True
+    if joinable:
+        joined = {a + b for a, b in pairwise(words) if _joins(a, b)}
+        if not joinable.isdisjoint(_with_stems(joined)):
             return True
-        if (
-            joinable
-            and i + 1 < count
-            and _joins(word, words[i + 1])
-            and any(stem in joinable for stem in _plural_stems(word + words[i + 1]))
-        ):
-            return True
-        for phrase in phrases.get(word, ()):
-            end = i + len(phrase)
-            if (
-                end <= count
-                and tuple(words[i + 1 : end - 1]) == phrase[1:-1]
-                and phrase[-1] in _plural_stems(words[end - 1])
-            ):
-                return True
+    for start in present.intersection(phrases):
+        for i, word in enumerate(words):
+            if word != start:
+                continue
+            for phrase in phrases[start]:
+                end = i + len(phrase)
+                if (
+                    end <= len(words)
+                    and tuple(words[i + 1 : end - 1]) == phrase[1:-1]
+                    and phrase[-1] in _plural_stems(words[end - 1])
+                ):
+                    return True
     return False
+
+
+def _with_stems(words: set[str]) -> set[str]:
+    stems = set(words)
+    for word in words:
+        stems.update(_plural_stems(word))
+    return stems
 
 
 def _joins(first: str, second: str) -> bool:

@@ -72,7 +72,8 @@ _REPEATS = re.compile(r"([^\W\d_])\1{2,}")
 
 @lru_cache(maxsize=1)
 def confusables() -> dict[int, str]:
-    """bot/data/confusables.tsv: a non-ASCII code point and its TR39 prototype."""
+    """bot/data/confusables.tsv: a non-ASCII code point and its TR39 prototype (a
+    ``str.translate`` table)."""
     text = resources.files("bot").joinpath("data", "confusables.tsv").read_text("utf-8")
     table: dict[int, str] = {}
     for line in text.splitlines():
@@ -87,25 +88,26 @@ def confusables() -> dict[int, str]:
     return table
 
 
+@lru_cache(maxsize=4096)
+def _dropped(ch: str) -> bool:
+    return ord(ch) in _FILLERS or unicodedata.category(ch) in _DROPPED_CATEGORIES
+
+
 def _strip_marks(text: str) -> str:
-    decomposed = unicodedata.normalize("NFD", text)
-    kept = (
-        " " if ord(ch) == 0x3000 else ch
-        for ch in decomposed
-        if ord(ch) not in _FILLERS or ord(ch) == 0x3000
-    )
-    stripped = "".join(ch for ch in kept if unicodedata.category(ch) not in _DROPPED_CATEGORIES)
+    decomposed = unicodedata.normalize("NFD", text).replace("\u3000", " ")
+    stripped = "".join(ch for ch in decomposed if ch.isascii() or not _dropped(ch))
     # Recomposed so that Hangul syllables are folded whole, not as loose jamo.
     return unicodedata.normalize("NFC", stripped)
 
 
 def _fold_confusables(text: str) -> str:
-    table = confusables()
-    return "".join(table.get(ord(ch), ch) if ord(ch) >= 0x80 else ch for ch in text)
+    return text.translate(confusables())
 
 
 def normalise(text: str) -> str:
     """The text as the matcher compares it (see the module doc)."""
+    if text.isascii():  # the common case: nothing to strip or fold but the case
+        return text.lower()
     text = _strip_marks(unicodedata.normalize("NFKC", text))
     text = _fold_confusables(text).casefold()
     # Casefolding can produce new non-ASCII letters (a Greek capital becomes a small one) and
@@ -122,8 +124,10 @@ def tokens(form: str) -> list[str]:
     return [t for t in _SEPARATORS.split(form) if t]
 
 
-def evasion_forms(text: str) -> set[str]:
-    """The normalised text and de-obfuscated forms of it, for blocklist matching."""
+@lru_cache(maxsize=64)
+def evasion_forms(text: str) -> frozenset[str]:
+    """The normalised text and de-obfuscated forms of it, for blocklist matching (cached: a
+    policy check asks for the same prompt's forms once per list)."""
     base = normalise(text)
     forms = {base}
     for start in {base, fold_leet(base)}:
@@ -142,7 +146,7 @@ def evasion_forms(text: str) -> set[str]:
                 _REPEATS.sub(r"\1", joined),  # "nuuuude" -> "nude"
                 _REPEATS.sub(r"\1\1", joined),  # "booooobs" -> "boobs"
             }
-    return forms
+    return frozenset(forms)
 
 
 def _join_letters(run: str, keep_first: bool, keep_last: bool) -> str:

@@ -19,6 +19,7 @@ from bot.services.results import Aspect
 logger = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 1000
+MAX_EXPANDED_CHARS = 2 * MAX_PROMPT_CHARS
 # The engine refuses smaller renders (engine/types.py MIN_SIDE).
 MIN_RENDER_SIDE = 64
 
@@ -56,6 +57,10 @@ def clean_prompt(raw: str, *, what: str = "prompt", allow_empty: bool = False) -
         raise InvalidInput(f"The {what} is too long ({len(text)} > {MAX_PROMPT_CHARS} characters).")
     if any(unicodedata.category(ch) == "Cc" for ch in text):
         raise InvalidInput(f"The {what} contains control characters.")
+    # The screening reads the NFKC form, where one ligature can become 18 letters ("ﷺ"):
+    # bounded so that a check stays a few milliseconds on the event loop.
+    if len(unicodedata.normalize("NFKC", text)) > MAX_EXPANDED_CHARS:
+        raise InvalidInput(f"The {what} is too long once its ligatures are spelled out.")
     return text
 
 
