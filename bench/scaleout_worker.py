@@ -39,6 +39,7 @@ from bot.services.ports import (
     RenderSpec,
     SubjectKind,
     SubjectReport,
+    TextScreenFacts,
 )
 from db.session import Database
 
@@ -110,6 +111,13 @@ class FixedTimeEngine:
             # Its images are one blank pixel each: nothing to check, nothing flagged.
             verdicts=tuple(OutputVerdict(flagged=False, checkers=("fixed-time",)) for _ in seeds),
         )
+
+    def text_screen(self) -> TextScreenFacts:
+        # Like a random-weight profile: the semantic screen runs and decides nothing.
+        return TextScreenFacts(encoder_id="fixed-time", thresholds=None, random_weights=True)
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[tuple[float, ...]]:
+        return [(1.0,) for _ in texts]
 
     async def aclose(self) -> None:
         return None

@@ -87,9 +87,22 @@ class QuotaCeilings(BaseModel):
     creates_per_hour: int = Field(default=10, ge=1, le=1000)
 
 
+class SemanticScreenSettings(BaseModel):
+    """The semantic prompt screen's thresholds (bot/services/semantic_screen.py), per policy
+    category: a margin of similarity to the category's concepts over the neutral ones, in
+    [-2, 2]. Unset: the engine profile's (docs/semantic-screen.md; measure yours with
+    `avatarbot safety screen-check`). Lower refuses more."""
+
+    sexual: float | None = Field(default=None, ge=-2.0, le=2.0)
+    minors: float | None = Field(default=None, ge=-2.0, le=2.0)
+    always: float | None = Field(default=None, ge=-2.0, le=2.0)
+
+
 class SafetySettings(BaseModel):
     """The output check run on every rendered image before it is stored (engine/safety.py)."""
 
+    # The semantic prompt screen on the worker (AVATARBOT_SAFETY__SEMANTIC__SEXUAL=0.05, ...).
+    semantic: SemanticScreenSettings = Field(default_factory=SemanticScreenSettings)
     # An image is flagged when the detector's score for any of ``classes`` reaches this.
     threshold: float = Field(default=0.45, ge=0.0, le=1.0)
     # nudenet's labels that flag an image (exposed sexual body parts by default).

@@ -30,6 +30,7 @@ from bot.services.ports import (
     StaleFeaturesError,
     SubjectKind,
     SubjectReport,
+    TextScreenFacts,
 )
 from engine.config import EngineSettings
 
@@ -181,6 +182,20 @@ class EngineAdapter:
             OutputVerdict(flagged=v.flagged, scores=dict(v.scores), checkers=v.checkers)
             for v in found
         ]
+
+    # -- the semantic prompt screen -----------------------------------------------------------
+
+    def text_screen(self) -> TextScreenFacts:
+        profile = self.engine.profile
+        thresholds = profile.screen_thresholds
+        return TextScreenFacts(
+            encoder_id=self.engine.text_encoder_id,
+            thresholds=None if thresholds is None else dict(thresholds),
+            random_weights=profile.is_noise,
+        )
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[tuple[float, ...]]:
+        return await self.engine.embed_texts(texts)
 
     async def aclose(self) -> None:
         await self.engine.aclose()

@@ -95,6 +95,17 @@ class PromptRefused(AvatarbotError):
     code = "prompt_refused"
 
 
+class PromptScreened(AvatarbotError):
+    """The worker's semantic prompt screen refused a render's prompt (before any GPU step).
+    ``category`` is the policy category for logs and counts, never shown with the prompt."""
+
+    code = "prompt_screened"
+
+    def __init__(self, message: str, *, category: str) -> None:
+        super().__init__(message)
+        self.category = category
+
+
 class ConsentRequired(AvatarbotError):
     code = "consent_required"
 

@@ -494,6 +494,30 @@ class DiffusionEngine:
         self._runner.key(request)
         return await self._worker.submit(request, progress)
 
+    @property
+    def text_encoder_id(self) -> str:
+        """Names the text encoder's weights (sentence embeddings compare only under one)."""
+        from engine.text_embedding import text_encoder_id
+
+        profile = self.profile
+        return text_encoder_id(profile.name, profile.pipeline_family, profile.base_model)
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[tuple[float, ...]]:
+        """Unit-length sentence embeddings of ``texts`` from the loaded text encoder, one per
+        text, computed on the model's thread (engine/text_embedding.py). Raises
+        ``TextEncoderUnavailable`` when the pipeline has no usable text encoder."""
+        from engine.text_embedding import embed_texts
+
+        items = [str(t) for t in texts]
+        model = self.model
+
+        def work() -> list[tuple[float, ...]]:
+            vectors = embed_texts(model.pipe, model.profile.pipeline_family, items)
+            return [tuple(float(x) for x in row) for row in vectors.tolist()]
+
+        result: list[tuple[float, ...]] = await self._worker.call(work)
+        return result
+
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the model's thread (for tools and tests that need the pipeline)."""
         return await self._worker.call(fn)

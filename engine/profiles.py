@@ -24,6 +24,11 @@ SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 IP_ADAPTER_REPO = "h94/IP-Adapter"
 IP_ADAPTER_PLUS_FACE_WEIGHTS = "ip-adapter-plus-face_sd15.safetensors"
 
+# Starting thresholds of the semantic prompt screen for SD1.5's CLIP ViT-L/14 text encoder
+# (pooled output). Chosen, not measured: no real weights can be loaded where this was written.
+# docs/semantic-screen.md says how an operator measures them (`avatarbot safety screen-check`).
+SD15_SCREEN_THRESHOLDS = {"sexual": 0.03, "minors": 0.03, "always": 0.03}
+
 # Modules that register extra profiles when imported; looked up only when a name is unknown.
 _PLUGIN_MODULES = ("engine.personalizers.instantbooth", "engine.flux2")
 
@@ -75,6 +80,12 @@ class Profile:
     # models run fastest on one: their ops are too small to split, and waiting OpenMP threads
     # spin against every other process on a shared CPU (measured: 5x slower tests).
     cpu_threads: int | None = None
+    # The semantic prompt screen's thresholds for this profile's text encoder, per policy
+    # category ("sexual", "minors", "always"): a prompt is refused when its similarity to the
+    # category's concepts exceeds its similarity to the neutral ones by this margin
+    # (bot/services/semantic_screen.py, docs/semantic-screen.md). A property of the weights;
+    # None: no calibration (random weights judge nothing; real ones then fail closed).
+    screen_thresholds: Mapping[str, float] | None = None
 
     @property
     def personalizer_names(self) -> list[str]:
@@ -201,5 +212,6 @@ register_profile(
             PersonalizerSpec("none"),
         ),
         base_model=SD15_BASE,
+        screen_thresholds=SD15_SCREEN_THRESHOLDS,
     )
 )

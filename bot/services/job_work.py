@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import SafetySettings
-from bot.errors import AvatarbotError, NotFound
+from bot.errors import AvatarbotError, NotFound, PromptScreened
 from bot.services import crypto
 from bot.services.crypto import DataCipher
 from bot.services.jobs import JobTexts, has_second_avatar
@@ -43,6 +43,7 @@ from bot.services.ports import (
     SubjectKind,
 )
 from bot.services.prompts import styled_prompt
+from bot.services.semantic_screen import ScreenUnavailable, SemanticScreen
 from bot.services.results import PhotoRefusal, PhotoWarning, RenderSettings
 from bot.services.safety import (
     SAFETY_KEY,
@@ -122,6 +123,8 @@ class RenderWork:
         self._db = database
         self._engine = engine
         self._cipher = cipher
+        # Judges each prompt as rendered, on this worker, before any GPU work.
+        self._screen = SemanticScreen(engine, (safety or SafetySettings()).semantic)
         self._policy: OutputPolicy = output_policy(safety or SafetySettings())
 
     async def run(self, job: ClaimedJob, progress: ProgressCallback) -> RenderOutput:
@@ -136,11 +139,13 @@ class RenderWork:
             )
         s = settings_from_json(job.settings, job.negative_prompt, job.seed)
         started = time.perf_counter()
+        prompt, negative = styled_prompt(job.prompt, s.negative_prompt, s.style)
+        # Before any GPU work (a stale avatar's re-encoding included).
+        await self.screen(job, prompt)
         # Shielded: a cancellation (the member cancels, the lease is lost) must not cut a
         # database transaction in half; it takes effect at the render. Each avatar's features
         # are re-encoded here when they are stale.
         features = await asyncio.shield(self.features_for(job.avatar_id, s.personalizer))
-        prompt, negative = styled_prompt(job.prompt, s.negative_prompt, s.style)
         spec = _spec(prompt, negative, s, self._policy)
         if job.with_avatar_id is None:
             # One subject: the port's plain call (ports that predate two subjects serve it).
@@ -157,6 +162,37 @@ class RenderWork:
             )
         logger.info("job %s rendered in %.2f s", job.id, time.perf_counter() - started)
         return output
+
+    async def screen(self, job: ClaimedJob, prompt: str) -> None:
+        """The semantic prompt screen (bot/services/semantic_screen.py) on ``prompt`` as it will
+        be rendered, with the avatars' kinds and the channel the job was asked in. Raises
+        ``PromptScreened`` (code ``prompt_screened``) or, failing closed,
+        ``ScreenUnavailable``; the log names the job and the category, never the prompt."""
+        person = await asyncio.shield(self._shows_a_person(job))
+        age_restricted = bool(job.settings.get("age_restricted", False))
+        try:
+            await self._screen.check(prompt, person=person, age_restricted=age_restricted)
+        except PromptScreened as exc:
+            logger.info("job %s: the semantic screen refused the prompt (%s)", job.id, exc.category)
+            raise
+        except ScreenUnavailable as exc:
+            logger.error(
+                "job %s: semantic screen unavailable, not rendered: %s", job.id, exc.reason
+            )
+            raise
+
+    async def _shows_a_person(self, job: ClaimedJob) -> bool:
+        """Whether any avatar of the render is a person (fail safe: one that cannot be read
+        counts as a person)."""
+        ids = [job.avatar_id]
+        if has_second_avatar(job.settings):
+            ids.append(job.with_avatar_id)
+        async with self._db.begin(readonly=True) as session:
+            for avatar_id in ids:
+                avatar = None if avatar_id is None else await avatars_repo.by_id(session, avatar_id)
+                if avatar is None or avatar.kind == SubjectKind.PERSON.value:
+                    return True
+        return False
 
     def timings(self, outcome: RenderOutput) -> dict[str, float]:
         return dict(outcome.timings)

@@ -108,6 +108,21 @@ class RenderOutput:
     verdicts: tuple[OutputVerdict, ...] = ()
 
 
+@dataclass(frozen=True)
+class TextScreenFacts:
+    """What the semantic prompt screen (bot/services/semantic_screen.py) must know of the
+    engine's text encoder, in plain data."""
+
+    # Names the text encoder's weights: embeddings compare only under one id (the screen
+    # caches its concepts' embeddings per id).
+    encoder_id: str
+    # The profile's calibrated thresholds per policy category (None: none; settings may
+    # still give them).
+    thresholds: Mapping[str, float] | None
+    # Random weights (tiny*, *-shaped): no threshold means anything on them.
+    random_weights: bool
+
+
 class StaleFeaturesError(Exception):
     """Raised by ``EnginePort.render`` when the features come from another encoder."""
 
@@ -261,6 +276,13 @@ class EnginePort(Protocol):
         avatars' features in the same picture, in the order the prompt names them ("image 2",
         ...), only for a personalizer whose ``EngineFacts.subjects_for`` allows them. Callers
         pass ``extra_subjects`` only when there are some."""
+        ...
+
+    def text_screen(self) -> TextScreenFacts: ...
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[tuple[float, ...]]:
+        """One unit-length embedding per text from the loaded text encoder (the same
+        dimension for all), computed off the event loop. Raises when it cannot."""
         ...
 
     async def aclose(self) -> None: ...

@@ -24,6 +24,9 @@ KLEIN_4B_REPO = "black-forest-labs/FLUX.2-klein-4B"
 # chat template's tokens (CHAT_TEMPLATE_MARGIN): kept as literals so importing stays cheap;
 # tests check they agree.
 MAX_PROMPT_TOKENS = 512 - 32
+# Starting thresholds of the semantic prompt screen for klein's Qwen3-4B text encoder (mean of
+# the last hidden states): chosen, not measured (see engine.profiles.SD15_SCREEN_THRESHOLDS).
+KLEIN_SCREEN_THRESHOLDS = {"sexual": 0.02, "minors": 0.02, "always": 0.02}
 
 _REAL_OPTIONS = {
     "reference_size": 512,
@@ -69,6 +72,7 @@ register_profile(
         "multi-reference rendering from cached reference latents, two subjects per image",
         personalizers=(PersonalizerSpec("flux2-klein", _REAL_OPTIONS),),
         base_model=KLEIN_4B_REPO,
+        screen_thresholds=KLEIN_SCREEN_THRESHOLDS,
         **_common(),
     )
 )
