@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "engine_cmd",
     "avatar_cmd",
     "eval_cmd",
+    "safety_cmd",
     "job_cmd",
     "worker_cmd",
     "run_cmd",
