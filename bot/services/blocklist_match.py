@@ -34,9 +34,9 @@ logger = logging.getLogger(__name__)
 PATTERN_MAX_MEM = 1 << 20
 COMBINED_MAX_MEM = 8 << 20
 
-# Two adjacent words are joined into a one-word entry ("na ked" -> "naked") unless both have
-# two letters or more and one of them is one of these: otherwise "a pen is" would read
-# "penis" and "por no" (Spanish) "porno".
+# Two adjacent words are joined into a one-word entry ("na ked" -> "naked") unless one of them
+# is one of these common short words and the other has three letters or more, or both are:
+# otherwise "a pen is" would read "penis" and "por no" (Spanish) "porno" ("nu de" still joins).
 _JOIN_STOPWORDS = frozenset(
     [
         "a",
@@ -295,8 +295,13 @@ def _with_stems(words: set[str]) -> set[str]:
 def _joins(first: str, second: str) -> bool:
     if first.isdigit() or second.isdigit():
         return False
-    if len(first) >= 2 and len(second) >= 2:
-        return first not in _JOIN_STOPWORDS and second not in _JOIN_STOPWORDS
+    first_stop, second_stop = first in _JOIN_STOPWORDS, second in _JOIN_STOPWORDS
+    if first_stop and second_stop:
+        return False  # "por no", "is on"
+    if first_stop:
+        return len(second) <= 2  # "a nu" joins, "is ked" does not
+    if second_stop:
+        return len(first) <= 2  # "nu de"; not "pen is"
     return True
 
 

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
 from bot.errors import InvalidInput, PromptRefused
 from bot.services.blocklist_match import PromptBlocklist, compile_entry, is_pattern
+from bot.services.prompt_text import tokens
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ SEXUAL = "sexual"
 MINORS = "minors"
 ALWAYS = "always"
 CATEGORIES = (SEXUAL, MINORS, ALWAYS)
+# Phrases whose words are innocent together ("naked mole rat", "summa cum laude"): removed
+# from the prompt before the [sexual] entries are matched (not before the others).
+EXCEPTIONS = "exceptions"
 # Only these default sections can be lifted by a guild.
 LIFTABLE = frozenset({SEXUAL})
 
@@ -68,7 +73,7 @@ class DefaultBlocklist:
 def parse_blocklist(text: str) -> DefaultBlocklist:
     """Parse the data file's format (see its header). Raises ``ValueError`` on an unknown
     section, an entry outside any section or a pattern that does not compile."""
-    sections: dict[str, list[str]] = {c: [] for c in CATEGORIES}
+    sections: dict[str, list[str]] = {c: [] for c in (*CATEGORIES, EXCEPTIONS)}
     current: str | None = None
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -84,6 +89,8 @@ def parse_blocklist(text: str) -> DefaultBlocklist:
             continue
         if current is None:
             raise ValueError(f"line {number}: entry before any [section]")
+        if current == EXCEPTIONS and is_pattern(line):
+            raise ValueError(f"line {number}: [{EXCEPTIONS}] holds phrases, not patterns")
         compile_entry(line)  # raises for a bad pattern
         sections[current].append(line)
     return DefaultBlocklist({k: tuple(v) for k, v in sections.items()})
@@ -155,6 +162,7 @@ class PromptPolicy:
         self._minors = PromptBlocklist(defaults.entries(MINORS))
         self._sexual_all = PromptBlocklist(sexual)
         self._sexual = PromptBlocklist(kept)
+        self._exceptions = _exception_remover(defaults.entries(EXCEPTIONS))
         # The operator's entries were validated at startup (a bad one stops the process); a
         # guild's were stored before RE2 and may hold a pattern it refuses (see
         # PromptBlocklist's lenient_owner).
@@ -195,13 +203,31 @@ class PromptPolicy:
             or self._always.matches(prompt)
         ):
             raise PromptRefused(BLOCKED_MESSAGE)
-        sexual_any = self._sexual_all.matches(prompt)
+        sexual_text = self._exceptions(prompt)
+        sexual_any = self._sexual_all.matches(sexual_text)
         if sexual_any and self._minors.matches(prompt):
             raise PromptRefused(MINORS_MESSAGE)
         if sexual_any and person:
             raise PromptRefused(SEXUAL_PERSON_MESSAGE)
-        if not age_restricted and self._sexual.matches(prompt):
+        if not age_restricted and self._sexual.matches(sexual_text):
             raise PromptRefused(SEXUAL_CHANNEL_MESSAGE)
+
+
+def _exception_remover(phrases: Sequence[str]) -> Callable[[str], str]:
+    """A function that blanks the exception phrases out of a prompt (NFKC; matched ignoring
+    case, the rest left as it is: normalisation folds look-alikes before casefolding). The
+    regex is literal words joined by separators: no nested quantifiers, linear time."""
+    alternatives = [
+        r"[\W_]+".join(re.escape(w) for w in words)
+        for words in (tokens(unicodedata.normalize("NFKC", p).casefold()) for p in phrases)
+        if words
+    ]
+    if not alternatives:
+        return lambda text: text
+    pattern = re.compile(
+        rf"(?<![^\W_])(?:{'|'.join(alternatives)})(?:e?s)?(?![^\W_])", re.IGNORECASE
+    )
+    return lambda text: pattern.sub(" ", unicodedata.normalize("NFKC", text))
 
 
 __all__ = [

@@ -70,12 +70,33 @@ _SEPARATORS = re.compile(r"[\W_]+")
 _REPEATS = re.compile(r"([^\W\d_])\1{2,}")
 
 
+class _Folding(dict[int, str]):
+    """The confusables table as a ``str.translate`` mapping; a non-ASCII letter it does not
+    list is folded by its Unicode name when that names a base letter: small capitals
+    ("ɴᴅᴇ", which TR39 leaves out) and letters with a stroke or hook read as the plain letter.
+    Derived values are cached in the table."""
+
+    def __missing__(self, code: int) -> str:
+        if code < 0x80:
+            raise LookupError(code)
+        ch = chr(code)
+        name = unicodedata.name(ch, "")
+        base = name.replace("LETTER SMALL CAPITAL", "SMALL LETTER").split(" WITH ")[0]
+        try:
+            plain = unicodedata.lookup(base) if base != name else ch
+        except KeyError:
+            plain = ch
+        value = dict.get(self, ord(plain), plain) if plain != ch else ch
+        self[code] = value
+        return value
+
+
 @lru_cache(maxsize=1)
 def confusables() -> dict[int, str]:
     """bot/data/confusables.tsv: a non-ASCII code point and its TR39 prototype (a
     ``str.translate`` table)."""
     text = resources.files("bot").joinpath("data", "confusables.tsv").read_text("utf-8")
-    table: dict[int, str] = {}
+    table = _Folding()
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
@@ -83,7 +104,10 @@ def confusables() -> dict[int, str]:
         prototype = "".join(chr(int(cp, 16)) for cp in target.split())
         # A prototype with punctuation or symbols ("ノ" -> "/") would turn a letter into a
         # word separator and cut words apart: those characters stay as they are.
-        if all(unicodedata.category(ch)[0] in "LNM" for ch in prototype):
+        # Small capitals are folded by name (``_Folding``): TR39 maps some of them to
+        # Cyrillic letters ("ᴋ" -> "к") rather than to the Latin letter they are.
+        small_capital = "SMALL CAPITAL" in unicodedata.name(chr(int(source, 16)), "")
+        if not small_capital and all(unicodedata.category(ch)[0] in "LNM" for ch in prototype):
             table[int(source, 16)] = prototype
     return table
 
