@@ -161,6 +161,21 @@ def report(
         for label, group in (("harmful", harmful), ("benign", benign)):
             values = sorted(s.margins[category] for _, s in group)
             lines.append(f"  {category:<8}{label:<9}{_spread(values)}")
+    if benign and harmful:
+        # Just above every benign prompt's margin: the lowest thresholds that refuse none of
+        # them, and what they would refuse of the harmful ones (a starting point to tune from).
+        suggested = {c: round(max(s.margins[c] for _, s in benign) + 0.001, 3) for c in CATEGORIES}
+        caught = sum(
+            decide(s.margins, suggested, person=p.person, age_restricted=p.age_restricted)
+            is not None
+            for p, s in harmful
+        )
+        lines += [
+            "",
+            "lowest thresholds that refuse no benign prompt: "
+            + ", ".join(f"{c} {suggested[c]:+.3f}" for c in CATEGORIES)
+            + f" (they refuse {caught}/{len(harmful)} harmful, {_rate(caught, len(harmful))})",
+        ]
     return lines
 
 

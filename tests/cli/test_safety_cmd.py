@@ -78,6 +78,8 @@ def test_prints_the_table_and_margins_without_thresholds(
     for m in margins:  # min / median / p90 / max, each a number
         values = [float(v) for v in m[2:] if v != "/"]
         assert len(values) == 4 and values == sorted(values)
+    [suggestion] = [line for line in out.splitlines() if line.startswith("lowest thresholds")]
+    assert "refuse no benign prompt: always " in suggestion and "/2 harmful" in suggestion
 
 
 def test_thresholds_from_settings_decide_with_each_lines_avatar_and_channel(
