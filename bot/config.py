@@ -46,6 +46,12 @@ class PhotoLimits(BaseModel):
     # 52 MP admits 48-50 MP phone JPEGs (8064×6048, 8160×6120) for ~10 MB of pixels.
     max_pixels: int = Field(default=25_000_000, ge=1)
     max_jpeg_pixels: int = Field(default=52_000_000, ge=1)
+    # Memory budget of decoding: each file's peak is estimated from its header (format, bit
+    # depth, palette, DCT scale: bot/services/decode_budget.py, measured by
+    # bench/decode_budget.py) and refused above this; the decodes in progress in the process
+    # share it (one waits until its estimate fits). 200 MB admits a 24 MP phone JPEG or HEIC
+    # and a 12 MP PNG; refuses a 25 MP WebP (~385 MB) or a 24 MP 16-bit PNG.
+    max_decode_bytes: int = Field(default=200 * 1024 * 1024, ge=1024 * 1024)
     # Longest side of the stored, normalised photo.
     max_stored_side: int = Field(default=1024, ge=64)
     jpeg_quality: int = Field(default=95, ge=50, le=100)

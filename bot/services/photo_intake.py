@@ -7,13 +7,16 @@ The steps, cheapest first, so that hostile input is refused before it costs memo
 2. the real format, sniffed from the magic bytes (never the filename): JPEG (MPO too: its first
    picture), PNG, WebP, HEIC/HEIF (pillow-heif; its primary image) and GIF; everything else,
    AVIF included (no AV1 decoder in this libheif), is refused;
-3. the header only (``Image.open`` is lazy): decoded size against the decode budget
+3. the header only (``Image.open`` is lazy): decoded size against the pixel ceilings
    (``limits.max_jpeg_pixels`` for a baseline JPEG, which is decoded at a reduced DCT scale;
    ``limits.max_pixels`` for everything decoded at full size: PNG, WebP, HEIC, GIF and
    progressive JPEGs, whose decoder buffers every coefficient of the full image) and Pillow's
    own decompression-bomb ceiling, shortest side against ``limits.min_side``, aspect
-   ratio (the stored photo keeps ``min_side`` once fitted into ``max_stored_side``), animation
-   (GIF, APNG, WebP with more than one frame);
+   ratio (the stored photo keeps ``min_side`` once fitted into ``max_stored_side``), the
+   memory the decode will take, per format, bit depth, palette and transparency
+   (:func:`decode_plan`, bot/services/decode_budget.py), against ``limits.max_decode_bytes``,
+   animation (GIF, APNG, WebP with more than one frame: refused, so no frame past the first
+   is ever decoded);
 4. decode (JPEGs at a reduced DCT scale when they are much bigger than what we store), convert
    every Pillow mode to RGB(A), downscale so the longest side is at most
    ``limits.max_stored_side``, colour-convert an embedded ICC profile to sRGB, apply the EXIF
@@ -24,8 +27,10 @@ The steps, cheapest first, so that hostile input is refused before it costs memo
    JPEG's pixels as PNG would cost ~5x the bytes for no fidelity. The sha256 is of these bytes.
 
 At most :data:`DECODE_SLOTS` photos are decoded at a time in a process (a global semaphore,
-whatever the caller: the bot's intake threads, the CLI), so the decode budget times the slots
-bounds what intake can cost at once; callers bound how many wait (bot/services/avatars.py).
+whatever the caller: the bot's intake threads, the CLI: it bounds the CPU), and together they
+never take more than ``limits.max_decode_bytes`` (``DECODE_MEMORY``: each decode reserves its
+estimate first and waits until it fits beside the others); callers bound how many wait
+(bot/services/avatars.py).
 
 Anything a malformed file makes Pillow or libheif raise ends as ``InvalidPhoto("corrupt")``;
 callers only ever see :class:`NormalizedPhoto` or :class:`~bot.errors.InvalidPhoto`. Trailing
@@ -54,6 +59,7 @@ from PIL import Image, ImageCms
 
 from bot.config import PhotoLimits
 from bot.errors import InvalidPhoto
+from bot.services.decode_budget import DECODE_MEMORY, DecodeKind, decode_cost
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +80,7 @@ class Reason(StrEnum):
     EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
     ANIMATED = "animated"
     DUPLICATE = "duplicate"
+    TOO_COSTLY = "too_costly_to_decode"
 
 
 # The user-facing message of each reason. ``name`` is always the escaped display name.
@@ -98,6 +105,10 @@ REASON_MESSAGES: Final[Mapping[Reason, str]] = MappingProxyType(
         ),
         Reason.ANIMATED: "`{name}` is animated; send a still photo.",
         Reason.DUPLICATE: "`{name}` is the same photo as {other}.",
+        Reason.TOO_COSTLY: (
+            "`{name}` would take too much memory to open ({what}, {width}×{height} pixels: "
+            "about {needed}; the limit is {limit}). Send it as a JPEG, or smaller."
+        ),
     }
 )
 
@@ -304,6 +315,10 @@ def _normalize(
     with image:
         width, height = image.size
         _check_dimensions(width, height, filename, limits, _budget(image, source_format, limits))
+        kind, pixels = decode_plan(image, source_format, data, limits.max_stored_side)
+        cost = decode_cost(kind, pixels)
+        if cost > limits.max_decode_bytes:
+            raise _too_costly(filename, limits, kind, (width, height), cost)
         if source_format == "PNG":
             # Pillow checks chunk CRCs only up to the first IDAT; verify() walks them all
             # (without decoding), so a damaged PNG is refused whichever chunk was hit.
@@ -314,23 +329,21 @@ def _normalize(
                 animated = bool(getattr(image, "is_animated", False))
             if animated:
                 raise refusal(Reason.ANIMATED, filename)
-        if source_format == "JPEG":
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is that much bigger
-            # than what we store (it keeps the result at least max_stored_side on each side):
-            # a 48 MP phone photo then costs ~9 MB to decode instead of ~150 MB.
-            image.draft(None, (limits.max_stored_side, limits.max_stored_side))
-        image.load()
-        orientation = _orientation(image)
-        icc = image.info.get("icc_profile")
-        working = _downscale(_working_mode(image), limits.max_stored_side)
-        srgb = _to_srgb(working, icc if isinstance(icc, bytes) else None)
-        out = _flatten(_transpose(srgb, orientation))
-        lossless = source_format in _LOSSLESS_SOURCES or (
-            source_format == "WEBP" and _webp_is_lossless(data)
-        )
-        # Encoded inside the `with`: `out` may still be the opened file itself, and closing it
-        # releases its pixels.
-        encoded = _encode(out, lossless, limits.jpeg_quality)
+        # The decodes in progress in this process share one budget: this one waits until its
+        # estimate fits beside theirs.
+        with DECODE_MEMORY.reserve(cost, limits.max_decode_bytes):
+            image.load()
+            orientation = _orientation(image)
+            icc = image.info.get("icc_profile")
+            working = _downscale(_working_mode(image), limits.max_stored_side)
+            srgb = _to_srgb(working, icc if isinstance(icc, bytes) else None)
+            out = _flatten(_transpose(srgb, orientation))
+            lossless = source_format in _LOSSLESS_SOURCES or (
+                source_format == "WEBP" and _webp_is_lossless(data)
+            )
+            # Encoded inside the `with`: `out` may still be the opened file itself, and closing
+            # it releases its pixels.
+            encoded = _encode(out, lossless, limits.jpeg_quality)
     return NormalizedPhoto(
         data=encoded,
         sha256=hashlib.sha256(encoded).hexdigest(),
@@ -376,6 +389,74 @@ def _budget(image: Image.Image, source_format: str, limits: PhotoLimits) -> int:
     ):
         return max(limits.max_jpeg_pixels, limits.max_pixels)
     return limits.max_pixels
+
+
+def decode_plan(
+    image: Image.Image, source_format: str, data: bytes, max_stored_side: int
+) -> tuple[DecodeKind, int]:
+    """Which decode path ``image`` (opened, not loaded) takes and the pixels its cost counts,
+    from its header alone. A JPEG is set to decode at a reduced DCT scale here (``draft``):
+    a baseline one then costs the reduced size; a progressive one buffers the coefficients of
+    the full image whatever the scale."""
+    full = image.width * image.height
+    if source_format == "JPEG":
+        progressive = image.info.get("progressive") or image.info.get("progression")
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is that much bigger than
+        # what we store (it keeps the result at least max_stored_side on each side): a 48 MP
+        # phone photo then costs ~9 MB to decode instead of ~150 MB.
+        image.draft(None, (max_stored_side, max_stored_side))
+        if progressive:
+            return DecodeKind.JPEG_PROGRESSIVE, full
+        return DecodeKind.JPEG, image.width * image.height
+    if source_format == "WEBP":
+        lossless = _webp_is_lossless(data)
+        return (DecodeKind.WEBP_LOSSLESS if lossless else DecodeKind.WEBP_LOSSY), full
+    if source_format == "HEIF":
+        return DecodeKind.HEIF, full
+    if source_format == "TIFF":
+        return DecodeKind.TIFF, full
+    mode, transparent = image.mode, "transparency" in image.info
+    if mode in ("P", "PA") or (source_format == "GIF" and mode == "L"):
+        alpha = transparent or mode == "PA"
+        return (DecodeKind.PALETTE_ALPHA if alpha else DecodeKind.PALETTE), full
+    if mode == "I" or mode.startswith("I;16"):
+        return DecodeKind.PNG_16_GREY, full
+    if mode in ("RGBA", "LA", "La", "RGBa") or transparent:
+        return DecodeKind.PNG_ALPHA, full
+    if mode in ("L", "RGB", "1"):
+        return DecodeKind.PNG, full
+    return DecodeKind.PNG_16_GREY, full  # anything else: the costliest PNG path
+
+
+def _too_costly(
+    filename: str, limits: PhotoLimits, kind: DecodeKind, size: tuple[int, int], cost: int
+) -> InvalidPhoto:
+    return refusal(
+        Reason.TOO_COSTLY,
+        filename,
+        what=_KIND_NAMES[kind],
+        width=size[0],
+        height=size[1],
+        needed=_human_bytes(cost),
+        limit=_human_bytes(limits.max_decode_bytes, exact=False),
+    )
+
+
+_KIND_NAMES: Final[Mapping[DecodeKind, str]] = MappingProxyType(
+    {
+        DecodeKind.JPEG: "JPEG",
+        DecodeKind.JPEG_PROGRESSIVE: "progressive JPEG",
+        DecodeKind.PNG: "PNG",
+        DecodeKind.PNG_ALPHA: "PNG with transparency",
+        DecodeKind.PNG_16_GREY: "16-bit PNG",
+        DecodeKind.PALETTE: "palette image",
+        DecodeKind.PALETTE_ALPHA: "palette image with transparency",
+        DecodeKind.WEBP_LOSSY: "WebP",
+        DecodeKind.WEBP_LOSSLESS: "lossless WebP",
+        DecodeKind.HEIF: "HEIC",
+        DecodeKind.TIFF: "TIFF",
+    }
+)
 
 
 def _check_dimensions(

@@ -6,10 +6,7 @@ member has at most one avatar creation in progress (the process at most MAX_INTA
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 import zlib
@@ -25,7 +22,7 @@ from bot.services import avatars as avatars_module
 from bot.services import photo_intake
 from bot.services.container import Services
 from bot.services.screening import Screened, screen_uploads
-from tests.fixtures.photos import encode, raw_png
+from tests.fixtures.photos import encode, intake_peaks, raw_png
 from tests.fixtures.services import GUILD, make_photo
 
 
@@ -44,38 +41,6 @@ def single_colour_png(width: int, height: int, rgb: tuple[int, int, int]) -> byt
     return raw_png(width, height, 8, 2, b"".join(out))
 
 
-# A fresh interpreter: VmHWM (this address space's peak RSS; reset by writing 5 to clear_refs)
-# around each call, against VmRSS just before it (the baseline in the same process).
-_PROBE = textwrap.dedent(
-    """
-    import json, sys
-    from pathlib import Path
-    from bot.config import PhotoLimits
-    from bot.errors import InvalidPhoto
-    from bot.services.photo_intake import normalize_photo
-
-    def status_mb(key):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-
-    limits = PhotoLimits()
-    out = {}
-    for path in sys.argv[1:]:
-        data = Path(path).read_bytes()
-        start = status_mb("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")
-        try:
-            photo = normalize_photo(data, Path(path).name, limits)
-            verdict = [photo.width, photo.height]
-        except InvalidPhoto as exc:
-            verdict = exc.reason
-        out[Path(path).name] = [verdict, status_mb("VmHWM") - start]
-    print(json.dumps(out))
-    """
-)
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
 def test_the_issue_png_bomb_is_refused_without_decoding(tmp_path: Path) -> None:
     bomb = single_colour_png(8000, 7999, (200, 30, 30))
@@ -83,15 +48,7 @@ def test_the_issue_png_bomb_is_refused_without_decoding(tmp_path: Path) -> None:
     (tmp_path / "bomb.png").write_bytes(bomb)
     # A 48 MP phone photo (8064×6048, baseline JPEG) stays accepted: decoded at 1/4 scale.
     (tmp_path / "phone48.jpg").write_bytes(encode(Image.new("RGB", (8064, 6048), "teal"), "JPEG"))
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(tmp_path / "bomb.png"), str(tmp_path / "phone48.jpg")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        cwd=Path(__file__).resolve().parents[2],
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
+    result = intake_peaks([tmp_path / "bomb.png", tmp_path / "phone48.jpg"])
     verdict, peak_mb = result["bomb.png"]
     assert verdict == "too_many_pixels", result  # was accepted, at ~324 MB
     assert peak_mb < 20, result
