@@ -257,9 +257,9 @@ def normalize_photo(data: bytes, filename: str, limits: PhotoLimits) -> Normaliz
         # Malformed files make Pillow, libjpeg, zlib and libheif raise many different,
         # undocumented exceptions (OSError, SyntaxError, ValueError, EOFError, struct.error,
         # RuntimeError...); all of them mean the same thing to the user.
-        logger.info(
-            "photo %r refused as corrupt: %s: %s", display_name(filename), type(exc).__name__, exc
-        )
+        # File names often carry people's names: never above DEBUG (docs/security.md).
+        logger.info("a photo refused as corrupt: %s: %s", type(exc).__name__, exc)
+        logger.debug("the corrupt photo was %r", display_name(filename))
         raise refusal(Reason.CORRUPT, filename) from exc
 
 
