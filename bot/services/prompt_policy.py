@@ -158,10 +158,10 @@ class PromptPolicy:
         lifted = {term_key(t) for t in self.allowed}
         sexual = defaults.entries(SEXUAL)
         kept = [e for e in sexual if term_key(e) not in lifted]
-        self._always = PromptBlocklist(defaults.entries(ALWAYS))
-        self._minors = PromptBlocklist(defaults.entries(MINORS))
-        self._sexual_all = PromptBlocklist(sexual)
-        self._sexual = PromptBlocklist(kept)
+        self._always = _compiled(defaults.entries(ALWAYS))
+        self._minors = _compiled(defaults.entries(MINORS))
+        self._sexual_all = _compiled(sexual)
+        self._sexual = _compiled(tuple(kept))
         self._exceptions = _exception_remover(defaults.entries(EXCEPTIONS))
         # The operator's entries were validated at startup (a bad one stops the process); a
         # guild's were stored before RE2 and may hold a pattern it refuses (see
@@ -211,6 +211,13 @@ class PromptPolicy:
             raise PromptRefused(SEXUAL_PERSON_MESSAGE)
         if not age_restricted and self._sexual.matches(sexual_text):
             raise PromptRefused(SEXUAL_CHANNEL_MESSAGE)
+
+
+@lru_cache(maxsize=16)
+def _compiled(entries: tuple[str, ...]) -> PromptBlocklist:
+    """The default sections compiled once per process, not once per guild policy (a guild's
+    policy is built on the event loop when its blocklist changes)."""
+    return PromptBlocklist(entries)
 
 
 def _exception_remover(phrases: Sequence[str]) -> Callable[[str], str]:
