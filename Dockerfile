@@ -1,9 +1,12 @@
 # avatarbot on a CUDA machine: the bot, a worker, or both in one (embedded mode).
 #
 #   docker build -t avatarbot .
-#   docker run --gpus all --env-file avatarbot.env \
+#   docker run --gpus all --env-file bot.env \
 #     -v avatarbot-hf:/var/lib/avatarbot/hf -v avatarbot-data:/var/lib/avatarbot/data \
 #     avatarbot run
+#
+# (embedded mode: the bot renders too. A worker gets worker.env, without the Discord token:
+# deploy/worker.env.example.)
 #
 # The weights (HF_HOME) and the data (SQLite database, AVATARBOT_DATA_DIR) live in volumes;
 # download the weights into the first once (see README, "Deploying"). Secrets (the Discord

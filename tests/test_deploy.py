@@ -1,5 +1,7 @@
-"""The deployment files (Dockerfile, compose.yaml, systemd units) without Docker or systemd:
-their structure, and the container's healthcheck against a local HTTP server."""
+"""The deployment files (Dockerfile, compose.yaml, systemd units, env file examples) without
+Docker or systemd: their structure, one env file per role (issue 21, finding 9: the workers
+never get the Discord token), the units' sandboxing (``systemd-analyze`` where installed), the
+worker refusing a token, and the container's healthcheck against a local HTTP server."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import configparser
 import http.server
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -72,8 +76,12 @@ def test_compose() -> None:
     bot, worker = services["bot"], services["worker"]
     assert bot["command"] == ["run"] and worker["command"] == ["worker"]
     assert bot["environment"]["AVATARBOT_RUN_WORKER"] == "false"
+    # One env file per role: only the bot's holds the Discord token.
+    assert bot["env_file"] == "bot.env" and worker["env_file"] == "worker.env"
+    assert "env_file" not in compose["x-avatarbot"]
+    for name in ("bot.env", "worker.env"):
+        assert name in (ROOT / ".gitignore").read_text().split()
     for service in (bot, worker):
-        assert service["env_file"] == "avatarbot.env"
         assert service["depends_on"]["db"]["condition"] == "service_healthy"
         url = service["environment"]["AVATARBOT_DATABASE_URL"]
         assert url.startswith("postgresql+asyncpg://") and "@db:5432/" in url
@@ -82,6 +90,29 @@ def test_compose() -> None:
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert any(v.startswith("hf:/var/lib/avatarbot/hf") for v in worker["volumes"])
     assert set(compose["volumes"]) >= {"pgdata", "hf", "data"}
+    assert "AVATARBOT_DISCORD_TOKEN" not in json.dumps(worker)
+
+
+def _env_example(name: str) -> dict[str, str]:
+    """The settings an env file example sets or shows (commented ``# KEY=value`` lines too)."""
+    found = {}
+    for line in (ROOT / "deploy" / name).read_text().splitlines():
+        match = re.fullmatch(r"#?\s*(AVATARBOT_[A-Z0-9_]+)=(.*)", line.strip())
+        if match:
+            found[match[1]] = match[2]
+    return found
+
+
+def test_one_env_file_per_role() -> None:
+    assert not (ROOT / "deploy" / "avatarbot.env.example").exists()  # the shared one is gone
+    bot, worker = _env_example("bot.env.example"), _env_example("worker.env.example")
+    assert {"AVATARBOT_DISCORD_TOKEN", "AVATARBOT_DATA_KEY", "AVATARBOT_DATABASE_URL"} <= set(bot)
+    assert {"AVATARBOT_DATA_KEY", "AVATARBOT_DATABASE_URL"} <= set(worker)
+    # Not even commented out: the worker's file never names the token as a setting.
+    assert "AVATARBOT_DISCORD_TOKEN" not in worker
+    # Every reference to an env file names one of the two.
+    for path in ("README.md", "compose.yaml", "Dockerfile", "deploy/systemd/avatarbot-bot.service"):
+        assert "avatarbot.env" not in (ROOT / path).read_text(), path
 
 
 def _unit(name: str) -> configparser.ConfigParser:
@@ -100,9 +131,151 @@ def test_systemd_units(name: str) -> None:
     assert service["Restart"] == "on-failure"
     assert service["KillSignal"] == "SIGTERM"
     assert int(service["TimeoutStopSec"]) >= 30
-    assert service["EnvironmentFile"] == "/etc/avatarbot/avatarbot.env"
+    role = "bot" if name == "avatarbot-bot.service" else "worker"
+    assert service["EnvironmentFile"] == f"/etc/avatarbot/{role}.env"
     assert service["User"] == "avatarbot"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+# Sandboxing both units share (value "" means the key is present and empty: nothing granted).
+HARDENING = {
+    "NoNewPrivileges": "true",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "SystemCallArchitectures": "native",
+    "ProtectSystem": "strict",
+    "ReadWritePaths": "/var/lib/avatarbot",
+    "ProtectHome": "true",
+    "PrivateTmp": "true",
+    "ProtectKernelTunables": "true",
+    "ProtectKernelModules": "true",
+    "ProtectControlGroups": "true",
+    "RestrictNamespaces": "true",
+    "LockPersonality": "true",
+    "RestrictRealtime": "true",
+    "RestrictSUIDSGID": "true",
+    "UMask": "0077",
+}
+
+
+def _service_lines(name: str) -> list[tuple[str, str]]:
+    """Every ``Key=value`` of [Service], repeated keys kept (configparser keeps the last)."""
+    out, section = [], None
+    for line in (ROOT / "deploy" / "systemd" / name).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out.append((key, value))
+    return out
+
+
+def _memory_bytes(value: str) -> int:
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+
+@pytest.mark.parametrize("name", ["avatarbot-bot.service", "avatarbot-worker@.service"])
+def test_systemd_units_are_sandboxed(name: str) -> None:
+    lines = _service_lines(name)
+    service = dict(lines)
+    for key, value in HARDENING.items():
+        assert key in service, key
+        assert service[key] == value, (key, service[key])
+    filters = [value for key, value in lines if key == "SystemCallFilter"]
+    assert "@system-service" in filters
+    assert any(f.startswith("~") and "@privileged" in f for f in filters)
+    assert _memory_bytes(service["MemoryMax"]) >= 2**30
+
+
+def test_bot_and_worker_sandboxes_differ_where_the_gpu_needs_it() -> None:
+    bot, worker = (
+        dict(_service_lines("avatarbot-bot.service")),
+        _service_lines("avatarbot-worker@.service"),
+    )
+    assert bot["PrivateDevices"] == "true" and bot["MemoryDenyWriteExecute"] == "true"
+    worker_keys = dict(worker)
+    # The GPU: its device nodes only, not PrivateDevices; the CUDA/torch JITs need W+X memory.
+    assert "PrivateDevices" not in worker_keys
+    assert "MemoryDenyWriteExecute" not in worker_keys
+    assert worker_keys["DevicePolicy"] == "closed"
+    allowed = {value.split()[0] for key, value in worker if key == "DeviceAllow"}
+    assert {"char-nvidia", "char-nvidia-uvm"} <= allowed
+    assert _memory_bytes(worker_keys["MemoryMax"]) > _memory_bytes(bot["MemoryMax"])
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize(
+    ("name", "instance"),
+    [
+        ("avatarbot-bot.service", "avatarbot-bot.service"),
+        ("avatarbot-worker@.service", "avatarbot-worker@0.service"),
+    ],
+)
+def test_systemd_analyze_accepts_the_units(tmp_path: Path, name: str, instance: str) -> None:
+    """``verify``: no unknown key, no invalid value (it only warns about those, so any output
+    fails). ExecStart points at an executable that exists here: the venv is not installed."""
+    assert SYSTEMD_ANALYZE is not None
+    text = (ROOT / "deploy" / "systemd" / name).read_text()
+    unit = tmp_path / instance
+    unit.write_text(
+        text.replace("/opt/avatarbot/venv/bin/avatarbot", shutil.which("true") or "/bin/true")
+    )
+    verify = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stderr
+    security = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    if exposure is None:  # an older systemd without --offline
+        pytest.skip(f"systemd-analyze security --offline unsupported: {security.stderr[:200]}")
+    # systemd rates 0-10; below 2.0 is "OK" (the units before issue 21 rated 8.5, "EXPOSED").
+    assert float(exposure[1]) < 2.0, security.stdout
+
+
+def test_worker_refuses_the_discord_token(tmp_path: Path) -> None:
+    """A token in a worker's environment is an operator's mistake: one line, exit 2, before
+    anything starts (no database file, no engine)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATARBOT_")}
+    env.update(
+        AVATARBOT_DATA_DIR=str(tmp_path / "data"),
+        AVATARBOT_ENGINE__PROFILE="tiny",
+        AVATARBOT_ENGINE__OFFLINE="true",
+        AVATARBOT_OPS__LISTEN="off",
+        AVATARBOT_DISCORD_TOKEN="MTIz.fake.token-value",
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bot", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the worker started with the Discord token in its environment: {exc}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "AVATARBOT_DISCORD_TOKEN" in lines[0], proc.stderr
+    assert "worker.env" in lines[0] and "fake.token" not in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing was opened
 
 
 def test_worker_unit_pins_its_gpu() -> None:

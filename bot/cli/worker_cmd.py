@@ -5,6 +5,12 @@ machines against one PostgreSQL (README, "Scale-out"); set ``AVATARBOT_RUN_WORKE
 the bot so it only queues and delivers. SIGTERM and SIGINT stop it cleanly: it stops claiming,
 hands the jobs it was running back to the queue without counting an attempt (another worker
 takes them at once), closes the database and exits 0.
+
+A worker never talks to Discord, so it refuses to start when ``AVATARBOT_DISCORD_TOKEN`` is in
+its environment (one line on stderr, exit 2) rather than warn and carry on: a process that
+downloads and runs model code is the last one that should hold the bot's credentials, and
+dropping the variable would not help: the process's initial environment (``/proc/<pid>/environ``,
+what its children inherit) keeps it. Give workers their own file (deploy/worker.env.example).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 from bot.config import Settings
 
@@ -30,6 +37,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from engine.profiles import resolve_profile
 
+    if settings.discord_token is not None:
+        print(
+            "avatarbot worker: AVATARBOT_DISCORD_TOKEN is set, but a worker never talks to "
+            "Discord and must not hold the bot's token; remove it from the worker's environment "
+            "(its own env file: deploy/worker.env.example)",
+            file=sys.stderr,
+        )
+        return 2
     if args.concurrency is not None and args.concurrency < 1:
         raise SystemExit("avatarbot worker: --concurrency must be at least 1")
     if not resolve_profile(settings.engine).is_noise and settings.data_key is None:
