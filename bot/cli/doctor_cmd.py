@@ -67,6 +67,7 @@ def run_checks(settings: Settings) -> Iterator[Check]:
         check_weights,
         check_faces,
         check_safety,
+        check_screen,
         check_database,
         check_data_key,
         check_token,
@@ -353,6 +354,27 @@ def check_safety(settings: Settings) -> list[Check]:
     if not models:
         return [Check("safety", "fail", "nudenet's model file (*.onnx) is missing", fix)]
     return [Check("safety", "ok", f"nudenet with {models[0].name}")]
+
+
+def check_screen(settings: Settings) -> list[Check]:
+    """The semantic prompt screen's thresholds for the profile (docs/semantic-screen.md)."""
+    from bot.services.ports import TextScreenFacts
+    from bot.services.semantic_screen import resolve_thresholds
+    from engine.profiles import resolve_profile
+
+    profile = resolve_profile(settings.engine)
+    facts = TextScreenFacts(profile.name, profile.screen_thresholds, profile.is_noise)
+    thresholds = resolve_thresholds(facts, settings.safety.semantic)
+    measure = "measure them on your weights: avatarbot safety screen-check"
+    if thresholds is None:
+        if profile.is_noise:
+            return [Check("screen", "ok", "random weights: the semantic screen decides nothing")]
+        fix = f"set AVATARBOT_SAFETY__SEMANTIC__SEXUAL, __MINORS and __ALWAYS ({measure})"
+        return [Check("screen", "fail", "no semantic screen thresholds: every render fails", fix)]
+    shown = ", ".join(f"{k} {v:+.3f}" for k, v in thresholds.items())
+    if all(getattr(settings.safety.semantic, c) is not None for c in thresholds):
+        return [Check("screen", "ok", f"semantic screen thresholds {shown} (settings)")]
+    return [Check("screen", "warn", f"semantic screen thresholds {shown} (defaults)", measure)]
 
 
 # --- database, data key, token -------------------------------------------------------------

@@ -155,3 +155,31 @@ def test_a_failing_encoder_is_one_line(
     code, out, err = _run(capsys, "--corpus", str(env))
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "the text encoder failed (RuntimeError)" in err
+
+
+@pytest.mark.parametrize(
+    ("profile", "semantic", "status"),
+    [
+        ("tiny", {}, "ok"),  # random weights: decides nothing, by design
+        ("sd15-ip-adapter-plus-face", {}, "warn"),  # defaults, not measured on these weights
+        ("flux2-klein-4b", {"sexual": 0.1, "minors": 0.1, "always": 0.1}, "ok"),
+        ("toyworld-instantbooth", {}, "fail"),  # trained weights, no thresholds: renders fail
+        ("toyworld-instantbooth", {"sexual": 0.1, "minors": 0.1, "always": 0.1}, "ok"),
+    ],
+)
+def test_the_doctor_checks_the_screens_thresholds(
+    tmp_path: Path, profile: str, semantic: dict[str, float], status: str
+) -> None:
+    from bot.cli.doctor_cmd import check_screen
+    from bot.config import SafetySettings, SemanticScreenSettings, Settings
+    from engine.config import EngineSettings
+
+    settings = Settings(
+        data_dir=tmp_path,
+        engine=EngineSettings(profile=profile),
+        safety=SafetySettings(semantic=SemanticScreenSettings(**semantic)),
+    )
+    [check] = check_screen(settings)
+    assert (check.name, check.status) == ("screen", status)
+    if status != "ok":
+        assert "AVATARBOT_SAFETY__SEMANTIC__" in check.fix or "screen-check" in check.fix
