@@ -9,6 +9,7 @@ import pytest
 from bot.errors import InvalidInput, PromptRefused
 from tests.fixtures.discord import SIMCORD, World, age_restricted, create_avatar, expect_errors
 from tests.fixtures.services import face_photo
+from tests.services.test_pattern_stall import MAX_LAG_S, LagMeter, alarm
 
 pytestmark = SIMCORD
 
@@ -72,3 +73,33 @@ async def test_admin_blocklist_commands(world: World) -> None:
     assert "no longer" in removed.response.content
     entries = await world.bot.services.audit.recent(world.guild.id, actor_is_admin=True)
     assert [e.action for e in entries] == ["blocklist.remove", "blocklist.add"]
+
+
+async def test_a_hostile_pattern_through_the_admin_command_cannot_stall_the_bot(
+    world: World,
+) -> None:
+    """Issue 21, finding 1, on SimCord: the real ``/avatar-admin blocklist add`` and
+    ``/avatar render``; a pattern RE2 refuses is refused with a clear message, a catastrophic
+    one it accepts meets a 1,000-character prompt without the loop running 50 ms late."""
+    await create_avatar(world, world.alice)
+    meter = LagMeter()
+    try:
+        with alarm(20):
+            added = await world.admin.slash(
+                world.channel, "avatar-admin blocklist add", term="/(a+)+$/"
+            )
+            assert "Blocked" in added.response.content
+            result = await world.alice.slash(
+                world.channel, "avatar render", avatar="Mug", prompt="a" * 999 + "!"
+            )
+    finally:
+        meter.stop()
+    # Past the policy the prompt is refused for its length in tokens (the tiny model's 75).
+    expect_errors(world.env, InvalidInput)
+    assert result.ephemeral and "too long" in result.response.content
+    assert meter.worst < MAX_LAG_S, f"the event loop stalled {meter.worst * 1000:.0f} ms"
+    refused = await world.admin.slash(
+        world.channel, "avatar-admin blocklist add", term="/(a+)+(?=!)/"
+    )
+    expect_errors(world.env, InvalidInput)
+    assert "RE2" in refused.response.content

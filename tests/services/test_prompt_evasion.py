@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from bot.errors import PromptRefused
 from bot.services.prompt_policy import (
     MINORS_MESSAGE,
     SEXUAL_CHANNEL_MESSAGE,
     SEXUAL_PERSON_MESSAGE,
-    PromptPolicy,
 )
-from bot.services.prompt_text import normalise
-
-POLICY = PromptPolicy.base()
-
-
-def refused(prompt: str, *, age_restricted: bool = False, person: bool = False) -> str | None:
-    try:
-        POLICY.check(prompt, "", age_restricted=age_restricted, person=person)
-    except PromptRefused as exc:
-        return exc.message
-    return None
+from tests.services.test_prompt_policy import refused
 
 
 @pytest.mark.parametrize(
@@ -142,6 +130,8 @@ def test_a_child_flying_a_kite_with_a_pet_passes_until_a_sexual_word_joins() -> 
 
 
 def test_normalisation_compares_like_with_like() -> None:
+    from bot.services.prompt_text import normalise
+
     # The lists go through the same steps as prompts: an accented or look-alike entry
     # matches the plain spelling and the other way round.
     assert normalise("Désnúdo") == normalise("desnudo") == "desnudo"
