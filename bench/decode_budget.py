@@ -165,7 +165,7 @@ _PROBE = textwrap.dedent(
     from pathlib import Path
     from bot.config import PhotoLimits
     from bot.errors import InvalidPhoto
-    from bot.services import photo_intake
+    from bot.services import decode_budget, photo_intake
 
     def status(key):
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -210,7 +210,7 @@ _PROBE = textwrap.dedent(
         from PIL import Image
         import io
         with Image.open(io.BytesIO(data)) as image:
-            kind, pixels = photo_intake.decode_plan(image, image.format, data,
+            kind, pixels = decode_budget.decode_plan(image, image.format, data,
                                                      lifted.max_stored_side)
             return [str(kind), pixels]
 

@@ -28,6 +28,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
+from PIL import Image
+
 
 class DecodeKind(StrEnum):
     """The decode paths whose memory differs, as told from a file's header."""
@@ -61,8 +63,8 @@ BYTES_PER_PIXEL: Final[Mapping[DecodeKind, float]] = MappingProxyType(
         DecodeKind.PNG_16_GREY: 11.5,
         DecodeKind.PALETTE: 6.0,
         DecodeKind.PALETTE_ALPHA: 10.0,
-        DecodeKind.WEBP_LOSSY: 17.0,
-        DecodeKind.WEBP_LOSSLESS: 17.0,
+        DecodeKind.WEBP_LOSSY: 18.0,
+        DecodeKind.WEBP_LOSSLESS: 18.0,
         DecodeKind.HEIF: 7.0,
         DecodeKind.TIFF: 6.0,
     }
@@ -72,6 +74,77 @@ BYTES_PER_PIXEL: Final[Mapping[DecodeKind, float]] = MappingProxyType(
 def decode_cost(kind: DecodeKind, pixels: int) -> int:
     """Estimated peak bytes of decoding and normalising ``pixels`` counted pixels of ``kind``."""
     return FIXED_BYTES + int(BYTES_PER_PIXEL[kind] * pixels)
+
+
+def decode_plan(
+    image: Image.Image, source_format: str, data: bytes, max_stored_side: int
+) -> tuple[DecodeKind, int]:
+    """Which decode path ``image`` (opened, not loaded) takes and the pixels its cost counts,
+    from its header alone. A JPEG is set to decode at a reduced DCT scale here (``draft``):
+    a baseline one then costs the reduced size; a progressive one buffers the coefficients of
+    the full image whatever the scale."""
+    full = image.width * image.height
+    if source_format == "JPEG":
+        progressive = image.info.get("progressive") or image.info.get("progression")
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is that much bigger than
+        # what we store (it keeps the result at least max_stored_side on each side): a 48 MP
+        # phone photo then costs ~9 MB to decode instead of ~150 MB.
+        image.draft(None, (max_stored_side, max_stored_side))
+        if progressive:
+            return DecodeKind.JPEG_PROGRESSIVE, full
+        return DecodeKind.JPEG, image.width * image.height
+    if source_format == "WEBP":
+        lossless = webp_is_lossless(data)
+        return (DecodeKind.WEBP_LOSSLESS if lossless else DecodeKind.WEBP_LOSSY), full
+    if source_format == "HEIF":
+        return DecodeKind.HEIF, full
+    if source_format == "TIFF":
+        return DecodeKind.TIFF, full
+    mode, transparent = image.mode, "transparency" in image.info
+    if mode in ("P", "PA") or (source_format == "GIF" and mode == "L"):
+        alpha = transparent or mode == "PA"
+        return (DecodeKind.PALETTE_ALPHA if alpha else DecodeKind.PALETTE), full
+    if mode == "I" or mode.startswith("I;16"):
+        return DecodeKind.PNG_16_GREY, full
+    if mode in ("RGBA", "LA", "La", "RGBa") or transparent:
+        return DecodeKind.PNG_ALPHA, full
+    if mode in ("L", "RGB", "1"):
+        return DecodeKind.PNG, full
+    return DecodeKind.PNG_16_GREY, full  # anything else: the costliest PNG path
+
+
+# How a refusal names each kind to the member.
+DESCRIPTIONS: Final[Mapping[DecodeKind, str]] = MappingProxyType(
+    {
+        DecodeKind.JPEG: "JPEG",
+        DecodeKind.JPEG_PROGRESSIVE: "progressive JPEG",
+        DecodeKind.PNG: "PNG",
+        DecodeKind.PNG_ALPHA: "PNG with transparency",
+        DecodeKind.PNG_16_GREY: "16-bit PNG",
+        DecodeKind.PALETTE: "palette image",
+        DecodeKind.PALETTE_ALPHA: "palette image with transparency",
+        DecodeKind.WEBP_LOSSY: "WebP",
+        DecodeKind.WEBP_LOSSLESS: "lossless WebP",
+        DecodeKind.HEIF: "HEIC",
+        DecodeKind.TIFF: "TIFF",
+    }
+)
+
+
+def webp_is_lossless(data: bytes) -> bool:
+    """Whether a WebP's (first) image is VP8L (lossless) rather than VP8 (lossy)."""
+    pos = 12
+    for _ in range(32):  # a still WebP has a handful of chunks; never walk a hostile list
+        if pos + 8 > len(data):
+            break
+        fourcc = data[pos : pos + 4]
+        if fourcc == b"VP8L":
+            return True
+        if fourcc == b"VP8 ":
+            return False
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        pos += 8 + size + (size & 1)
+    return False
 
 
 class DecodeMemory:

@@ -14,7 +14,7 @@ The steps, cheapest first, so that hostile input is refused before it costs memo
    own decompression-bomb ceiling, shortest side against ``limits.min_side``, aspect
    ratio (the stored photo keeps ``min_side`` once fitted into ``max_stored_side``), the
    memory the decode will take, per format, bit depth, palette and transparency
-   (:func:`decode_plan`, bot/services/decode_budget.py), against ``limits.max_decode_bytes``,
+   (``decode_plan`` in bot/services/decode_budget.py), against ``limits.max_decode_bytes``,
    animation (GIF, APNG, WebP with more than one frame: refused, so no frame past the first
    is ever decoded);
 4. decode (JPEGs at a reduced DCT scale when they are much bigger than what we store), convert
@@ -59,7 +59,14 @@ from PIL import Image, ImageCms
 
 from bot.config import PhotoLimits
 from bot.errors import InvalidPhoto
-from bot.services.decode_budget import DECODE_MEMORY, DecodeKind, decode_cost
+from bot.services.decode_budget import (
+    DECODE_MEMORY,
+    DESCRIPTIONS,
+    DecodeKind,
+    decode_cost,
+    decode_plan,
+    webp_is_lossless,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +346,7 @@ def _normalize(
             srgb = _to_srgb(working, icc if isinstance(icc, bytes) else None)
             out = _flatten(_transpose(srgb, orientation))
             lossless = source_format in _LOSSLESS_SOURCES or (
-                source_format == "WEBP" and _webp_is_lossless(data)
+                source_format == "WEBP" and webp_is_lossless(data)
             )
             # Encoded inside the `with`: `out` may still be the opened file itself, and closing
             # it releases its pixels.
@@ -391,72 +398,18 @@ def _budget(image: Image.Image, source_format: str, limits: PhotoLimits) -> int:
     return limits.max_pixels
 
 
-def decode_plan(
-    image: Image.Image, source_format: str, data: bytes, max_stored_side: int
-) -> tuple[DecodeKind, int]:
-    """Which decode path ``image`` (opened, not loaded) takes and the pixels its cost counts,
-    from its header alone. A JPEG is set to decode at a reduced DCT scale here (``draft``):
-    a baseline one then costs the reduced size; a progressive one buffers the coefficients of
-    the full image whatever the scale."""
-    full = image.width * image.height
-    if source_format == "JPEG":
-        progressive = image.info.get("progressive") or image.info.get("progression")
-        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is that much bigger than
-        # what we store (it keeps the result at least max_stored_side on each side): a 48 MP
-        # phone photo then costs ~9 MB to decode instead of ~150 MB.
-        image.draft(None, (max_stored_side, max_stored_side))
-        if progressive:
-            return DecodeKind.JPEG_PROGRESSIVE, full
-        return DecodeKind.JPEG, image.width * image.height
-    if source_format == "WEBP":
-        lossless = _webp_is_lossless(data)
-        return (DecodeKind.WEBP_LOSSLESS if lossless else DecodeKind.WEBP_LOSSY), full
-    if source_format == "HEIF":
-        return DecodeKind.HEIF, full
-    if source_format == "TIFF":
-        return DecodeKind.TIFF, full
-    mode, transparent = image.mode, "transparency" in image.info
-    if mode in ("P", "PA") or (source_format == "GIF" and mode == "L"):
-        alpha = transparent or mode == "PA"
-        return (DecodeKind.PALETTE_ALPHA if alpha else DecodeKind.PALETTE), full
-    if mode == "I" or mode.startswith("I;16"):
-        return DecodeKind.PNG_16_GREY, full
-    if mode in ("RGBA", "LA", "La", "RGBa") or transparent:
-        return DecodeKind.PNG_ALPHA, full
-    if mode in ("L", "RGB", "1"):
-        return DecodeKind.PNG, full
-    return DecodeKind.PNG_16_GREY, full  # anything else: the costliest PNG path
-
-
 def _too_costly(
     filename: str, limits: PhotoLimits, kind: DecodeKind, size: tuple[int, int], cost: int
 ) -> InvalidPhoto:
     return refusal(
         Reason.TOO_COSTLY,
         filename,
-        what=_KIND_NAMES[kind],
+        what=DESCRIPTIONS[kind],
         width=size[0],
         height=size[1],
         needed=_human_bytes(cost),
         limit=_human_bytes(limits.max_decode_bytes, exact=False),
     )
-
-
-_KIND_NAMES: Final[Mapping[DecodeKind, str]] = MappingProxyType(
-    {
-        DecodeKind.JPEG: "JPEG",
-        DecodeKind.JPEG_PROGRESSIVE: "progressive JPEG",
-        DecodeKind.PNG: "PNG",
-        DecodeKind.PNG_ALPHA: "PNG with transparency",
-        DecodeKind.PNG_16_GREY: "16-bit PNG",
-        DecodeKind.PALETTE: "palette image",
-        DecodeKind.PALETTE_ALPHA: "palette image with transparency",
-        DecodeKind.WEBP_LOSSY: "WebP",
-        DecodeKind.WEBP_LOSSLESS: "lossless WebP",
-        DecodeKind.HEIF: "HEIC",
-        DecodeKind.TIFF: "TIFF",
-    }
-)
 
 
 def _check_dimensions(
@@ -579,22 +532,6 @@ def _flatten(image: Image.Image) -> Image.Image:
     flat = Image.new("RGB", image.size, BACKGROUND)
     flat.paste(image, mask=image.getchannel("A"))
     return flat
-
-
-def _webp_is_lossless(data: bytes) -> bool:
-    """Whether a WebP's (first) image is VP8L (lossless) rather than VP8 (lossy)."""
-    pos = 12
-    for _ in range(32):  # a still WebP has a handful of chunks; never walk a hostile list
-        if pos + 8 > len(data):
-            break
-        fourcc = data[pos : pos + 4]
-        if fourcc == b"VP8L":
-            return True
-        if fourcc == b"VP8 ":
-            return False
-        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
-        pos += 8 + size + (size & 1)
-    return False
 
 
 def _human_bytes(size: int, *, exact: bool = True) -> str:

@@ -24,8 +24,9 @@ from bot.services.decode_budget import (
     DecodeKind,
     DecodeMemory,
     decode_cost,
+    decode_plan,
 )
-from bot.services.photo_intake import decode_plan, normalize_photo
+from bot.services.photo_intake import normalize_photo
 from tests.fixtures.photos import encode, intake_peaks, png_chunk, raw_png, zero_rows
 
 LIMITS = PhotoLimits()
@@ -78,7 +79,7 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 @pytest.mark.parametrize(
     ("build", "needed_mb", "what"),
     [
-        (webp_25mp, 400, "lossless WebP, 5000×5000"),
+        (webp_25mp, 440, "lossless WebP, 5000×5000"),
         (png16_grey, 280, "16-bit PNG, 5000×5000"),
         (palette_bomb, 250, "palette image with transparency, 5000×5000"),
     ],
