@@ -341,3 +341,45 @@ def test_healthcheck_fails_when_nothing_listens(server: http.server.HTTPServer) 
     server.server_close()
     proc = _healthcheck(f"127.0.0.1:{port}")
     assert proc.returncode == 1 and "healthz" in proc.stderr
+
+
+# The bot's unit sets MemoryDenyWriteExecute=true. The kernel's own switch for the same rule
+# (prctl PR_SET_MDWE, Linux 6.3+) lets a test run what the bot does under it: a dependency
+# that starts writing executable memory would kill the bot at start or at its first upload.
+_MDWE_PROBE = """
+import ctypes, io, mmap, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    print("unsupported"); sys.exit(0)
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    print("unsupported"); sys.exit(0)
+except OSError:
+    pass
+from PIL import Image
+import bot.app, bot.cli.run_cmd, aiohttp, cryptography  # noqa: F401
+from bot.config import PhotoLimits
+from bot.services.photo_intake import normalize_photo
+for fmt, options in [("JPEG", {}), ("PNG", {}), ("WEBP", {}), ("WEBP", {"lossless": True}),
+                     ("HEIF", {}), ("GIF", {})]:
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((640, 480)).convert("RGB").save(out, fmt, **options)
+    normalize_photo(out.getvalue(), "x", PhotoLimits())
+assert "torch" not in sys.modules and "onnxruntime" not in sys.modules
+print("ok")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="prctl PR_SET_MDWE is Linux's")
+def test_the_bot_runs_without_writable_executable_memory() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _MDWE_PROBE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.stdout.strip() == "unsupported":
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
