@@ -162,6 +162,25 @@ def literal_entry(entry: str) -> Entry:
     return Entry(entry, words=words)
 
 
+def _stored_fallback(text: str, owner: str) -> Entry | None:
+    """What a stored entry that no longer compiles is matched as: a pattern RE2 refuses as a
+    literal phrase; an entry with no letters or digits left after normalisation (stored by
+    an older version) as nothing. Either way with a warning naming the owner."""
+    phrase = text[1:-1] if is_pattern(text) else text
+    try:
+        entry = literal_entry(phrase)
+    except ValueError:
+        logger.warning("%s: stored blocklist entry %r matches nothing; ignored", owner, text)
+        return None
+    logger.warning(
+        "%s: stored blocklist pattern %r is not valid RE2; matched as a literal phrase until "
+        "an admin replaces it",
+        owner,
+        text,
+    )
+    return entry
+
+
 def _plural_stems(token: str) -> tuple[str, ...]:
     stems = [token]
     if len(token) > 3 and token.endswith("s"):
@@ -192,15 +211,12 @@ class PromptBlocklist:
             try:
                 entry = compile_entry(raw)
             except ValueError:
-                if lenient_owner is None or not is_pattern(raw.strip()):
+                if lenient_owner is None:
                     raise
-                logger.warning(
-                    "%s: stored blocklist pattern %r is not valid RE2; matched as a literal "
-                    "phrase until an admin replaces it",
-                    lenient_owner,
-                    raw.strip(),
-                )
-                entry = literal_entry(raw.strip()[1:-1])
+                fallback = _stored_fallback(raw.strip(), lenient_owner)
+                if fallback is None:
+                    continue
+                entry = fallback
             if entry.pattern is not None:
                 patterns.append(entry.text.strip()[1:-1])
                 compiled.append(entry.pattern)

@@ -133,6 +133,14 @@ def validate_term(term: str) -> str:
             raise InvalidInput("That pattern matches every prompt.")
     elif len(cleaned.replace(" ", "")) < MIN_WORD_CHARS:
         raise InvalidInput(f"Words must have at least {MIN_WORD_CHARS} characters.")
+    else:
+        # Counted again once normalised: marks and punctuation do not count ("!!!", "x\u0301").
+        try:
+            entry = compile_entry(cleaned)
+        except ValueError as exc:
+            raise InvalidInput("A word needs letters or digits.") from exc
+        if len("".join(entry.words) or entry.substring) < MIN_WORD_CHARS:
+            raise InvalidInput(f"Words must have at least {MIN_WORD_CHARS} characters.")
     return term_key(cleaned)
 
 

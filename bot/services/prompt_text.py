@@ -60,8 +60,11 @@ _LEET = str.maketrans(
         "€": "e",
     }
 )
-# A word with a letter in it, leet symbols included ("s3x", "n!pple", "$ex"); not "18".
-_MIXED_WORD = re.compile(r"[\w@$!|€]*[^\W\d_][\w@$!|€]*|[\w@$!|€]*[@$€][\w@$!|€]*")
+# A run of word characters and leet symbols ("s3x", "n!pple", "$ex", "18"); folded only when
+# it has a letter or a leet-only symbol (``fold_leet``). One greedy class, so linear: a
+# pattern asking for "a letter somewhere inside" would backtrack quadratically on "1111...".
+_LEET_RUN = re.compile(r"[\w@$!|€]+")
+_LEET_ONLY = frozenset("@$€")
 # Punctuation inside a word: "nu.de", "nu-de", "nu*de", "nu·de", "nu/de".
 _INNER_PUNCTUATION = re.compile(r"(?<=[^\W_])[^\w\s]+(?=[^\W_])|(?<=[^\W_])_+(?=[^\W_])")
 # Single letters spelled apart: "n u d e", "n.u.d.e", "n_u_d_e".
@@ -140,7 +143,12 @@ def normalise(text: str) -> str:
 
 
 def fold_leet(text: str) -> str:
-    return _MIXED_WORD.sub(lambda m: m.group().translate(_LEET), text)
+    def fold(match: re.Match[str]) -> str:
+        run = match.group()
+        mixed = any(ch.isalpha() or ch in _LEET_ONLY for ch in run)
+        return run.translate(_LEET) if mixed else run
+
+    return _LEET_RUN.sub(fold, text)
 
 
 def tokens(form: str) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 from bot.errors import InvalidInput, PromptRefused
 from tests.fixtures.discord import SIMCORD, World, age_restricted, create_avatar, expect_errors
 from tests.fixtures.services import face_photo
-from tests.services.test_pattern_stall import MAX_LAG_S, LagMeter, alarm
+from tests.services.test_pattern_stall import MAX_LAG_S, LagMeter, alarm, no_gc_pauses
 
 pytestmark = SIMCORD
 
@@ -82,22 +82,23 @@ async def test_a_hostile_pattern_through_the_admin_command_cannot_stall_the_bot(
     ``/avatar render``; a pattern RE2 refuses is refused with a clear message, a catastrophic
     one it accepts meets a 1,000-character prompt without the loop running 50 ms late."""
     await create_avatar(world, world.alice)
-    meter = LagMeter()
-    try:
-        with alarm(20):
-            added = await world.admin.slash(
-                world.channel, "avatar-admin blocklist add", term="/(a+)+$/"
-            )
-            assert "Blocked" in added.response.content
-            result = await world.alice.slash(
-                world.channel, "avatar render", avatar="Mug", prompt="a" * 999 + "!"
-            )
-    finally:
-        meter.stop()
+    with no_gc_pauses():
+        meter = LagMeter()
+        try:
+            with alarm(20):
+                added = await world.admin.slash(
+                    world.channel, "avatar-admin blocklist add", term="/(a+)+$/"
+                )
+                assert "Blocked" in added.response.content
+                result = await world.alice.slash(
+                    world.channel, "avatar render", avatar="Mug", prompt="a" * 999 + "!"
+                )
+        finally:
+            meter.stop()
     # Past the policy the prompt is refused for its length in tokens (the tiny model's 75).
     expect_errors(world.env, InvalidInput)
     assert result.ephemeral and "too long" in result.response.content
-    assert meter.worst < MAX_LAG_S, f"the event loop stalled {meter.worst * 1000:.0f} ms"
+    assert meter.worst < MAX_LAG_S, f"the event loop was held {meter.worst * 1000:.0f} ms"
     refused = await world.admin.slash(
         world.channel, "avatar-admin blocklist add", term="/(a+)+(?=!)/"
     )
