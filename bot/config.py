@@ -228,8 +228,21 @@ class Settings(BaseSettings):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     # Finished outputs are kept this long (buttons work on them), then purged.
     output_retention_hours: int = Field(default=72, ge=1)
-    # Words or /regex/ patterns refused in prompts before any GPU work.
+    # Words or /regex/ patterns (RE2 syntax) refused in prompts before any GPU work.
     prompt_blocklist: list[str] = Field(default_factory=list)
+
+    @field_validator("prompt_blocklist")
+    @classmethod
+    def _blocklist_compiles(cls, entries: list[str]) -> list[str]:
+        # Checked here so that a pattern RE2 refuses is one line at startup, not a traceback
+        # when the services are built (imported late: settings load before anything else).
+        from bot.services.blocklist_match import compile_entry
+
+        for entry in entries:
+            if entry.strip():
+                compile_entry(entry)  # ValueError names the entry and RE2's reason
+        return entries
+
     # The in-process worker (embedded mode). False when separate `avatarbot worker`s run.
     run_worker: bool = True
     # The /healthz, /readyz and /metrics endpoint (``AVATARBOT_OPS__LISTEN``).

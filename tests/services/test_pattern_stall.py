@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from types import FrameType
 
 import pytest
+from pydantic import ValidationError
 
+from bot.config import Settings
 from bot.errors import InvalidInput, PromptRefused
 from bot.services.container import Services
 from bot.services.prompt_policy import PromptPolicy
@@ -173,3 +175,10 @@ def test_patterns_are_re2_and_bounded() -> None:
         with pytest.raises(PromptRefused):
             policy.check(prompt, age_restricted=True, person=False)
     policy.check("a spade and a cat", age_restricted=True, person=False)
+
+
+def test_an_operator_pattern_re2_refuses_is_a_settings_error() -> None:
+    # One line on stderr at startup (bot/cli: "invalid settings: ..."), not a traceback later.
+    with pytest.raises(ValidationError, match="invalid perl operator"):
+        Settings(prompt_blocklist=["/(a+)+(?=!)/"])
+    assert Settings(prompt_blocklist=["clown", "/spi+der/"]).prompt_blocklist[1] == "/spi+der/"
