@@ -138,3 +138,11 @@ def test_normalisation_compares_like_with_like() -> None:
     assert normalise("ｎ\u0430\u200bked") == "naked"
     # ASCII is not skeleton-folded: "m" is not "rn", "l" is not "I".
     assert normalise("corn mill") == "corn mill"
+
+
+def test_exceptions_blank_only_their_own_words() -> None:
+    assert refused("a naked mole rat", person=True) is None
+    assert refused("a naked woman next to a naked mole rat") == SEXUAL_CHANNEL_MESSAGE
+    # Never a way around [minors] or [always]: the minors words are read in the full prompt.
+    assert refused("a nude child and a naked mole rat", age_restricted=True) == MINORS_MESSAGE
+    assert refused("a child and a naked mole rat", age_restricted=True) is None

@@ -69,7 +69,7 @@ class BlocklistCommands(_CogBase):
     blocklist = app_commands.Group(name="blocklist", description="Words refused in prompts")
 
     @blocklist.command(name="add", description="Refuse a word or /pattern/ in prompts here")
-    @app_commands.describe(term="A word or phrase, or a /regular expression/")
+    @app_commands.describe(term="A word or phrase, or a /regular expression/ (RE2 syntax)")
     async def blocklist_add(
         self,
         interaction: discord.Interaction,
