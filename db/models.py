@@ -122,6 +122,7 @@ class GuildSettings(Base):
     # Abuse limits per member (rate of work-costing commands).
     renders_per_minute: Mapped[int | None] = mapped_column(Integer)
     creates_per_hour: Mapped[int | None] = mapped_column(Integer)
+    withheld_per_day: Mapped[int | None] = mapped_column(Integer)  # migration 0006
     personalizer: Mapped[str | None] = mapped_column(String(32))
     # What happens to a flagged image in an age-restricted channel: "block" (the default, as
     # everywhere else) or "spoiler".
@@ -452,6 +453,55 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(32), nullable=False)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     created_at: Mapped[datetime] = _created()
+
+
+class CountedKind(StrEnum):
+    """What ``counted_events`` counts (migration 0006)."""
+
+    # A render the safety checks withheld entirely, or the worker's prompt screen refused: the
+    # daily allowance and cool-down of bot/services/withheld.py (per guild).
+    WITHHELD = "withheld"
+    # An avatar creation, for ``creates_per_hour`` (``guild_id`` NULL: counted across guilds).
+    CREATE = "create"
+
+
+class CountedEvent(Base):
+    """Events a member's abuse limits count (withheld renders, avatar creations), kept apart
+    from the jobs a forget-me deletes and from the quota ledger's units.
+
+    Like ``usage_ledger``: forget-me sets ``user_id`` to NULL and gives the rows of the current
+    UTC day the keyed hash of (guild, member, day) in ``user_key`` (bot/services/usage_keys.py),
+    so erasing one's data resets no limit; the daily maintenance clears earlier days' keys."""
+
+    __tablename__ = "counted_events"
+    __table_args__ = (
+        CheckConstraint(_in("kind", CountedKind), name="kind"),
+        Index("ix_counted_events_guild_user_created", "guild_id", "user_id", "created_at"),
+        Index("ix_counted_events_guild_key_created", "guild_id", "user_key", "created_at"),
+        Index(None, "job_id"),  # ON DELETE SET NULL from render_jobs
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    user_key: Mapped[str | None] = mapped_column(String(64))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("render_jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = _created()
+    note: Mapped[str | None] = mapped_column(String(200))
+
+
+class DepartedGuild(Base):
+    """A guild that removed the bot (migration 0006): its usage ledger and counted events of
+    that day and its audit log are kept (counts and the admins' trail, no prompts or images),
+    so that removing and re-inviting the bot resets nothing; the maintenance pass erases the
+    counts once the day is over and the audit log after ``Settings.audit_retention_days``.
+    The row goes when the guild adds the bot again."""
+
+    __tablename__ = "departed_guilds"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    removed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 
 class BotState(Base):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CompoundSelect, delete, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import AuditEntry, GuildSettings, RenderJob, UsageLedger
+from db.models import AuditEntry, CountedEvent, DepartedGuild, GuildSettings, RenderJob, UsageLedger
 
 
 async def get(session: AsyncSession, guild_id: int) -> GuildSettings | None:
@@ -45,5 +47,30 @@ async def stored_guild_ids(session: AsyncSession) -> set[int]:
         select(RenderJob.guild_id).where(RenderJob.guild_id.is_not(None)),
         select(UsageLedger.guild_id).where(UsageLedger.guild_id.is_not(None)),
         select(AuditEntry.guild_id),
+        select(CountedEvent.guild_id).where(CountedEvent.guild_id.is_not(None)),
     )
     return {int(guild_id) for guild_id in (await session.execute(query)).scalars()}
+
+
+async def mark_departed(session: AsyncSession, guild_id: int, now: datetime) -> None:
+    """Remember that the guild removed the bot (the first removal counts: a repeated
+    ``guild_removed`` never extends the retention)."""
+    if await session.get(DepartedGuild, guild_id) is None:
+        session.add(DepartedGuild(guild_id=guild_id, removed_at=now))
+        await session.flush()
+
+
+async def departed(session: AsyncSession) -> dict[int, datetime]:
+    """Every departed guild and when it removed the bot."""
+    rows = (await session.execute(select(DepartedGuild.guild_id, DepartedGuild.removed_at))).all()
+    return {int(guild_id): removed_at for guild_id, removed_at in rows}
+
+
+async def returned(session: AsyncSession, guild_ids: Collection[int]) -> int:
+    """The guilds added the bot again: their kept data is live again (never erased)."""
+    if not guild_ids:
+        return 0
+    result = await session.execute(
+        delete(DepartedGuild).where(DepartedGuild.guild_id.in_(list(guild_ids)))
+    )
+    return result.rowcount or 0  # type: ignore[attr-defined]

@@ -18,9 +18,10 @@ from typing import Any
 
 from sqlalchemy import Date, case, cast, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
-from db.models import LedgerEntry, RenderJob, UsageLedger
+from db.models import CountedEvent, LedgerEntry, RenderJob, UsageLedger
 from db.repositories.common import dialect_name, eq_or_null
 
 
@@ -49,11 +50,18 @@ async def append(
     await session.flush()
 
 
-def _member(user_id: int, user_keys: Sequence[str]) -> ColumnElement[bool]:
+# The tables whose rows forget-me keys instead of erasing (``user_id``, ``user_key``,
+# ``created_at``): the usage ledger, and the counted events of db/repositories/counted.py.
+KeyedTable = type[UsageLedger] | type[CountedEvent]
+
+
+def member_rows(
+    user_id: int, user_keys: Sequence[str], model: KeyedTable = UsageLedger
+) -> ColumnElement[bool]:
     """The member's rows: by id, or by one of their keys of today after a forget-me."""
     if not user_keys:
-        return UsageLedger.user_id == user_id
-    return or_(UsageLedger.user_id == user_id, UsageLedger.user_key.in_(list(user_keys)))
+        return model.user_id == user_id
+    return or_(model.user_id == user_id, model.user_key.in_(list(user_keys)))
 
 
 def _attributed_at() -> ColumnElement[Any]:
@@ -87,7 +95,7 @@ async def totals(
             .outerjoin(RenderJob, RenderJob.id == UsageLedger.job_id)
             .where(
                 eq_or_null(UsageLedger.guild_id, guild_id),
-                _member(user_id, user_keys),
+                member_rows(user_id, user_keys),
                 # Index-friendly bound: nothing attributed to [start, end) was written before
                 # start (a refund always follows its reservation).
                 UsageLedger.created_at >= start,
@@ -112,7 +120,10 @@ def _sums() -> tuple[ColumnElement[Any], ...]:
     )
 
 
-def _utc_day(session: AsyncSession, column: ColumnElement[Any]) -> ColumnElement[Any]:
+def utc_day(
+    session: AsyncSession, column: ColumnElement[Any] | InstrumentedAttribute[datetime]
+) -> ColumnElement[Any]:
+    """The UTC day of a timestamp column, as a date, on either database."""
     if dialect_name(session) == "postgresql":
         return cast(func.timezone("UTC", column), Date)
     # SQLite stores UTC as naive text "YYYY-MM-DD HH:MM:SS...": date() takes its day.
@@ -132,7 +143,7 @@ async def report(
     session: AsyncSession, *, guild_id: int | None, since: datetime, user_id: int | None = None
 ) -> list[ReportRow]:
     """Per UTC day and member, the guild's ledger totals from ``since`` on, newest day first."""
-    day = _utc_day(session, _attributed_at()).label("day")
+    day = utc_day(session, _attributed_at()).label("day")
     query = (
         select(day, UsageLedger.user_id, *_sums())
         .select_from(UsageLedger)
@@ -166,7 +177,7 @@ async def reservation_times(
         select(UsageLedger.created_at)
         .where(
             eq_or_null(UsageLedger.guild_id, guild_id),
-            _member(user_id, user_keys),
+            member_rows(user_id, user_keys),
             UsageLedger.entry == LedgerEntry.RESERVE,
             UsageLedger.created_at >= since,
         )
@@ -196,39 +207,77 @@ async def key_rows_of_day(
             )
         )
     ).all()
+    return await set_keys(session, rows, key_for)
+
+
+async def set_keys(
+    session: AsyncSession,
+    rows: Sequence[Any],
+    key_for: Callable[[int | None], str],
+    model: KeyedTable = UsageLedger,
+) -> int:
+    """Give ``rows`` (``(id, guild_id)`` pairs) the key of their guild instead of the member
+    id. Returns the number of rows keyed."""
     by_guild: dict[int | None, list[int]] = {}
     for row_id, guild_id in rows:
         by_guild.setdefault(guild_id, []).append(row_id)
     for guild_id, ids in by_guild.items():
         await session.execute(
-            update(UsageLedger)
-            .where(UsageLedger.id.in_(ids))
-            .values(user_id=None, user_key=key_for(guild_id))
+            update(model).where(model.id.in_(ids)).values(user_id=None, user_key=key_for(guild_id))
         )
     return len(rows)
 
 
-async def expire_user_keys(session: AsyncSession, before: datetime) -> int:
+async def expire_user_keys(
+    session: AsyncSession, before: datetime, model: KeyedTable = UsageLedger
+) -> int:
     """Clear the forget-me keys of rows written before ``before`` (the start of the current
     UTC day): a key only serves the day it was made for. Returns the rows cleared."""
     result = await session.execute(
-        update(UsageLedger)
-        .where(UsageLedger.user_key.is_not(None), UsageLedger.created_at < before)
+        update(model)
+        .where(model.user_key.is_not(None), model.created_at < before)
         .values(user_key=None)
     )
     return result.rowcount or 0  # type: ignore[attr-defined]
 
 
-async def delete_user_data(session: AsyncSession, user_id: int) -> int:
-    """Anonymise the member's ledger rows: the counts stay (guild statistics, abuse limits
-    for the rest of the day), the user id goes. Returns the number of rows anonymised."""
+async def delete_user_data(
+    session: AsyncSession, user_id: int, model: KeyedTable = UsageLedger
+) -> int:
+    """Anonymise the member's rows: the counts stay (guild statistics, abuse limits for the
+    rest of the day), the user id goes. Returns the number of rows anonymised."""
     result = await session.execute(
-        update(UsageLedger).where(UsageLedger.user_id == user_id).values(user_id=None)
+        update(model).where(model.user_id == user_id).values(user_id=None)
     )
     return result.rowcount or 0  # type: ignore[attr-defined]
 
 
-async def delete_guild(session: AsyncSession, guild_id: int) -> int:
-    """Drop a removed guild's ledger: its quotas are gone with it."""
-    result = await session.execute(delete(UsageLedger).where(UsageLedger.guild_id == guild_id))
+async def delete_guild_before(session: AsyncSession, guild_id: int, start: datetime) -> int:
+    """A removed guild: drop its ledger rows attributed to days before ``start`` (the current
+    UTC day); the day's rows stay until the day is over, so removing and re-inviting the bot
+    resets no one's usage. Run it before the guild's jobs are deleted (attribution goes
+    through them; afterwards every row left is attributed to its own, current, day)."""
+    rows = await session.scalars(
+        select(UsageLedger.id)
+        .outerjoin(RenderJob, RenderJob.id == UsageLedger.job_id)
+        .where(UsageLedger.guild_id == guild_id, _attributed_at() < start)
+    )
+    ids = list(rows)
+    if ids:
+        await session.execute(delete(UsageLedger).where(UsageLedger.id.in_(ids)))
+    return len(ids)
+
+
+async def delete_guilds_before(
+    session: AsyncSession, guild_ids: Sequence[int], before: datetime
+) -> int:
+    """Erase the ledger rows of departed guilds written before ``before`` (the start of the
+    current UTC day): the maintenance pass once their day is over."""
+    if not guild_ids:
+        return 0
+    result = await session.execute(
+        delete(UsageLedger).where(
+            UsageLedger.guild_id.in_(list(guild_ids)), UsageLedger.created_at < before
+        )
+    )
     return result.rowcount or 0  # type: ignore[attr-defined]

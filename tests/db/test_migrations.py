@@ -31,6 +31,8 @@ TABLES = {
     "avatars",
     "bot_state",
     "consents",
+    "counted_events",
+    "departed_guilds",
     "features",
     "guild_settings",
     "job_attempts",
