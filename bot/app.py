@@ -197,8 +197,16 @@ class AvatarBot(commands.Bot):
             shard_ids = [self.shard_id]
         return count <= 1 or shard_ids is None or (guild_id >> 22) % count in set(shard_ids)
 
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        """Added (again): what the guild kept since a removal is live again, never erased."""
+        try:
+            await self.services.privacy.guild_returned([guild.id])
+        except Exception:
+            logger.exception("could not mark guild %s as back", guild.id)
+
     async def on_guild_remove(self, guild: discord.Guild) -> None:
-        """The bot left or was removed: the guild's settings and jobs go (avatars stay)."""
+        """The bot left or was removed: the guild's settings and jobs go (avatars stay); its
+        day of usage and its audit log are kept a while (bot/services/departed.py)."""
         try:
             await self.services.privacy.guild_removed(guild.id)
         except Exception:

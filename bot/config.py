@@ -72,6 +72,10 @@ class QuotaDefaults(BaseModel):
     # creations per hour. Each refusal says when to try again.
     renders_per_minute: int = Field(default=4, ge=1, le=1000)
     creates_per_hour: int = Field(default=5, ge=1, le=1000)
+    # Renders per member per day that the safety checks withheld entirely (output check) or
+    # refused on the worker (semantic prompt screen): past it, new renders are refused until
+    # the day ends (bot/services/withheld.py). Withheld renders cost GPU time too.
+    withheld_per_day: int = Field(default=3, ge=1, le=100)
 
 
 class QuotaCeilings(BaseModel):
@@ -91,6 +95,7 @@ class QuotaCeilings(BaseModel):
     max_side: int = Field(default=1024, ge=64, le=2048)
     renders_per_minute: int = Field(default=10, ge=1, le=1000)
     creates_per_hour: int = Field(default=10, ge=1, le=1000)
+    withheld_per_day: int = Field(default=10, ge=1, le=100)
 
 
 class SemanticScreenSettings(BaseModel):
@@ -121,6 +126,12 @@ class SafetySettings(BaseModel):
             "ANUS_EXPOSED",
         ]
     )
+    # Repeated withheld renders: this many within the window put the member on a cool-down
+    # (no new render in that guild for ``withheld_cooldown_minutes``), recorded in the guild's
+    # audit log (bot/services/withheld.py).
+    withheld_cooldown_after: int = Field(default=2, ge=1, le=100)
+    withheld_cooldown_window_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    withheld_cooldown_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
 
 
 class JobSettings(BaseModel):
@@ -228,6 +239,9 @@ class Settings(BaseSettings):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     # Finished outputs are kept this long (buttons work on them), then purged.
     output_retention_hours: int = Field(default=72, ge=1)
+    # After the bot is removed from a guild, its audit log is kept this long (then erased by
+    # the maintenance pass); its usage ledger of that day until the day is over.
+    audit_retention_days: int = Field(default=30, ge=1, le=3650)
     # Words or /regex/ patterns (RE2 syntax) refused in prompts before any GPU work.
     prompt_blocklist: list[str] = Field(default_factory=list)
 

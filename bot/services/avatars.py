@@ -162,7 +162,7 @@ class AvatarService:
             quotas = await self._quotas.quotas_in(session, guild_id)
             await self._check_new(session, owner_id, clean, quotas.avatars_per_member)
             # Early, before intake's work; checked again below under the member's lock.
-            await limits.check_create_rate(session, quotas, owner_id, utcnow())
+            await limits.check_create_rate(session, quotas, owner_id, utcnow(), self._quotas.keys)
         self._check_count(len(files), 0, quotas.photos_per_avatar)
         facts = await self._registry.current_facts()
         personalizer = quotas.personalizer or facts.default_personalizer
@@ -180,7 +180,7 @@ class AvatarService:
                 # guilds). Discord ids are unique across users and guilds: no lock collides.
                 await lock_scope(session, owner_id)
                 await self._check_new(session, owner_id, clean, quotas.avatars_per_member)
-                await limits.check_create_rate(session, quotas, owner_id, now)
+                await limits.check_create_rate(session, quotas, owner_id, now, self._quotas.keys)
                 avatar = await repo.insert_avatar(
                     session,
                     owner_id=owner_id,
@@ -226,6 +226,7 @@ class AvatarService:
                     created_at=now,
                     **interaction_columns(interaction),
                 )
+                await limits.record_creation(session, owner_id, job.id, now)
                 await self._events.publish(session, JobEventKind.ENQUEUED, job.id)
                 view = (await self._views(session, [avatar]))[0]
                 job_id = job.id

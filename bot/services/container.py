@@ -116,7 +116,13 @@ async def build_services(
     registry = WorkerRegistry(database, engine.facts() if engine is not None else None)
     usage_keys = UsageKeys(cipher)  # one secret for forget-me's keys and usage counting
     quotas = QuotaService(database, settings.quotas, usage_keys, settings.quota_ceilings)
-    jobs = JobService(database, cipher, settings.output_retention_hours, events)
+    jobs = JobService(
+        database,
+        cipher,
+        settings.output_retention_hours,
+        events,
+        audit_retention_days=settings.audit_retention_days,
+    )
     avatars = AvatarService(database, cipher, quotas, settings.photos, registry, events, jobs)
     prompt_policy = PromptPolicy.base(settings.prompt_blocklist)
     renders = RenderService(
@@ -135,6 +141,7 @@ async def build_services(
             else None
         ),
         fallback_guidance=settings.engine.default_guidance,
+        safety=settings.safety,
     )
     work: dict[JobKind, JobWork] = {}
     if engine is not None:

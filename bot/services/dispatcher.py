@@ -417,7 +417,7 @@ class JobDispatcher:
                 # Cancelled, deleted or reaped: whoever did it wrote the final state.
                 logger.info("job %s abandoned (cancelled, deleted or lease lost)", claim.id)
             elif failure is not None:
-                await self._fail(claim, *failure)
+                await self._fail(claim, *failure, work=work)
                 self.metrics.job_finished(claim.kind, "failed", time.perf_counter() - started)
             elif await self._complete(claim, work, outcome):
                 self.metrics.job_finished(claim.kind, "done", time.perf_counter() - started)
@@ -483,7 +483,9 @@ class JobDispatcher:
             await self._events.publish(session, JobEventKind.FINISHED, claim.id)
         return True
 
-    async def _fail(self, claim: ClaimedJob, code: str, message: str) -> None:
+    async def _fail(
+        self, claim: ClaimedJob, code: str, message: str, *, work: JobWork | None = None
+    ) -> None:
         now = utcnow()
         async with self._db.begin() as session:
             finished = await queue.finish_job(
@@ -498,6 +500,8 @@ class JobDispatcher:
             if finished is None:
                 return
             await release_failed(session, finished, now, note=f"failed: {code}")
+            if work is not None:  # the kind's own part (a screened prompt counts as withheld)
+                await work.failed(session, finished, code, now)
             await self._events.publish(session, JobEventKind.FINISHED, claim.id)
         logger.info("job %s failed (%s), refunded", claim.id, code)
 

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import SafetySettings
 from bot.errors import AvatarbotError, NotFound, PromptScreened
-from bot.services import crypto
+from bot.services import crypto, withheld
 from bot.services.crypto import DataCipher
 from bot.services.jobs import JobTexts, has_second_avatar
 from bot.services.ledger import refund
@@ -43,16 +43,18 @@ from bot.services.ports import (
     SubjectKind,
 )
 from bot.services.prompts import styled_prompt
-from bot.services.semantic_screen import ScreenUnavailable, SemanticScreen
 from bot.services.results import PhotoRefusal, PhotoWarning, RenderSettings
 from bot.services.safety import (
     SAFETY_KEY,
     flagged_posting,
     guild_nsfw_policy,
     output_policy,
+    render_shows_a_person,
     safety_record,
 )
 from bot.services.screening import NoUsablePhotos, decode_all, inspect_photos
+from bot.services.semantic_screen import ScreenUnavailable, SemanticScreen
+from bot.services.usage_keys import UsageKeys
 from db.models import AvatarStatus, RenderJob
 from db.repositories import avatars as avatars_repo
 from db.repositories import jobs as jobs_repo
@@ -106,6 +108,10 @@ class JobWork(Protocol):
         self, session: AsyncSession, job: ClaimedJob, outcome: Any, now: datetime
     ) -> None: ...
 
+    async def failed(
+        self, session: AsyncSession, job: RenderJob, code: str, now: datetime
+    ) -> None: ...
+
 
 class RenderWork:
     """Renders an avatar with the stored settings; every image passes the output check
@@ -125,7 +131,10 @@ class RenderWork:
         self._cipher = cipher
         # Judges each prompt as rendered, on this worker, before any GPU work.
         self._screen = SemanticScreen(engine, (safety or SafetySettings()).semantic)
-        self._policy: OutputPolicy = output_policy(safety or SafetySettings())
+        self._safety = safety or SafetySettings()
+        self._policy: OutputPolicy = output_policy(self._safety)
+        # The same secrets as forget-me's keys (derived from the data key, or the stored one).
+        self._keys = UsageKeys(cipher)
 
     async def run(self, job: ClaimedJob, progress: ProgressCallback) -> RenderOutput:
         from bot.services.jobs import settings_from_json
@@ -214,16 +223,26 @@ class RenderWork:
                 data, crypto.output_binding(row_id, job.user_id)
             ),
         )
-        # Decided once, here, with the guild's policy now: delivery follows the record, and
-        # the refund below matches what is posted.
+        # Decided once, here, with the guild's policy now and the subjects' kinds as they are
+        # now (an avatar deleted during the render counts as a person): delivery follows the
+        # record, and the refund below matches what is posted.
+        row = await jobs_repo.get(session, job.id)
+        subjects = [row.avatar_id if row is not None else None]
+        if has_second_avatar(job.settings):
+            subjects.append(row.with_avatar_id if row is not None else None)
+        person = await render_shows_a_person(session, subjects)
         age_restricted = bool(job.settings.get("age_restricted", False))
-        flagged_as = flagged_posting(age_restricted, await guild_nsfw_policy(session, job.guild_id))
-        record = safety_record(verdicts, flagged_as)
-        if verdicts and len(record["withheld"]) == len(verdicts):
-            row = await jobs_repo.get(session, job.id)
-            if row is not None:
-                await refund(session, row, now, note="every image withheld by the output check")
-                record["refunded"] = True
+        policy = await guild_nsfw_policy(session, job.guild_id)
+        flagged_as = flagged_posting(age_restricted, policy, person=person)
+        record = safety_record(verdicts, flagged_as, person=person)
+        if verdicts and len(record["withheld"]) == len(verdicts) and row is not None:
+            await refund(session, row, now, note="every image withheld by the output check")
+            record["refunded"] = True
+            # Refunded, but not free: it counts against the member's allowance of withheld
+            # renders and may start a cool-down (bot/services/withheld.py).
+            await withheld.record(
+                session, row, now, settings=self._safety, keys=self._keys, reason="output check"
+            )
         await jobs_repo.set_result(session, job.id, {SAFETY_KEY: record})
         if record["withheld"]:
             logger.info(
@@ -231,6 +250,14 @@ class RenderWork:
                 job.id,
                 len(record["withheld"]),
                 len(verdicts),
+            )
+
+    async def failed(self, session: AsyncSession, job: RenderJob, code: str, now: datetime) -> None:
+        """A failed render's part beyond the refund: one the worker's prompt screen refused
+        counts as withheld (bot/services/withheld.py)."""
+        if code == withheld.PROMPT_SCREENED:
+            await withheld.record(
+                session, job, now, settings=self._safety, keys=self._keys, reason=code
             )
 
     async def features_for(self, avatar_id: int, personalizer: str) -> bytes:
@@ -362,6 +389,9 @@ class EncodeWork:
 
     def timings(self, outcome: Encoded) -> dict[str, float]:
         return {"total": outcome.seconds}
+
+    async def failed(self, session: AsyncSession, job: RenderJob, code: str, now: datetime) -> None:
+        """Nothing beyond ``release_failed`` (the pending avatar goes there)."""
 
     async def commit(
         self, session: AsyncSession, job: ClaimedJob, outcome: Encoded, now: datetime

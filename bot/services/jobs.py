@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import NotFound
-from bot.services import crypto
+from bot.services import crypto, departed
 from bot.services.crypto import DataCipher
 from bot.services.events import JobEventKind, JobEvents
 from bot.services.ledger import day_bounds, refund
@@ -34,10 +34,11 @@ from bot.services.results import (
     JobView,
     RenderSettings,
 )
-from bot.services.safety import CheckedOutput, recorded_posting
+from bot.services.safety import CheckedOutput, recorded_posting, render_shows_a_person
 from db import queue
 from db.models import AvatarStatus, JobKind, JobStatus, RenderJob
 from db.repositories import avatars as avatars_repo
+from db.repositories import counted as counted_repo
 from db.repositories import jobs as repo
 from db.repositories import ledger as ledger_repo
 from db.repositories.common import checkpoint, scrub_deletes
@@ -86,12 +87,24 @@ async def release_failed(session: AsyncSession, job: RenderJob, now: datetime, n
 
 class JobService:
     def __init__(
-        self, database: Database, cipher: DataCipher, retention_hours: int, events: JobEvents
+        self,
+        database: Database,
+        cipher: DataCipher,
+        retention_hours: int,
+        events: JobEvents,
+        *,
+        audit_retention_days: int | None = None,
     ) -> None:
         self._db = database
         self._cipher = cipher
         self._events = events
         self.retention = timedelta(hours=retention_hours)
+        # What a guild that removed the bot keeps (bot/services/departed.py).
+        self.audit_retention = (
+            timedelta(days=audit_retention_days)
+            if audit_retention_days is not None
+            else departed.DEFAULT_AUDIT_RETENTION
+        )
 
     async def view(self, job_id: int) -> JobView:
         """A job's current state (for progress and delivery; no ownership check: the bot
@@ -115,8 +128,9 @@ class JobService:
 
     async def checked_outputs(self, job_id: int) -> tuple[list[CheckedOutput], str]:
         """The finished job's images with the output check's flag on each, and what happens to
-        flagged ones (``block`` or ``spoiler``, decided when the job finished; see
-        bot/services/safety.py). Delivery posts only what this allows."""
+        flagged ones (``block`` or ``spoiler``, decided when the job finished; never
+        ``spoiler`` for a person: see bot/services/safety.py). Delivery posts only what this
+        allows."""
         async with self._db.begin(readonly=True) as session:
             job = await repo.get(session, job_id)
             if job is None:
@@ -130,7 +144,16 @@ class JobService:
                 )
                 for r in rows
             ]
-            return checked, recorded_posting(job.result)
+            flagged_as = recorded_posting(job.result)
+            # Defence in depth: a person's flagged image is never posted, whatever the record
+            # says (one written before that rule, or by an older worker).
+            subjects = [
+                job.avatar_id,
+                *([job.with_avatar_id] if has_second_avatar(job.settings) else []),
+            ]
+            if flagged_as != "block" and await render_shows_a_person(session, subjects):
+                flagged_as = "block"
+            return checked, flagged_as
 
     async def undelivered(self) -> list[JobView]:
         """Finished jobs whose result the bot has not delivered yet (after a restart, too),
@@ -230,21 +253,24 @@ class JobService:
 
     async def purge_expired(self, now: datetime | None = None) -> int:
         """Delete finished jobs past their retention (see the module docstring), and clear
-        the forget-me keys of earlier days from the usage ledger (bot/services/usage_keys.py).
-        Retries a WAL checkpoint an earlier erasure could not finish (the job loop runs this
-        every ``maintenance_seconds``)."""
+        the forget-me keys of earlier days from the usage ledger (bot/services/usage_keys.py),
+        and what departed guilds kept past its time (bot/services/departed.py). Retries a WAL
+        checkpoint an earlier erasure could not finish (the job loop runs this every
+        ``maintenance_seconds``)."""
         now = now or utcnow()
         cutoff = now - self.retention
         async with self._db.begin() as session:
             await scrub_deletes(session)
             await ledger_repo.expire_user_keys(session, day_bounds(now)[0])
+            await counted_repo.expire_user_keys(session, day_bounds(now)[0])
+            kept = await departed.erase_expired(session, now, self.audit_retention)
             erased = await repo.purge_finished(
                 session,
                 finished_before=cutoff,
                 undelivered_before=cutoff - UNDELIVERED_GRACE,
                 created_before=day_bounds(now)[0],
             )
-        if erased.jobs or self._db.checkpoint_pending:
+        if erased.jobs or kept.ledger_rows or kept.audit_entries or self._db.checkpoint_pending:
             # Also retries a checkpoint that a reader blocked after an earlier erasure.
             await checkpoint(self._db)
         if erased.jobs:

@@ -12,9 +12,11 @@ What is counted:
   ledger's reservations: deleting the job does not remove its reservation, and a forget-me
   keeps today's reservations under the member's key (bot/services/usage_keys.py);
 - avatar creations in any guild during the last hour (avatars are the member's, not the
-  guild's), from the ``encode`` jobs: they stay when the avatar is deleted. A forget-me
-  removes them with every other job of the member, and with every avatar: the member starts
-  over from nothing, and the per-day render quota still holds.
+  guild's), from ``counted_events``' ``create`` rows (guild NULL), written with the encode job
+  (``record_creation``): they stay when the avatar or the job is deleted, and a forget-me keeps
+  them counted under the member's key like the day's renders, so erasing one's data does not
+  reset ``creates_per_hour`` either. (Creations made before migration 0006 have no such row:
+  the encode jobs count for them, whichever of the two counts more.)
 
 Avatars are the member's, across guilds, so a guild's avatar limits are also checked when an
 avatar is rendered there (``check_avatar_fits``): one made in DMs or in a looser guild cannot
@@ -39,8 +41,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import InvalidInput, QueueFull, QuotaExceeded, RateLimited
 from bot.services.results import GuildQuotas
-from db.models import Avatar, AvatarStatus, JobKind
+from bot.services.usage_keys import UsageKeys
+from db.models import Avatar, AvatarStatus, CountedKind, JobKind
 from db.repositories import avatars as avatars_repo
+from db.repositories import counted as counted_repo
 from db.repositories import jobs as jobs_repo
 from db.repositories import ledger as ledger_repo
 
@@ -88,19 +92,47 @@ async def check_render_rate(
 
 
 async def check_create_rate(
-    session: AsyncSession, quotas: GuildQuotas, owner_id: int, now: datetime
+    session: AsyncSession, quotas: GuildQuotas, owner_id: int, now: datetime, keys: UsageKeys
 ) -> None:
     """Refuse an avatar creation beyond ``creates_per_hour`` (``RateLimited``)."""
     limit = quotas.creates_per_hour
-    times = await jobs_repo.created_times(
-        session, user_id=owner_id, kind=JobKind.ENCODE, since=now - CREATE_WINDOW
+    since = now - CREATE_WINDOW
+    # Creations count across guilds (guild NULL); after a forget-me by the keys of each UTC
+    # day the window touches.
+    user_keys = await keys.keys_between(session, None, owner_id, since, now)
+    times = await counted_repo.times(
+        session,
+        kind=CountedKind.CREATE,
+        guild_id=None,
+        user_id=owner_id,
+        since=since,
+        user_keys=user_keys,
     )
+    # The encode jobs too, while creations from before migration 0006 (no ledger row) are in
+    # the window: whichever counts more (both count the same creations otherwise).
+    jobs = await jobs_repo.created_times(
+        session, user_id=owner_id, kind=JobKind.ENCODE, since=since
+    )
+    times = max(times, jobs, key=len)
     when = retry_at(times, limit, CREATE_WINDOW)
     if when is not None:
         raise RateLimited(
             f"You can create {limit} avatar{'s' if limit != 1 else ''} an hour.",
             retry_at=max(when, now),
         )
+
+
+async def record_creation(session: AsyncSession, owner_id: int, job_id: int, now: datetime) -> None:
+    """Count an avatar creation (its encode job) for ``creates_per_hour``, in the caller's
+    transaction."""
+    await counted_repo.append(
+        session,
+        kind=CountedKind.CREATE,
+        guild_id=None,
+        user_id=owner_id,
+        job_id=job_id,
+        now=now,
+    )
 
 
 async def check_no_pending_creation(session: AsyncSession, owner_id: int) -> None:

@@ -14,10 +14,13 @@ quota. The hash is meaningless to anyone without both the member id and the inst
 secret, and it is cleared the next day (``JobService.purge_expired``), after which the rows
 keep only counts. Nothing else stores user ids.
 
+A guild's removal erases its settings, jobs, prompts and images at once and keeps only its
+usage counts of that day and its audit log for a retention period (bot/services/departed.py).
+
 On SQLite the deletions run with ``secure_delete`` on and are followed by a WAL checkpoint
 that truncates the WAL, so the erased bytes are gone from the database files (a test scans
 them); a checkpoint that a reader blocks is retried by the job loop's maintenance. Guilds that
-removed the bot while it was offline are erased at its next start (``purge_absent_guilds``).
+removed the bot while it was offline are treated so at its next start (``purge_absent_guilds``).
 On PostgreSQL deleted tuples stay on disk until VACUUM reclaims their space and the WAL
 segments are recycled: deploy with a data key (then only ciphertext lingers) and encrypted
 disks.
@@ -39,6 +42,7 @@ from bot.services.usage_keys import UsageKeys, user_key
 from db.models import Feature, JobOutput, Photo, RenderJob
 from db.repositories import audit as audit_repo
 from db.repositories import avatars as avatars_repo
+from db.repositories import counted as counted_repo
 from db.repositories import guilds as guilds_repo
 from db.repositories import jobs as jobs_repo
 from db.repositories import ledger as ledger_repo
@@ -73,6 +77,14 @@ class PrivacyService:
                 start=day_bounds(now)[0],
                 key_for=lambda guild_id: user_key(secret, guild_id, user_id, now),
             )
+            # The same for what the abuse limits count (withheld renders, creations).
+            await counted_repo.key_rows_of_day(
+                session,
+                user_id,
+                start=day_bounds(now)[0],
+                key_for=lambda guild_id: user_key(secret, guild_id, user_id, now),
+            )
+            await counted_repo.delete_user_data(session, user_id)
             jobs = await jobs_repo.delete_user_data(session, user_id)
             avatars = await avatars_repo.delete_user_data(session, user_id)
             ledger = keyed + await ledger_repo.delete_user_data(session, user_id)
@@ -120,18 +132,32 @@ class PrivacyService:
         return ErasureReport(user_id=user_id, jobs=jobs.jobs, outputs=jobs.outputs)
 
     async def guild_removed(self, guild_id: int) -> GuildErasure:
-        """The bot left (or was removed from) a guild: its settings, jobs, usage and audit
-        log go."""
+        """The bot left (or was removed from) a guild: its settings, jobs, prompts and images
+        go now; its usage of the current day and its audit log are kept for a while
+        (bot/services/departed.py), so removing and re-inviting the bot resets nothing."""
+        now = utcnow()
         async with self._db.begin() as session:
             await scrub_deletes(session)
+            # First, while the jobs that attribute refunds to their day still exist.
+            start = day_bounds(now)[0]
+            ledger = await ledger_repo.delete_guild_before(session, guild_id, start)
+            await counted_repo.delete_guilds_before(session, [guild_id], start)
             jobs = await jobs_repo.delete_guild(session, guild_id)
-            ledger = await ledger_repo.delete_guild(session, guild_id)
             settings = await guilds_repo.delete_guild(session, guild_id)
-            await audit_repo.delete_guild(session, guild_id)
+            await guilds_repo.mark_departed(session, guild_id, now)
         await checkpoint(self._db)
         result = GuildErasure(guild_id, settings, jobs.jobs, jobs.outputs, ledger)
         logger.info("guild %s removed: %s", guild_id, result)
         return result
+
+    async def guild_returned(self, guild_ids: Collection[int]) -> int:
+        """Guilds that added the bot (again): what they kept is theirs again, never erased by
+        the departed guilds' maintenance. Returns how many were departed."""
+        async with self._db.begin() as session:
+            back = await guilds_repo.returned(session, guild_ids)
+        if back:
+            logger.info("%d departed guild(s) added the bot again", back)
+        return back
 
     async def purge_absent_guilds(
         self, present: Collection[int], covers: Callable[[int], bool] | None = None
@@ -140,7 +166,9 @@ class PrivacyService:
         ``present``: guilds that removed the bot while it was offline (it never saw their
         ``GUILD_DELETE``). ``present`` must be every guild the gateway reported once all of
         this process's shards were ready, unavailable ones (an outage) included; ``covers``
-        says which guild ids those shards serve (default: all).
+        says which guild ids those shards serve (default: all). Departed guilds in
+        ``present`` came back (``guild_returned``); departed ones still absent are left to
+        the maintenance pass.
 
         An empty ``present`` erases nothing: a bot that sees no guild at all is far more
         likely to be looking at an outage or a wrong token than to have been removed
@@ -148,10 +176,12 @@ class PrivacyService:
         if not present:
             logger.warning("the bot sees no guild: not purging stored guild data")
             return []
+        known = set(present)
         async with self._db.begin(readonly=True) as session:
             stored = await guilds_repo.stored_guild_ids(session)
-        known = set(present)
-        absent = sorted(g for g in stored - known if covers is None or covers(g))
+            gone = set(await guilds_repo.departed(session))
+        await self.guild_returned(sorted(gone & known))
+        absent = sorted(g for g in stored - known - gone if covers is None or covers(g))
         if absent:
             logger.info("erasing the data of %d guild(s) the bot left while offline", len(absent))
         return [await self.guild_removed(guild_id) for guild_id in absent]

@@ -26,7 +26,8 @@ from bot.services import audit
 from bot.services.ledger import UNITS_PER_RENDER, day_bounds, used_today
 from bot.services.results import GuildQuotas, UsageReport, UsageRow, UsageView
 from bot.services.usage_keys import UsageKeys
-from db.models import LedgerEntry
+from db.models import CountedKind, LedgerEntry
+from db.repositories import counted as counted_repo
 from db.repositories import guilds as guilds_repo
 from db.repositories import ledger as ledger_repo
 from db.repositories.common import lock_scope
@@ -177,11 +178,17 @@ class QuotaService:
         used, granted = await used_today(
             session, guild_id=quotas.guild_id, user_id=user_id, now=now, user_keys=keys
         )
-        limit = quotas.renders_per_day * UNITS_PER_RENDER + granted
+        # Grants never lift a member's day above the operator's ceiling (``grant`` refuses
+        # more; this also binds grants made before that rule).
+        limit = min(quotas.renders_per_day + granted, self._day_ceiling()) * UNITS_PER_RENDER
         _, resets_at = day_bounds(now)
         return UsageView(
             used=max(used, 0), limit=limit, remaining=max(limit - used, 0), resets_at=resets_at
         )
+
+    def _day_ceiling(self) -> int:
+        """The most renders a member may have in a day, quota and grants together."""
+        return self._ceilings["renders_per_day"]
 
     async def report(
         self,
@@ -205,11 +212,25 @@ class QuotaService:
             rows = await ledger_repo.report(
                 session, guild_id=guild_id, since=since, user_id=user_id
             )
-        return UsageReport(
-            guild_id=guild_id,
-            days=days,
-            rows=tuple(UsageRow(r.day, r.user_id, r.reserved, r.refunded, r.granted) for r in rows),
-        )
+            withheld = await counted_repo.per_day(
+                session, kind=CountedKind.WITHHELD, guild_id=guild_id, since=since, user_id=user_id
+            )
+        # A withheld render was reserved (and refunded), so it has its ledger row of the day;
+        # one whose ledger rows went with a forget-me the next day still shows as "erased".
+        counts = {(w.day, w.user_id): w.count for w in withheld}
+        report_rows = [
+            UsageRow(
+                r.day,
+                r.user_id,
+                r.reserved,
+                r.refunded,
+                r.granted,
+                counts.pop((r.day, r.user_id), 0),
+            )
+            for r in rows
+        ]
+        report_rows += [UsageRow(d, uid, 0, 0, 0, n) for (d, uid), n in counts.items()]
+        return UsageReport(guild_id=guild_id, days=days, rows=tuple(report_rows))
 
     async def grant(
         self,
@@ -223,25 +244,46 @@ class QuotaService:
     ) -> UsageView:
         """Give a member ``amount`` extra renders for today (admins only).
 
-        The ledger row says only "admin grant" (or ``note``); who granted it goes to the audit
-        log (``quota.grant``), where an admin's forget-me can erase it."""
+        The member's day (the guild's ``renders_per_day`` plus every grant of the day, those
+        made before a forget-me or the bot's removal included) never exceeds the operator's
+        ceiling (``QuotaCeilings.renders_per_day``): a grant beyond it is refused, saying how
+        many renders can still be granted today. The ledger row says only "admin grant" (or
+        ``note``); who granted it goes to the audit log (``quota.grant``), where an admin's
+        forget-me can erase it."""
         _require_admin(actor_is_admin)
         if not 1 <= amount <= MAX_GRANT:
             raise InvalidInput(f"amount must be between 1 and {MAX_GRANT}.")
         async with self._db.begin() as session:
             await lock_scope(session, guild_id)
+            quotas = await self.quotas_in(session, guild_id)
+            now = utcnow()
+            keys = await self.keys.keys_for(session, guild_id, user_id, now)
+            _, granted = await used_today(
+                session, guild_id=guild_id, user_id=user_id, now=now, user_keys=keys
+            )
+            ceiling = self._day_ceiling()
+            headroom = max(ceiling - quotas.renders_per_day - granted, 0)
+            if amount > headroom:
+                raise InvalidInput(
+                    f"This bot's operator allows at most {ceiling} renders per member and day "
+                    f"(this server's {quotas.renders_per_day} a day plus grants): "
+                    + (
+                        f"at most {headroom} more can be granted to this member today."
+                        if headroom
+                        else "nothing more can be granted to this member today."
+                    )
+                )
             await ledger_repo.append(
                 session,
                 entry=LedgerEntry.GRANT,
                 guild_id=guild_id,
                 user_id=user_id,
                 amount=amount,
-                now=utcnow(),
+                now=now,
                 note=(note or "admin grant")[:200],
             )
             detail: dict[str, Any] = {"member_id": str(user_id), "amount": amount}
             if note:
                 detail["note"] = note[:200]
             await audit.record(session, guild_id, actor_id, "quota.grant", detail)
-            quotas = await self.quotas_in(session, guild_id)
             return await self.usage_in(session, quotas, user_id)

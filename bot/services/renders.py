@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.config import SafetySettings
 from bot.errors import Forbidden, InvalidInput, NotFound, NotOwner, QueueFull, QuotaExceeded
-from bot.services import limits
+from bot.services import limits, withheld
 from bot.services.events import JobEventKind, JobEvents
 from bot.services.jobs import JobService, has_second_avatar, queue_position, settings_to_json
 from bot.services.ledger import UNITS_PER_RENDER, day_bounds, refund, reserve
@@ -68,6 +69,7 @@ class RenderService:
         default_steps: int | None,
         default_guidance: float | None,
         fallback_guidance: float = FALLBACK_GUIDANCE,
+        safety: SafetySettings | None = None,
     ) -> None:
         """``default_guidance``: the operator's explicit setting, or None for the engine's
         own (``EngineFacts.default_guidance``: FLUX.2 [klein] wants 1.0, SD1.5 6.0), else
@@ -81,6 +83,8 @@ class RenderService:
         self._default_steps = default_steps
         self._default_guidance = default_guidance
         self._fallback_guidance = fallback_guidance
+        # The cool-down after withheld renders (bot/services/withheld.py).
+        self._safety = safety or SafetySettings()
 
     async def request(
         self,
@@ -408,6 +412,9 @@ class RenderService:
                 raise QuotaExceeded(
                     f"You have used your {usage.limit} renders for today.", resets_at=resets_at
                 )
+            await withheld.check(
+                session, quotas, user_id, now, settings=self._safety, keys=self._quotas.keys
+            )
             keys = await self._quotas.keys.keys_for(session, guild_id, user_id, now)
             await limits.check_render_rate(session, quotas, user_id, now, keys)
             mine, guild_total = await repo.active_counts(

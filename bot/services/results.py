@@ -236,6 +236,9 @@ class GuildQuotas:
     max_side: int
     renders_per_minute: int
     creates_per_hour: int
+    # Renders a day the safety checks may withhold before new ones are refused (built from
+    # ``QuotaDefaults``, which holds the real default).
+    withheld_per_day: int = 3
     # None: the engine's default personalizer.
     personalizer: str | None = None
     # Flagged images in age-restricted channels: "block" (default) or "spoiler".
@@ -267,6 +270,8 @@ class UsageRow:
     reserved: int
     refunded: int
     granted: int
+    # Renders the safety checks withheld entirely or refused on the worker (counted apart).
+    withheld: int = 0
 
     @property
     def net(self) -> int:

@@ -8,14 +8,20 @@ Who sees a flagged image:
 
 - in a channel not marked age-restricted: nobody; it is never posted;
 - in an age-restricted channel: the guild's ``nsfw_policy`` decides: ``block`` (the default,
-  also for a guild that never chose) or ``spoiler`` (posted behind Discord's spoiler cover).
+  also for a guild that never chose) or ``spoiler`` (posted behind Discord's spoiler cover);
+- in a render of a person avatar (either subject of a two-avatar render; a subject whose
+  avatar was deleted meanwhile counts as a person): nobody, in any channel under any policy.
+  Real people are never shown sexualised: spoilers are for pets and objects only. Delivery
+  checks the avatars again (``render_shows_a_person``), so a record written before this rule
+  cannot post a person's flagged image either.
 
 The member is told privately when images were withheld. The decision is taken once, in the
 transaction that finishes the job (with the guild's policy at that moment), and recorded with
 the verdicts; delivery follows the recorded decision, so what is posted and what is counted
 always agree.
 
-Quota rule: a render whose every image was withheld is refunded, in that same transaction (the
+Quota rule (see bot/services/withheld.py for its bound): a render whose every image was
+withheld is refunded, in that same transaction (the
 member got nothing, and the prompt already passed the prompt policy before any work: the model,
 not the member, produced what was withheld). A render with at least one image posted counts in
 full, like any render (the member got a result; the withheld ones are part of its cost). The
@@ -37,7 +43,7 @@ from bot.config import SafetySettings
 from bot.errors import Forbidden, InvalidInput
 from bot.services import audit
 from bot.services.ports import OutputPolicy, OutputVerdict
-from db.models import JobKind, RenderJob
+from db.models import Avatar, AvatarKind, JobKind, RenderJob
 from db.repositories import guilds as guilds_repo
 from db.repositories.common import lock_scope
 from db.session import Database
@@ -56,12 +62,28 @@ def output_policy(settings: SafetySettings) -> OutputPolicy:
     return OutputPolicy(threshold=settings.threshold, classes=tuple(settings.classes))
 
 
-def flagged_posting(age_restricted: bool, nsfw_policy: str | None) -> str:
-    """What happens to flagged images of a job: ``spoiler`` only in an age-restricted channel
-    of a guild that chose it; ``block`` everywhere else."""
-    if age_restricted and nsfw_policy == "spoiler":
+def flagged_posting(age_restricted: bool, nsfw_policy: str | None, *, person: bool) -> str:
+    """What happens to flagged images of a job: ``spoiler`` only for a render of no person in
+    an age-restricted channel of a guild that chose it; ``block`` everywhere else."""
+    if age_restricted and nsfw_policy == "spoiler" and not person:
         return "spoiler"
     return "block"
+
+
+# The kinds whose flagged images may ever be posted (as spoilers); anything else is a person.
+SPOILER_KINDS = frozenset({AvatarKind.PET.value, AvatarKind.OBJECT.value})
+
+
+async def render_shows_a_person(session: AsyncSession, avatar_ids: Sequence[int | None]) -> bool:
+    """Whether a render of these subjects (``None``: an avatar deleted meanwhile) may show a
+    person: fail safe, a subject that cannot be looked up counts as one."""
+    if not avatar_ids or any(i is None for i in avatar_ids):
+        return True
+    rows = await session.execute(
+        select(Avatar.id, Avatar.kind).where(Avatar.id.in_([i for i in avatar_ids if i]))
+    )
+    kinds = {int(avatar_id): str(kind) for avatar_id, kind in rows.all()}
+    return any(kinds.get(int(i or 0)) not in SPOILER_KINDS for i in avatar_ids)
 
 
 async def guild_nsfw_policy(session: AsyncSession, guild_id: int | None) -> str:
@@ -70,8 +92,11 @@ async def guild_nsfw_policy(session: AsyncSession, guild_id: int | None) -> str:
     return policy if policy in NSFW_POLICIES else DEFAULT_NSFW_POLICY
 
 
-def safety_record(verdicts: Sequence[OutputVerdict], flagged_as: str) -> dict[str, Any]:
-    """The job's ``result["safety"]``: per image its verdict and scores; what was decided."""
+def safety_record(
+    verdicts: Sequence[OutputVerdict], flagged_as: str, *, person: bool
+) -> dict[str, Any]:
+    """The job's ``result["safety"]``: per image its verdict and scores; what was decided and
+    whether a person was rendered (why flagged images were blocked)."""
     images = [
         {
             "index": i,
@@ -82,7 +107,7 @@ def safety_record(verdicts: Sequence[OutputVerdict], flagged_as: str) -> dict[st
         for i, v in enumerate(verdicts)
     ]
     withheld = [i for i, v in enumerate(verdicts) if v.flagged and flagged_as == "block"]
-    return {"flagged_as": flagged_as, "withheld": withheld, "images": images}
+    return {"flagged_as": flagged_as, "person": person, "withheld": withheld, "images": images}
 
 
 @dataclass(frozen=True)

@@ -92,3 +92,19 @@ class UsageKeys:
         if stored is not None:
             found = (*found, stored)
         return tuple(user_key(s, guild_id, user_id, now) for s in found)
+
+    async def keys_between(
+        self,
+        session: AsyncSession,
+        guild_id: int | None,
+        user_id: int,
+        since: datetime,
+        now: datetime,
+    ) -> list[str]:
+        """The member's keys of every UTC day from ``since`` to ``now`` (a window of at most a
+        day, such as an hour that began yesterday)."""
+        keys = {
+            *await self.keys_for(session, guild_id, user_id, since),
+            *await self.keys_for(session, guild_id, user_id, now),
+        }
+        return sorted(keys)

@@ -4,12 +4,14 @@ is ready; guilds the bot still sees keep theirs; a bot that sees no guild at all
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from db.models import AuditEntry, GuildSettings, RenderJob, UsageLedger
+from db.types import utcnow
 from tests.fixtures.discord import SIMCORD, World
 
 pytestmark = SIMCORD
@@ -77,15 +79,24 @@ async def test_a_guild_left_while_offline_is_purged_at_start(
 
     await _removed_while_offline(world, bots, monkeypatch, other)
 
+    # Settings and jobs go at once; the day's usage and the audit log are kept a while
+    # (issue 21: removing and re-inviting resets nothing), then maintenance erases them.
+    assert await _rows(world, other.id) == {
+        "guild_settings": 0,
+        "render_jobs": 0,
+        "usage_ledger": 1,
+        "audit_log": 1,
+    }
+    assert await _rows(world, world.guild.id) == kept_before
+    # Carol's avatar is hers, not the guild's: it stays (forget-me is hers to run).
+    assert [a.name for a in await world.bot.services.avatars.list(carol.id)] == ["Mug"]
+    await world.bot.services.jobs.purge_expired(utcnow() + timedelta(days=31))
     assert await _rows(world, other.id) == {
         "guild_settings": 0,
         "render_jobs": 0,
         "usage_ledger": 0,
         "audit_log": 0,
     }
-    assert await _rows(world, world.guild.id) == kept_before
-    # Carol's avatar is hers, not the guild's: it stays (forget-me is hers to run).
-    assert [a.name for a in await world.bot.services.avatars.list(carol.id)] == ["Mug"]
 
 
 async def test_a_bot_that_sees_no_guild_purges_nothing(

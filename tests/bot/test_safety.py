@@ -177,3 +177,46 @@ async def test_after_the_token_expired_the_member_is_told_by_dm_never_in_the_cha
     [notice] = dm.history()
     assert "withheld" in notice.content and not notice.attachments
     assert result.followups == []  # not through the dead token
+
+
+@FLAG_ALL
+async def test_a_person_render_posts_no_flagged_image_even_where_spoilers_are_chosen(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21, finding 3: real people are never sexualised. An age-restricted channel of a
+    guild that chose spoilers: a person's flagged images are withheld, a pet's are spoilered."""
+    from tests.fixtures.services import face_photo
+
+    after_dark = age_restricted(monkeypatch, world)
+    await world.admin.slash(world.channel, "avatar-admin safety policy", policy="spoiler")
+    await create_avatar(world, world.alice, "Me", kind="person", photos=[("me.jpg", face_photo())])
+    await create_avatar(world, world.alice, "Rex", kind="pet")
+
+    result = await render(world, world.alice, after_dark, avatar="Me", prompt="a portrait")
+    assert public_attachments(world, after_dark) == []
+    assert [m for m in after_dark.history(viewer=world.bob) if m.author.bot] == []
+    [notice] = result.followups
+    assert notice.ephemeral and not notice.attachments and "withheld" in notice.message.content
+    job, outputs = await last_job(world)
+    assert [o.flagged for o in outputs] == [True]
+    safety = job.result["safety"]
+    assert (safety["flagged_as"], safety["person"], safety["withheld"]) == ("block", True, [0])
+    assert await used(world, world.alice) == 0  # withheld: refunded (and counted as withheld)
+
+    result = await render(world, world.alice, after_dark, avatar="Rex", prompt="a dog")
+    [posted] = result.followups
+    assert not posted.ephemeral
+    names = [a.filename for a in posted.attachments]
+    assert len(names) == 1 and names[0].startswith("SPOILER_render-")
+    assert public_attachments(world, after_dark) == names
+    job, _ = await last_job(world)
+    assert (job.result["safety"]["flagged_as"], job.result["safety"]["person"]) == (
+        "spoiler",
+        False,
+    )
+    # The admins see the withheld render per member (issue 21, finding 4).
+    report = await world.admin.slash(world.channel, "avatar-admin usage", days=1)
+    table = report.response.content.split("```")[1].splitlines()
+    assert table[1].split()[-1] == "withheld"
+    [row] = [line for line in table if str(world.alice.id) in line]
+    assert row.split()[-4:] == ["2", "1", "0", "1"]  # used, refunded, granted, withheld

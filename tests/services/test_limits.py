@@ -16,7 +16,7 @@ from bot.services.container import Services, build_services
 from bot.services.crypto import DataCipher, parse_key
 from bot.services.ledger import day_bounds
 from bot.services.usage_keys import STATE_KEY, UsageKeys, user_key
-from db.models import AuditEntry, BotState, RenderJob, UsageLedger
+from db.models import AuditEntry, BotState, CountedEvent, RenderJob, UsageLedger
 from db.session import Database
 from db.types import utcnow
 from tests.fixtures.services import CHANNEL, GUILD, make_avatar, service_settings
@@ -41,7 +41,9 @@ async def _jobs(services: Services, user_id: int) -> int:
 
 
 async def _shift(
-    services: Services, model: type[UsageLedger] | type[RenderJob], by: timedelta
+    services: Services,
+    model: type[UsageLedger] | type[RenderJob] | type[CountedEvent],
+    by: timedelta,
 ) -> None:
     """Move every row's ``created_at`` back by ``by`` (in Python: SQLite stores text)."""
     async with services.database.begin() as session:
@@ -197,6 +199,7 @@ async def test_creation_rate_limit_counts_across_guilds_and_deletions(services: 
     assert [a.name for a in await services.avatars.list(7)] == []
     await make_avatar(services, 8, "Max")  # another member is not limited
     await _shift(services, RenderJob, timedelta(minutes=61))
+    await _shift(services, CountedEvent, timedelta(minutes=61))
     await make_avatar(services, 7, "Three")
 
 
@@ -254,8 +257,13 @@ async def test_admin_actions_are_audited(services: Services) -> None:
         (None, "quota.set"),
     ]
     assert entries[0].detail["member_id"] is None and entries[1].detail["member_id"] is None
-    # The guild's removal takes its audit log with it.
+    # The guild's removal keeps its audit log for the retention period (issue 21), then the
+    # maintenance pass erases it.
     await services.privacy.guild_removed(GUILD)
+    async with services.database.begin(readonly=True) as session:
+        guilds = (await session.scalars(select(AuditEntry.guild_id))).all()
+    assert sorted(guilds) == [GUILD] * 3 + [GUILD + 1]
+    await services.jobs.purge_expired(utcnow() + timedelta(days=31))
     async with services.database.begin(readonly=True) as session:
         guilds = (await session.scalars(select(AuditEntry.guild_id))).all()
     assert guilds == [GUILD + 1]

@@ -20,6 +20,7 @@ from db.models import (
     Avatar,
     Base,
     Consent,
+    CountedEvent,
     Feature,
     GuildSettings,
     JobOutput,
@@ -83,6 +84,9 @@ async def test_forget_me_erases_every_row_and_byte(services: Services) -> None:
         assert (await session.scalars(select(Consent.user_id))).all() == [8]
         assert (await session.scalars(select(Avatar.owner_id))).all() == [8]
         ledger = (await session.execute(select(UsageLedger.user_id, UsageLedger.amount))).all()
+        # What the abuse limits count (the creations) stays too, without the member's id.
+        counted = (await session.execute(select(CountedEvent.user_id, CountedEvent.kind))).all()
+    assert sorted(counted, key=str) == sorted([(None, "create"), (8, "create")], key=str)
     assert sorted(ledger, key=str) == sorted([(None, 1), (8, 1)], key=str)  # counts stay
     assert (await services.quotas.report(GUILD, 1, actor_is_admin=True)).rows[0].user_id in (
         None,
@@ -150,7 +154,9 @@ async def test_member_purge_and_guild_removal(services: Services) -> None:
     assert await services.dispatcher.run_once() == other_guild.job_id
     await _render_one(services, 7, "Mia")
     erased = await services.privacy.guild_removed(GUILD)
-    assert erased.settings == 1 and erased.jobs == 1 and erased.ledger_rows >= 1
+    # The day's usage stays until the day is over (issue 21): re-inviting resets nothing.
+    assert erased.settings == 1 and erased.jobs == 1 and erased.ledger_rows == 0
+    assert (await services.quotas.usage(GUILD, 7)).used == 2
     assert await _count(services, GuildSettings) == 0
     assert (await services.quotas.get(GUILD)).renders_per_day == 10  # defaults again
     assert [a.name for a in await services.avatars.list(7)] == ["Mia"]  # the member's own

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import func, select, text
 
 from bot.services.container import Services
 from db.models import AuditEntry, Base, GuildSettings, RenderJob, UsageLedger
+from db.types import utcnow
 from tests.fixtures.services import CHANNEL, GUILD, make_avatar
 
 ADMIN = 731_000_000_000_000_001
@@ -70,10 +72,19 @@ async def test_logs_above_debug_carry_no_user_id(
     assert any(str(MEMBER) in m for m in quiet)  # troubleshooting at DEBUG still can
 
 
-async def _guild_rows(services: Services, guild_id: int) -> int:
+async def _guild_rows(
+    services: Services,
+    guild_id: int,
+    models: tuple[type[GuildSettings | RenderJob | UsageLedger | AuditEntry], ...] = (
+        GuildSettings,
+        RenderJob,
+        UsageLedger,
+        AuditEntry,
+    ),
+) -> int:
     total = 0
     async with services.database.begin(readonly=True) as session:
-        for model in (GuildSettings, RenderJob, UsageLedger, AuditEntry):
+        for model in models:
             query = select(func.count()).select_from(model).where(model.guild_id == guild_id)
             total += int(await session.scalar(query) or 0)
     return total
@@ -97,9 +108,14 @@ async def test_purge_absent_guilds_only_erases_guilds_this_process_serves(
         [12345], covers=lambda guild_id: guild_id != OTHER_GUILD
     )
     assert [e.guild_id for e in erased] == [GUILD]
-    assert await _guild_rows(services, GUILD) == 0
+    # Settings and jobs go at once; the day's usage and the audit log are kept a while
+    # (bot/services/departed.py), then the maintenance pass erases them.
+    assert await _guild_rows(services, GUILD, (GuildSettings, RenderJob)) == 0
     assert await _guild_rows(services, OTHER_GUILD) > 0
     assert await services.privacy.purge_absent_guilds([OTHER_GUILD]) == []
+    await services.jobs.purge_expired(utcnow() + timedelta(days=31))
+    assert await _guild_rows(services, GUILD) == 0
+    assert await _guild_rows(services, OTHER_GUILD) > 0
 
 
 def _wal_size(services: Services) -> int:

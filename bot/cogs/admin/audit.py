@@ -17,6 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.services.audit import MAX_AUDIT_ROWS, AuditView
+from bot.services.withheld import COOLDOWN_ACTION
 from bot.ui.errors import NO_MENTIONS, discord_time
 
 if TYPE_CHECKING:
@@ -59,6 +60,10 @@ def describe(entry: AuditView) -> str:
     return f"`{entry.action}`" + (f" {details}" if details else "")
 
 
+# Entries the bot writes itself (bot/services/withheld.py: a member put on a cool-down).
+BOT_ACTIONS = frozenset({COOLDOWN_ACTION})
+
+
 def audit_text(entries: list[AuditView]) -> str:
     """The entries, newest first, cut to one Discord message."""
     if not entries:
@@ -66,7 +71,12 @@ def audit_text(entries: list[AuditView]) -> str:
     lines: list[str] = []
     used = 0
     for i, entry in enumerate(entries):
-        who = f"<@{entry.actor_id}>" if entry.actor_id is not None else "(erased admin)"
+        if entry.actor_id is not None:
+            who = f"<@{entry.actor_id}>"
+        elif entry.action in BOT_ACTIONS:  # the bot's own decisions have no admin
+            who = "(the bot)"
+        else:
+            who = "(erased admin)"
         line = f"{discord_time(entry.when, 'f')} {who} {describe(entry)}"
         if used + len(line) + 60 > MAX_MESSAGE:
             lines.append(f"… and {len(entries) - i} older (ask for fewer).")

@@ -45,6 +45,7 @@ QUOTA_LABELS = {
     "max_side": "Maximum image side (px)",
     "renders_per_minute": "Renders per member per minute",
     "creates_per_hour": "Avatar creations per member per hour",
+    "withheld_per_day": "Withheld renders per member per day (then refused)",
 }
 SETTING_CHOICES = [app_commands.Choice(name=QUOTA_LABELS.get(f, f), value=f) for f in QUOTA_FIELDS][
     :25
@@ -65,11 +66,13 @@ def usage_table(report: UsageReport) -> str:
     per_member: dict[int | None, int] = defaultdict(int)
     for row in report.rows:
         per_member[row.user_id] += row.net
-    lines = ["day         member                 used  refunded  granted"]
+    # "withheld": renders the safety checks withheld entirely or refused on the worker.
+    lines = ["day         member                 used  refunded  granted  withheld"]
     for row in sorted(report.rows, key=lambda r: (r.day, r.net), reverse=True):
         who = str(row.user_id) if row.user_id is not None else "(erased)"
         lines.append(
-            f"{row.day.isoformat()}  {who:<20} {row.reserved:>6} {row.refunded:>9} {row.granted:>8}"
+            f"{row.day.isoformat()}  {who:<20} {row.reserved:>6} {row.refunded:>9} "
+            f"{row.granted:>8} {row.withheld:>9}"
         )
     totals = ", ".join(
         f"<@{uid}>: {n}" if uid is not None else f"erased members: {n}"
