@@ -37,6 +37,7 @@ from db.types import utcnow
 from tests.fixtures.services import (
     CHANNEL,
     GUILD,
+    TINY_FLUX2,
     create_now,
     face_photo,
     make_avatar,
@@ -49,9 +50,9 @@ NO_COOLDOWN = SafetySettings(threshold=0.0, withheld_cooldown_after=100)
 
 
 async def _services(
-    database: Database, tmp_path: Path, engine: EnginePort, **overrides: Any
+    database: Database, tmp_path: Path, port: EnginePort, **overrides: Any
 ) -> Services:
-    return await build_services(service_settings(tmp_path, **overrides), database, engine)
+    return await build_services(service_settings(tmp_path, **overrides), database, port)
 
 
 async def _render(services: Services, member: int, avatar: str, guild: int = GUILD) -> int:
@@ -141,6 +142,34 @@ async def test_a_person_render_never_posts_a_flagged_image(
         # A pet whose avatar was deleted meanwhile counts as a person: fail safe.
         await services.avatars.delete(7, "Rex")
         assert (await services.jobs.checked_outputs(pet))[1] == "block"
+    finally:
+        await services.aclose()
+
+
+async def test_either_subject_of_a_two_avatar_render_being_a_person_blocks(
+    database: Database, tmp_path: Path, tiny_flux2_port: EnginePort
+) -> None:
+    services = await _services(
+        database, tmp_path, tiny_flux2_port, engine=TINY_FLUX2, safety=NO_COOLDOWN
+    )
+    try:
+        await _age_restricted_spoilers(services)
+        await create_now(services, 7, GUILD, "Me", "person", [("me.jpg", face_photo())])
+        await make_avatar(services, 7, "Rex", kind="pet")
+        await make_avatar(services, 7, "Tom", kind="pet")
+
+        async def two(first: str, second: str) -> dict[str, Any]:
+            ticket = await services.renders.request(
+                7, GUILD, CHANNEL, first, "two friends", with_avatar=second
+            )
+            await _in_age_restricted_channel(services, ticket.job_id)
+            assert await services.dispatcher.run_once() == ticket.job_id
+            return await _result(services, ticket.job_id)
+
+        assert (await two("Rex", "Me"))["flagged_as"] == "block"  # the person second
+        assert (await two("Me", "Rex"))["flagged_as"] == "block"  # the person first
+        pets = await two("Rex", "Tom")
+        assert (pets["flagged_as"], pets["person"]) == ("spoiler", False)
     finally:
         await services.aclose()
 
