@@ -3,8 +3,8 @@
 ``add`` blocks a word or ``/pattern/`` in the guild (or re-blocks a default entry the guild had
 lifted); ``remove`` takes back one of the guild's own entries, or lifts a ``[sexual]`` entry of
 the default file for pet and object avatars (see bot/services/prompt_policy.py). The default
-``[minors]`` and ``[always]`` entries and the operator's entries cannot be lifted. Each change is
-written to the audit log in the same transaction. Admins only.
+``[minors]``, ``[always]`` and ``[undress]`` entries and the operator's entries cannot be
+lifted. Each change is written to the audit log in the same transaction. Admins only.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from bot.services.prompt_policy import (
     CATEGORIES,
     MAX_GUILD_TERMS,
     MINORS,
+    UNDRESS,
     PromptPolicy,
     term_key,
     validate_term,
@@ -121,6 +122,11 @@ class BlocklistService:
                     raise InvalidInput(f"At most {MAX_GUILD_TERMS} default entries can be lifted.")
                 allowed.append(key)
                 action = "lifted"
+            elif self._in_default(key, UNDRESS):
+                raise InvalidInput(
+                    "That entry of the default list keeps avatars of people clothed (it is "
+                    "read in negative prompts); it cannot be lifted."
+                )
             elif key in {term_key(t) for t in self._policy.operator}:
                 raise InvalidInput(
                     "That entry is set by the bot's operator; it cannot be removed here."

@@ -14,8 +14,24 @@ Rules, checked before a job exists (so a refused prompt never reaches a worker):
   guild cannot make sexual content with minors acceptable), nor can the operator's: those are
   the host's rules, not the guild's.
 
-The default sections are checked in the prompt only: a negative prompt listing "nsfw, nude"
-asks the model to stay away from them.
+The ``[sexual]``, ``[minors]`` and ``[always]`` sections are checked in the prompt only: a
+negative prompt listing "nsfw, nude" asks the model to stay away from them.
+
+The negative prompt has its own section, ``[undress]`` (clothing and censorship: "clothes,
+shirt, bra, censored"), because a negative prompt pushes the model *away* from what it names:
+"me on a beach" with the negative "clothes, clothing, dressed" asks for nudity without a
+single sexual word in the prompt. When the negative prompt matches ``[undress]`` (normalised
+and read in every evasion form exactly as the prompt is, by the same matcher):
+
+- with a *person* avatar it is refused in every channel (real people are never rendered
+  without clothes, whatever the channel or the guild's settings);
+- with a ``[minors]`` match in the prompt it is refused in every channel, whatever the avatar
+  (the MINORS message: a child in the picture and clothing pushed away);
+- pets and objects otherwise pass: a negative "clothes, costume" for a dog is ordinary.
+
+``[undress]`` entries cannot be lifted by a guild. The prompt is not checked against them ("a
+red shirt" is a prompt, not an inversion), and the negative only against them (and the
+operator's and the guild's entries).
 """
 
 from __future__ import annotations
@@ -37,7 +53,9 @@ logger = logging.getLogger(__name__)
 SEXUAL = "sexual"
 MINORS = "minors"
 ALWAYS = "always"
-CATEGORIES = (SEXUAL, MINORS, ALWAYS)
+# Checked in the negative prompt only (see the module doc).
+UNDRESS = "undress"
+CATEGORIES = (SEXUAL, MINORS, ALWAYS, UNDRESS)
 # Phrases whose words are innocent together ("naked mole rat", "summa cum laude"): removed
 # from the prompt before the [sexual] entries are matched (not before the others).
 EXCEPTIONS = "exceptions"
@@ -58,6 +76,10 @@ SEXUAL_PERSON_MESSAGE = (
     "Please rephrase the prompt."
 )
 MINORS_MESSAGE = "This prompt is refused: sexual content involving minors is never allowed."
+UNDRESS_PERSON_MESSAGE = (
+    "Avatars of people are never rendered without clothes; a negative prompt that removes "
+    "clothing is refused. Please take the clothing words out of the negative prompt."
+)
 
 
 @dataclass(frozen=True)
@@ -168,6 +190,7 @@ class PromptPolicy:
         kept = [e for e in sexual if term_key(e) not in lifted]
         self._always = _compiled(defaults.entries(ALWAYS))
         self._minors = _compiled(defaults.entries(MINORS))
+        self._undress = _compiled(defaults.entries(UNDRESS))
         self._sexual_all = _compiled(sexual)
         self._sexual = _compiled(tuple(kept))
         self._exceptions = _exception_remover(defaults.entries(EXCEPTIONS))
@@ -213,10 +236,15 @@ class PromptPolicy:
             raise PromptRefused(BLOCKED_MESSAGE)
         sexual_text = self._exceptions(prompt)
         sexual_any = self._sexual_all.matches(sexual_text)
-        if sexual_any and self._minors.matches(prompt):
+        # Clothing pushed away by the negative prompt (module doc): as sexual as asking for
+        # nudity, for a person or next to a child.
+        undress = bool(negative) and self._undress.matches(negative)
+        if (sexual_any or undress) and self._minors.matches(prompt):
             raise PromptRefused(MINORS_MESSAGE)
         if sexual_any and person:
             raise PromptRefused(SEXUAL_PERSON_MESSAGE)
+        if undress and person:
+            raise PromptRefused(UNDRESS_PERSON_MESSAGE)
         if not age_restricted and self._sexual.matches(sexual_text):
             raise PromptRefused(SEXUAL_CHANNEL_MESSAGE)
 
@@ -249,6 +277,8 @@ __all__ = [
     "CATEGORIES",
     "LIFTABLE",
     "MAX_GUILD_TERMS",
+    "UNDRESS",
+    "UNDRESS_PERSON_MESSAGE",
     "DefaultBlocklist",
     "PromptPolicy",
     "default_blocklist",

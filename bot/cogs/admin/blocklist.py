@@ -51,7 +51,8 @@ def blocklist_text(view: BlocklistView) -> str:
         "- Default list: "
         + ", ".join(f"{n} {category}" for category, n in view.defaults.items())
         + " entries (sexual: only in age-restricted channels, never with person avatars; "
-        "minors and always: never)",
+        "minors and always: never; undress: read in negative prompts, never with person "
+        "avatars)",
     ]
     if view.operator:
         lines.append(f"- Set by the bot's operator: {view.operator} entries")
