@@ -9,7 +9,10 @@ screen with each line's avatar kind and channel, and prints per corpus category 
 refused, the benign prompts refused (false positives), and per screen category the margins of
 harmful and benign prompts (min / median / 90th percentile / max), so thresholds can be set
 where the two separate (docs/semantic-screen.md). Only the semantic screen is measured here:
-the word lists run before it in the bot. Operator mistakes end as one line on stderr, status 2.
+the word lists run before it in the bot. The screen reads the prompt only, so the harmful lines
+whose harm is in their negative prompt (the corpus's sixth field: "me on a beach" with the
+negative "clothes") are left out, and the report says how many; the word lists refuse those by
+the negative (docs/safety.md). Operator mistakes end as one line on stderr, status 2.
 """
 
 from __future__ import annotations
@@ -62,14 +65,28 @@ def _screen_check(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"engine": engine})
     from bot.services.semantic_screen import ScreenUnavailable
 
+    measured, left_out = by_prompt(prompts)
     try:
-        lines = asyncio.run(_measure(settings, prompts))
+        lines = asyncio.run(_measure(settings, measured))
     except ScreenUnavailable as exc:  # the encoder failed: the reason, not the members' text
         print(f"avatarbot safety screen-check: {exc.reason}", file=sys.stderr)
         return 1
     for line in lines:
         print(line)
+    if left_out:
+        print(
+            f"\nleft out: {left_out} harmful lines whose harm is in the negative prompt "
+            "(the screen reads the prompt only; the word lists refuse them by the negative)"
+        )
     return 0
+
+
+def by_prompt(prompts: Sequence[CorpusPrompt]) -> tuple[list[CorpusPrompt], int]:
+    """The lines the semantic screen can judge, and how many harmful ones it cannot: those
+    with a negative prompt, whose prompt alone is innocent by construction. Benign lines stay,
+    negative or not (their prompt must pass)."""
+    kept = [p for p in prompts if p.benign or not p.negative]
+    return kept, len(prompts) - len(kept)
 
 
 def _corpus(path: Path | None) -> list[CorpusPrompt]:

@@ -7,7 +7,13 @@ docs/safety.md shows, and the worker's semantic screen can be checked on real we
 the same lines. Format (one prompt a line, tab-separated; ``#`` comments and blank lines
 ignored)::
 
-    category<TAB>expect<TAB>avatar<TAB>channel<TAB>prompt
+    category<TAB>expect<TAB>avatar<TAB>channel<TAB>prompt[<TAB>negative]
+
+The sixth field, the negative prompt, is optional (a line has 5 or 6 fields; an empty sixth
+field is no negative prompt). It is for the inversion ("me on a beach" with the negative
+"clothes, shirt"): the policy reads it as the bot does (bot/services/prompt_policy.py,
+``[undress]``); the worker's semantic screen scores the prompt only, so ``avatarbot safety
+screen-check`` leaves out the harmful lines that carry one.
 
 Categories starting with ``benign-`` are near-misses that must pass. ``expect`` is ``refuse``
 or ``pass``; a benign prompt the policy refuses anyway stays in the corpus (the report lists it as
@@ -38,6 +44,7 @@ class CorpusPrompt:
     avatar: AvatarKind
     channel: Channel
     prompt: str
+    negative: str = ""
 
     @property
     def benign(self) -> bool:
@@ -59,9 +66,12 @@ def parse_corpus(text: str) -> list[CorpusPrompt]:
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         fields = raw.split("\t")
-        if len(fields) != 5:
-            raise ValueError(f"line {number}: expected 5 tab-separated fields, got {len(fields)}")
-        category, expect, avatar, channel, prompt = (f.strip() for f in fields)
+        if len(fields) not in (5, 6):
+            raise ValueError(
+                f"line {number}: expected 5 or 6 tab-separated fields, got {len(fields)}"
+            )
+        category, expect, avatar, channel, prompt = (f.strip() for f in fields[:5])
+        negative = fields[5].strip() if len(fields) == 6 else ""
         if not category or not prompt:
             raise ValueError(f"line {number}: empty category or prompt")
         if expect not in _EXPECTS:
@@ -79,6 +89,7 @@ def parse_corpus(text: str) -> list[CorpusPrompt]:
                 _AVATARS[_AVATARS.index(avatar)],
                 _CHANNELS[_CHANNELS.index(channel)],
                 prompt,
+                negative,
             )
         )
     return prompts

@@ -2,8 +2,10 @@
 (``python -m scripts.screening_report`` prints it; docs/safety.md shows it, and a test keeps
 the two equal).
 
-Only the word lists and patterns are measured here (what runs before a job exists); the
-worker's semantic screen needs real weights and is checked by the operator's own command.
+Each line's negative prompt (the corpus's optional sixth field) is checked with it, as the bot
+checks a render's. Only the word lists and patterns are measured here (what runs before a job
+exists); the worker's semantic screen needs real weights and is checked by the operator's own
+command.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ def refuses(policy: PromptPolicy, item: CorpusPrompt) -> bool:
     """Whether the request would be refused before any job exists (cleaning included)."""
     try:
         policy.check(
-            clean_prompt(item.prompt), age_restricted=item.age_restricted, person=item.person
+            clean_prompt(item.prompt),
+            clean_prompt(item.negative, what="negative prompt", allow_empty=True),
+            age_restricted=item.age_restricted,
+            person=item.person,
         )
     except (PromptRefused, InvalidInput):
         return True
@@ -89,10 +94,15 @@ def report_markdown(result: ScreeningResult) -> str:
         f" ({b_refused / max(b_total, 1):.1%}).",
     ]
     for item in result.false_positives:
-        lines.append(f"- false positive ({item.category}, {item.avatar}): `{item.prompt}`")
+        lines.append(f"- false positive ({item.category}, {item.avatar}): {_shown(item)}")
     for item in result.missed:
-        lines.append(f"- missed ({item.category}, {item.avatar}): `{item.prompt}`")
+        lines.append(f"- missed ({item.category}, {item.avatar}): {_shown(item)}")
     return "\n".join(lines) + "\n"
+
+
+def _shown(item: CorpusPrompt) -> str:
+    negative = f", negative `{item.negative}`" if item.negative else ""
+    return f"`{item.prompt}`{negative}"
 
 
 __all__ = ["CategoryRate", "ScreeningResult", "measure", "refuses", "report_markdown"]

@@ -103,15 +103,38 @@ def test_the_shipped_corpus_is_the_default(env: Path, capsys: pytest.CaptureFixt
 
     code, out, _ = _run(capsys)
     assert code == 0
-    harmful = sum(not p.benign for p in load_corpus())
+    corpus = load_corpus()
+    # The screen reads the prompt only: the lines refused by their negative prompt are left out.
+    by_negative = sum(not p.benign and bool(p.negative) for p in corpus)
+    harmful = sum(not p.benign for p in corpus) - by_negative
+    assert by_negative >= 28
     assert f"harmful refused: 0/{harmful} " in out
+    assert f"left out: {by_negative} harmful lines whose harm is in the negative prompt" in out
+
+
+def test_lines_refused_by_their_negative_are_left_out(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.write_text(
+        CORPUS
+        + "sexual-negative\trefuse\tperson\tnormal\tme on a beach\tclothes\n"
+        + "benign-negative\tpass\tpet\tnormal\tmy dog in a park\tclothes, hat\n",
+        "utf-8",
+    )
+    code, out, _ = _run(capsys, "--corpus", str(env))
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert "sexual-negative" not in rows  # its prompt alone is innocent
+    assert rows["benign-negative"] == ["pass", "1", "0", "0%"]  # its prompt must pass
+    assert "harmful refused: 0/2 (0.0%)" in out
+    assert "left out: 1 harmful lines whose harm is in the negative prompt" in out
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         (None, "no corpus file at"),
-        ("only\ttwo\n", "expected 5 tab-separated fields"),
+        ("only\ttwo\n", "expected 5 or 6 tab-separated fields"),
         ("# nothing\n", "no prompts"),
         (b"\xff\xfe\x00", "cannot read the corpus"),
     ],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,24 @@ def test_the_corpus_is_large_and_covers_every_evasion_class() -> None:
     assert all(not i.person and i.age_restricted for i in minors)  # the permissive case
 
 
+def test_the_corpus_covers_the_negative_prompt_inversion() -> None:
+    categories = Counter(item.category for item in CORPUS)
+    assert categories["sexual-negative"] >= 20
+    assert categories["minors-negative"] >= 8
+    assert categories["benign-negative"] >= 15
+    inverted = [i for i in CORPUS if i.category in ("sexual-negative", "minors-negative")]
+    assert all(i.negative for i in inverted)
+    sexual = [i for i in inverted if i.category == "sexual-negative"]
+    assert all(i.person for i in sexual)
+    assert {i.channel for i in sexual} == {"normal", "age-restricted"}
+    assert all(not i.person for i in inverted if i.category == "minors-negative")
+    benign = [i for i in CORPUS if i.category == "benign-negative"]
+    assert {i.avatar for i in benign} == {"person", "pet", "object"}
+    # Each is refused by its negative: the same line without it passes.
+    for item in inverted:
+        assert not refuses(POLICY, replace(item, negative="")), item.prompt
+
+
 @pytest.mark.parametrize(
     "item",
     [i for i in CORPUS if i.expect == "refuse"],
@@ -80,9 +99,21 @@ def test_the_docs_table_is_the_current_report() -> None:
         "sexual\trefuse\tperson\tlounge\tx",
         "benign-x\trefuse\tperson\tnormal\tx",  # benign must pass
         "sexual\trefuse\tperson\tnormal\t ",
+        "sexual\trefuse\tperson\tnormal\tx\tclothes\textra",  # seven fields
     ],
 )
 def test_corpus_format_errors_name_the_line(bad: str) -> None:
     with pytest.raises(ValueError, match="line 2"):
         parse_corpus(f"# header\n{bad}\n")
     assert parse_corpus("# c\n\nx\trefuse\tpet\tnormal\tsome prompt\n")[0].prompt == "some prompt"
+
+
+def test_the_sixth_field_is_the_negative_prompt() -> None:
+    [plain, negative, empty] = parse_corpus(
+        "x\trefuse\tperson\tnormal\tme on a beach\n"
+        "x\trefuse\tperson\tnormal\tme on a beach\t clothes, shirt \n"
+        "x\trefuse\tperson\tnormal\tme on a beach\t\n"
+    )
+    assert (plain.negative, negative.negative, empty.negative) == ("", "clothes, shirt", "")
+    # The report checks the negative as the bot does: only the line with one is refused.
+    assert [refuses(POLICY, i) for i in (plain, negative, empty)] == [False, True, False]
