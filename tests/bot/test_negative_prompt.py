@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bot.errors import PromptRefused
+from tests.bot.test_prompt_policy import nothing_queued
 from tests.fixtures.discord import SIMCORD, World, age_restricted, create_avatar, expect_errors
 from tests.fixtures.services import face_photo
 
@@ -29,13 +30,12 @@ async def test_a_person_with_a_clothing_negative_is_refused_and_a_pet_renders(
         assert "never rendered without clothes" in result.response.content
         assert "bra" not in result.response.content  # the member's words are not echoed
         assert result.followups == []
-    services = world.bot.services
-    assert await services.jobs.active() == []
-    assert (await services.quotas.usage(world.guild.id, world.alice.id)).used == 0
+    await nothing_queued(world)
 
     await create_avatar(world, world.alice, "Rex", kind="pet")
     result = await world.alice.slash(
         world.channel, "avatar render", avatar="Rex", prompt="on a beach", negative_prompt=NEGATIVE
     )
     assert result.response.content == "Done — your images are posted below."
-    assert (await services.quotas.usage(world.guild.id, world.alice.id)).used == 1
+    usage = await world.bot.services.quotas.usage(world.guild.id, world.alice.id)
+    assert usage.used == 1
