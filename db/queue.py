@@ -1,4 +1,4 @@
-"""The database is the job queue: claim, lease, reap (DESIGN.md, "Jobs").
+"""The database is the job queue: claim, lease, reap (docs/architecture.md#the-job-runtime).
 
 Every function runs inside a transaction the caller owns (``async with db.begin() as s``), so
 the service layer can change a job's state and write the ledger (refunds) atomically.

@@ -330,7 +330,8 @@ class _Runner:
 
 
 class DiffusionEngine:
-    """The Engine protocol (DESIGN.md) over one loaded profile. Build with ``create_engine``."""
+    """The engine (docs/architecture.md#the-engine) over one loaded profile. Build with
+    ``create_engine``."""
 
     def __init__(self, settings: EngineSettings, worker: Worker, runner: _Runner) -> None:
         self.settings = settings

@@ -1,4 +1,5 @@
-"""The output check: every rendered image is checked before anyone sees it (DESIGN.md, Safety).
+"""The output check: every rendered image is checked before anyone sees it
+(docs/architecture.md#safety-in-layers).
 
 - ``NudeNetChecker``: nudenet's detector (its ONNX model ships inside the package, runs offline,
   loads in ~0.1 s). Per image, the highest score of each label it reports; the image is flagged

@@ -1,4 +1,5 @@
-"""The architecture's one-way dependencies, checked in fresh interpreters (DESIGN.md).
+"""The architecture's one-way dependencies, checked in fresh interpreters
+(docs/architecture.md#the-layering-rules).
 
 `engine` must not load discord or db; `bot.services` must not load discord or torch-side
 libraries; `bot.ui` (shared Discord helpers) must not load a feature's cog or the model stack.

@@ -1,1 +1,2 @@
-"""Use cases and rules of the product: no discord, no torch (see DESIGN.md)."""
+"""Use cases and rules of the product: no discord, no torch
+(docs/architecture.md#the-layering-rules)."""

@@ -1,6 +1,7 @@
 """What the services need from an image engine, in plain data (no tensors, no torch).
 
-The real engine (``engine/``) loads torch; services must not (DESIGN.md, layering test). So the
+The real engine (``engine/``) loads torch; services must not (layering test; see
+docs/architecture.md#the-layering-rules). So the
 services talk to this protocol, and ``bot/engine_adapter.py`` (outside the services) wraps the
 real ``DiffusionEngine`` into it. Tests may use the adapter over the ``tiny`` profile.
 

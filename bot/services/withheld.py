@@ -48,7 +48,7 @@ from db.repositories import counted as counted_repo
 
 logger = logging.getLogger(__name__)
 
-# The error code of a job the worker's semantic prompt screen refused (engineer B's screen).
+# The error code of a job the worker's semantic prompt screen refused (semantic_screen.py).
 PROMPT_SCREENED = "prompt_screened"
 COOLDOWN_ACTION = "safety.cooldown"
 

@@ -2,7 +2,8 @@
 normal channel (the member is told privately and refunded); in an age-restricted channel the
 server's choice applies (block, or spoilers); verdicts are kept with the job; the admin
 commands set and show the policy. Flagging uses the real detector with threshold 0 (every
-image), as ../shared/NOTES.md says: the code path is real, only the threshold is extreme."""
+image), as docs/architecture.md#conventions asks: the code path is real, only the threshold is
+extreme."""
 
 from __future__ import annotations
 
