@@ -29,21 +29,36 @@ FENCE = re.compile(r"^(```|~~~)")
 SECTION_CITATION = re.compile(r"docs/([A-Za-z0-9_.-]+\.md)#([A-Za-z0-9_-]+)")
 
 
+def _repository_files() -> list[Path]:
+    """The tracked files under ``SCANNED``; without git (an exported tree), every file there."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--", *SCANNED],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        ).stdout.decode()
+    except (OSError, subprocess.CalledProcessError):
+        return [
+            path
+            for name in SCANNED
+            for path in ([ROOT / name] if (ROOT / name).is_file() else (ROOT / name).rglob("*"))
+            if path.is_file()
+            and not any(
+                part.startswith(".") or part == "__pycache__"
+                for part in path.relative_to(ROOT).parts
+            )
+        ]
+    return [ROOT / name for name in listed.split("\0") if name]
+
+
 def _tracked_text_files() -> list[Path]:
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--", *SCANNED],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    ).stdout.decode()
     files = []
-    for name in listed.split("\0"):
-        path = ROOT / name
-        if not name or not path.is_file():
-            continue
-        data = path.read_bytes()
-        if b"\0" in data[:8192]:
+    for path in _repository_files():
+        if not path.is_file():
+            continue  # deleted in the working tree, not yet committed
+        if b"\0" in path.read_bytes()[:8192]:
             continue  # binary (images, weights)
         files.append(path)
     return files
@@ -124,6 +139,7 @@ def test_cited_documentation_sections_exist() -> None:
     cited = [
         (path, page, anchor)
         for path in _tracked_text_files()
+        if path != Path(__file__).resolve()  # its own examples are made up
         for page, anchor in SECTION_CITATION.findall(_read(path))
     ]
     assert any(page == "architecture.md" for _, page, _ in cited), (
@@ -160,3 +176,13 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
         "img/y.png",
         "z.md",
     ]
+
+
+def test_an_exported_tree_without_git_is_scanned_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_git(*args: object, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    names = {str(p.relative_to(ROOT)) for p in _repository_files()}
+    assert {"README.md", "docs/architecture.md", "tests/test_docs.py"} <= names
+    assert not any("__pycache__" in name for name in names)
