@@ -224,7 +224,9 @@ class SemanticScreen:
             )
             return
         if thresholds is None:
-            logger.warning(
+            # INFO, not WARNING: only the random-weight profiles (tests, the demo, benchmarks)
+            # get here, and their renders are noise anyway; doctor's "screen" line says it too.
+            logger.info(
                 "semantic prompt screen: random weights and no thresholds, so it embeds "
                 "prompts but refuses nothing (the word lists and the output check still run)"
             )

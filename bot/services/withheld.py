@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import SafetySettings
-from bot.errors import QuotaExceeded, RateLimited
+from bot.errors import PromptScreened, QuotaExceeded, RateLimited
 from bot.services import audit
 from bot.services.ledger import day_bounds
 from bot.services.results import GuildQuotas
@@ -49,7 +49,7 @@ from db.repositories import counted as counted_repo
 logger = logging.getLogger(__name__)
 
 # The error code of a job the worker's semantic prompt screen refused (semantic_screen.py).
-PROMPT_SCREENED = "prompt_screened"
+PROMPT_SCREENED = PromptScreened.code
 COOLDOWN_ACTION = "safety.cooldown"
 
 
