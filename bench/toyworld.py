@@ -8,7 +8,7 @@
 
 Stages, each skipped when its output exists (``--force`` redoes them), all seeded:
 
-1. ``data``: training-split subjects written in the trainer's format (engine.toyworld);
+1. ``data``: training-split subjects written in the trainer's format (avatarbot_research.toyworld);
    held-out subjects are never written.
 2. ``vae`` (bench.toyworld_base): a small AutoencoderKL (f = 4) trained on the images (MSE +
    small KL).
@@ -16,7 +16,7 @@ Stages, each skipped when its output exists (``--force`` redoes them), all seede
    trained together with the DDPM epsilon objective (min-SNR weighted, EMA) on the VAE's
    latents; saved with the VAE, tokenizer and scheduler as a diffusers
    StableDiffusionPipeline folder: the base.
-4. ``instantbooth``: our trainer (engine.personalizers.instantbooth.trainer) on that base.
+4. ``instantbooth``: our trainer (avatarbot_research.instantbooth.trainer) on that base.
 5. ``eval`` (bench.toyworld_eval, bench.toyworld_diagnostics): held-out subjects rendered
    through the real engine (profile ``toyworld-instantbooth`` over the trained base and
    weights); results under ``--out``.
@@ -166,7 +166,7 @@ class Paths:
 
 
 def stage_data(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
-    from engine.toyworld import split_subjects, subjects, write_dataset
+    from avatarbot_research.toyworld import split_subjects, subjects, write_dataset
 
     train_ids, heldout_ids = split_subjects(plan.n_subjects, plan.n_heldout, seed)
     tmp = paths.data.with_name("data.tmp")
@@ -227,8 +227,9 @@ def stage_instantbooth(
     of the identity-vs-steps curve."""
     import shutil
 
+    from avatarbot_research.instantbooth.trainer import TrainOptions, train
+
     from engine.personalizers.instantbooth.model import InstantBoothModel
-    from engine.personalizers.instantbooth.trainer import TrainOptions, train
     from engine.tiny import tiny_image_encoder
 
     folder = out or paths.instantbooth

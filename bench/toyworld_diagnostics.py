@@ -24,10 +24,9 @@ def scene_ceiling(
     would score through this VAE."""
     import numpy as np
     import torch
+    from avatarbot_research.toyworld import PLACES, Scene, render_scene, scene_class, subject
     from diffusers import AutoencoderKL
     from PIL import Image as PILImage
-
-    from engine.toyworld import PLACES, Scene, render_scene, scene_class, subject
 
     vae: Any = AutoencoderKL.from_pretrained(paths.base, subfolder="vae").eval()
     scores: list[float] = []
@@ -64,10 +63,10 @@ def feature_use(paths: Paths, weights: Path, samples: int, seed: int) -> list[di
     sample's features (shuffled: what features of the wrong subject do). Only a gap between
     "full" and both "base" and "shuffled" says identity flows through the features."""
     import torch
+    from avatarbot_research.instantbooth.dataset import InstantBoothDataset, Sample, collate
 
     from bench.toyworld import frozen_base
     from engine.personalizers.instantbooth.adapters import AdapterState
-    from engine.personalizers.instantbooth.dataset import InstantBoothDataset, Sample, collate
     from engine.personalizers.instantbooth.model import InstantBoothModel
     from engine.personalizers.instantbooth.prompts import (
         identifier_ids,

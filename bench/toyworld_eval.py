@@ -86,8 +86,7 @@ def masked_crop(image: Image, mask: Image) -> Image:
     import random
 
     import numpy as np
-
-    from engine.personalizers.instantbooth.dataset import Augment, subject_view
+    from avatarbot_research.instantbooth.dataset import Augment, subject_view
 
     still = Augment(scale=(1.0, 1.0), rotation=0.0, flip=0.0, jitter=0.0, keep_background=0.0)
     return subject_view(image, np.asarray(mask) > 127, random.Random(0), still)
@@ -95,7 +94,7 @@ def masked_crop(image: Image, mask: Image) -> Image:
 
 def prompt_for(place: str) -> str:
     """The trainer's identifier convention: "toy" is an object, named "sks object"."""
-    from engine.toyworld import PLACES
+    from avatarbot_research.toyworld import PLACES
 
     return f"a photo of sks object {PLACES[place][0]}"
 
@@ -136,11 +135,17 @@ def summarise(renders: list[Render], names: list[str]) -> list[dict[str, Any]]:
 async def _evaluate(
     plan: Plan, paths: Paths, seed: int, weights: Path, all_arms: list[Arm]
 ) -> dict[str, Any]:
+    from avatarbot_research.toyworld import (
+        PLACES,
+        ToyIdentity,
+        reference_shots,
+        scene_class,
+        subject,
+    )
     from tqdm import tqdm
 
     from engine.config import EngineSettings
     from engine.engine import create_engine
-    from engine.toyworld import PLACES, ToyIdentity, reference_shots, scene_class, subject
     from engine.types import ConceptFeatures, RenderRequest
 
     split = json.loads(paths.split.read_text())
@@ -303,8 +308,8 @@ def markdown(document: dict[str, Any]) -> str:
 
 
 def sheet(evaluation: dict[str, Any], plan: Plan) -> Image:
-    from engine.evaluation.report import SheetCell, contact_sheet
-    from engine.toyworld import PLACES
+    from avatarbot_research.evaluation.report import SheetCell, contact_sheet
+    from avatarbot_research.toyworld import PLACES
 
     places = list(PLACES)[:SHEET_PLACES]
     names = {a.name for a in evaluation["arms"]}

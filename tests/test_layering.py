@@ -89,3 +89,37 @@ def test_the_scale_out_bot_never_imports_torch(tmp_path: Path) -> None:
     result = json.loads(out.strip().splitlines()[-1])
     assert result == {"heavy": [], "shown": result["shown"], "engine": False}
     assert result["shown"].startswith("You have no avatar")
+
+
+# Research code (issue 22): its own distribution, avatarbot_research, which may import the
+# runtime; the runtime never imports it, nor research code at its old places in the engine.
+RESEARCH_MODULES = {
+    "avatarbot_research",
+    "engine.toyworld",
+    "engine.evaluation",
+    "engine.personalizers.instantbooth.trainer",
+    "engine.personalizers.instantbooth.dataset",
+    "engine.personalizers.instantbooth.validation",
+}
+
+
+def test_the_runtime_never_loads_research_code() -> None:
+    """Every module of bot, engine and db imported in one fresh interpreter (but
+    ``bot.__main__``, which runs the CLI)."""
+    code = (
+        "import importlib, json, pkgutil, sys\n"
+        "for name in ('bot', 'engine', 'db'):\n"
+        "    pkg = importlib.import_module(name)\n"
+        "    for info in pkgutil.walk_packages(pkg.__path__, name + '.'):\n"
+        "        if not info.name.endswith('.__main__'):\n"
+        "            importlib.import_module(info.name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300
+    ).stdout
+    loaded = set(json.loads(out.strip().splitlines()[-1]))
+    leaked = sorted(m for m in loaded if m.split(".")[0] == "avatarbot_research") + sorted(
+        loaded & RESEARCH_MODULES
+    )
+    assert not leaked, f"importing bot, engine and db (every submodule) loaded {leaked}"

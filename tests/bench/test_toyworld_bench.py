@@ -182,8 +182,9 @@ def test_avatarbot_eval_on_the_toyworld_profile(
 ) -> None:
     """What an operator runs on the toy world: `avatarbot eval --profile toyworld-instantbooth`
     over the trained base and weights, a held-out subject's photos, the toy metric."""
+    from avatarbot_research.toyworld import reference_photos, subject
+
     from bot.cli import main
-    from engine.toyworld import reference_photos, subject
 
     work, _ = quick_run
     split = json.loads((work / "split.json").read_text())

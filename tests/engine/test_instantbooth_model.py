@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from avatarbot_research.instantbooth.validation import validation_pipeline
 
 from engine.personalizers.instantbooth.adapters import AdapterState
 from engine.personalizers.instantbooth.conditioning import Concept, build_conditioning, knobs
@@ -20,7 +21,6 @@ from engine.personalizers.instantbooth.prompts import (
     inject_concept,
     tokenize,
 )
-from engine.personalizers.instantbooth.validation import validation_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from avatarbot_research.instantbooth.validation import validation_pipeline
 from PIL import Image
 
 from engine.errors import CorruptFeatures, MissingWeights, StaleFeatures
@@ -15,7 +16,6 @@ from engine.personalizers import personalizer_factory
 from engine.personalizers.base import DenoiseBatch, LoadContext
 from engine.personalizers.instantbooth.frozen import load_frozen
 from engine.personalizers.instantbooth.personalizer import InstantBoothPersonalizer
-from engine.personalizers.instantbooth.validation import validation_pipeline
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest
 
 

@@ -6,7 +6,7 @@ photos' patch tokens. See docs/instantbooth.md for the method and our implementa
 Modules: ``config`` (config.json), ``encoders`` (CLIP side), ``adapters`` (gated self-attention
 and its UNet hooks), ``prompts`` (identifier and concept token), ``model`` (the trainable parts,
 save/load), ``conditioning`` (a render batch's inputs), ``personalizer`` (the engine plug-in),
-``dataset``/``trainer``/``validation``/``frozen`` (training).
+``frozen`` (the frozen base models; training itself is research code, avatarbot_research).
 
 Importing this package registers the ``instantbooth`` personalizer and the
 ``tiny-instantbooth``, ``sd15-shaped-instantbooth``, ``sd15-instantbooth`` and

@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from engine.personalizers.instantbooth.adapters import AdapterHooks
-from engine.personalizers.instantbooth.conditioning import Concept, build_conditioning
-from engine.personalizers.instantbooth.dataset import (
+from avatarbot_research.instantbooth.dataset import (
     Augment,
     InstantBoothDataset,
     load_mask,
     subject_view,
 )
+from engine.personalizers.instantbooth.adapters import AdapterHooks
+from engine.personalizers.instantbooth.conditioning import Concept, build_conditioning
 from engine.personalizers.instantbooth.encoders import clip_pixels
 from engine.personalizers.instantbooth.frozen import FrozenModels
 from engine.personalizers.instantbooth.model import InstantBoothModel

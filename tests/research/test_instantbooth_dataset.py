@@ -13,10 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
-
-from engine.personalizers.instantbooth.config import InstantBoothConfig
-from engine.personalizers.instantbooth.dataset import (
+from avatarbot_research.instantbooth.dataset import (
     InstantBoothDataset,
     collate,
     count_components,
@@ -24,6 +21,9 @@ from engine.personalizers.instantbooth.dataset import (
     find_samples,
     reject_reason,
 )
+from PIL import Image, ImageDraw
+
+from engine.personalizers.instantbooth.config import InstantBoothConfig
 from engine.personalizers.instantbooth.prompts import TRAIN_PREFIX, subject_prompt
 
 SIDE = 64

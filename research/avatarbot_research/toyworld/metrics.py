@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from engine.toyworld.world import COLOURS, PLACES, PLAIN_BACKGROUNDS, background
+from avatarbot_research.toyworld.world import COLOURS, PLACES, PLAIN_BACKGROUNDS, background
 
 _SUBJECT = np.array(list(COLOURS.values()), np.float32)  # [K, 3]
 _BG_COLOURS = [c for _, colours in PLACES.values() for c in colours] + list(PLAIN_BACKGROUNDS)

@@ -3,18 +3,18 @@
 Issue 15: show that InstantBooth personalises, on a world small enough to train on a CPU.
 ``world`` makes subjects and scenes, ``export`` writes them as the trainer's dataset,
 ``metrics`` measures identity and place back from images (contact sheets of results:
-``engine.evaluation.contact_sheet``).
+``avatarbot_research.evaluation.contact_sheet``).
 """
 
-from engine.toyworld.export import write_dataset
-from engine.toyworld.metrics import (
+from avatarbot_research.toyworld.export import write_dataset
+from avatarbot_research.toyworld.metrics import (
     ToyIdentity,
     identity_features,
     scene_accuracy,
     scene_class,
     segment,
 )
-from engine.toyworld.world import (
+from avatarbot_research.toyworld.world import (
     N_SUBJECTS,
     PLACES,
     POSITIONS,

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from engine.toyworld.world import Subject, caption, random_scene, render_scene
+from avatarbot_research.toyworld.world import Subject, caption, random_scene, render_scene
 
 KIND = "object"  # the trainer's ConceptKind for toys ("toy" is one of its synonyms)
 MANIFEST = "manifest.jsonl"

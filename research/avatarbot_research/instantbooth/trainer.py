@@ -30,14 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from engine.personalizers.instantbooth.adapters import AdapterHooks, AdapterState
-from engine.personalizers.instantbooth.dataset import (
+from avatarbot_research.instantbooth.dataset import (
     InstantBoothDataset,
     Sample,
     collate,
     filter_samples,
     find_samples,
 )
+from avatarbot_research.instantbooth.validation import render_validation
+from engine.personalizers.instantbooth.adapters import AdapterHooks, AdapterState
 from engine.personalizers.instantbooth.frozen import FrozenModels, load_frozen
 from engine.personalizers.instantbooth.model import InstantBoothModel
 from engine.personalizers.instantbooth.prompts import (
@@ -46,7 +47,6 @@ from engine.personalizers.instantbooth.prompts import (
     inject_concept,
     tokenize,
 )
-from engine.personalizers.instantbooth.validation import render_validation
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ in the render). Two ship or are looked up here:
 - ``face``: dlib's 128-d face descriptors (engine.subject_checks), offline. The score is
   ``1 - mean Euclidean distance`` from the render's face to each reference face, clipped to
   [0, 1]. dlib calls two faces the same person below distance 0.6, so above 0.4 here.
-- ``toy``: ``engine.toyworld.metrics.ToyIdentity``, imported only when asked for; its
+- ``toy``: ``avatarbot_research.toyworld.metrics.ToyIdentity``, imported only when asked for; its
   module's ``scene_class`` also names the place each render shows.
 
 ``ClipScorer`` reads a local transformers CLIP folder: text score (cosine between the render
@@ -117,11 +117,11 @@ def load_identity_metric(name: str) -> IdentityMetric | None:
         return FaceIdentity.load()
     if name == "toy":
         try:
-            module = importlib.import_module("engine.toyworld.metrics")
+            module = importlib.import_module("avatarbot_research.toyworld.metrics")
         except ImportError as exc:
             raise MetricUnavailable(
-                f"the toy metric needs engine.toyworld.metrics, which cannot be imported here "
-                f"({exc})"
+                f"the toy metric needs avatarbot_research.toyworld.metrics, which cannot be "
+                f"imported here ({exc})"
             ) from exc
         metric: IdentityMetric = module.ToyIdentity()
         return metric

@@ -22,8 +22,8 @@ from engine.types import MAX_COUNT, ConceptFeatures, ConceptKind, RenderRequest
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from avatarbot_research.evaluation.metrics import ClipScorer, IdentityMetric
     from engine.engine import DiffusionEngine
-    from engine.evaluation.metrics import ClipScorer, IdentityMetric
 
 logger = logging.getLogger(__name__)
 

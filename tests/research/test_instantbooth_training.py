@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from avatarbot_research.instantbooth.trainer import TrainOptions, train
 from safetensors.torch import load_file
 
 from bot.cli import main
 from engine.personalizers.instantbooth.frozen import load_frozen
 from engine.personalizers.instantbooth.model import InstantBoothModel
-from engine.personalizers.instantbooth.trainer import TrainOptions, train
-from tests.engine.test_instantbooth_dataset import make_shapes_dataset
+from tests.research.test_instantbooth_dataset import make_shapes_dataset
 
 
 def test_training_lowers_the_loss_and_changes_only_trainable_parts(tmp_path: Path) -> None:
@@ -64,8 +64,9 @@ def test_training_lowers_the_loss_and_changes_only_trainable_parts(tmp_path: Pat
 
 
 def test_fine_tuned_image_encoder_trains_saves_and_loads(tmp_path: Path) -> None:
+    from avatarbot_research.instantbooth.validation import validation_pipeline
+
     from engine.personalizers import personalizer_factory
-    from engine.personalizers.instantbooth.validation import validation_pipeline
     from engine.tiny import tiny_image_encoder
     from tests.engine.test_instantbooth_personalizer import _context
 

@@ -9,7 +9,7 @@
 Importing this package does not import torch (the grid and CLIP load it when they run).
 """
 
-from engine.evaluation.grid import (
+from avatarbot_research.evaluation.grid import (
     BASELINE,
     EvalPlan,
     GridResult,
@@ -19,7 +19,7 @@ from engine.evaluation.grid import (
     aggregate,
     run_grid,
 )
-from engine.evaluation.metrics import (
+from avatarbot_research.evaluation.metrics import (
     METRIC_NAMES,
     ClipScorer,
     FaceIdentity,
@@ -28,7 +28,7 @@ from engine.evaluation.metrics import (
     load_identity_metric,
     scene_classifier,
 )
-from engine.evaluation.report import (
+from avatarbot_research.evaluation.report import (
     SheetCell,
     contact_sheet,
     evaluation_sheet,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont, ImageOps
 
-from engine.evaluation.grid import EvalPlan, GridResult, RenderScore
+from avatarbot_research.evaluation.grid import EvalPlan, GridResult, RenderScore
 
 if TYPE_CHECKING:
     from PIL.Image import Image

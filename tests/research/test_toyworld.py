@@ -10,17 +10,13 @@ from typing import Literal
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
-
-from engine.personalizers.instantbooth.config import InstantBoothConfig
-from engine.personalizers.instantbooth.dataset import (
+from avatarbot_research.instantbooth.dataset import (
     InstantBoothDataset,
     filter_samples,
     find_samples,
     reject_reason,
 )
-from engine.personalizers.instantbooth.prompts import TRAIN_PREFIX, subject_prompt
-from engine.toyworld import (
+from avatarbot_research.toyworld import (
     N_SUBJECTS,
     PLACES,
     POSITIONS,
@@ -38,7 +34,11 @@ from engine.toyworld import (
     subject,
     write_dataset,
 )
-from engine.toyworld.world import COLOURS, PATTERNS, SHAPES
+from avatarbot_research.toyworld.world import COLOURS, PATTERNS, SHAPES
+from PIL import Image, ImageFilter
+
+from engine.personalizers.instantbooth.config import InstantBoothConfig
+from engine.personalizers.instantbooth.prompts import TRAIN_PREFIX, subject_prompt
 
 
 def _bytes(image: Image.Image) -> bytes:

@@ -1,14 +1,12 @@
-"""engine.evaluation without an engine: the dlib face metric on real faces, the plan's seed
-chunks, the aggregates and the contact sheet."""
+"""avatarbot_research.evaluation without an engine: the dlib face metric on real faces, the
+plan's seed chunks, the aggregates and the contact sheet."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from engine.evaluation import (
+from avatarbot_research.evaluation import (
     EvalPlan,
     FaceIdentity,
     IdentityMetric,
@@ -18,6 +16,8 @@ from engine.evaluation import (
     aggregate,
     contact_sheet,
 )
+from PIL import Image
+
 from engine.types import ConceptKind
 from tests.fixtures.engine import make_photo
 
