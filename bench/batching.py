@@ -13,30 +13,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.common import (
+    IDENTITY_STRENGTH,
+    PROMPT,
     BenchContext,
+    Timed,
+    add_render_args,
+    alternate,
     base_parser,
-    headline_text,
+    engine_overrides,
+    headline,
     is_large_on_cpu,
     max_pixel_difference,
+    on_engine,
     prepare_context,
     record,
     render_defaults,
-    setup_logging,
-    synchronize,
-)
-from bench.engine_overhead import (
-    IDENTITY_STRENGTH,
-    PROMPT,
-    add_render_args,
-    settings_overrides,
+    run_main,
+    timed_async,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,19 +95,17 @@ async def measure(
             features=features,
         )
 
-    async def together(seeds: list[int]) -> tuple[float, float, list[Any]]:
-        synchronize(device)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        results = await asyncio.gather(*(engine.render(request(s)) for s in seeds))
-        synchronize(device)
-        return time.perf_counter() - started, time.process_time() - cpu_started, list(results)
+    async def gathered(seeds: list[int]) -> list[Any]:
+        return list(await asyncio.gather(*(engine.render(request(s)) for s in seeds)))
 
-    async def one_by_one(seeds: list[int]) -> tuple[float, float, list[Any]]:
-        synchronize(device)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        results = [await engine.render(request(s)) for s in seeds]
-        synchronize(device)
-        return time.perf_counter() - started, time.process_time() - cpu_started, results
+    async def in_turn(seeds: list[int]) -> list[Any]:
+        return [await engine.render(request(s)) for s in seeds]
+
+    async def together(seeds: list[int]) -> Timed[list[Any]]:
+        return await timed_async(lambda: gathered(seeds), device)
+
+    async def one_by_one(seeds: list[int]) -> Timed[list[Any]]:
+        return await timed_async(lambda: in_turn(seeds), device)
 
     # Warm-up: a lone render, and on a GPU the largest batch (allocations grow with it; on a
     # CPU it would only cost minutes).
@@ -116,24 +115,20 @@ async def measure(
     levels = []
     for n in concurrency:
         seeds = list(range(100, 100 + n))
-        batched_s: list[float] = []
-        single_s: list[float] = []
-        batched_cpu: list[float] = []
-        single_cpu: list[float] = []
-        batch_sizes: set[int] = set()
-        pixel_diff = 0
-        for i in range(repeats):
-            ways = (together, one_by_one) if i % 2 == 0 else (one_by_one, together)
-            outputs = {}
-            for way in ways:
-                elapsed, cpu, results = await way(seeds)
-                (batched_s if way is together else single_s).append(elapsed)
-                (batched_cpu if way is together else single_cpu).append(cpu)
-                outputs[way.__name__] = results
-            batch_sizes |= {int(r.timings["batch_images"]) for r in outputs["together"]}
-            pixel_diff = max(
-                pixel_diff, _max_pixel_diff(outputs["together"], outputs["one_by_one"])
-            )
+        pairs = await alternate(
+            repeats, functools.partial(together, seeds), functools.partial(one_by_one, seeds)
+        )
+        batch_sizes = {
+            int(r.timings["batch_images"]) for sample in pairs.first for r in sample.value
+        }
+        pixel_diff = max(
+            _max_pixel_diff(a.value, b.value)
+            for a, b in zip(pairs.first, pairs.second, strict=True)
+        )
+        batched_s = [sample.wall_s for sample in pairs.first]
+        single_s = [sample.wall_s for sample in pairs.second]
+        batched_cpu = min(sample.cpu_s for sample in pairs.first)
+        single_cpu = min(sample.cpu_s for sample in pairs.second)
         batched, single = min(batched_s), min(single_s)
         levels.append(
             {
@@ -144,9 +139,9 @@ async def measure(
                 "together_s": batched,
                 "one_by_one_s": single,
                 "batch_sizes_formed": sorted(batch_sizes),
-                "together_cpu_s": min(batched_cpu),
-                "one_by_one_cpu_s": min(single_cpu),
-                "cpu_time_speedup": min(single_cpu) / min(batched_cpu),
+                "together_cpu_s": batched_cpu,
+                "one_by_one_cpu_s": single_cpu,
+                "cpu_time_speedup": single_cpu / batched_cpu,
                 "max_pixel_difference": pixel_diff,
                 "together_all_s": [round(t, 6) for t in batched_s],
                 "one_by_one_all_s": [round(t, 6) for t in single_s],
@@ -156,15 +151,15 @@ async def measure(
     max_batch = engine.settings.max_batch
     identical = all(level["max_pixel_difference"] == 0 for level in levels)
 
-    headline = [
-        {
-            "figure": f"images/s, {level['requests']} requests together / one by one",
-            "ratio": level["speedup"],
-            "target": f">= {TARGET_SPEEDUP_AT_8:g}x on a GPU" if level["requests"] == 8 else "",
-            "meets_target": (level["speedup"] >= TARGET_SPEEDUP_AT_8)
+    heads = [
+        headline(
+            f"images/s, {level['requests']} requests together / one by one",
+            level["speedup"],
+            f">= {TARGET_SPEEDUP_AT_8:g}x on a GPU" if level["requests"] == 8 else "",
+            (level["speedup"] >= TARGET_SPEEDUP_AT_8)
             if level["requests"] == 8 and device == "cuda"
             else None,
-        }
+        )
         for level in levels
     ]
     notes = [
@@ -194,7 +189,7 @@ async def measure(
     return {
         "description": "Throughput with concurrent compatible requests vs the same requests "
         "one by one.",
-        "headline": headline,
+        "headline": heads,
         "notes": notes,
         "table": [
             {
@@ -229,15 +224,12 @@ async def measure(
 
 
 async def run(args: argparse.Namespace) -> Path:
-    from engine import create_engine
+    ctx = prepare_context(args, max_batch=MAX_BATCH, **engine_overrides(args))
 
-    ctx = prepare_context(args, max_batch=MAX_BATCH, **settings_overrides(args))
-    engine = await create_engine(ctx.settings)
-    try:
-        features = await engine.encode(ctx.photos, "person")
-        section = await measure(engine, features, ctx, args)
-    finally:
-        await engine.aclose()
+    async def measured(engine: Any, features: Any) -> dict[str, Any]:
+        return await measure(engine, features, ctx, args)
+
+    section = await on_engine(ctx, measured)
     return record(ctx.out, ctx.profile.name, ctx.device, NAME, section)
 
 
@@ -251,10 +243,7 @@ def _max_pixel_diff(a: list[Any], b: list[Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
-    path = asyncio.run(run(args))
-    print(headline_text(path, NAME))
+    run_main(parse_args, run, NAME, argv)
 
 
 if __name__ == "__main__":

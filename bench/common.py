@@ -1,35 +1,41 @@
-"""What every benchmark shares: arguments, the machine's description, sample photos, timing
-helpers, and writing results (one JSON document per profile and device, plus a Markdown
-summary regenerated from it)."""
+"""The one benchmark harness: arguments, the machine's description, sample photos, the render
+request every engine benchmark times, timing (wall and process CPU time), alternating pairs,
+the engine-vs-bare overhead figures, headline ratios, running a benchmark on an engine, and
+writing results (one JSON document per profile and device, plus a Markdown summary
+regenerated from it). Each benchmark module keeps only its measurement function."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
-import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from bench.machine import cpu_model, package_version, ram_gib
+from bench.machine import machine_basics, package_version
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+U = TypeVar("U")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_FORMAT = 1
 # Render size and steps for large models on a CPU (SD1.5 at 512 px takes minutes per image).
 CPU_RENDER_SIZE = 128
 CPU_RENDER_STEPS = 2
+# What the SD1.5-style render benchmarks ask for (engine_overhead, batching, bench.gpu).
+PROMPT = "a portrait photo of a person, studio light"
+IDENTITY_STRENGTH = 0.7
 
 
 # -- arguments --------------------------------------------------------------------------------
@@ -58,6 +64,30 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the engine's progress")
     return parser
+
+
+def add_render_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=None, help="image side in px")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps")
+    parser.add_argument("--guidance", type=float, default=6.0, help="CFG scale (>1: CFG on)")
+    parser.add_argument("--scheduler", default="dpmpp_2m")
+    add_gather_window_arg(parser)
+
+
+def add_gather_window_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gather-window-ms",
+        type=int,
+        default=None,
+        help="the engine's batching window (default: EngineSettings' default)",
+    )
+
+
+def engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine settings the render arguments change (only what was given)."""
+    if args.gather_window_ms is None:
+        return {}
+    return {"gather_window_ms": args.gather_window_ms}
 
 
 @dataclass
@@ -136,11 +166,7 @@ def engine_settings(profile: str, device: str, **overrides: Any) -> Any:
 
 def machine_info(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "ram_gib": ram_gib(),
+        **machine_basics(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "diffusers": package_version("diffusers"),
@@ -194,13 +220,63 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], T], device: str) -> tuple[T, float]:
-    """``fn()`` and its wall time in seconds, device work included."""
+@dataclass(frozen=True)
+class Timed(Generic[T]):
+    """What a timed call returned, its wall time and the process's CPU time for it (CPU time
+    counts work done, not time spent descheduled on a shared machine)."""
+
+    value: T
+    wall_s: float
+    cpu_s: float
+
+
+def timed(fn: Callable[[], T], device: str) -> Timed[T]:
+    """``fn()`` timed, device work included."""
     synchronize(device)
-    start = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     value = fn()
     synchronize(device)
-    return value, time.perf_counter() - start
+    return Timed(value, time.perf_counter() - started, time.process_time() - cpu_started)
+
+
+async def timed_async(fn: Callable[[], Awaitable[T]], device: str) -> Timed[T]:
+    """``await fn()`` timed, device work included."""
+    synchronize(device)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    value = await fn()
+    synchronize(device)
+    return Timed(value, time.perf_counter() - started, time.process_time() - cpu_started)
+
+
+@dataclass
+class Pairs(Generic[T, U]):
+    """The samples of two sides measured in alternating pairs (and of a side run after each
+    pair, when there is one)."""
+
+    first: list[Timed[T]] = field(default_factory=list)
+    second: list[Timed[U]] = field(default_factory=list)
+    after: list[Timed[Any]] = field(default_factory=list)
+
+
+async def alternate(
+    repeats: int,
+    first: Callable[[], Awaitable[Timed[T]]],
+    second: Callable[[], Awaitable[Timed[U]]],
+    after: Callable[[], Awaitable[Timed[Any]]] | None = None,
+) -> Pairs[T, U]:
+    """``repeats`` pairs of both sides, alternating which goes first: drift in a shared
+    machine's load hits both sides alike. ``after`` (information only) runs after each pair."""
+    pairs: Pairs[T, U] = Pairs()
+    for i in range(repeats):
+        if i % 2 == 0:
+            pairs.first.append(await first())
+            pairs.second.append(await second())
+        else:
+            pairs.second.append(await second())
+            pairs.first.append(await first())
+        if after is not None:
+            pairs.after.append(await after())
+    return pairs
 
 
 def summary(times: Sequence[float]) -> dict[str, Any]:
@@ -211,6 +287,144 @@ def summary(times: Sequence[float]) -> dict[str, Any]:
         "runs": len(times),
         "all_s": [round(t, 6) for t in times],
     }
+
+
+# -- ratios -----------------------------------------------------------------------------------
+
+
+def headline(
+    figure: str, ratio: float, target: str | None = None, meets: bool | None = None
+) -> dict[str, Any]:
+    """One headline figure; with a target, whether it was met (None: not judged here)."""
+    head: dict[str, Any] = {"figure": figure, "ratio": ratio}
+    if target is not None:
+        head.update({"target": target, "meets_target": meets})
+    return head
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """``Engine.render`` against a bare diffusers call, from alternating pairs: the figures
+    every engine-overhead benchmark reports. Engine samples hold the ``RenderResult``; its
+    ``queued`` timing is the worker's gather-window wait."""
+
+    engine: dict[str, Any]
+    queued: dict[str, Any]
+    without_wait: dict[str, Any]
+    bare: dict[str, Any]
+    engine_cpu: dict[str, Any]
+    bare_cpu: dict[str, Any]
+    ratio: float
+    paired: float
+    ratio_without_wait: float
+    cpu_ratio: float
+
+    @classmethod
+    def of(cls, engine: Sequence[Timed[Any]], bare: Sequence[Timed[Any]]) -> Overhead:
+        engine_t = [s.wall_s for s in engine]
+        bare_t = [s.wall_s for s in bare]
+        queued = [float(s.value.timings["queued"]) for s in engine]
+        engine_s, bare_s = summary(engine_t), summary(bare_t)
+        without_wait = summary([t - q for t, q in zip(engine_t, queued, strict=True)])
+        engine_cpu, bare_cpu = summary([s.cpu_s for s in engine]), summary([s.cpu_s for s in bare])
+        return cls(
+            engine=engine_s,
+            queued=summary(queued),
+            without_wait=without_wait,
+            bare=bare_s,
+            engine_cpu=engine_cpu,
+            bare_cpu=bare_cpu,
+            ratio=engine_s["median_s"] / bare_s["median_s"],
+            # Pairs ran back to back: their ratio cancels slow drift in the machine's load.
+            paired=statistics.median(e / b for e, b in zip(engine_t, bare_t, strict=True)),
+            ratio_without_wait=without_wait["median_s"] / bare_s["median_s"],
+            cpu_ratio=engine_cpu["median_s"] / bare_cpu["median_s"],
+        )
+
+    def headline(
+        self, figure: str, device: str, slowdown: float, first_target: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The ratio of the medians (``figure``), of the pairs, without the gather-window wait
+        and, on a CPU, of CPU times, each against ``1 + slowdown``."""
+        target = f"<= {1 + slowdown:g}"
+        figures = [
+            (figure, self.ratio),
+            ("same, median of the per-pair ratios", self.paired),
+            ("same, without the worker's gather-window wait", self.ratio_without_wait),
+        ]
+        if device == "cpu":
+            # CPU time counts work done, not time spent descheduled by other processes.
+            figures.append(("same, process CPU time instead of wall time", self.cpu_ratio))
+        return [
+            headline(
+                name,
+                ratio,
+                first_target if i == 0 and first_target else target,
+                ratio <= 1 + slowdown,
+            )
+            for i, (name, ratio) in enumerate(figures)
+        ]
+
+    def table(self, bare_rows: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The timing rows: the engine's, then ``bare_rows`` (what, statistics), then CPU."""
+        rows = [
+            ("Engine.render", self.engine),
+            ("  of which queued (gather window)", self.queued),
+            ("  without the queue wait", self.without_wait),
+            *bare_rows,
+            ("Engine.render, CPU time", self.engine_cpu),
+            ("bare call, CPU time", self.bare_cpu),
+        ]
+        return [{"what": what, **stats_row(stats)} for what, stats in rows]
+
+    def ratios(self) -> dict[str, float]:
+        return {
+            "ratio": self.ratio,
+            "ratio_without_gather_wait": self.ratio_without_wait,
+            "paired_ratio_median": self.paired,
+            "cpu_time_ratio": self.cpu_ratio,
+        }
+
+    def notes(self, repeats: int, window_ms: int) -> list[str]:
+        return [
+            f"{repeats} alternating engine/bare pairs after one warm-up of each; medians.",
+            f"A lone request waits up to the gather window ({window_ms} ms) for batch mates: "
+            f"the median 'queued' time was {self.queued['median_s'] * 1000:.1f} ms.",
+        ]
+
+
+# -- running ----------------------------------------------------------------------------------
+
+Measure = Callable[[Any, Any], Awaitable[dict[str, Any]]]
+
+
+async def on_engine(
+    ctx: BenchContext, measure: Measure, personalizer: str | None = None
+) -> dict[str, Any]:
+    """``measure(engine, features)`` on a fresh engine for the context's settings, with the
+    sample photos encoded as a person (by ``personalizer``, else the engine's default)."""
+    from engine import create_engine
+
+    engine = await create_engine(ctx.settings)
+    try:
+        extra = (personalizer,) if personalizer else ()
+        features = await engine.encode(ctx.photos, "person", *extra)
+        return await measure(engine, features)
+    finally:
+        await engine.aclose()
+
+
+def run_main(
+    parse_args: Callable[[list[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, Path]],
+    name: str,
+    argv: list[str] | None = None,
+) -> None:
+    """A benchmark's command line: parse, log, run, print the headline figures."""
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    path = asyncio.run(run(args))
+    print(headline_text(path, name))
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -235,12 +449,19 @@ def result_stem(profile: str, device: str) -> str:
     return f"engine-{profile}-{device}"
 
 
-def record(out_dir: Path, profile: str, device: str, name: str, section: dict[str, Any]) -> Path:
-    """Merge ``section`` as ``name`` into ``engine-<profile>-<device>.json`` (other sections
-    stay: benchmarks run separately) and regenerate the Markdown summary. Returns the JSON
-    path."""
+def record(
+    out_dir: Path,
+    profile: str,
+    device: str,
+    name: str,
+    section: dict[str, Any],
+    stem: str | None = None,
+) -> Path:
+    """Merge ``section`` as ``name`` into ``<stem>.json`` (default
+    ``engine-<profile>-<device>``; other sections stay: benchmarks run separately) and
+    regenerate the Markdown summary. Returns the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{result_stem(profile, device)}.json"
+    path = out_dir / f"{stem or result_stem(profile, device)}.json"
     document: dict[str, Any] = {}
     if path.exists():
         try:

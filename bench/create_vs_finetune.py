@@ -13,7 +13,6 @@ defaults, which only makes it faster).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
 from pathlib import Path
@@ -24,10 +23,10 @@ import torch
 from bench.common import (
     BenchContext,
     base_parser,
-    headline_text,
+    headline,
     prepare_context,
     record,
-    setup_logging,
+    run_main,
     summary,
     synchronize,
 )
@@ -215,12 +214,12 @@ def build_section(
     return {
         "description": "Time until an avatar is usable (ours) vs a DreamBooth-LoRA fine-tune.",
         "headline": [
-            {
-                "figure": f"DreamBooth-LoRA {steps} steps / avatar creation",
-                "ratio": ratio,
-                "target": f">= {TARGET_RATIO:g}x",
-                "meets_target": ratio >= TARGET_RATIO,
-            }
+            headline(
+                f"DreamBooth-LoRA {steps} steps / avatar creation",
+                ratio,
+                f">= {TARGET_RATIO:g}x",
+                ratio >= TARGET_RATIO,
+            )
         ],
         "notes": notes,
         "table": [
@@ -283,10 +282,7 @@ async def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
-    path = asyncio.run(run(args))
-    print(headline_text(path, NAME))
+    run_main(parse_args, run, NAME, argv)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,7 +34,7 @@ from typing import Any
 
 from PIL import Image
 
-from bench.machine import cpu_model, package_version, ram_gib
+from bench.machine import machine_basics, package_version
 from bot.config import PhotoLimits
 from bot.services import photo_intake  # noqa: F401  (registers pillow-heif: HEIC saving too)
 from bot.services.decode_budget import BYTES_PER_PIXEL, FIXED_BYTES, DecodeKind
@@ -319,11 +317,7 @@ def per_kind(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def machine_info() -> dict[str, Any]:
     return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "ram_gib": ram_gib(),
+        **machine_basics(),
         "Pillow": package_version("pillow"),
         "pillow-heif": package_version("pillow-heif"),
     }

@@ -26,6 +26,7 @@ from typing import Any
 from bench.common import (
     BenchContext,
     base_parser,
+    headline,
     headline_text,
     prepare_context,
     record,
@@ -103,10 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
     section = {
         "description": __doc__.split("\n\n")[1] if __doc__ else "",
         "headline": [
-            {
-                "figure": f"InstantBooth / IP-Adapter encode time ({args.photos} photos)",
-                "ratio": ratio,
-            }
+            headline(f"InstantBooth / IP-Adapter encode time ({args.photos} photos)", ratio)
         ],
         "table": [
             {

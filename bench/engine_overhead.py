@@ -15,48 +15,36 @@ two images are compared too: the same settings should give the same pixels.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import statistics
-import time
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from bench.common import (
+    IDENTITY_STRENGTH,
+    PROMPT,
     BenchContext,
+    Overhead,
+    Timed,
+    add_render_args,
+    alternate,
     base_parser,
-    headline_text,
+    engine_overrides,
     max_pixel_difference,
+    on_engine,
     prepare_context,
     record,
     render_defaults,
-    setup_logging,
-    stats_row,
-    summary,
-    synchronize,
+    run_main,
+    timed,
+    timed_async,
 )
 
 logger = logging.getLogger(__name__)
 
 NAME = "engine_overhead"
 TARGET_SLOWDOWN = 0.05
-PROMPT = "a portrait photo of a person, studio light"
-IDENTITY_STRENGTH = 0.7
-
-
-def add_render_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=int, default=None, help="image side in px")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps")
-    parser.add_argument("--guidance", type=float, default=6.0, help="CFG scale (>1: CFG on)")
-    parser.add_argument("--scheduler", default="dpmpp_2m")
-    parser.add_argument(
-        "--gather-window-ms",
-        type=int,
-        default=None,
-        help="the engine's batching window (default: EngineSettings' default)",
-    )
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -125,26 +113,24 @@ class BareCall:
         with torch.inference_mode():
             self.embeds = self._embeds(photo)
 
-    def __call__(self, request: Any) -> tuple[Any, float, float]:
-        """The image, its wall time and the process's CPU time for it."""
+    def __call__(self, request: Any) -> Timed[Any]:
+        """The image, timed around the pipeline call."""
         with self.personalizer.activated(self.pipe):  # the adapter, attached as a user has it
             self.pipe.set_ip_adapter_scale(request.identity_strength)
-            synchronize(self.device)
-            started, cpu_started = time.perf_counter(), time.process_time()
-            output = self.pipe(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                ip_adapter_image_embeds=self.embeds,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
-                height=request.height,
-                width=request.width,
-                generator=torch.Generator("cpu").manual_seed(request.seed),
-                output_type="pil",
-            )
-            synchronize(self.device)
-            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        return output.images[0], elapsed, cpu
+            return timed(lambda: self._render(request), self.device)
+
+    def _render(self, request: Any) -> Any:
+        return self.pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            ip_adapter_image_embeds=self.embeds,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            height=request.height,
+            width=request.width,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            output_type="pil",
+        ).images[0]
 
 
 async def measure(
@@ -171,114 +157,48 @@ async def measure(
     )
     progress: list[float] = []
 
-    async def through_engine() -> tuple[Any, float, float, float]:
-        synchronize(device)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        result = await engine.render(request, progress.append)
-        synchronize(device)
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        return result.images[0], elapsed, cpu, result.timings["queued"]
+    async def through_engine() -> Timed[Any]:
+        return await timed_async(lambda: engine.render(request, progress.append), device)
 
-    async def bare_call() -> tuple[Any, float, float]:
-        image, elapsed, cpu = await engine.call(lambda: bare(request))
-        return image, float(elapsed), float(cpu)
+    async def bare_call() -> Timed[Any]:
+        sample: Timed[Any] = await engine.call(lambda: bare(request))
+        return sample
 
     await through_engine()  # warm-up: first-call allocations, lazy inits
     await bare_call()
-    engine_times: list[float] = []
-    engine_cpu: list[float] = []
-    queued: list[float] = []
-    bare_times: list[float] = []
-    bare_cpu: list[float] = []
-    engine_image = bare_image = None
-    for i in range(repeats):
-        # Alternate which goes first: drift on a shared machine hits both sides alike.
-        order = ("engine", "bare") if i % 2 == 0 else ("bare", "engine")
-        for side in order:
-            if side == "engine":
-                engine_image, elapsed, cpu, waited = await through_engine()
-                engine_times.append(elapsed)
-                engine_cpu.append(cpu)
-                queued.append(waited)
-            else:
-                bare_image, elapsed, cpu = await bare_call()
-                bare_times.append(elapsed)
-                bare_cpu.append(cpu)
+    pairs = await alternate(repeats, through_engine, bare_call)
     window_ms = engine.settings.gather_window_ms
-
-    engine_stats, bare_stats = summary(engine_times), summary(bare_times)
-    ratio = engine_stats["median_s"] / bare_stats["median_s"]
-    queued_stats = summary(queued)
-    without_wait = summary([t - q for t, q in zip(engine_times, queued, strict=True)])
-    ratio_without_wait = without_wait["median_s"] / bare_stats["median_s"]
-    # Pairs ran back to back: their ratio cancels slow drift in the machine's load.
-    paired = statistics.median(e / b for e, b in zip(engine_times, bare_times, strict=True))
-    engine_cpu_stats, bare_cpu_stats = summary(engine_cpu), summary(bare_cpu)
-    cpu_ratio = engine_cpu_stats["median_s"] / bare_cpu_stats["median_s"]
-    pixel_diff = max_pixel_difference(engine_image, bare_image)
-    headline = [
-        {
-            "figure": "Engine.render / bare pipeline call (median wall time)",
-            "ratio": ratio,
-            "target": f"<= {1 + TARGET_SLOWDOWN:g} ({TARGET_SLOWDOWN:.0%} slower)",
-            "meets_target": ratio <= 1 + TARGET_SLOWDOWN,
-        },
-        {
-            "figure": "same, median of the per-pair ratios",
-            "ratio": paired,
-            "target": f"<= {1 + TARGET_SLOWDOWN:g}",
-            "meets_target": paired <= 1 + TARGET_SLOWDOWN,
-        },
-        {
-            "figure": "same, without the worker's gather-window wait",
-            "ratio": ratio_without_wait,
-            "target": f"<= {1 + TARGET_SLOWDOWN:g}",
-            "meets_target": ratio_without_wait <= 1 + TARGET_SLOWDOWN,
-        },
-    ]
-    if device == "cpu":
-        # CPU time counts work done, not time spent descheduled by other processes.
-        headline.append(
-            {
-                "figure": "same, process CPU time instead of wall time",
-                "ratio": cpu_ratio,
-                "target": f"<= {1 + TARGET_SLOWDOWN:g}",
-                "meets_target": cpu_ratio <= 1 + TARGET_SLOWDOWN,
-            }
-        )
+    figures = Overhead.of(pairs.first, pairs.second)
+    pixel_diff = max_pixel_difference(pairs.first[-1].value.images[0], pairs.second[-1].value)
+    first_target = f"<= {1 + TARGET_SLOWDOWN:g} ({TARGET_SLOWDOWN:.0%} slower)"
+    repeated, gather = figures.notes(repeats, window_ms)
     return {
         "description": "One render through Engine.render vs a bare diffusers pipeline call "
         "with the same modules, embeddings and settings.",
-        "headline": headline,
+        "headline": figures.headline(
+            "Engine.render / bare pipeline call (median wall time)",
+            device,
+            TARGET_SLOWDOWN,
+            first_target,
+        ),
         "notes": [
-            f"{repeats} alternating engine/bare pairs after one warm-up of each; medians.",
+            repeated,
             "Engine time is measured by the awaiting caller (queueing, the gather window, the "
             "worker hand-offs, progress callbacks, PIL conversion included); bare time around "
             "the pipeline call on the same thread, adapter attached beforehand.",
-            f"A lone request waits up to the gather window ({window_ms} ms) for batch mates: "
-            f"the median 'queued' time was {queued_stats['median_s'] * 1000:.1f} ms.",
+            gather,
             f"Largest pixel difference between the engine's and the bare image: {pixel_diff} "
             "(0 = the same image).",
             "CPU time is the whole process's (time.process_time) over the same calls: on a "
             "shared machine it is steadier than wall time; on a GPU it means little.",
         ],
-        "table": [
-            {"what": "Engine.render", **stats_row(engine_stats)},
-            {"what": "  of which queued (gather window)", **stats_row(queued_stats)},
-            {"what": "  without the queue wait", **stats_row(without_wait)},
-            {"what": "bare StableDiffusionPipeline call", **stats_row(bare_stats)},
-            {"what": "Engine.render, CPU time", **stats_row(engine_cpu_stats)},
-            {"what": "bare call, CPU time", **stats_row(bare_cpu_stats)},
-        ],
-        "ratio": ratio,
-        "ratio_without_gather_wait": ratio_without_wait,
-        "paired_ratio_median": paired,
-        "cpu_time_ratio": cpu_ratio,
-        "engine_cpu": engine_cpu_stats,
-        "bare_cpu": bare_cpu_stats,
-        "engine": engine_stats,
-        "engine_queued": queued_stats,
-        "bare": bare_stats,
+        "table": figures.table([("bare StableDiffusionPipeline call", figures.bare)]),
+        **figures.ratios(),
+        "engine_cpu": figures.engine_cpu,
+        "bare_cpu": figures.bare_cpu,
+        "engine": figures.engine,
+        "engine_queued": figures.queued,
+        "bare": figures.bare,
         "max_pixel_difference": pixel_diff,
         "progress_updates_seen": len(progress),
         "settings": {
@@ -300,30 +220,18 @@ async def measure(
     }
 
 
-def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    if args.gather_window_ms is None:
-        return {}
-    return {"gather_window_ms": args.gather_window_ms}
-
-
 async def run(args: argparse.Namespace) -> Path:
-    from engine import create_engine
+    ctx = prepare_context(args, **engine_overrides(args))
 
-    ctx = prepare_context(args, **settings_overrides(args))
-    engine = await create_engine(ctx.settings)
-    try:
-        features = await engine.encode(ctx.photos, "person")
-        section = await measure(engine, features, ctx, args)
-    finally:
-        await engine.aclose()
+    async def measured(engine: Any, features: Any) -> dict[str, Any]:
+        return await measure(engine, features, ctx, args)
+
+    section = await on_engine(ctx, measured)
     return record(ctx.out, ctx.profile.name, ctx.device, NAME, section)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
-    path = asyncio.run(run(args))
-    print(headline_text(path, NAME))
+    run_main(parse_args, run, NAME, argv)
 
 
 if __name__ == "__main__":

@@ -21,31 +21,30 @@ a diffusers user would, so the VAE encodes them on every call (what caching save
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
-import statistics
-import time
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from bench.common import (
-    RESULTS_FORMAT,
     BenchContext,
-    _jsonable,
+    Overhead,
+    Timed,
+    add_gather_window_arg,
+    alternate,
     base_parser,
-    headline_text,
+    engine_overrides,
+    headline,
     max_pixel_difference,
+    on_engine,
     prepare_context,
+    record,
     render_defaults,
-    render_markdown,
-    setup_logging,
-    stats_row,
-    summary,
-    synchronize,
+    run_main,
+    timed,
+    timed_async,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,12 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=None, help="image side in px (16 x n)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps")
     parser.add_argument("--repeats", type=int, default=None, help="timed engine/bare pairs")
-    parser.add_argument(
-        "--gather-window-ms",
-        type=int,
-        default=None,
-        help="the engine's batching window (default: EngineSettings' default)",
-    )
+    add_gather_window_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -119,7 +113,7 @@ class BareCall:
             **inputs,
         ).images[0]
 
-    def cached(self) -> tuple[Any, float, float]:
+    def cached(self) -> Timed[Any]:
         """The stock call fed the cached reference latents."""
         latents, ids = self.latents, self.ids
 
@@ -132,17 +126,13 @@ class BareCall:
         finally:
             del self.pipe.prepare_image_latents
 
-    def from_photos(self) -> tuple[Any, float, float]:
+    def from_photos(self) -> Timed[Any]:
         """The stock call fed the reference photos: VAE-encoded on every call."""
         return self._timed(lambda: self._call(image=list(self.photos)))
 
-    def _timed(self, fn: Any) -> tuple[Any, float, float]:
+    def _timed(self, fn: Callable[[], Any]) -> Timed[Any]:
         with torch.inference_mode():
-            synchronize(self.device)
-            started, cpu_started = time.perf_counter(), time.process_time()
-            image = fn()
-            synchronize(self.device)
-            return image, time.perf_counter() - started, time.process_time() - cpu_started
+            return timed(fn, self.device)
 
 
 async def measure(
@@ -168,76 +158,49 @@ async def measure(
     bare: BareCall = await engine.call(lambda: BareCall(engine, ctx.photos, request))
     progress: list[float] = []
 
-    async def through_engine() -> tuple[Any, float, float, float]:
-        synchronize(ctx.device)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        result = await engine.render(request, progress.append)
-        synchronize(ctx.device)
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        return result.images[0], elapsed, cpu, result.timings["queued"]
+    async def through_engine() -> Timed[Any]:
+        return await timed_async(lambda: engine.render(request, progress.append), ctx.device)
+
+    async def cached() -> Timed[Any]:
+        sample: Timed[Any] = await engine.call(bare.cached)
+        return sample
+
+    async def from_photos() -> Timed[Any]:
+        sample: Timed[Any] = await engine.call(bare.from_photos)
+        return sample
 
     await through_engine()  # warm-up: first-call allocations, lazy inits
-    await engine.call(bare.cached)
-    await engine.call(bare.from_photos)
-    engine_t: list[float] = []
-    engine_cpu: list[float] = []
-    queued: list[float] = []
-    bare_t: list[float] = []
-    bare_cpu: list[float] = []
-    photos_t: list[float] = []
-    engine_image = bare_image = photos_image = None
-    for i in range(repeats):
-        # Alternate which goes first: drift on a shared machine hits both sides alike.
-        order = ("engine", "bare") if i % 2 == 0 else ("bare", "engine")
-        for side in order:
-            if side == "engine":
-                engine_image, elapsed, cpu, waited = await through_engine()
-                engine_t.append(elapsed)
-                engine_cpu.append(cpu)
-                queued.append(waited)
-            else:
-                bare_image, elapsed, cpu = await engine.call(bare.cached)
-                bare_t.append(elapsed)
-                bare_cpu.append(cpu)
-        photos_image, elapsed, _ = await engine.call(bare.from_photos)
-        photos_t.append(elapsed)
-
-    engine_s, bare_s, photos_s = summary(engine_t), summary(bare_t), summary(photos_t)
-    queued_s = summary(queued)
-    without_wait = summary([t - q for t, q in zip(engine_t, queued, strict=True)])
-    engine_cpu_s, bare_cpu_s = summary(engine_cpu), summary(bare_cpu)
-    ratio = engine_s["median_s"] / bare_s["median_s"]
-    paired = statistics.median(e / b for e, b in zip(engine_t, bare_t, strict=True))
-    ratio_without_wait = without_wait["median_s"] / bare_s["median_s"]
-    cpu_ratio = engine_cpu_s["median_s"] / bare_cpu_s["median_s"]
-    target = f"<= {1 + TARGET_SLOWDOWN:g}"
-    headline = [
-        _head("Engine.render / bare Flux2KleinPipeline call (median wall time)", ratio, target),
-        _head("same, median of the per-pair ratios", paired, target),
-        _head("same, without the worker's gather-window wait", ratio_without_wait, target),
-    ]
-    if ctx.device == "cpu":
-        # CPU time counts work done, not time spent descheduled by other processes.
-        headline.append(_head("same, process CPU time instead of wall time", cpu_ratio, target))
-    headline.append(
-        {
-            "figure": "bare call VAE-encoding its reference photos / Engine.render",
-            "ratio": photos_s["median_s"] / engine_s["median_s"],
-        }
+    await cached()
+    await from_photos()
+    pairs = await alternate(repeats, through_engine, cached, after=from_photos)
+    figures = Overhead.of(pairs.first, pairs.second)
+    photos_s = Overhead.of(pairs.first, pairs.after).bare
+    engine_image = pairs.first[-1].value.images[0]
+    bare_image, photos_image = pairs.second[-1].value, pairs.after[-1].value
+    head = figures.headline(
+        "Engine.render / bare Flux2KleinPipeline call (median wall time)",
+        ctx.device,
+        TARGET_SLOWDOWN,
+    )
+    head.append(
+        headline(
+            "bare call VAE-encoding its reference photos / Engine.render",
+            photos_s["median_s"] / figures.engine["median_s"],
+        )
     )
     window_ms = engine.settings.gather_window_ms
     references = len(bare.photos)
+    repeated, gather = figures.notes(repeats, window_ms)
     return {
         "description": "One render through Engine.render vs a bare diffusers "
         "Flux2KleinPipeline call with the same modules, reference latents and settings.",
-        "headline": headline,
+        "headline": head,
         "notes": [
-            f"{repeats} alternating engine/bare pairs after one warm-up of each; medians.",
+            repeated,
             "Engine time is measured by the awaiting caller (queueing, the gather window, the "
             "worker hand-offs, request checks, per-sample generators, progress callbacks, PIL "
             "conversion included); bare time around the pipeline call on the same thread.",
-            f"A lone request waits up to the gather window ({window_ms} ms) for batch mates: "
-            f"the median 'queued' time was {queued_s['median_s'] * 1000:.1f} ms.",
+            gather,
             f"Identity strength {IDENTITY_STRENGTH} with {len(ctx.photos)} photos: "
             f"{references} reference images.",
             "Largest pixel difference between the engine's and the bare image: "
@@ -248,22 +211,16 @@ async def measure(
             "its instance and passes a stand-in image, as the engine's AvatarFlux2Pipeline "
             "does.",
         ],
-        "table": [
-            {"what": "Engine.render", **stats_row(engine_s)},
-            {"what": "  of which queued (gather window)", **stats_row(queued_s)},
-            {"what": "  without the queue wait", **stats_row(without_wait)},
-            {"what": "bare Flux2KleinPipeline call, cached latents", **stats_row(bare_s)},
-            {"what": "bare call, photos VAE-encoded per call", **stats_row(photos_s)},
-            {"what": "Engine.render, CPU time", **stats_row(engine_cpu_s)},
-            {"what": "bare call, CPU time", **stats_row(bare_cpu_s)},
-        ],
-        "ratio": ratio,
-        "ratio_without_gather_wait": ratio_without_wait,
-        "paired_ratio_median": paired,
-        "cpu_time_ratio": cpu_ratio,
-        "engine": engine_s,
-        "engine_queued": queued_s,
-        "bare": bare_s,
+        "table": figures.table(
+            [
+                ("bare Flux2KleinPipeline call, cached latents", figures.bare),
+                ("bare call, photos VAE-encoded per call", photos_s),
+            ]
+        ),
+        **figures.ratios(),
+        "engine": figures.engine,
+        "engine_queued": figures.queued,
+        "bare": figures.bare,
         "bare_from_photos": photos_s,
         "progress_updates_seen": len(progress),
         "settings": {
@@ -285,59 +242,26 @@ async def measure(
     }
 
 
-def _head(figure: str, ratio: float, target: str) -> dict[str, Any]:
-    return {
-        "figure": figure,
-        "ratio": ratio,
-        "target": target,
-        "meets_target": ratio <= 1 + TARGET_SLOWDOWN,
-    }
-
-
-def result_path(out_dir: Path, profile: str, device: str) -> Path:
-    """``flux2-overhead-<device>.json`` for tiny-flux2, ``flux2-overhead-<profile>-<device>``
-    for the others."""
+def result_stem(profile: str, device: str) -> str:
+    """``flux2-overhead-<device>`` for tiny-flux2, ``flux2-overhead-<profile>-<device>`` for
+    the others."""
     stem = "flux2-overhead" if profile == "tiny-flux2" else f"flux2-overhead-{profile}"
-    return out_dir / f"{stem}-{device}.json"
-
-
-def write_results(path: Path, profile: str, device: str, section: dict[str, Any]) -> None:
-    """The results document (``bench/common.py``'s format) and its Markdown summary."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    section = {**section, "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    document = {
-        "format": RESULTS_FORMAT,
-        "profile": profile,
-        "device": device,
-        "benchmarks": {NAME: section},
-    }
-    path.write_text(json.dumps(document, indent=2, default=_jsonable) + "\n")
-    path.with_suffix(".md").write_text(render_markdown(document))
+    return f"{stem}-{device}"
 
 
 async def run(args: argparse.Namespace) -> Path:
-    from engine import create_engine
+    ctx = prepare_context(args, **engine_overrides(args))
 
-    overrides = {}
-    if args.gather_window_ms is not None:
-        overrides["gather_window_ms"] = args.gather_window_ms
-    ctx = prepare_context(args, **overrides)
-    engine = await create_engine(ctx.settings)
-    try:
-        features = await engine.encode(ctx.photos, "person", "flux2-klein")
-        section = await measure(engine, features, ctx, args)
-    finally:
-        await engine.aclose()
-    path = result_path(ctx.out, ctx.profile.name, ctx.device)
-    write_results(path, ctx.profile.name, ctx.device, section)
-    return path
+    async def measured(engine: Any, features: Any) -> dict[str, Any]:
+        return await measure(engine, features, ctx, args)
+
+    section = await on_engine(ctx, measured, "flux2-klein")
+    stem = result_stem(ctx.profile.name, ctx.device)
+    return record(ctx.out, ctx.profile.name, ctx.device, NAME, section, stem)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
-    path = asyncio.run(run(args))
-    print(headline_text(path, NAME))
+    run_main(parse_args, run, NAME, argv)
 
 
 if __name__ == "__main__":

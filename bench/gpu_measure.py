@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from bench.common import engine_settings, synchronize
-from bench.engine_overhead import IDENTITY_STRENGTH, PROMPT
+from bench.common import IDENTITY_STRENGTH, PROMPT, engine_settings, synchronize
 from bench.gpu_plan import Plan
 
 GUIDANCE = 6.0  # the SD1.5 profiles' (bench/engine_overhead.py's default)

@@ -3,8 +3,22 @@ scale-out benchmark's processes never load it)."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
+from typing import Any
+
+
+def machine_basics() -> dict[str, Any]:
+    """What every result says about the machine first (each benchmark adds its own
+    packages and devices after these keys)."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "ram_gib": ram_gib(),
+    }
 
 
 def cpu_model() -> str:

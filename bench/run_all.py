@@ -18,7 +18,9 @@ from pathlib import Path
 
 from bench import batching, create_vs_finetune, engine_overhead
 from bench.common import (
+    add_render_args,
     base_parser,
+    engine_overrides,
     headline_text,
     prepare_context,
     record,
@@ -40,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="a subset"
     )
-    engine_overhead.add_render_args(parser)
+    add_render_args(parser)
     create_vs_finetune.add_args(parser)
     engine_overhead.add_args(parser)
     batching.add_args(parser)
@@ -53,9 +55,7 @@ async def run_profile(args: argparse.Namespace) -> list[tuple[str, Path]]:
     """Run the chosen benchmarks on ``args.profile``; (name, results path) for each."""
     from engine import create_engine
 
-    ctx = prepare_context(
-        args, max_batch=batching.MAX_BATCH, **engine_overhead.settings_overrides(args)
-    )
+    ctx = prepare_context(args, max_batch=batching.MAX_BATCH, **engine_overrides(args))
     done: list[tuple[str, Path]] = []
     baseline = None
     if create_vs_finetune.NAME in args.only:

@@ -37,7 +37,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -485,7 +485,7 @@ async def run_on(server_url: str, config: RunConfig) -> dict[str, Any]:
     result = await measure(server_url, config)
     with contextlib.suppress(OSError):
         machine["load_average_1m_end"] = round(os.getloadavg()[0], 2)
-    return build_document(config, machine, result)
+    return build_document(asdict(config), machine, result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,17 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bench.machine import cpu_model, package_version, ram_gib
-
-if TYPE_CHECKING:
-    from bench.scaleout import RunConfig
+from bench.machine import machine_basics, package_version
 
 NAME = "scaleout"
 TARGET_SPEEDUP = 7.0
@@ -27,11 +22,7 @@ TARGET_MEDIAN_LATENCY_MS = 100.0
 def machine_info() -> dict[str, Any]:
     """Like bench/common.py's, without torch (nothing here loads it)."""
     info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "ram_gib": ram_gib(),
+        **machine_basics(),
         "SQLAlchemy": package_version("SQLAlchemy"),
         "asyncpg": package_version("asyncpg"),
     }
@@ -56,14 +47,18 @@ def verdicts(levels: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build_document(config: RunConfig, machine: dict[str, Any], result: dict[str, Any]) -> dict:
+def build_document(
+    config: dict[str, Any], machine: dict[str, Any], result: dict[str, Any]
+) -> dict[str, Any]:
+    """``config`` is the run's ``RunConfig`` as a dict (bench/scaleout.py measures; this
+    module only writes, so it imports nothing from there)."""
     machine = {**machine, "postgresql": result["postgresql"]}
     return {
         "benchmark": NAME,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "settings": {
-            **asdict(config),
+            **config,
             "worker_dispatcher": {
                 "concurrency": 1,
                 "lease_seconds": 30,

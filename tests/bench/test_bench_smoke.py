@@ -19,6 +19,29 @@ pytest.importorskip("peft", reason="the DreamBooth-LoRA baseline needs peft (the
 
 SMALLEST = ["--profile", "tiny", "--device", "cpu", "--quick", "--threads", "1"]
 MACHINE_KEYS = {"nproc", "cpu_model", "ram_gib", "torch", "diffusers", "device"}
+COMMITTED = Path(__file__).resolve().parents[2] / "bench" / "results"
+
+
+def layout(value: Any) -> Any:
+    """A results document's shape: its keys in order, all the way down; lists of records by
+    their distinct record shapes; scalars (numbers, strings, None) alike."""
+    if isinstance(value, dict):
+        return [(key, layout(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        shapes: list[Any] = []
+        for item in value:
+            if layout(item) not in shapes:
+                shapes.append(layout(item))
+        return ["list", *shapes] if value and isinstance(value[0], dict | list) else "list"
+    return "scalar"
+
+
+def assert_as_committed(document: dict[str, Any], committed: str, name: str) -> None:
+    """The section just written has the shape of the committed one: bench/results/ holds what
+    the code writes (keys, their order, the records' fields)."""
+    reference = json.loads((COMMITTED / committed).read_text())
+    assert list(document) == list(reference)
+    assert layout(document["benchmarks"][name]) == layout(reference["benchmarks"][name])
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +70,7 @@ def load_section(path: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]
     markdown = path.with_suffix(".md").read_text()
     assert f"## {name}" in markdown
     assert "| benchmark | figure | ratio | target | met | measured |" in markdown
+    assert_as_committed(document, "engine-tiny-cpu.json", name)
     return document, section
 
 
@@ -98,8 +122,10 @@ async def test_flux2_overhead(tmp_path: Path) -> None:
         ["--device", "cpu", "--quick", "--threads", "1", "--photos", "2", "--out", str(tmp_path)]
     )
     path = await flux2_overhead.run(args)
+    assert path.name == "flux2-overhead-cpu.json"
     document = json.loads(path.read_text())
     assert (document["profile"], document["device"]) == ("tiny-flux2", "cpu")
+    assert_as_committed(document, path.name, flux2_overhead.NAME)
     section = document["benchmarks"][flux2_overhead.NAME]
     assert set(section["machine"]) >= MACHINE_KEYS
     assert section["settings"]["quick"] is True
