@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.toyworld import Paths, Plan, seed_everything, snapshot_weights, stage_instantbooth
 from bench.toyworld_eval import STEM, Arm, Render, _evaluate, _fmt, summarise
+from bench.toyworld_plan import Paths, Plan, seed_everything, snapshot_weights, stage_instantbooth
 
 # -- training -------------------------------------------------------------------------
 

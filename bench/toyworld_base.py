@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.toyworld import Paths, Plan, _summary, tqdm_bar
+from bench.toyworld_plan import Paths, Plan, _summary, tqdm_bar
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from bench.toyworld import Paths, Plan
+    from bench.toyworld_plan import Paths, Plan
 
-from bench.toyworld_eval import _mean
+from bench.toyworld_plan import _mean
 
 
 def scene_ceiling(
@@ -65,7 +65,7 @@ def feature_use(paths: Paths, weights: Path, samples: int, seed: int) -> list[di
     import torch
     from avatarbot_research.instantbooth.dataset import InstantBoothDataset, Sample, collate
 
-    from bench.toyworld import frozen_base
+    from bench.toyworld_plan import frozen_base
     from engine.personalizers.instantbooth.adapters import AdapterState
     from engine.personalizers.instantbooth.model import InstantBoothModel
     from engine.personalizers.instantbooth.prompts import (

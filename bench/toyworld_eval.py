@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.toyworld_plan import _mean
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from bench.toyworld import Paths, Plan
+    from bench.toyworld_plan import Paths, Plan
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +110,6 @@ class Render:
     identity: float | None
     scene_ok: bool
     image: Any = field(repr=False, default=None)
-
-
-def _mean(values: list[float]) -> float | None:
-    return statistics.fmean(values) if values else None
 
 
 def summarise(renders: list[Render], names: list[str]) -> list[dict[str, Any]]:
@@ -344,8 +342,8 @@ def stage_eval(
     evaluation = asyncio.run(
         _evaluate(plan, paths, seed, paths.weights.resolve(), arms(plan.sweep))
     )
-    from bench.toyworld import snapshot_weights
     from bench.toyworld_diagnostics import feature_use
+    from bench.toyworld_plan import snapshot_weights
 
     usage = {
         f"{plan.ib_steps} steps": feature_use(paths, paths.weights, plan.feature_samples, seed)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import toyworld
+from bench import toyworld, toyworld_plan
 from bench.toyworld_ablations import ABLATION_STEM, variants
 from bench.toyworld_eval import STEM
 
@@ -86,7 +86,7 @@ def test_ablations_train_each_variant_and_report_it(quick_run: tuple[Path, Path]
         for arm in row["arms"]:
             assert arm["renders"] == plan.eval_subjects * 5  # one seed, 5 places
     assert {r["lr_adapter"] for r in rows[1:3]} == {1e-6, 1e-4}
-    snapshot = toyworld.snapshot_weights(work / "instantbooth", plan.ablation_steps)
+    snapshot = toyworld_plan.snapshot_weights(work / "instantbooth", plan.ablation_steps)
     assert (snapshot / "config.json").is_file()
     # The fine-tuned encoder is saved with the weights, so they load only over its
     # architecture and its weights differ from the random one it started from.

@@ -1,0 +1,256 @@
+"""The toy world's plan (every size of a run), its workdir layout and the stages every other
+stage builds on: the data, InstantBooth's training on the trained base, the frozen base and the
+weights' snapshots. bench.toyworld (the driver) and the later stages (bench.toyworld_base,
+bench.toyworld_eval, bench.toyworld_diagnostics, bench.toyworld_ablations) import from here,
+never from the driver, so the toy world's modules import one another in one direction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import statistics
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every size of a run. ``QUICK`` shrinks all of them for the tests."""
+
+    size: int = 64
+    n_subjects: int = 120  # subjects 0..n-1 of the world; n_heldout of them never trained on
+    n_heldout: int = 8
+    n_images: int = 4000
+    vae_steps: int = 900
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-4
+    unet_steps: int = 1800
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    unet_warmup: int = 100
+    unet_ema: float = 0.999  # the EMA's ceiling; its warm-up starts it near 0
+    snr_gamma: float = 5.0
+    uncond_rate: float = 0.1  # captions dropped for classifier-free guidance
+    ib_steps: int = 2500  # identity still grows at 3000 (docs); 2500 keeps the run near 40 min
+    ib_batch: int = 8
+    ib_lr_linear: float = 1e-3
+    ib_lr_adapter: float = 1e-3  # 1e-4 left the gates shut (first run, docs)
+    ib_train_encoder: bool = False  # fine-tune the (random tiny) CLIP image encoder too
+    ib_lr_encoder: float = 1e-4  # a random encoder has everything to learn: not 1e-5
+    eval_subjects: int = 8
+    eval_seeds: int = 2
+    eval_steps: int = 20
+    guidance: float = 4.0
+    references: int = 3
+    sweep: bool = True
+    ablation_steps: int = 1000  # the ablations' InstantBooth runs (and the main run's snapshot)
+    feature_samples: int = 64  # training samples of the feature-use check
+    save_every: int = 200
+    quick: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+QUICK = Plan(
+    size=64,  # the engine renders 64 px at least
+    n_subjects=12,
+    n_heldout=2,
+    n_images=24,
+    vae_steps=3,
+    vae_batch=4,
+    unet_steps=3,
+    unet_batch=4,
+    ib_steps=3,
+    ib_batch=2,
+    ablation_steps=2,
+    feature_samples=4,
+    eval_subjects=2,
+    eval_seeds=1,
+    eval_steps=2,
+    sweep=False,
+    save_every=2,
+    quick=True,
+)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def tqdm_bar(total: int, desc: str, initial: int = 0) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr)
+
+
+# -- paths ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def vae(self) -> Path:
+        return self.root / "vae"
+
+    @property
+    def unet(self) -> Path:
+        return self.root / "unet"
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def instantbooth(self) -> Path:
+        return self.root / "instantbooth"
+
+    @property
+    def weights(self) -> Path:
+        return self.instantbooth / "weights"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
+
+
+# -- stage: data ------------------------------------------------------------------------------
+
+
+def stage_data(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
+    from avatarbot_research.toyworld import split_subjects, subjects, write_dataset
+
+    train_ids, heldout_ids = split_subjects(plan.n_subjects, plan.n_heldout, seed)
+    tmp = paths.data.with_name("data.tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    write_dataset(tmp, subjects(train_ids), plan.n_images, size=plan.size, seed=seed)
+    if paths.data.exists():
+        import shutil
+
+        shutil.rmtree(paths.data)
+    tmp.rename(paths.data)
+    split = {"train": train_ids, "heldout": heldout_ids, "size": plan.size}
+    paths.split.write_text(json.dumps(split) + "\n")
+    return {"images": plan.n_images, "train_subjects": len(train_ids), "heldout": heldout_ids}
+
+
+def _summary(losses: list[float]) -> dict[str, Any]:
+    head = losses[: max(1, len(losses) // 10)]
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "steps": len(losses),
+        "loss_first": float(np.mean(head)) if losses else None,
+        "loss_last": float(np.mean(tail)) if losses else None,
+    }
+
+
+# -- stage: instantbooth ----------------------------------------------------------------------
+
+
+def frozen_base(base: Path) -> Any:
+    """The trained base as the InstantBooth trainer's frozen models, with the tiny random CLIP
+    image encoder ("tiny:0", which the personalizer rebuilds from that name)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from engine.personalizers.instantbooth.frozen import FrozenModels
+    from engine.tiny import tiny_image_encoder
+
+    return FrozenModels(
+        unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet"),
+        vae=AutoencoderKL.from_pretrained(base, subfolder="vae"),
+        text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
+        noise_scheduler=DDPMScheduler.from_pretrained(base, subfolder="scheduler"),
+        image_encoder=tiny_image_encoder(0),
+        base_model=str(base.resolve()),
+        image_encoder_id="tiny:0",
+    )
+
+
+def stage_instantbooth(
+    plan: Plan, paths: Paths, seed: int, *, resume: bool, out: Path | None = None
+) -> dict[str, Any]:
+    """Our trainer on the base. When ``plan.ablation_steps`` is below ``plan.ib_steps`` the
+    weights at that step are kept (``weights-step-N``): the ablations' reference, and a point
+    of the identity-vs-steps curve."""
+    import shutil
+
+    from avatarbot_research.instantbooth.trainer import TrainOptions, train
+
+    from engine.personalizers.instantbooth.model import InstantBoothModel
+    from engine.tiny import tiny_image_encoder
+
+    folder = out or paths.instantbooth
+    options = TrainOptions(
+        data=paths.data,
+        out=folder,
+        profile="sd15",  # not "tiny": the frozen models are ours (passed below)
+        kind="object",
+        steps=plan.ib_steps,
+        batch_size=plan.ib_batch,
+        lr_linear=plan.ib_lr_linear,
+        lr_adapter=plan.ib_lr_adapter,
+        train_image_encoder=plan.ib_train_encoder,
+        lr_image_encoder=plan.ib_lr_encoder,
+        resume=resume,
+        save_every=plan.save_every,
+        keep_checkpoints=2,
+        resolution=plan.size,
+        seed=seed,
+        num_workers=0,
+        log_every=50,
+        validation_samples=2,
+        validation_steps=plan.eval_steps,
+        base_model=str(paths.base.resolve()),
+        image_encoder="tiny:0",
+    )
+    frozen = frozen_base(paths.base)
+    losses: list[float] = []
+    snapshot = snapshot_weights(folder, plan.ablation_steps)
+    if 0 < plan.ablation_steps < plan.ib_steps and not snapshot.is_dir():
+        first = train(replace(options, steps=plan.ablation_steps), frozen=frozen)
+        losses += first.losses
+        tmp = snapshot.with_name(snapshot.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(first.weights, tmp)
+        tmp.rename(snapshot)
+        options = replace(options, resume=True)
+    result = train(options, frozen=frozen)
+    losses += result.losses
+    weights = InstantBoothModel.from_pretrained(result.weights, tiny_image_encoder(0))
+    gates = list(weights.gates().values())
+    return {
+        **_summary(losses),
+        "trainer_steps": result.step,
+        "gate_mean": float(np.mean(gates)),
+        "weights": str(result.weights),
+    }
+
+
+def snapshot_weights(folder: Path, step: int) -> Path:
+    return folder / f"weights-step-{step}"
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
