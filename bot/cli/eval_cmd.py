@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bot.cli.research import research_command
+from bot.cli.research import INSTALL, research_command
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="compare personalizers and identity strengths on fixed seeds",
         description="Render every personalizer x strength x prompt x seed from a set of "
         "reference photos, score identity (and CLIP with --clip), and write results.json, "
-        "results.md, contact_sheet.png and the renders to --out.",
+        "results.md, contact_sheet.png and the renders to --out. Research code: needs the "
+        f"avatarbot-research package ({INSTALL}).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--photos", type=Path, metavar="DIR", help="a folder of reference photos")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bot.cli.research import research_command
+from bot.cli.research import INSTALL, research_command
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "instantbooth",
         help="train InstantBooth's concept/patch heads and gated adapters",
         description="Train InstantBooth on image-caption pairs (a folder with sidecar .txt "
-        "captions and optional .mask.png subject masks, or a JSONL manifest).",
+        "captions and optional .mask.png subject masks, or a JSONL manifest). Research code: "
+        f"needs the avatarbot-research package ({INSTALL}).",
     )
     ib.add_argument("--data", type=Path, required=True, help="dataset folder or JSONL manifest")
     ib.add_argument("--out", type=Path, required=True, help="output folder (weights/, ...)")

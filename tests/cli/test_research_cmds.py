@@ -71,3 +71,4 @@ def test_without_the_research_package_the_help_still_works(
     done = _avatarbot(argv, tmp_path)
     assert done.returncode == 0, done.stderr
     assert option in done.stdout
+    assert "pip install . ./research" in " ".join(done.stdout.split())  # how to get the body
