@@ -18,8 +18,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from bench.common import (
     IDENTITY_STRENGTH,
     PROMPT,
@@ -28,15 +26,13 @@ from bench.common import (
     add_render_args,
     alternate,
     base_parser,
-    engine_overrides,
     headline,
     is_large_on_cpu,
     max_pixel_difference,
-    on_engine,
-    prepare_context,
-    record,
     render_defaults,
+    render_settings_record,
     run_main,
+    run_on_engine,
     timed_async,
 )
 
@@ -204,33 +200,24 @@ async def measure(
         ],
         "levels": levels,
         "same_images_together_and_alone": identical,
-        "settings": {
-            "profile": ctx.profile.name,
-            "device": device,
-            "dtype": str(engine.model.dtype).removeprefix("torch."),
-            "size": size,
-            "steps": steps,
-            "guidance": args.guidance,
-            "scheduler": args.scheduler,
-            "max_batch": max_batch,
-            "gather_window_ms": window_ms,
-            "concurrency": concurrency,
-            "repeats": repeats,
-            "torch_threads": torch.get_num_threads(),
-            "quick": ctx.quick,
-        },
+        "settings": render_settings_record(
+            ctx,
+            engine,
+            size,
+            steps,
+            args.guidance,
+            scheduler=args.scheduler,
+            max_batch=max_batch,
+            gather_window_ms=window_ms,
+            concurrency=concurrency,
+            repeats=repeats,
+        ),
         "machine": ctx.machine,
     }
 
 
 async def run(args: argparse.Namespace) -> Path:
-    ctx = prepare_context(args, max_batch=MAX_BATCH, **engine_overrides(args))
-
-    async def measured(engine: Any, features: Any) -> dict[str, Any]:
-        return await measure(engine, features, ctx, args)
-
-    section = await on_engine(ctx, measured)
-    return record(ctx.out, ctx.profile.name, ctx.device, NAME, section)
+    return await run_on_engine(args, NAME, measure, max_batch=MAX_BATCH)
 
 
 def _max_pixel_diff(a: list[Any], b: list[Any]) -> int:

@@ -395,23 +395,53 @@ class Overhead:
 
 # -- running ----------------------------------------------------------------------------------
 
-Measure = Callable[[Any, Any], Awaitable[dict[str, Any]]]
+# A render benchmark's measurement: (engine, the photos' features, context, arguments) → its
+# results section.
+Measure = Callable[[Any, Any, BenchContext, argparse.Namespace], Awaitable[dict[str, Any]]]
 
 
-async def on_engine(
-    ctx: BenchContext, measure: Measure, personalizer: str | None = None
-) -> dict[str, Any]:
-    """``measure(engine, features)`` on a fresh engine for the context's settings, with the
-    sample photos encoded as a person (by ``personalizer``, else the engine's default)."""
+async def run_on_engine(
+    args: argparse.Namespace,
+    name: str,
+    measure: Measure,
+    personalizer: str | None = None,
+    stem: Callable[[str, str], str] | None = None,
+    **overrides: Any,
+) -> Path:
+    """A render benchmark's run: the context (engine settings from the render arguments and
+    ``overrides``), a fresh engine with the sample photos encoded as a person (by
+    ``personalizer``, else the engine's default), ``measure``, and its section recorded (in
+    ``stem(profile, device)``'s file when given). Returns the results path."""
     from engine import create_engine
 
+    ctx = prepare_context(args, **engine_overrides(args), **overrides)
     engine = await create_engine(ctx.settings)
     try:
         extra = (personalizer,) if personalizer else ()
         features = await engine.encode(ctx.photos, "person", *extra)
-        return await measure(engine, features)
+        section = await measure(engine, features, ctx, args)
     finally:
         await engine.aclose()
+    profile = ctx.profile.name
+    file_stem = stem(profile, ctx.device) if stem else None
+    return record(ctx.out, profile, ctx.device, name, section, file_stem)
+
+
+def render_settings_record(
+    ctx: BenchContext, engine: Any, size: int, steps: int, guidance: float, **more: Any
+) -> dict[str, Any]:
+    """A render benchmark's ``settings``: what every one records, ``more`` in between."""
+    return {
+        "profile": ctx.profile.name,
+        "device": ctx.device,
+        "dtype": str(engine.model.dtype).removeprefix("torch."),
+        "size": size,
+        "steps": steps,
+        "guidance": guidance,
+        **more,
+        "torch_threads": torch.get_num_threads(),
+        "quick": ctx.quick,
+    }
 
 
 def run_main(

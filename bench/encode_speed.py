@@ -17,22 +17,22 @@ ViT-L/14, IP-Adapter Plus Face on OpenCLIP ViT-H/14 + its resampler).
 from __future__ import annotations
 
 import argparse
-import asyncio
+import functools
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
     BenchContext,
+    Timed,
+    alternate,
     base_parser,
     headline,
-    headline_text,
     prepare_context,
     record,
-    setup_logging,
+    run_main,
     summary,
-    synchronize,
+    timed_async,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,26 +64,30 @@ async def measure(args: argparse.Namespace, ctx: BenchContext) -> dict[str, Any]
                 f"profile {args.profile} lacks {', '.join(missing)}: use tiny-instantbooth or "
                 "sd15-shaped-instantbooth"
             )
-        photos = ctx.photos
         repeats = args.repeats or (10 if device != "cpu" else 5)
-        times: dict[str, list[float]] = {name: [] for name in PERSONALIZERS}
-        facts: dict[str, dict[str, Any]] = {}
+
+        async def encoded(name: str) -> tuple[Any, bytes]:
+            features = await engine.encode(ctx.photos, ConceptKind.PERSON, personalizer=name)
+            return features, features.to_bytes()  # tensors are on the CPU: the device is done
+
+        async def encode(name: str) -> Timed[tuple[Any, bytes]]:
+            return await timed_async(functools.partial(encoded, name), device)
+
         # A warm-up round (allocator, kernels, lazy imports), then alternating timed rounds.
-        for round_ in range(repeats + 1):
-            for name in PERSONALIZERS:
-                synchronize(device)
-                start = time.perf_counter()
-                features = await engine.encode(photos, ConceptKind.PERSON, personalizer=name)
-                blob = features.to_bytes()  # tensors are on the CPU: the device is done
-                seconds = time.perf_counter() - start
-                if round_ == 0:
-                    facts[name] = {
-                        "encoder_id": features.encoder_id,
-                        "feature_bytes": len(blob),
-                        "tensors": {k: list(v.shape) for k, v in features.tensors.items()},
-                    }
-                else:
-                    times[name].append(seconds)
+        facts: dict[str, dict[str, Any]] = {}
+        for name in PERSONALIZERS:
+            features, blob = (await encode(name)).value
+            facts[name] = {
+                "encoder_id": features.encoder_id,
+                "feature_bytes": len(blob),
+                "tensors": {k: list(v.shape) for k, v in features.tensors.items()},
+            }
+        first, second = (functools.partial(encode, name) for name in PERSONALIZERS)
+        pairs = await alternate(repeats, first, second)
+        times = {
+            PERSONALIZERS[0]: [sample.wall_s for sample in pairs.first],
+            PERSONALIZERS[1]: [sample.wall_s for sample in pairs.second],
+        }
         return {
             "times": {name: summary(values) for name, values in times.items()},
             "facts": facts,
@@ -94,11 +98,9 @@ async def measure(args: argparse.Namespace, ctx: BenchContext) -> dict[str, Any]
         await engine.aclose()
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
+async def run(args: argparse.Namespace) -> Path:
     ctx = prepare_context(args)
-    measured = asyncio.run(measure(args, ctx))
+    measured = await measure(args, ctx)
     times, facts = measured["times"], measured["facts"]
     ratio = times["instantbooth"]["median_s"] / times["ip-adapter"]["median_s"]
     section = {
@@ -131,9 +133,11 @@ def main(argv: list[str] | None = None) -> Path:
         "raw": times,
         "machine": ctx.machine,
     }
-    path = record(ctx.out, ctx.profile.name, ctx.device, NAME, section)
-    print(headline_text(path, NAME))
-    return path
+    return record(ctx.out, ctx.profile.name, ctx.device, NAME, section)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_main(parse_args, run, NAME, argv)
 
 
 if __name__ == "__main__":

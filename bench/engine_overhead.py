@@ -30,13 +30,11 @@ from bench.common import (
     add_render_args,
     alternate,
     base_parser,
-    engine_overrides,
     max_pixel_difference,
-    on_engine,
-    prepare_context,
-    record,
     render_defaults,
+    render_settings_record,
     run_main,
+    run_on_engine,
     timed,
     timed_async,
 )
@@ -201,33 +199,24 @@ async def measure(
         "bare": figures.bare,
         "max_pixel_difference": pixel_diff,
         "progress_updates_seen": len(progress),
-        "settings": {
-            "profile": ctx.profile.name,
-            "device": device,
-            "dtype": str(engine.model.dtype).removeprefix("torch."),
-            "size": size,
-            "steps": steps,
-            "guidance": args.guidance,
-            "scheduler": args.scheduler,
-            "photos": len(ctx.photos),
-            "identity_strength": IDENTITY_STRENGTH,
-            "gather_window_ms": window_ms,
-            "repeats": repeats,
-            "torch_threads": torch.get_num_threads(),
-            "quick": ctx.quick,
-        },
+        "settings": render_settings_record(
+            ctx,
+            engine,
+            size,
+            steps,
+            args.guidance,
+            scheduler=args.scheduler,
+            photos=len(ctx.photos),
+            identity_strength=IDENTITY_STRENGTH,
+            gather_window_ms=window_ms,
+            repeats=repeats,
+        ),
         "machine": ctx.machine,
     }
 
 
 async def run(args: argparse.Namespace) -> Path:
-    ctx = prepare_context(args, **engine_overrides(args))
-
-    async def measured(engine: Any, features: Any) -> dict[str, Any]:
-        return await measure(engine, features, ctx, args)
-
-    section = await on_engine(ctx, measured)
-    return record(ctx.out, ctx.profile.name, ctx.device, NAME, section)
+    return await run_on_engine(args, NAME, measure)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,14 +35,12 @@ from bench.common import (
     add_gather_window_arg,
     alternate,
     base_parser,
-    engine_overrides,
     headline,
     max_pixel_difference,
-    on_engine,
-    prepare_context,
-    record,
     render_defaults,
+    render_settings_record,
     run_main,
+    run_on_engine,
     timed,
     timed_async,
 )
@@ -223,21 +221,18 @@ async def measure(
         "bare": figures.bare,
         "bare_from_photos": photos_s,
         "progress_updates_seen": len(progress),
-        "settings": {
-            "profile": ctx.profile.name,
-            "device": ctx.device,
-            "dtype": str(engine.model.dtype).removeprefix("torch."),
-            "size": size,
-            "steps": steps,
-            "guidance": request.guidance,
-            "photos": len(ctx.photos),
-            "identity_strength": IDENTITY_STRENGTH,
-            "references": references,
-            "gather_window_ms": window_ms,
-            "repeats": repeats,
-            "torch_threads": torch.get_num_threads(),
-            "quick": ctx.quick,
-        },
+        "settings": render_settings_record(
+            ctx,
+            engine,
+            size,
+            steps,
+            request.guidance,
+            photos=len(ctx.photos),
+            identity_strength=IDENTITY_STRENGTH,
+            references=references,
+            gather_window_ms=window_ms,
+            repeats=repeats,
+        ),
         "machine": ctx.machine,
     }
 
@@ -250,14 +245,7 @@ def result_stem(profile: str, device: str) -> str:
 
 
 async def run(args: argparse.Namespace) -> Path:
-    ctx = prepare_context(args, **engine_overrides(args))
-
-    async def measured(engine: Any, features: Any) -> dict[str, Any]:
-        return await measure(engine, features, ctx, args)
-
-    section = await on_engine(ctx, measured, "flux2-klein")
-    stem = result_stem(ctx.profile.name, ctx.device)
-    return record(ctx.out, ctx.profile.name, ctx.device, NAME, section, stem)
+    return await run_on_engine(args, NAME, measure, "flux2-klein", result_stem)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -135,6 +135,24 @@ async def test_flux2_overhead(tmp_path: Path) -> None:
         assert head["figure"] and isinstance(head["ratio"], float) and head["ratio"] > 0
 
 
+async def test_encode_speed(tmp_path: Path) -> None:
+    from bench import encode_speed
+
+    options = ["--device", "cpu", "--quick", "--threads", "1", "--photos", "2"]
+    path = await encode_speed.run(encode_speed.parse_args([*options, "--out", str(tmp_path)]))
+    assert path.name == "engine-tiny-instantbooth-cpu.json"
+    document = json.loads(path.read_text())
+    assert_as_committed(document, path.name, encode_speed.NAME)
+    section = document["benchmarks"][encode_speed.NAME]
+    raw = section["raw"]
+    # Both personalizers were timed the same number of rounds, and the headline is theirs.
+    assert raw["instantbooth"]["runs"] == raw["ip-adapter"]["runs"] == 2
+    assert section["headline"][0]["ratio"] == pytest.approx(
+        raw["instantbooth"]["median_s"] / raw["ip-adapter"]["median_s"]
+    )
+    assert all(row["feature_bytes"] > 0 for row in section["table"])
+
+
 async def test_batching(tmp_path: Path) -> None:
     options = ["--photos", "2", "--steps", "1", "--concurrency", "1", "3"]
     args = batching.parse_args([*SMALLEST, *options, "--out", str(tmp_path)])
