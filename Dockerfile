@@ -45,6 +45,7 @@ RUN pip install --upgrade pip \
 COPY bot ./bot
 COPY engine ./engine
 COPY db ./db
+COPY kinds ./kinds
 COPY migrations ./migrations
 COPY deploy/healthcheck.py /opt/avatarbot/healthcheck.py
 RUN pip install -c constraints.txt ".[${EXTRAS}]" \

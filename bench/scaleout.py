@@ -61,8 +61,9 @@ from bot.services.container import Services, build_services
 from bot.services.dispatcher import DispatcherConfig
 from bot.services.events import JobEvent, JobEventKind
 from bot.services.results import RenderOptions
-from db.models import FINAL_STATUSES, JobStatus, RenderJob
+from db.models import RenderJob
 from db.session import Database
+from kinds import FINAL_STATUSES, JobStatus
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from bot.config import Settings
 from bot.errors import InternalError
 from bot.ops.metrics import Metrics, torch_gpu_memory
 from bot.ops.server import OpsServer, start_ops_server
+from bot.services.command_tree import CommandTreeHashes
 from bot.services.ports import EnginePort
 from bot.ui.errors import on_app_command_error
 from bot.ui.jobs import JobFeed
@@ -130,8 +131,9 @@ class AvatarBot(commands.Bot):
         for name in COGS:
             await self.load_extension(name)
         if self._sync_commands:
-            await sync_if_changed(self.tree, self._database, self.application_id)
-        self.jobs.start()
+            hashes = CommandTreeHashes(self._database)
+            await sync_if_changed(self.tree, hashes, self.application_id)
+        self.jobs.start(self._services.events, self._services.jobs)
         await self._services.start()
         if self._freeze_gc:
             _freeze_heap()

@@ -28,11 +28,11 @@ from bot.services.ports import (
     RenderOutput,
     RenderSpec,
     StaleFeaturesError,
-    SubjectKind,
     SubjectReport,
     TextScreenFacts,
 )
 from engine.config import EngineSettings
+from kinds import SubjectKind
 
 if TYPE_CHECKING:
     from engine.engine import DiffusionEngine

@@ -38,6 +38,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from db.types import BigIntPK, UTCDateTime, utcnow
 
+# The kinds every layer shares (job status and kind, avatar status, subject kind) live below db
+# in kinds/, so Discord code can name them without the ORM; import them from there.
+from kinds import AvatarStatus, JobKind, JobStatus, SubjectKind
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_N_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -50,22 +54,6 @@ NAMING_CONVENTION = {
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
-
-
-class JobKind(StrEnum):
-    RENDER = "render"  # render images of an avatar
-    ENCODE = "encode"  # check a new avatar's photos and encode them (avatar creation)
-
-
 class AttemptOutcome(StrEnum):
     """How one attempt of a job ended (NULL while it runs)."""
 
@@ -74,17 +62,6 @@ class AttemptOutcome(StrEnum):
     CANCELLED = "cancelled"  # the member cancelled (or deleted) it meanwhile
     LOST = "lost"  # its lease expired: the worker died or hung; reaped by another loop
     HANDED_BACK = "handed_back"  # a graceful stop put it back; not counted as an attempt
-
-
-class AvatarStatus(StrEnum):
-    PENDING = "pending"  # photos stored, the encode job has not finished yet
-    READY = "ready"
-
-
-class AvatarKind(StrEnum):
-    PERSON = "person"
-    PET = "pet"
-    OBJECT = "object"
 
 
 class LedgerEntry(StrEnum):
@@ -143,7 +120,7 @@ class Avatar(Base):
     __table_args__ = (
         # Also serves lookups by owner_id alone (leftmost column), so no separate index.
         UniqueConstraint("owner_id", "name_key"),
-        CheckConstraint(_in("kind", AvatarKind), name="kind"),
+        CheckConstraint(_in("kind", SubjectKind), name="kind"),
         CheckConstraint(_in("status", AvatarStatus), name="status"),
         # Ids are never reused (a deleted avatar's id never names another's): migration 0004.
         {"sqlite_autoincrement": True},

@@ -37,8 +37,9 @@ from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from db.models import FINAL_STATUSES, AttemptOutcome, JobAttempt, JobStatus, RenderJob
+from db.models import AttemptOutcome, JobAttempt, RenderJob
 from db.repositories.common import dialect_name
+from kinds import FINAL_STATUSES, JobStatus
 
 logger = logging.getLogger(__name__)
 

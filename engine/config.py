@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Personalizer = Literal["ip-adapter", "instantbooth", "flux2-klein"]
+from kinds import DEFAULT_PERSONALIZER, PersonalizerName
+
+Personalizer = PersonalizerName  # the names and the default are shared: kinds/
 
 
 # "auto": on where it helps (CUDA), off elsewhere; "on"/"off" force it (tests force "on" on
@@ -59,7 +61,7 @@ class EngineSettings(BaseModel):
     # Never touch the network for weights (also honoured through HF_HUB_OFFLINE=1).
     offline: bool = False
     cache_dir: Path | None = None
-    default_personalizer: Personalizer = "ip-adapter"
+    default_personalizer: Personalizer = DEFAULT_PERSONALIZER
     # Dynamic batching: the largest batch and how long the worker waits for company.
     max_batch: int = Field(default=4, ge=1, le=64)
     gather_window_ms: int = Field(default=30, ge=0, le=5000)

@@ -7,6 +7,10 @@ exactly what is missing and how to get it.
 
 from __future__ import annotations
 
+# Not an ``EngineError``: the same name is unknown to the services (the workers' published
+# facts) and to the engine (its profile), so it is defined once, with the shared kinds.
+from kinds import UnknownPersonalizer as UnknownPersonalizer
+
 
 class EngineError(Exception):
     """Root of every engine failure."""
@@ -57,15 +61,6 @@ class UnknownProfile(EngineError):
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         super().__init__(f"unknown engine profile {name!r}; known profiles: {', '.join(known)}")
-
-
-class UnknownPersonalizer(EngineError):
-    def __init__(self, name: str, known: list[str]) -> None:
-        self.name = name
-        super().__init__(
-            f"personalizer {name!r} is not available in this profile; available: "
-            + (", ".join(known) or "none")
-        )
 
 
 class EngineClosed(EngineError):

@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.config import EngineSettings
 from engine.errors import UnknownProfile
+from kinds import DEFAULT_PERSONALIZER
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Profile:
     base_model: str | None = None
     base_config: str | None = None
     random_base: Callable[[int], dict[str, Any]] | None = None
-    default_personalizer: str = "ip-adapter"
+    default_personalizer: str = DEFAULT_PERSONALIZER
     # Random weights render noise by construction; results say so.
     is_noise: bool = False
     # Pin a device regardless of settings (tiny runs on the CPU: it is for tests and demos).

@@ -10,11 +10,11 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CorruptFeatures, InvalidRequest, StaleFeatures
+from kinds import DEFAULT_PERSONALIZER, SubjectKind
 
 if TYPE_CHECKING:
     import torch
@@ -37,10 +37,9 @@ MAX_EXTRA_SUBJECTS = 1
 MAX_SEED = 2**53 - 1 - MAX_COUNT
 
 
-class ConceptKind(StrEnum):
-    PERSON = "person"
-    PET = "pet"
-    OBJECT = "object"
+# The kind of subject a concept shows: the one enum all layers share (kinds/), by the name the
+# engine's API has always used.
+ConceptKind = SubjectKind
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,7 +155,7 @@ class RenderRequest:
     count: int = 1
     identity_strength: float = 0.7
     scheduler: str = "dpmpp_2m"
-    personalizer: str = "ip-adapter"
+    personalizer: str = DEFAULT_PERSONALIZER
     features: ConceptFeatures | None = None
     # More subjects in the same picture ("me and my dog"), in the order the prompt names them
     # after the first; only personalizers whose ``max_subjects`` allows it accept them.

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from engine.errors import EngineClosed, EngineError, RequestCancelled
+from engine.errors import EngineClosed, EngineError, RequestCancelled, UnknownPersonalizer
 from engine.personalizers.base import BatchOutcome, StepCallback
 from engine.types import RenderRequest, RenderResult
 
@@ -193,7 +193,8 @@ class Worker:
             if self._setup is not None:
                 self._setup()
         except BaseException as exc:  # no model: fail everything that comes
-            if isinstance(exc, EngineError):  # precise already: no traceback needed
+            # Precise already (an unknown personalizer names the known ones): no traceback.
+            if isinstance(exc, EngineError | UnknownPersonalizer):
                 logger.error("engine worker setup failed: %s", exc)
             else:
                 logger.exception("engine worker setup failed")

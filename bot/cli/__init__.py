@@ -23,6 +23,7 @@ from bot.errors import AvatarbotError
 from bot.services.crypto import KeyConfigError
 from db.errors import DatabaseConfigError, DatabaseError
 from engine.errors import EngineError, UnknownProfile
+from kinds import UnknownPersonalizer
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -145,7 +146,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except DatabaseError as exc:
         print(f"avatarbot: {exc}", file=sys.stderr)
         return 1
-    except EngineError as exc:  # missing weights, an unknown personalizer, ...
+    except (EngineError, UnknownPersonalizer) as exc:  # missing weights, a personalizer typo
         print(f"avatarbot: engine: {exc}", file=sys.stderr)
         return 1
 

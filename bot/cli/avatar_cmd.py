@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.config import Settings
+from kinds import SUBJECT_KINDS, JobStatus, SubjectKind
 
 if TYPE_CHECKING:
     from bot.services.container import Services
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create = actions.add_parser("create", help="create an avatar from photos")
     _user(create)
     create.add_argument("--name", required=True)
-    create.add_argument("--kind", choices=["person", "pet", "object"], default="person")
+    create.add_argument("--kind", choices=SUBJECT_KINDS, default=SubjectKind.PERSON)
     create.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
     create.add_argument(
         "--consent",
@@ -293,7 +294,7 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
             f"avatarbot: job {ticket.job_id} did not finish in {args.timeout:g} s", file=sys.stderr
         )
         return 1
-    if view.status != "done":
+    if view.status is not JobStatus.DONE:
         print(f"avatarbot: job {view.id} {view.status}: {view.error or ''}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
+from kinds import SUBJECT_KINDS, SubjectKind
 
 if TYPE_CHECKING:
     from engine import DiffusionEngine
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     encode = commands.add_parser("encode", help="encode a concept's photos into features")
     encode.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
-    encode.add_argument("--kind", choices=["person", "pet", "object"], default="person")
+    encode.add_argument("--kind", choices=SUBJECT_KINDS, default=SubjectKind.PERSON)
     encode.add_argument("--out", type=Path, required=True, metavar="FEATURES")
     _common(encode)
     encode.set_defaults(handler=run_encode)
@@ -141,7 +142,7 @@ def run_render(args: argparse.Namespace, settings: Settings) -> int:
 
 def _with_engine(args: argparse.Namespace, settings: Settings, work: Any) -> int:
     from bot.cli import _check_weights_offline
-    from engine import EngineError, create_engine
+    from engine import EngineError, UnknownPersonalizer, create_engine
 
     # This command's --profile/--offline flags apply: refuse missing weights before loading.
     status = _check_weights_offline(
@@ -159,6 +160,6 @@ def _with_engine(args: argparse.Namespace, settings: Settings, work: Any) -> int
 
     try:
         return asyncio.run(main())
-    except (EngineError, ValueError) as exc:
+    except (EngineError, UnknownPersonalizer, ValueError) as exc:
         print(f"avatarbot: {exc}", file=sys.stderr)
         return 1

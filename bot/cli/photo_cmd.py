@@ -27,7 +27,8 @@ from PIL.Image import Image
 from bot.config import PhotoLimits, Settings
 from bot.errors import InvalidPhoto
 from bot.services.photo_intake import NormalizedPhoto, check_batch, check_size, display_name
-from bot.services.ports import SUBJECT_KINDS, SubjectKind, SubjectReport
+from bot.services.ports import SubjectReport
+from kinds import SUBJECT_KINDS, SubjectKind
 
 UNREADABLE = "unreadable"
 

@@ -170,7 +170,8 @@ class Metrics:
     async def _refresh_jobs(self, database: Database) -> None:
         from sqlalchemy import func, select
 
-        from db.models import JobKind, JobStatus, RenderJob
+        from db.models import RenderJob
+        from kinds import JobKind, JobStatus
 
         async with database.begin(readonly=True) as session:
             rows = (

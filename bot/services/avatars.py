@@ -39,7 +39,6 @@ from bot.services.job_work import refusals_json
 from bot.services.jobs import FEATURES_PURPOSE, PHOTO_PURPOSE, JobService
 from bot.services.names import name_key, normalize_name
 from bot.services.photo_intake import NormalizedPhoto, display_name
-from bot.services.ports import SUBJECT_KINDS, SubjectKind
 from bot.services.quotas import QuotaService
 from bot.services.results import (
     AvatarCreated,
@@ -52,13 +51,14 @@ from bot.services.results import (
 )
 from bot.services.screening import NoUsablePhotos, screen_uploads
 from bot.services.workers import WorkerRegistry
-from db.models import Avatar, AvatarStatus, JobKind, JobStatus
+from db.models import Avatar
 from db.repositories import avatars as repo
 from db.repositories import jobs as jobs_repo
 from db.repositories.avatars import NewPhoto
 from db.repositories.common import checkpoint, lock_scope, scrub_deletes
 from db.session import Database
 from db.types import utcnow
+from kinds import SUBJECT_KINDS, AvatarStatus, JobKind, JobStatus, SubjectKind
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
-from bot.ops.metrics import Metrics
 from bot.services.audit import AuditService
 from bot.services.avatars import AvatarService
 from bot.services.blocklist import BlocklistService
@@ -29,6 +28,7 @@ from bot.services.dispatcher import DispatcherConfig, JobDispatcher, Waker
 from bot.services.events import JobEvents
 from bot.services.job_work import EncodeWork, JobWork, RenderWork
 from bot.services.jobs import JobService
+from bot.services.metrics_port import MetricsPort
 from bot.services.ports import EnginePort
 from bot.services.privacy import PrivacyService
 from bot.services.prompt_policy import PromptPolicy
@@ -37,8 +37,8 @@ from bot.services.renders import RenderService
 from bot.services.safety import SafetyService
 from bot.services.usage_keys import UsageKeys
 from bot.services.workers import WorkerRegistry
-from db.models import JobKind
 from db.session import Database
+from kinds import JobKind
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ class Services:
     blocklist: BlocklistService
     dispatcher: JobDispatcher
     safety: SafetyService
-    # The process's metrics (bot/ops/metrics.py), fed by the job loop and the delivery.
-    metrics: Metrics
+    # The process's metrics (bot/ops/metrics.py in the bot and the worker), fed by the job loop
+    # and the delivery, through a port: the services do not import operations code.
+    metrics: MetricsPort
 
     async def start(self, *, run_loop: bool = True) -> None:
         """Listen for job events (PostgreSQL), then start the job loop unless told not to
@@ -102,7 +103,7 @@ async def build_services(
     dispatcher_config: DispatcherConfig | None = None,
     waker: Waker | None = None,
     worker_id: str | None = None,
-    metrics: Metrics | None = None,
+    metrics: MetricsPort | None = None,
 ) -> Services:
     """Build and wire every service; the schema must already be at head (db.migrate)."""
     cipher = DataCipher.from_settings(

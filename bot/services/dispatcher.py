@@ -37,18 +37,18 @@ from typing import Protocol
 
 from bot.config import JobSettings
 from bot.errors import AvatarbotError, InternalError
-from bot.ops.metrics import Metrics
 from bot.services.events import JobEvent, JobEventKind, JobEvents
 from bot.services.job_work import ClaimedJob, JobWork
 from bot.services.jobs import JobService, release_failed
+from bot.services.metrics_port import MetricsPort, NoMetrics
 from bot.services.ports import RenderOutput
 from bot.services.results import JobView
 from bot.services.workers import WorkerRegistry
 from db import queue
-from db.models import JobKind, JobStatus
 from db.repositories import jobs as jobs_repo
 from db.session import Database
 from db.types import utcnow
+from kinds import JobKind, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class JobDispatcher:
         *,
         worker_id: str | None = None,
         waker: Waker | None = None,
-        metrics: Metrics | None = None,
+        metrics: MetricsPort | None = None,
     ) -> None:
         self._db = database
         self._jobs = jobs
@@ -144,7 +144,7 @@ class JobDispatcher:
         self.config = config
         self.worker_id = worker_id or make_worker_id()
         self._waker: Waker = waker or EventWaker()
-        self.metrics = metrics or Metrics()
+        self.metrics: MetricsPort = metrics if metrics is not None else NoMetrics()
         # Per running job: the task doing its work (what a cancellation stops) and the task
         # running ``_run`` (what ``stop`` waits for).
         self._work_tasks: dict[int, asyncio.Task[object]] = {}

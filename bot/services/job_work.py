@@ -40,7 +40,6 @@ from bot.services.ports import (
     ProgressCallback,
     RenderOutput,
     RenderSpec,
-    SubjectKind,
 )
 from bot.services.prompts import styled_prompt
 from bot.services.results import PhotoRefusal, PhotoWarning, RenderSettings
@@ -55,12 +54,13 @@ from bot.services.safety import (
 from bot.services.screening import NoUsablePhotos, decode_all, inspect_photos
 from bot.services.semantic_screen import ScreenUnavailable, SemanticScreen
 from bot.services.usage_keys import UsageKeys
-from db.models import AvatarStatus, RenderJob
+from db.models import RenderJob
 from db.repositories import avatars as avatars_repo
 from db.repositories import jobs as jobs_repo
 from db.repositories.common import scrub_deletes
 from db.repositories.jobs import NewOutput
 from db.session import Database
+from kinds import AvatarStatus, SubjectKind
 
 logger = logging.getLogger(__name__)
 
@@ -197,11 +197,8 @@ class RenderWork:
         if has_second_avatar(job.settings):
             ids.append(job.with_avatar_id)
         async with self._db.begin(readonly=True) as session:
-            for avatar_id in ids:
-                avatar = None if avatar_id is None else await avatars_repo.by_id(session, avatar_id)
-                if avatar is None or avatar.kind == SubjectKind.PERSON.value:
-                    return True
-        return False
+            # The same rule as the posting decision (bot/services/safety.py).
+            return await render_shows_a_person(session, ids)
 
     def timings(self, outcome: RenderOutput) -> dict[str, float]:
         return dict(outcome.timings)

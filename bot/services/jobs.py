@@ -36,7 +36,7 @@ from bot.services.results import (
 )
 from bot.services.safety import CheckedOutput, recorded_posting, render_shows_a_person
 from db import queue
-from db.models import AvatarStatus, JobKind, JobStatus, RenderJob
+from db.models import RenderJob
 from db.repositories import avatars as avatars_repo
 from db.repositories import counted as counted_repo
 from db.repositories import jobs as repo
@@ -44,6 +44,7 @@ from db.repositories import ledger as ledger_repo
 from db.repositories.common import checkpoint, scrub_deletes
 from db.session import Database
 from db.types import utcnow
+from kinds import DEFAULT_PERSONALIZER, AvatarStatus, JobKind, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -432,7 +433,7 @@ def settings_from_json(s: dict[str, object], negative_prompt: str, seed: int) ->
         count=int(s.get("count", 1)),  # type: ignore[call-overload]
         seed=seed,
         identity_strength=float(s.get("identity_strength", 0.7)),  # type: ignore[arg-type]
-        personalizer=str(s.get("personalizer", "ip-adapter")),
+        personalizer=str(s.get("personalizer", DEFAULT_PERSONALIZER)),
         age_restricted=bool(s.get("age_restricted", False)),
     )
 

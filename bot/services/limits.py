@@ -42,11 +42,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.errors import InvalidInput, QueueFull, QuotaExceeded, RateLimited
 from bot.services.results import GuildQuotas
 from bot.services.usage_keys import UsageKeys
-from db.models import Avatar, AvatarStatus, CountedKind, JobKind
+from db.models import Avatar, CountedKind
 from db.repositories import avatars as avatars_repo
 from db.repositories import counted as counted_repo
 from db.repositories import jobs as jobs_repo
 from db.repositories import ledger as ledger_repo
+from kinds import AvatarStatus, JobKind
 
 RENDER_WINDOW = timedelta(minutes=1)
 CREATE_WINDOW = timedelta(hours=1)

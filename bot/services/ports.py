@@ -18,14 +18,10 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from PIL.Image import Image
 
-from engine.types import ConceptKind
+from kinds import SubjectKind, UnknownPersonalizer
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
-
-# The kind of subject an avatar shows: defined once, by the engine that acts on it.
-SubjectKind = ConceptKind
-SUBJECT_KINDS: tuple[SubjectKind, ...] = tuple(ConceptKind)
 
 ProgressCallback = Callable[[float], None]
 
@@ -227,15 +223,6 @@ def _float(value: object) -> float:
     if not math.isfinite(number):
         raise ValueError(f"engine facts: not a finite number: {value!r}")
     return number
-
-
-class UnknownPersonalizer(Exception):
-    """The engine has no personalizer by this name."""
-
-    def __init__(self, name: str, known: Sequence[str]) -> None:
-        super().__init__(f"unknown personalizer {name!r}; the engine has {', '.join(known)}")
-        self.name = name
-        self.known = tuple(known)
 
 
 @functools.lru_cache(maxsize=4)

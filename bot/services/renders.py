@@ -23,7 +23,7 @@ from bot.services.events import JobEventKind, JobEvents
 from bot.services.jobs import JobService, has_second_avatar, queue_position, settings_to_json
 from bot.services.ledger import UNITS_PER_RENDER, day_bounds, refund, reserve
 from bot.services.names import name_key
-from bot.services.ports import EngineFacts, SubjectKind, UnknownPersonalizer
+from bot.services.ports import EngineFacts
 from bot.services.prompt_policy import PromptPolicy
 from bot.services.prompts import clean_prompt, size_for, styled_prompt
 from bot.services.quotas import PERSONALIZERS, QuotaService
@@ -38,13 +38,14 @@ from bot.services.results import (
     interaction_columns,
 )
 from bot.services.workers import WorkerRegistry
-from db.models import Avatar, AvatarStatus, RenderJob
+from db.models import Avatar, RenderJob
 from db.repositories import avatars as avatars_repo
 from db.repositories import jobs as repo
 from db.repositories.common import checkpoint, lock_scope, scrub_deletes
 from db.session import Database
 from db.types import utcnow
 from engine.types import MAX_SEED
+from kinds import AvatarStatus, SubjectKind, UnknownPersonalizer
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from bot.services.ports import SubjectKind
-from db.models import FINAL_STATUSES, JobKind, JobStatus
+from kinds import FINAL_STATUSES, JobKind, JobStatus, SubjectKind
 
 Aspect = Literal["square", "portrait", "landscape"]
 ASPECTS: tuple[Aspect, ...] = ("square", "portrait", "landscape")

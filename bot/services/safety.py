@@ -43,11 +43,12 @@ from bot.config import SafetySettings
 from bot.errors import Forbidden, InvalidInput
 from bot.services import audit
 from bot.services.ports import OutputPolicy, OutputVerdict
-from db.models import Avatar, AvatarKind, JobKind, RenderJob
+from db.models import Avatar, RenderJob
 from db.repositories import guilds as guilds_repo
 from db.repositories.common import lock_scope
 from db.session import Database
 from db.types import utcnow
+from kinds import JobKind, SubjectKind
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def flagged_posting(age_restricted: bool, nsfw_policy: str | None, *, person: bo
 
 
 # The kinds whose flagged images may ever be posted (as spoilers); anything else is a person.
-SPOILER_KINDS = frozenset({AvatarKind.PET.value, AvatarKind.OBJECT.value})
+SPOILER_KINDS = frozenset({SubjectKind.PET.value, SubjectKind.OBJECT.value})
 
 
 async def render_shows_a_person(session: AsyncSession, avatar_ids: Sequence[int | None]) -> bool:

@@ -24,10 +24,11 @@ from bot.services.identity import (
     odd_ones_out,
 )
 from bot.services.photo_intake import NormalizedPhoto, display_name
-from bot.services.ports import EnginePort, SubjectKind, SubjectReport
+from bot.services.ports import EnginePort, SubjectReport
 from bot.services.results import PhotoRefusal, PhotoWarning
 from bot.services.similarity import near_duplicates
 from bot.services.subject_messages import problem_message, warning_message
+from kinds import SubjectKind
 
 
 class NoUsablePhotos(InvalidPhoto):

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
+from kinds import SUBJECT_KINDS, SubjectKind
+
 Expect = Literal["refuse", "pass"]
-AvatarKind = Literal["person", "pet", "object"]
 Channel = Literal["normal", "age-restricted"]
 
 _EXPECTS: tuple[Expect, ...] = ("refuse", "pass")
-_AVATARS: tuple[AvatarKind, ...] = ("person", "pet", "object")
 _CHANNELS: tuple[Channel, ...] = ("normal", "age-restricted")
 
 
@@ -41,7 +41,7 @@ class CorpusPrompt:
 
     category: str
     expect: Expect
-    avatar: AvatarKind
+    avatar: SubjectKind
     channel: Channel
     prompt: str
     negative: str = ""
@@ -56,7 +56,7 @@ class CorpusPrompt:
 
     @property
     def person(self) -> bool:
-        return self.avatar == "person"
+        return self.avatar is SubjectKind.PERSON
 
 
 def parse_corpus(text: str) -> list[CorpusPrompt]:
@@ -76,7 +76,7 @@ def parse_corpus(text: str) -> list[CorpusPrompt]:
             raise ValueError(f"line {number}: empty category or prompt")
         if expect not in _EXPECTS:
             raise ValueError(f"line {number}: expect must be refuse or pass, not {expect!r}")
-        if avatar not in _AVATARS:
+        if avatar not in SUBJECT_KINDS:
             raise ValueError(f"line {number}: avatar must be person, pet or object")
         if channel not in _CHANNELS:
             raise ValueError(f"line {number}: channel must be normal or age-restricted")
@@ -86,7 +86,7 @@ def parse_corpus(text: str) -> list[CorpusPrompt]:
             CorpusPrompt(
                 category,
                 _EXPECTS[_EXPECTS.index(expect)],
-                _AVATARS[_AVATARS.index(avatar)],
+                SubjectKind(avatar),
                 _CHANNELS[_CHANNELS.index(channel)],
                 prompt,
                 negative,
@@ -101,4 +101,4 @@ def load_corpus() -> list[CorpusPrompt]:
     return parse_corpus(text)
 
 
-__all__ = ["AvatarKind", "Channel", "CorpusPrompt", "Expect", "load_corpus", "parse_corpus"]
+__all__ = ["Channel", "CorpusPrompt", "Expect", "load_corpus", "parse_corpus"]

@@ -20,16 +20,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
+
+import discord
 
 from bot.errors import AvatarbotError
-from bot.services.events import JobEvent, JobEventKind
+from bot.services.events import JobEvent, JobEventKind, JobEvents
+from bot.services.jobs import JobService
 from bot.services.results import JobView
 from bot.ui.waker import DiscordWaker
-from db.models import JobKind
-
-if TYPE_CHECKING:
-    from bot.app import AvatarBot
+from kinds import JobKind, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,13 @@ class PollBackoff:
 
 
 class JobFeed:
-    def __init__(self, bot: AvatarBot, poll_seconds: float) -> None:
-        self._bot = bot
+    # The client, not the bot (bot/app.py builds the feed: importing it back would be a circle);
+    # the services arrive at ``start``, once the bot's setup built them.
+    def __init__(self, client: discord.Client, poll_seconds: float) -> None:
         self._poll_seconds = poll_seconds
+        self._jobs: JobService | None = None
         self._presenters: dict[JobKind, JobPresenter] = {}
-        self._waker = DiscordWaker(bot, WAKE_EVENT)
+        self._waker = DiscordWaker(client, WAKE_EVENT)
         # Jobs that changed since the feed last looked, with the latest event (or None: look
         # at everything active and undelivered).
         self._pending: dict[int, JobEventKind] = {}
@@ -85,8 +87,8 @@ class JobFeed:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        events = self._bot.services.events
+    def start(self, events: JobEvents, jobs: JobService) -> None:
+        self._jobs = jobs
         self._unsubscribe = [events.subscribe(self._on_event), events.on_resync(self._on_resync)]
         self._resync = True
         self._stopping = False
@@ -154,7 +156,7 @@ class JobFeed:
         while self._pending and not self._stopping:
             job_id, kind = self._pending.popitem()
             try:
-                job = await self._bot.services.jobs.view(job_id)
+                job = await self._service().view(job_id)
             except AvatarbotError:
                 continue  # deleted meanwhile (forget-me, Delete)
             await self._present(job, kind)
@@ -164,14 +166,19 @@ class JobFeed:
     async def sweep(self) -> bool:
         """Show every active job's state, deliver every finished one not yet delivered."""
         did = False
-        jobs = self._bot.services.jobs
+        jobs = self._service()
         for job in await jobs.active():
-            if job.status == "running":
+            if job.status is JobStatus.RUNNING:
                 await self._present(job, None)
                 did = True
         for job in await jobs.undelivered():
             did = await self._present(job, JobEventKind.FINISHED) or did
         return did
+
+    def _service(self) -> JobService:
+        if self._jobs is None:
+            raise RuntimeError("the job feed has not been started")
+        return self._jobs
 
     async def _present(self, job: JobView, kind: JobEventKind | None) -> bool:
         presenter = self._presenters.get(job.kind)

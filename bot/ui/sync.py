@@ -2,8 +2,8 @@
 
 Discord allows 200 command creations a day per guild; a bot that syncs on every start burns
 through that during a crash loop. The tree's canonical JSON is hashed and the hash kept in
-the ``bot_state`` table, per application: a start whose tree matches the stored hash makes no
-call at all.
+the ``bot_state`` table, per application (bot/services/command_tree.py): a start whose tree
+matches the stored hash makes no call at all.
 """
 
 from __future__ import annotations
@@ -11,15 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from discord import app_commands
-from sqlalchemy import select
-
-from db.models import BotState
-from db.session import Database
 
 logger = logging.getLogger(__name__)
+
+
+class TreeHashStore(Protocol):
+    """Where the last synced tree's hash is kept (bot/services/command_tree.py)."""
+
+    async def stored(self, application_id: int | None) -> str | None: ...
+
+    async def store(self, application_id: int | None, value: str) -> None: ...
 
 
 def tree_payload(tree: app_commands.CommandTree[Any]) -> list[dict[str, Any]]:
@@ -33,29 +37,8 @@ def tree_hash(tree: app_commands.CommandTree[Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _state_key(application_id: int | None) -> str:
-    return f"command_tree_hash:{application_id or 0}"
-
-
-async def stored_hash(database: Database, application_id: int | None) -> str | None:
-    async with database.begin(readonly=True) as session:
-        row = await session.scalar(
-            select(BotState.value).where(BotState.key == _state_key(application_id))
-        )
-    return row
-
-
-async def store_hash(database: Database, application_id: int | None, value: str) -> None:
-    async with database.begin() as session:
-        row = await session.get(BotState, _state_key(application_id))
-        if row is None:
-            session.add(BotState(key=_state_key(application_id), value=value))
-        else:
-            row.value = value
-
-
 async def sync_if_changed(
-    tree: app_commands.CommandTree[Any], database: Database, application_id: int | None
+    tree: app_commands.CommandTree[Any], hashes: TreeHashStore, application_id: int | None
 ) -> bool:
     """Sync the global commands when their hash differs from the stored one.
 
@@ -63,21 +46,13 @@ async def sync_if_changed(
     the commands, so a failed sync is retried at the next start.
     """
     current = tree_hash(tree)
-    if await stored_hash(database, application_id) == current:
+    if await hashes.stored(application_id) == current:
         logger.info("command tree unchanged (%s), not syncing", current[:12])
         return False
     synced = await tree.sync()
-    await store_hash(database, application_id, current)
+    await hashes.store(application_id, current)
     logger.info("synced %d commands (tree %s)", len(synced), current[:12])
     return True
 
 
-async def forget_hash(database: Database, application_id: int | None) -> None:
-    """Force the next start to sync (e.g. after commands were removed by hand)."""
-    async with database.begin() as session:
-        row = await session.get(BotState, _state_key(application_id))
-        if row is not None:
-            await session.delete(row)
-
-
-__all__ = ["forget_hash", "sync_if_changed", "tree_hash", "tree_payload"]
+__all__ = ["TreeHashStore", "sync_if_changed", "tree_hash", "tree_payload"]

@@ -10,16 +10,10 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import (
-    FINAL_STATUSES,
-    AttemptOutcome,
-    JobAttempt,
-    JobOutput,
-    JobStatus,
-    RenderJob,
-)
+from db.models import AttemptOutcome, JobAttempt, JobOutput, RenderJob
 from db.queue import close_attempt
 from db.repositories.common import eq_or_null
+from kinds import FINAL_STATUSES, JobKind, JobStatus
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -75,7 +69,7 @@ async def recent_durations(
             select(RenderJob.started_at, RenderJob.finished_at)
             .where(
                 eq_or_null(RenderJob.guild_id, guild_id),
-                RenderJob.kind == "render",
+                RenderJob.kind == JobKind.RENDER,
                 RenderJob.started_at.is_not(None),
                 RenderJob.finished_at.is_not(None),
             )
@@ -272,7 +266,9 @@ class JobErasure:
 async def _delete_where(session: AsyncSession, condition: Any) -> JobErasure:
     # What members call their renders: avatar creations' encode jobs go too, uncounted.
     renders = await session.scalar(
-        select(func.count()).select_from(RenderJob).where(condition, RenderJob.kind == "render")
+        select(func.count())
+        .select_from(RenderJob)
+        .where(condition, RenderJob.kind == JobKind.RENDER)
     )
     job_ids = select(RenderJob.id).where(condition).scalar_subquery()
     # Attempts cascade in the database; deleted explicitly too, like outputs, so the delete

@@ -28,11 +28,12 @@ from PIL import Image
 
 from engine.subject_checks.faces import FaceBox, FaceDetector, FaceEmbedder, log_once
 from engine.subject_checks.image_stats import measure
+from kinds import SubjectKind
 
 logger = logging.getLogger(__name__)
 
-PERSON = "person"
-KNOWN_KINDS = frozenset({"person", "pet", "object"})
+PERSON = SubjectKind.PERSON.value
+KNOWN_KINDS = frozenset(kind.value for kind in SubjectKind)
 
 # Blocking problem codes (stable: the service maps them to refusals).
 NO_FACE = "no_face"

@@ -11,7 +11,8 @@ import simcord
 
 from bot.app import AvatarBot, ShardedAvatarBot, create_bot
 from bot.errors import InternalError
-from bot.ui.sync import forget_hash, tree_hash
+from bot.services.command_tree import CommandTreeHashes
+from bot.ui.sync import tree_hash
 from tests.fixtures.discord import SIMCORD, World, bot_test_settings, create_avatar
 
 pytestmark = SIMCORD
@@ -50,7 +51,7 @@ async def test_commands_are_synced_only_when_the_tree_changed(world: World, bots
     assert listed.response.content.startswith("You have no avatar")
     assert tree_hash(world.bot.tree) == stored
 
-    await forget_hash(world.bot.database, world.bot.application_id)
+    await CommandTreeHashes(world.bot.database).forget(world.bot.application_id)
     old = world.bot
     await world.env.restart_bot(bots())
     await old.close()

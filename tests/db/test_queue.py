@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import JobStatus, RenderJob
+from db.models import RenderJob
 from db.queue import (
     CLAIM_SQL,
     claim_next,
@@ -20,6 +20,7 @@ from db.queue import (
     reset_orphans,
 )
 from db.session import Database
+from kinds import JobStatus
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = 60.0

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bot.errors import AvatarbotError
-from bot.services.ports import EnginePort, OutputPolicy, RenderSpec, SubjectKind
+from bot.services.ports import EnginePort, OutputPolicy, RenderSpec
 from engine.safety import (
     DIFFUSERS_NSFW_SCORE,
     DIFFUSERS_SAFETY_CHECKER,
@@ -26,6 +26,7 @@ from engine.safety import (
     has_diffusers_safety_checker,
     safety_checker_folder,
 )
+from kinds import SubjectKind
 
 
 def astronaut() -> Image.Image:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from bot.cogs.avatars.cog import AvatarsCog
 from bot.cogs.avatars.creation import CreationMessages
 from bot.ui.images import DEFAULT_FILESIZE_LIMIT
-from db.models import JobKind
+from kinds import JobKind
 
 if TYPE_CHECKING:
     from bot.app import AvatarBot

@@ -21,6 +21,7 @@ from bot.services.jobs import JobService
 from bot.services.results import CreationTicket, InteractionRef, JobView
 from bot.ui.errors import NO_MENTIONS
 from bot.ui.webhooks import edit_ref, is_transient
+from kinds import JobStatus
 
 from .views import avatar_embed, creation_summary, sheet_file
 
@@ -94,9 +95,9 @@ class CreationMessages:
         self._finished.discard(job_id)
 
     async def _post(self, job: JobView) -> None:
-        if job.status == "cancelled":
+        if job.status is JobStatus.CANCELLED:
             return
-        if job.status == "failed":
+        if job.status is JobStatus.FAILED:
             await self._private(job, job.error or "The avatar could not be created.")
             return
         try:

@@ -14,15 +14,16 @@ from bot.services.results import AvatarCreated, AvatarView, InteractionRef
 from bot.ui.errors import report_error
 from bot.ui.images import contact_sheet, fit_to_filesize
 from bot.ui.webhooks import interaction_ref
+from kinds import SubjectKind
 
 logger = logging.getLogger(__name__)
 
 MAX_PHOTOS = 10
 CONSENT_VALUE = "accepted"
 KIND_CHOICES = (
-    ("person", "A person", "Yourself, or someone who agreed"),
-    ("pet", "A pet", "A cat, a dog, a horse…"),
-    ("object", "An object", "A mug, a car, a plush toy…"),
+    (SubjectKind.PERSON.value, "A person", "Yourself, or someone who agreed"),
+    (SubjectKind.PET.value, "A pet", "A cat, a dog, a horse…"),
+    (SubjectKind.OBJECT.value, "An object", "A mug, a car, a plush toy…"),
 )
 
 # What the submitted form carries once its attachments are read.

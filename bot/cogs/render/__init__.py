@@ -14,7 +14,7 @@ from bot.cogs.render.cog import RenderCog
 from bot.cogs.render.delivery import Delivery
 from bot.cogs.render.progress import RenderMessages
 from bot.cogs.render.views import DYNAMIC_ITEMS, result_embed, result_view
-from db.models import JobKind
+from kinds import JobKind
 
 if TYPE_CHECKING:
     from bot.app import AvatarBot

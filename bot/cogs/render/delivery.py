@@ -23,12 +23,13 @@ from typing import Any
 
 import discord
 
-from bot.ops.metrics import Metrics
 from bot.services.jobs import JobService
+from bot.services.metrics_port import MetricsPort
 from bot.services.results import JobView
 from bot.services.safety import DeliveryPlan, delivery_plan
 from bot.ui.images import DEFAULT_FILESIZE_LIMIT, fit_all
 from bot.ui.webhooks import edit_ref, is_transient, ref_usable, webhook
+from kinds import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Delivery:
         *,
         result_embed: EmbedFactory,
         result_view: ViewFactory,
-        metrics: Metrics | None = None,
+        metrics: MetricsPort | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
@@ -90,9 +91,9 @@ class Delivery:
             raise
 
     async def _deliver(self, job: JobView) -> None:
-        if job.status == "done":
+        if job.status is JobStatus.DONE:
             await self._deliver_result(job)
-        elif job.status == "failed":
+        elif job.status is JobStatus.FAILED:
             text = f"Your render of “{_quote(job.prompt)}” failed. {job.error or ''}".strip()
             await self._send_private(job, text)
             await self.edit_progress(job, "This render failed; see the message below.")

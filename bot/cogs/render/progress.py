@@ -18,6 +18,7 @@ from bot.services.events import JobEventKind
 from bot.services.jobs import JobService
 from bot.services.results import InteractionRef, JobTicket, JobView
 from bot.ui.webhooks import edit_ref
+from kinds import JobStatus
 
 from .delivery import Delivery, DeliveryFailed
 from .views import cancel_view
@@ -76,7 +77,7 @@ class RenderMessages:
                     logger.warning(
                         "could not tell the member of job %s it was requeued: %s", job.id, exc
                     )
-            if job.status != "running":
+            if job.status is not JobStatus.RUNNING:
                 return
             self._shown[job.id] = RUNNING
             await self.delivery.edit_progress(
