@@ -9,18 +9,25 @@ scale-out bot (``run_worker=false``), built and set up for real, never imports t
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+
+# Tarjan's circles, with its own test that it finds them (bench's import rule uses it too).
+from tests.bench.test_bench_imports import circles
 
 FORBIDDEN = {
     "engine": {"discord", "db", "bot"},
     "bot.services": {"discord", "torch", "diffusers", "transformers"},
     "bot.ui": {"torch", "diffusers", "transformers", "bot.cogs"},
-    "db": {"discord", "torch", "diffusers", "transformers", "engine"},
+    "db": {"discord", "torch", "diffusers", "transformers", "engine", "bot"},
+    # The shared kinds sit below every layer: the standard library only.
+    "kinds": {"discord", "torch", "sqlalchemy", "pydantic", "PIL", "db", "engine", "bot"},
     "bot.errors": {"discord", "torch"},
     "bot.config": {"discord", "torch"},
 }
@@ -123,3 +130,190 @@ def test_the_runtime_never_loads_research_code() -> None:
         loaded & RESEARCH_MODULES
     )
     assert not leaked, f"importing bot, engine and db (every submodule) loaded {leaked}"
+
+
+# -- rules read from the import statements ---------------------------------------------------
+# A fresh interpreter shows what a package loads, not what it names: an import under
+# ``TYPE_CHECKING`` or inside a function ties the layers together all the same (bot.ui.jobs
+# named bot.app that way, a circle). These rules read every import statement of the product
+# packages, wherever it stands.
+
+PRODUCT = ("bot", "engine", "db", "kinds")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(path: Path, root: Path = Path()) -> set[str]:
+    """Every module ``path`` (relative to ``root``) imports (``from a.b import c`` names both
+    ``a.b`` and ``a.b.c``: ``c`` may be a submodule), relative imports made absolute."""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse((root / path).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_import_reader_sees_every_import_statement(tmp_path: Path) -> None:
+    """The static rules can fail: imports under TYPE_CHECKING, inside a function and relative
+    ones are all read, relative ones made absolute."""
+    package = tmp_path / "bot" / "ui"
+    package.mkdir(parents=True)
+    source = package / "mod.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from bot.app import AvatarBot\n"
+        "def f():\n"
+        "    import db.models\n"
+        "from ..cogs import render\n"
+        "from . import waker\n"
+    )
+    found = _imported(source.relative_to(tmp_path), root=tmp_path)
+    assert {"bot.app", "db.models", "bot.cogs.render", "bot.ui.waker"} <= found
+
+
+def _sources(package: str) -> list[Path]:
+    return sorted(Path(*package.split(".")).rglob("*.py"))
+
+
+def _within(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+# package -> modules its code must not import, in any import statement.
+STATIC_FORBIDDEN = {
+    # Shared Discord helpers: storage goes through the services, and the bot and its features
+    # are built on ui, never the other way round.
+    "bot.ui": ("db", "bot.app", "bot.cogs", "bot.cli"),
+    "db": ("bot", "engine", "discord"),
+    "engine": ("bot", "db", "discord"),
+    "kinds": ("bot", "db", "engine", "discord", "sqlalchemy", "torch", "pydantic"),
+}
+
+
+@pytest.mark.parametrize("package", sorted(STATIC_FORBIDDEN))
+def test_package_names_no_forbidden_module(package: str) -> None:
+    sources = _sources(package)
+    assert sources, f"no package {package} in the checkout"
+    found = sorted(
+        f"{path}: {name}"
+        for path in sources
+        for name in _imported(path)
+        if _within(name, STATIC_FORBIDDEN[package])
+    )
+    assert not found, f"{package} imports what its layer must not: {found}"
+
+
+# What the services may import from bot/: themselves and the foundation modules. Operations
+# code (metrics) comes in through a port (bot/services/metrics_port.py).
+SERVICES_MAY_IMPORT = ("bot.services", "bot.config", "bot.errors")
+
+
+def test_services_import_nothing_from_bot_outside_services_and_foundation() -> None:
+    found = sorted(
+        f"{path}: {name}"
+        for path in _sources("bot.services")
+        for name in _imported(path)
+        if _within(name, ("bot",)) and name != "bot" and not _within(name, SERVICES_MAY_IMPORT)
+    )
+    assert not found, f"bot.services imports from bot/ outside its layer: {found}"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = {_module_name(path): path for package in PRODUCT for path in _sources(package)}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in _imported(path):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+# Circles known and owned by later work of issue 22; this list may only shrink (the second test
+# fails once one is gone, so it is taken off).
+KNOWN_CIRCLES = {
+    # The engine's base <-> pipeline (one denoising loop per personalizer family).
+    frozenset({"engine.personalizers.base", "engine.pipeline"}),
+    # The render feature's cog -> progress -> views -> cog (its injected builders).
+    frozenset({"bot.cogs.render.cog", "bot.cogs.render.progress", "bot.cogs.render.views"}),
+}
+
+
+def test_no_import_circles_in_product_code() -> None:
+    new = [c for c in circles(_import_graph()) if frozenset(c) not in KNOWN_CIRCLES]
+    assert not new, f"import circles (any import statement, TYPE_CHECKING included): {new}"
+
+
+def test_the_known_circles_are_still_there() -> None:
+    gone = [sorted(c) for c in KNOWN_CIRCLES - {frozenset(c) for c in circles(_import_graph())}]
+    assert not gone, f"fixed circles to take off KNOWN_CIRCLES: {gone}"
+
+
+# -- the shared kinds, defined once and compared as enums --------------------------------------
+
+SHARED_KINDS = ("JobStatus", "JobKind", "AvatarStatus", "SubjectKind", "UnknownPersonalizer")
+# Former second definitions, by the names they had.
+FORMER_NAMES = ("AvatarKind", "ConceptKind")
+
+
+def test_the_shared_kinds_are_defined_only_in_kinds() -> None:
+    found = sorted(
+        f"{path}:{node.lineno}: {node.name}"
+        for package in ("bot", "engine", "db", "migrations")
+        for path in _sources(package)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef) and node.name in (*SHARED_KINDS, *FORMER_NAMES)
+    )
+    assert not found, f"a shared kind defined again outside kinds/: {found}"
+
+
+def _kind_values() -> set[str]:
+    from kinds import AvatarStatus, JobKind, JobStatus, SubjectKind
+
+    return {str(v) for kind in (JobStatus, JobKind, AvatarStatus, SubjectKind) for v in kind}
+
+
+def _string_constants(node: ast.expr) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return [s for element in node.elts for s in _string_constants(element)]
+    return []
+
+
+def _names_a_kind(node: ast.expr) -> bool:
+    name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+    return name.endswith(("status", "kind"))
+
+
+def test_no_status_or_kind_is_compared_as_a_string() -> None:
+    """``job.status == "done"`` keeps working when the enum's value changes and a typo
+    compares False forever; the enum cannot drift."""
+    values = _kind_values()
+    found = []
+    for package in ("bot", "engine", "db"):
+        for path in _sources(package):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.Compare):
+                    continue
+                operands = [node.left, *node.comparators]
+                if any(_names_a_kind(o) for o in operands) and any(
+                    s in values for o in operands for s in _string_constants(o)
+                ):
+                    found.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, f"statuses or kinds compared as strings: {found}"
