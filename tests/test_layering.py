@@ -249,8 +249,6 @@ def _import_graph() -> dict[str, set[str]]:
 KNOWN_CIRCLES = {
     # The engine's base <-> pipeline (one denoising loop per personalizer family).
     frozenset({"engine.personalizers.base", "engine.pipeline"}),
-    # The render feature's cog -> progress -> views -> cog (its injected builders).
-    frozenset({"bot.cogs.render.cog", "bot.cogs.render.progress", "bot.cogs.render.views"}),
 }
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from bot.cogs.render.cog import RenderCog
 from bot.cogs.render.delivery import Delivery
 from bot.cogs.render.progress import RenderMessages
-from bot.cogs.render.views import DYNAMIC_ITEMS, result_embed, result_view
+from bot.cogs.render.views import DYNAMIC_ITEMS
 from kinds import JobKind
 
 if TYPE_CHECKING:
@@ -22,13 +22,7 @@ if TYPE_CHECKING:
 
 async def setup(bot: AvatarBot) -> None:
     jobs = bot.services.jobs
-    delivery = Delivery(
-        bot,
-        jobs,
-        result_embed=result_embed,
-        result_view=result_view,
-        metrics=bot.services.metrics,
-    )
+    delivery = Delivery(bot, jobs, metrics=bot.services.metrics)
     messages = RenderMessages(bot, jobs, delivery)
     await bot.add_cog(RenderCog(bot, messages))
     # Buttons on messages posted before any restart are matched by their custom_id pattern.

@@ -31,10 +31,9 @@ from bot.ui.images import DEFAULT_FILESIZE_LIMIT, fit_all
 from bot.ui.webhooks import edit_ref, is_transient, ref_usable, webhook
 from kinds import JobStatus
 
-logger = logging.getLogger(__name__)
+from .views import result_embed, result_view
 
-ViewFactory = Callable[[JobView], discord.ui.View]
-EmbedFactory = Callable[[JobView], discord.Embed]
+logger = logging.getLogger(__name__)
 
 
 def only_member(user_id: int) -> discord.AllowedMentions:
@@ -49,22 +48,18 @@ class DeliveryFailed(Exception):
 
 
 class Delivery:
-    """Sends render results and notices; the look (embed, buttons) comes from the arguments."""
+    """Sends render results and notices (their embed and buttons: views.py)."""
 
     def __init__(
         self,
         client: discord.Client,
         jobs: JobService,
         *,
-        result_embed: EmbedFactory,
-        result_view: ViewFactory,
         metrics: MetricsPort | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._jobs = jobs
-        self._result_embed = result_embed
-        self._result_view = result_view
         # The upload limit each job's interaction announced (in-memory: after a restart the
         # guild's limit, or Discord's default, applies).
         self._filesize_limits: dict[int, int] = {}
@@ -136,7 +131,7 @@ class Delivery:
                 for (index, _, spoiler), f in zip(plan.posted, fitted, strict=True)
             ]
 
-        view = self._result_view(job)
+        view = result_view(job)
         # Its buttons are DynamicItems the bot recognises by custom_id after any restart; a
         # stopped view is not kept in memory per message as well.
         view.stop()
@@ -144,7 +139,7 @@ class Delivery:
             job,
             public=True,
             content=f"<@{job.user_id}>",
-            embed=self._result_embed(job),
+            embed=result_embed(job),
             files=files,
             view=view,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import discord
 
@@ -67,23 +67,37 @@ class JobButton(
         raise NotImplementedError
 
 
+class Renderer(Protocol):
+    """What the buttons need of the render cog (bot/cogs/render/cog.py), which imports this
+    module: named by what it does, so this module does not import the cog back (a circle)."""
+
+    async def again(
+        self, interaction: discord.Interaction, job_id: int, *, variations: bool
+    ) -> None: ...
+
+
+def _renderer(bot: AvatarBot) -> Renderer:
+    cog = bot.get_cog("RenderCog")
+    if cog is None:
+        raise RuntimeError("the render cog is not loaded")
+    # Not an isinstance check: discord.py re-imports an extension's modules when a bot loads it
+    # again (a restart in tests), so the cog's class object may be a newer copy.
+    return cast(Renderer, cog)
+
+
 class RerollButton(JobButton, template=r"avatarbot:reroll:(?P<job>[0-9]+)"):
     action, label, emoji = "reroll", "Reroll", "🎲"
     style = discord.ButtonStyle.primary
 
     async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
-        from bot.cogs.render.cog import RenderCog  # the cog imports this module
-
-        await RenderCog.of(interaction).again(interaction, self.job_id, variations=False)
+        await _renderer(bot).again(interaction, self.job_id, variations=False)
 
 
 class VariationsButton(JobButton, template=r"avatarbot:vary:(?P<job>[0-9]+)"):
     action, label, emoji = "vary", "Variations", "🔀"
 
     async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
-        from bot.cogs.render.cog import RenderCog  # the cog imports this module
-
-        await RenderCog.of(interaction).again(interaction, self.job_id, variations=True)
+        await _renderer(bot).again(interaction, self.job_id, variations=True)
 
 
 class DeleteButton(JobButton, template=r"avatarbot:delete:(?P<job>[0-9]+)"):
