@@ -203,7 +203,7 @@ def test_the_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 async def test_random_weights_without_thresholds_embed_and_decide_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO)
     engine = FixedEmbeddings(prompts={"x": unit(always=1.0)}, thresholds=None, random_weights=True)
     screen = SemanticScreen(engine)  # type: ignore[arg-type]
     assert "refuses nothing" in caplog.text  # said at startup
