@@ -47,6 +47,7 @@ from importlib import resources
 from bot.errors import InvalidInput, PromptRefused
 from bot.services.blocklist_match import PromptBlocklist, compile_entry, is_pattern
 from bot.services.prompt_text import tokens
+from bot.services.sectioned_text import read_sections
 
 logger = logging.getLogger(__name__)
 
@@ -95,27 +96,27 @@ class DefaultBlocklist:
 def parse_blocklist(text: str) -> DefaultBlocklist:
     """Parse the data file's format (see its header). Raises ``ValueError`` on an unknown
     section, an entry outside any section or a pattern that does not compile."""
-    sections: dict[str, list[str]] = {c: [] for c in (*CATEGORIES, EXCEPTIONS)}
-    current: str | None = None
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if " #" in line and not (line.startswith("/") and line.endswith("/")):
-            line = line.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
-            continue
-        header = re.fullmatch(r"\[(\w+)\]", line)
-        if header:
-            current = header.group(1)
-            if current not in sections:
-                raise ValueError(f"line {number}: unknown section [{current}]")
-            continue
-        if current is None:
-            raise ValueError(f"line {number}: entry before any [section]")
-        if current == EXCEPTIONS and is_pattern(line):
+    sections = read_sections(
+        text, (*CATEGORIES, EXCEPTIONS), item="entry", strip_comment=_strip_comment
+    )
+    for number, line in sections[EXCEPTIONS]:
+        if is_pattern(line):
             raise ValueError(f"line {number}: [{EXCEPTIONS}] holds phrases, not patterns")
-        compile_entry(line)  # raises for a bad pattern
-        sections[current].append(line)
-    return DefaultBlocklist({k: tuple(v) for k, v in sections.items()})
+    for entries in sections.values():
+        for number, line in entries:
+            try:
+                compile_entry(line)  # raises for a bad pattern
+            except ValueError as exc:
+                raise ValueError(f"line {number}: {exc}") from exc
+    return DefaultBlocklist({k: tuple(line for _, line in v) for k, v in sections.items()})
+
+
+def _strip_comment(line: str) -> str:
+    """Anything after `` #`` is a comment, except in a ``/pattern/`` (where `` #`` may be
+    part of the pattern)."""
+    if " #" in line and not (line.startswith("/") and line.endswith("/")):
+        return line.split(" #", 1)[0].strip()
+    return line
 
 
 @lru_cache(maxsize=1)

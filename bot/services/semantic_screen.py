@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +38,7 @@ import numpy as np
 from bot.config import SemanticScreenSettings
 from bot.errors import AvatarbotError, PromptScreened
 from bot.services.ports import EnginePort, TextScreenFacts
+from bot.services.sectioned_text import read_sections
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +95,10 @@ class Concepts:
 def parse_concepts(text: str) -> Concepts:
     """The data file's format (see its header). Raises ``ValueError`` naming the line of an
     unknown section or a phrase outside any; every category needs at least one phrase."""
-    sections: dict[str, list[str]] = {s: [] for s in _SECTIONS}
-    current: str | None = None
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        header = re.fullmatch(r"\[(\w+)\]", line)
-        if header:
-            current = header.group(1)
-            if current not in sections:
-                raise ValueError(f"line {number}: unknown section [{current}]")
-            continue
-        if current is None:
-            raise ValueError(f"line {number}: phrase before any [section]")
-        sections[current].append(" ".join(line.split()))
+    sections = {
+        name: [" ".join(line.split()) for _, line in entries]
+        for name, entries in read_sections(text, _SECTIONS, item="phrase").items()
+    }
     empty = [c for c in CATEGORIES if not sections[c]]
     if empty:
         raise ValueError(f"no phrases in [{'], ['.join(empty)}]")
