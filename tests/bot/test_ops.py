@@ -60,7 +60,7 @@ def names(samples: Samples) -> set[str]:
 async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
     async def wait() -> None:
         while not await condition():
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # poll: another process (worker) serves the endpoint
 
     try:
         await asyncio.wait_for(wait(), WAIT)

@@ -211,7 +211,7 @@ async def test_concurrent_claims_never_share_a_job(database: Database) -> None:
                     return got
                 got.append(job.id)
                 # Hold the claim open a moment so the others must get past it.
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # poll: holds the claim open; not a wait on a task
 
     results = await asyncio.gather(*(claimer(f"w{i}") for i in range(8)))
     claimed = [job_id for got in results for job_id in got]

@@ -47,7 +47,7 @@ async def test_sigkill_mid_render_then_restart(
             if view.status == "running" and view.progress > 0:
                 break
             assert victim.poll() is None, "the worker died on its own"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # poll: the worker is another process (SIGKILLed below)
         else:
             raise AssertionError("the worker never started rendering")
     finally:
