@@ -205,6 +205,31 @@ def prepare_latents(
     return latents, generators
 
 
+class StableDiffusionPersonalizer(Personalizer):
+    """A personalizer of the Stable Diffusion family: it conditions the shared pipeline
+    (``prepare``) and renders through this module's denoising loop."""
+
+    def run_batch(
+        self,
+        pipe: Any,
+        samples: Sequence[RenderRequest],
+        seeds: Sequence[int],
+        *,
+        scheduler_config: Any,
+        on_step: StepCallback | None = None,
+        buckets: Sequence[int] = (),
+    ) -> BatchOutcome:
+        return run_batch(
+            pipe,
+            self,
+            samples,
+            seeds,
+            scheduler_config=scheduler_config,
+            on_step=on_step,
+            buckets=buckets,
+        )
+
+
 def run_batch(
     pipe: StableDiffusionPipeline,
     personalizer: Personalizer,

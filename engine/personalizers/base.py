@@ -1,7 +1,9 @@
 """The personalizer plug-in interface.
 
-A personalizer turns a concept's photos into ``ConceptFeatures`` (``encode``) and, for a batch
-of samples, tells the shared Stable Diffusion pipeline how to condition on them (``prepare``).
+A personalizer turns a concept's photos into ``ConceptFeatures`` (``encode``) and renders a
+batch of samples (``run_batch``); the Stable Diffusion family (``engine.pipeline.
+StableDiffusionPersonalizer``) does it by telling the shared pipeline how to condition on
+them (``prepare``).
 Every personalizer of a profile shares ONE diffusers ``StableDiffusionPipeline``; a
 personalizer changes the UNet's behaviour only inside the context its ``prepare`` returns
 (swapping attention processors, as diffusers' own IP-Adapter does) and restores it on exit, so
@@ -151,6 +153,7 @@ class Personalizer(ABC):
         for subject in request.extra_subjects:
             subject.require_encoder(self.encoder_id)
 
+    @abstractmethod
     def run_batch(
         self,
         pipe: Any,
@@ -163,21 +166,12 @@ class Personalizer(ABC):
     ) -> BatchOutcome:
         """Render one batch that passed ``check``: ``samples[i]`` with ``seeds[i]``.
 
-        The default is the shared Stable Diffusion pipeline conditioned by ``prepare``;
-        personalizers with a pipeline of their own (FLUX.2) override this. ``buckets``, when
-        given, are the only batch sizes the (compiled) denoiser may see.
+        Each personalizer family owns its denoising loop: the Stable Diffusion family inherits
+        it from ``engine.pipeline.StableDiffusionPersonalizer`` (the shared pipeline
+        conditioned by ``prepare``); FLUX.2 runs its own pipeline. Defined there, not here, so
+        this interface does not import the pipeline that imports it. ``buckets``, when given,
+        are the only batch sizes the (compiled) denoiser may see.
         """
-        from engine.pipeline import run_batch
-
-        return run_batch(
-            pipe,
-            self,
-            samples,
-            seeds,
-            scheduler_config=scheduler_config,
-            on_step=on_step,
-            buckets=buckets,
-        )
 
     def processor_maps(self) -> Sequence[dict[str, Any]]:
         """The attention-processor maps this personalizer installs on the UNet (by module

@@ -28,13 +28,12 @@ from engine.personalizers import register_personalizer
 from engine.personalizers.base import (
     DenoiseBatch,
     LoadContext,
-    Personalizer,
     PreparedConditioning,
     crop_box,
     faces_of,
 )
 from engine.personalizers.ip_adapter_attention import PerSampleIPAdapterAttnProcessor
-from engine.pipeline import make_batch_invariant
+from engine.pipeline import StableDiffusionPersonalizer, make_batch_invariant
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ _ENCODING_VERSION = "1"
 DEFAULT_FACE_MARGIN = 0.5
 
 
-class IPAdapterPersonalizer(Personalizer):
+class IPAdapterPersonalizer(StableDiffusionPersonalizer):
     name = "ip-adapter"
 
     def __init__(

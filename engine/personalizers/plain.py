@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import InvalidRequest
 from engine.personalizers import register_personalizer
 from engine.personalizers.base import DenoiseBatch, LoadContext, Personalizer, PreparedConditioning
+from engine.pipeline import StableDiffusionPersonalizer
 from engine.types import ConceptFeatures, ConceptKind
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from engine.subject_checks import FaceBox
 
 
-class PlainPersonalizer(Personalizer):
+class PlainPersonalizer(StableDiffusionPersonalizer):
     name = "none"
     encoder_id = "none"
     needs_features = False

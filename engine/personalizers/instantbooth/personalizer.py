@@ -25,7 +25,6 @@ from engine.errors import CorruptFeatures, MissingWeights
 from engine.personalizers.base import (
     DenoiseBatch,
     LoadContext,
-    Personalizer,
     PreparedConditioning,
 )
 from engine.personalizers.instantbooth.adapters import (
@@ -41,6 +40,7 @@ from engine.personalizers.instantbooth.encoders import (
     vit_l14_image_encoder,
 )
 from engine.personalizers.instantbooth.model import InstantBoothModel, concept_features
+from engine.pipeline import StableDiffusionPersonalizer, make_batch_invariant
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ TRAIN_HINT = (
 )
 
 
-class InstantBoothPersonalizer(Personalizer):
+class InstantBoothPersonalizer(StableDiffusionPersonalizer):
     name = NAME
 
     def __init__(
@@ -219,8 +219,6 @@ def load_personalizer(ctx: LoadContext) -> InstantBoothPersonalizer:
     _ = model.weights_digest  # the id names the weights as stored, before any dtype cast
     model.to(ctx.device, ctx.dtype)
     if ctx.batch_invariant:
-        from engine.pipeline import make_batch_invariant
-
         # The concept head sees one row per photo: row-wise, N photos encode like N single ones.
         make_batch_invariant(model)
     image_encoder.to(ctx.device, ctx.dtype)
