@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Loaded in this order; each package's ``setup`` adds its cog (and its persistent buttons).
+# Each package's ``setup`` adds its cog (and its persistent buttons); the order does not matter.
 COGS = ("bot.cogs.avatars", "bot.cogs.render", "bot.cogs.admin")
 DISPATCHER_WAKE_EVENT = "avatarbot_dispatcher_wake"
 
@@ -129,7 +129,9 @@ class AvatarBot(commands.Bot):
             metrics=self.metrics,
         )
         for name in COGS:
-            await self.load_extension(name)
+            # A feature may load one it builds on itself (render loads avatars' /avatar group).
+            if name not in self.extensions:
+                await self.load_extension(name)
         if self._sync_commands:
             hashes = CommandTreeHashes(self._database)
             await sync_if_changed(self.tree, hashes, self.application_id)

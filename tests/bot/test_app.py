@@ -10,10 +10,16 @@ import pytest
 import simcord
 
 from bot.app import AvatarBot, ShardedAvatarBot, create_bot
-from bot.errors import InternalError
+from bot.errors import InternalError, NotFound
 from bot.services.command_tree import CommandTreeHashes
 from bot.ui.sync import tree_hash
-from tests.fixtures.discord import SIMCORD, World, bot_test_settings, create_avatar
+from tests.fixtures.discord import (
+    SIMCORD,
+    World,
+    bot_test_settings,
+    create_avatar,
+    expect_errors,
+)
 
 pytestmark = SIMCORD
 
@@ -115,3 +121,33 @@ def test_run_without_a_token_explains_where_to_get_one(tmp_path: Path, monkeypat
     monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path))
     assert main(["run"]) == 2
     assert "AVATARBOT_DISCORD_TOKEN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("bot.cogs.avatars", "bot.cogs.render", "bot.cogs.admin"),
+        ("bot.cogs.render", "bot.cogs.avatars", "bot.cogs.admin"),
+        ("bot.cogs.admin", "bot.cogs.render", "bot.cogs.avatars"),
+    ],
+)
+async def test_the_cogs_load_in_any_order_to_the_same_tree(world: World, order) -> None:
+    bot = world.bot
+    stored = tree_hash(bot.tree)
+    # Unloaded dependent first: render's command leaves the /avatar group before it goes.
+    for name in ("bot.cogs.admin", "bot.cogs.render", "bot.cogs.avatars"):
+        await bot.unload_extension(name)
+    assert bot.tree.get_command("avatar") is None
+
+    for name in order:
+        if name not in bot.extensions:  # render loads avatars itself when it comes first
+            await bot.load_extension(name)
+
+    group = bot.tree.get_command("avatar")
+    assert isinstance(group, discord.app_commands.Group)
+    assert group.get_command("render") is not None
+    assert tree_hash(bot.tree) == stored
+    # The reloaded cogs answer it: the render cog's handler asks the reloaded services.
+    rendered = await world.alice.slash(world.channel, "avatar render", avatar="Nobody", prompt="x")
+    assert rendered.response.content == "You have no avatar by that name. See /avatar list."
+    expect_errors(world.env, NotFound)

@@ -93,7 +93,7 @@ class AuditCommands(_MixinBase):
     @app_commands.describe(limit="How many entries, newest first")
     async def audit(
         self,
-        interaction: discord.Interaction,
+        interaction: discord.Interaction[AvatarBot],
         limit: app_commands.Range[int, 1, MAX_AUDIT_ROWS] = 20,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)

@@ -73,7 +73,7 @@ class BlocklistCommands(_CogBase):
     @app_commands.describe(term="A word or phrase, or a /regular expression/ (RE2 syntax)")
     async def blocklist_add(
         self,
-        interaction: discord.Interaction,
+        interaction: discord.Interaction[AvatarBot],
         term: app_commands.Range[str, 1, MAX_TERM_CHARS],
     ) -> None:
         await self._change_blocklist(interaction, term, add=True)
@@ -84,13 +84,13 @@ class BlocklistCommands(_CogBase):
     @app_commands.describe(term="The word or /pattern/ as it is listed")
     async def blocklist_remove(
         self,
-        interaction: discord.Interaction,
+        interaction: discord.Interaction[AvatarBot],
         term: app_commands.Range[str, 1, MAX_TERM_CHARS],
     ) -> None:
         await self._change_blocklist(interaction, term, add=False)
 
     async def _change_blocklist(
-        self, interaction: discord.Interaction, term: str, *, add: bool
+        self, interaction: discord.Interaction[AvatarBot], term: str, *, add: bool
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
@@ -108,7 +108,7 @@ class BlocklistCommands(_CogBase):
         )
 
     @blocklist.command(name="show", description="This server's prompt blocklist")
-    async def blocklist_show(self, interaction: discord.Interaction) -> None:
+    async def blocklist_show(self, interaction: discord.Interaction[AvatarBot]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
         view = await self.bot.services.blocklist.show(

@@ -103,7 +103,7 @@ class AdminCog(
     def __init__(self, bot: AvatarBot) -> None:
         self.bot = bot
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: discord.Interaction[AvatarBot]) -> bool:  # type: ignore[override]
         if interaction.guild_id is None:
             raise app_commands.NoPrivateMessage()
         if not interaction.permissions.manage_guild:
@@ -118,7 +118,7 @@ class AdminCog(
     quota = app_commands.Group(name="quota", description="This server's quotas")
 
     @quota.command(name="show", description="Show this server's quotas")
-    async def quota_show(self, interaction: discord.Interaction) -> None:
+    async def quota_show(self, interaction: discord.Interaction[AvatarBot]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         quotas = await self.bot.services.quotas.get(interaction.guild_id)
         await interaction.followup.send(quotas_text(quotas), ephemeral=True)
@@ -128,7 +128,7 @@ class AdminCog(
     @app_commands.choices(setting=SETTING_CHOICES)
     async def quota_set(
         self,
-        interaction: discord.Interaction,
+        interaction: discord.Interaction[AvatarBot],
         setting: app_commands.Choice[str],
         value: app_commands.Range[int, 0, 100_000] | None = None,
     ) -> None:
@@ -150,7 +150,7 @@ class AdminCog(
     @app_commands.describe(personalizer="How new avatars learn a face or object in this server")
     @app_commands.choices(personalizer=PERSONALIZER_CHOICES)
     async def quota_personalizer(
-        self, interaction: discord.Interaction, personalizer: app_commands.Choice[str]
+        self, interaction: discord.Interaction[AvatarBot], personalizer: app_commands.Choice[str]
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
@@ -166,7 +166,7 @@ class AdminCog(
     @app_commands.describe(member="Only this member", days="How many days back, today included")
     async def usage(
         self,
-        interaction: discord.Interaction,
+        interaction: discord.Interaction[AvatarBot],
         member: discord.Member | None = None,
         days: app_commands.Range[int, 1, 90] = 7,
     ) -> None:
@@ -206,7 +206,7 @@ class AdminCog(
     )
     async def grant(
         self,
-        interaction: discord.Interaction,
+        interaction: discord.Interaction[AvatarBot],
         member: discord.Member,
         amount: app_commands.Range[int, 1, 1000],
     ) -> None:
@@ -227,7 +227,9 @@ class AdminCog(
 
     @app_commands.command(name="purge", description="Remove a member's renders in this server")
     @app_commands.describe(member="Whose renders (their avatars stay theirs)")
-    async def purge(self, interaction: discord.Interaction, member: discord.Member) -> None:
+    async def purge(
+        self, interaction: discord.Interaction[AvatarBot], member: discord.Member
+    ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
         answer, message = await ask(

@@ -57,7 +57,7 @@ class SafetyCommands(_CogBase):
     @app_commands.describe(policy="Block them (default) or post them as spoilers")
     @app_commands.choices(policy=POLICY_CHOICES)
     async def safety_policy(
-        self, interaction: discord.Interaction, policy: app_commands.Choice[str]
+        self, interaction: discord.Interaction[AvatarBot], policy: app_commands.Choice[str]
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
@@ -76,7 +76,7 @@ class SafetyCommands(_CogBase):
     @safety.command(name="show", description="The output check's settings and recent counts")
     @app_commands.describe(days="How many days back (renders still kept)")
     async def safety_show(
-        self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 30] = 7
+        self, interaction: discord.Interaction[AvatarBot], days: app_commands.Range[int, 1, 30] = 7
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None

@@ -51,11 +51,11 @@ Server managers: `/avatar-admin quota show|set`, `/avatar-admin usage`, `/avatar
 
 
 async def avatar_name_autocomplete(
-    interaction: discord.Interaction, current: str
+    interaction: discord.Interaction[AvatarBot], current: str
 ) -> list[app_commands.Choice[str]]:
     """The member's own avatars whose name starts with what they typed (no defer possible:
     autocomplete must answer directly, and this is one indexed read)."""
-    bot: AvatarBot = interaction.client  # type: ignore[assignment]
+    bot = interaction.client
     try:
         names = await bot.services.avatars.names(interaction.user.id, current, 25)
     except AvatarbotError:
@@ -75,7 +75,7 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
     # -------------------------------------------------------------------- create
 
     @app_commands.command(name="create", description="Create an avatar from 1–10 photos")
-    async def create(self, interaction: discord.Interaction) -> None:
+    async def create(self, interaction: discord.Interaction[AvatarBot]) -> None:
         # A modal must be the first answer: no database work before it (the limits it shows
         # are the configured defaults; the service checks the guild's own on submit).
         modal = CreateAvatarModal(
@@ -87,7 +87,7 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
 
     async def _finish_create(
         self,
-        interaction: discord.Interaction,
+        interaction: discord.Interaction[AvatarBot],
         ref: InteractionRef,
         name: str,
         kind: str,
@@ -111,7 +111,7 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
     # -------------------------------------------------------------------- reading
 
     @app_commands.command(name="list", description="Your avatars")
-    async def list_avatars(self, interaction: discord.Interaction) -> None:
+    async def list_avatars(self, interaction: discord.Interaction[AvatarBot]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         avatars = await self.services.avatars.list(interaction.user.id)
         if not avatars:
@@ -131,7 +131,7 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
     @app_commands.command(name="show", description="One of your avatars, with its photos")
     @app_commands.describe(avatar="Which avatar")
     @app_commands.autocomplete(avatar=avatar_name_autocomplete)
-    async def show(self, interaction: discord.Interaction, avatar: str) -> None:
+    async def show(self, interaction: discord.Interaction[AvatarBot], avatar: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         view = await self.services.avatars.get(interaction.user.id, avatar)
         photos = await self.services.avatars.photos(interaction.user.id, view.name)
@@ -147,7 +147,7 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
     @app_commands.autocomplete(avatar=avatar_name_autocomplete)
     async def rename(
         self,
-        interaction: discord.Interaction,
+        interaction: discord.Interaction[AvatarBot],
         avatar: str,
         new_name: app_commands.Range[str, 1, 32],
     ) -> None:
@@ -162,7 +162,7 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
     @app_commands.command(name="delete", description="Delete one of your avatars and its photos")
     @app_commands.describe(avatar="Which avatar")
     @app_commands.autocomplete(avatar=avatar_name_autocomplete)
-    async def delete(self, interaction: discord.Interaction, avatar: str) -> None:
+    async def delete(self, interaction: discord.Interaction[AvatarBot], avatar: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         view = await self.services.avatars.get(interaction.user.id, avatar)
         name = discord.utils.escape_markdown(view.name)
@@ -177,7 +177,7 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
         await message.edit(content=f"**{name}** is deleted, photos and all.", view=None)
 
     @app_commands.command(name="forget-me", description="Erase everything the bot keeps about you")
-    async def forget_me(self, interaction: discord.Interaction) -> None:
+    async def forget_me(self, interaction: discord.Interaction[AvatarBot]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         answer, message = await ask(
             interaction,
@@ -200,7 +200,7 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
     # -------------------------------------------------------------------- info
 
     @app_commands.command(name="usage", description="Your renders left today")
-    async def usage(self, interaction: discord.Interaction) -> None:
+    async def usage(self, interaction: discord.Interaction[AvatarBot]) -> None:
         if interaction.guild_id is None:
             await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
             return
@@ -213,5 +213,5 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
         )
 
     @app_commands.command(name="help", description="How avatarbot works")
-    async def help(self, interaction: discord.Interaction) -> None:
+    async def help(self, interaction: discord.Interaction[AvatarBot]) -> None:
         await interaction.response.send_message(HELP_TEXT, ephemeral=True)

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import discord
 
+from bot.app import AvatarBot
+from bot.cogs.interactions import is_avatarbot
 from bot.services.avatars import CONSENT_TEXT
 from bot.services.results import AvatarCreated, AvatarView, InteractionRef
 from bot.ui.errors import report_error
@@ -26,10 +28,11 @@ KIND_CHOICES = (
     (SubjectKind.OBJECT.value, "An object", "A mug, a car, a plush toy…"),
 )
 
-# What the submitted form carries once its attachments are read.
+# What the submitted form carries once its attachments are read. (AvatarBot is imported at
+# run time: this alias is evaluated when the module loads.)
 Uploaded = list[tuple[str, bytes]]
 CreateHandler = Callable[
-    [discord.Interaction, InteractionRef, str, str, Uploaded, bool], Awaitable[None]
+    [discord.Interaction[AvatarBot], InteractionRef, str, str, Uploaded, bool], Awaitable[None]
 ]
 
 
@@ -84,6 +87,8 @@ class CreateAvatarModal(discord.ui.Modal, title="Create an avatar"):
         self.add_item(discord.ui.Label(text="Consent", component=self.consent_input))
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
+        if not is_avatarbot(interaction):
+            raise RuntimeError("the avatar form reached a client that is not avatarbot's bot")
         response = await interaction.response.defer(ephemeral=True, thinking=True)
         ref = interaction_ref(interaction, response)
         files = await read_attachments(self.photos_input.values, self._max_bytes)

@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from bot.app import AvatarBot
 
 
+# ``/avatar render`` joins the ``/avatar`` group that the avatars cog owns: the render feature
+# loads that feature itself when it is not loaded yet, so the cogs' load order does not matter.
+AVATARS_EXTENSION = "bot.cogs.avatars"
+
+
 async def setup(bot: AvatarBot) -> None:
+    if AVATARS_EXTENSION not in bot.extensions:
+        await bot.load_extension(AVATARS_EXTENSION)
     jobs = bot.services.jobs
     delivery = Delivery(bot, jobs, metrics=bot.services.metrics)
     messages = RenderMessages(bot, jobs, delivery)

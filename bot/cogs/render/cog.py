@@ -1,7 +1,8 @@
 """``/avatar render`` and the Reroll/Variations buttons: queue a job, show its place in line.
 
 The command joins the ``/avatar`` group owned by the avatars cog (one group, two features):
-it is a plain ``app_commands.Command`` added to that group when this cog loads. What happens
+it is a plain ``app_commands.Command`` added to that group when this cog loads (the package's
+``setup`` loads the avatars feature first when it is not loaded yet). What happens
 after the job is queued — progress, the result, notices — is ``RenderMessages``' work
 (progress.py), driven by job events through the bot's job feed.
 """
@@ -38,7 +39,7 @@ ASPECT_CHOICES = [
 ]
 
 
-def channel_is_age_restricted(interaction: discord.Interaction) -> bool:
+def channel_is_age_restricted(interaction: discord.Interaction[AvatarBot]) -> bool:
     """Whether the channel is marked age-restricted (NSFW); threads follow their parent."""
     channel = interaction.channel
     is_nsfw = getattr(channel, "is_nsfw", None)
@@ -61,7 +62,7 @@ def channel_is_age_restricted(interaction: discord.Interaction) -> bool:
 @app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES)
 @app_commands.autocomplete(avatar=avatar_name_autocomplete, with_avatar=avatar_name_autocomplete)
 async def render_command(
-    interaction: discord.Interaction,
+    interaction: discord.Interaction[AvatarBot],
     avatar: str,
     prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
     negative_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
@@ -106,9 +107,9 @@ class RenderCog(commands.Cog):
         self.messages = messages
 
     @staticmethod
-    def of(interaction: discord.Interaction) -> RenderCog:
+    def of(interaction: discord.Interaction[AvatarBot]) -> RenderCog:
         """The loaded cog, from an interaction's client."""
-        cog = interaction.client.get_cog("RenderCog")  # type: ignore[attr-defined]
+        cog = interaction.client.get_cog("RenderCog")
         if cog is None:
             raise RuntimeError("the render cog is not loaded")
         # Not an isinstance check: discord.py re-imports an extension's modules when a bot
@@ -118,7 +119,7 @@ class RenderCog(commands.Cog):
     async def cog_load(self) -> None:
         group = self.bot.tree.get_command("avatar")
         if not isinstance(group, app_commands.Group):
-            raise RuntimeError("the avatars cog must be loaded before the render cog")
+            raise RuntimeError("the /avatar group is missing: the avatars cog did not load")
         group.add_command(render_command)
 
     async def cog_unload(self) -> None:
@@ -127,7 +128,7 @@ class RenderCog(commands.Cog):
             group.remove_command(render_command.name)
 
     async def again(
-        self, interaction: discord.Interaction, job_id: int, *, variations: bool
+        self, interaction: discord.Interaction[AvatarBot], job_id: int, *, variations: bool
     ) -> None:
         """Reroll or Variations on a posted result: a new job from the old one (owner only)."""
         response = await interaction.response.defer(ephemeral=True, thinking=True)
@@ -156,6 +157,6 @@ class RenderCog(commands.Cog):
         await self.queued(interaction, ticket, ref)
 
     async def queued(
-        self, interaction: discord.Interaction, ticket: JobTicket, ref: InteractionRef
+        self, interaction: discord.Interaction[AvatarBot], ticket: JobTicket, ref: InteractionRef
     ) -> None:
         await self.messages.show_queued(ticket, ref, interaction.filesize_limit)

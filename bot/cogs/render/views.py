@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import discord
 
+from bot.cogs.interactions import is_avatarbot
 from bot.services.prompts import STYLE_PRESETS
 from bot.services.results import JobView
 from bot.ui.errors import report_error
@@ -59,11 +60,13 @@ class JobButton(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            await self.run(interaction, interaction.client)  # type: ignore[arg-type]
+            if not is_avatarbot(interaction):
+                raise RuntimeError("a render button reached a client that is not avatarbot's bot")
+            await self.run(interaction, interaction.client)
         except Exception as exc:
             await report_error(interaction, exc)
 
-    async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
+    async def run(self, interaction: discord.Interaction[AvatarBot], bot: AvatarBot) -> None:
         raise NotImplementedError
 
 
@@ -72,7 +75,7 @@ class Renderer(Protocol):
     module: named by what it does, so this module does not import the cog back (a circle)."""
 
     async def again(
-        self, interaction: discord.Interaction, job_id: int, *, variations: bool
+        self, interaction: discord.Interaction[AvatarBot], job_id: int, *, variations: bool
     ) -> None: ...
 
 
@@ -89,14 +92,14 @@ class RerollButton(JobButton, template=r"avatarbot:reroll:(?P<job>[0-9]+)"):
     action, label, emoji = "reroll", "Reroll", "🎲"
     style = discord.ButtonStyle.primary
 
-    async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
+    async def run(self, interaction: discord.Interaction[AvatarBot], bot: AvatarBot) -> None:
         await _renderer(bot).again(interaction, self.job_id, variations=False)
 
 
 class VariationsButton(JobButton, template=r"avatarbot:vary:(?P<job>[0-9]+)"):
     action, label, emoji = "vary", "Variations", "🔀"
 
-    async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
+    async def run(self, interaction: discord.Interaction[AvatarBot], bot: AvatarBot) -> None:
         await _renderer(bot).again(interaction, self.job_id, variations=True)
 
 
@@ -104,7 +107,7 @@ class DeleteButton(JobButton, template=r"avatarbot:delete:(?P<job>[0-9]+)"):
     action, label, emoji = "delete", "Delete", "🗑️"
     style = discord.ButtonStyle.danger
 
-    async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
+    async def run(self, interaction: discord.Interaction[AvatarBot], bot: AvatarBot) -> None:
         # Acknowledge first (an update of this message: nothing visible yet).
         await interaction.response.defer()
         await bot.services.renders.delete(interaction.user.id, self.job_id)
@@ -116,7 +119,7 @@ class CancelButton(JobButton, template=r"avatarbot:cancel:(?P<job>[0-9]+)"):
     action, label, emoji = "cancel", "Cancel", "✖️"
     style = discord.ButtonStyle.danger
 
-    async def run(self, interaction: discord.Interaction, bot: AvatarBot) -> None:
+    async def run(self, interaction: discord.Interaction[AvatarBot], bot: AvatarBot) -> None:
         await interaction.response.defer()
         view = await bot.services.renders.cancel(interaction.user.id, self.job_id)
         await interaction.edit_original_response(content=cancelled_message(view), view=None)
