@@ -248,10 +248,23 @@ def _load_detector() -> FaceDetector | None:
 
 
 class _Runner:
-    """The worker's view of the loaded model."""
+    """The worker's view of the loaded model, which ``load`` builds on the worker thread (so
+    the model is created, used and freed by one thread); the worker asks for nothing before."""
 
-    def __init__(self, model: LoadedModel) -> None:
-        self.model = model
+    def __init__(self, settings: EngineSettings, profile: Profile) -> None:
+        self._settings = settings
+        self._profile = profile
+        self._model: LoadedModel | None = None
+
+    @property
+    def model(self) -> LoadedModel:
+        assert self._model is not None, "the model is not loaded yet"
+        return self._model
+
+    def load(self) -> None:
+        """The worker's setup: load the profile, then compile the fast path's buckets."""
+        self._model = load_model(self._settings, self._profile)
+        self._warm_up()
 
     def personalizer(self, name: str) -> Personalizer:
         try:
@@ -278,10 +291,10 @@ class _Runner:
                 buckets=self.model.fast.buckets,
             )
 
-    def warm_up(self, settings: EngineSettings) -> None:
+    def _warm_up(self) -> None:
         """Compile every batch bucket for every personalizer at the native size, before the
         first request (on the model's thread; a no-op without a compiled fast path)."""
-        model = self.model
+        model, settings = self.model, self._settings
         if not model.fast.warmup:
             return
         size = model.profile.default_size
@@ -546,44 +559,16 @@ async def create_engine(settings: EngineSettings) -> DiffusionEngine:
     Raises ``UnknownProfile``, ``MissingWeights`` (with what is missing and how to get it) or
     ``UnknownPersonalizer`` when the profile cannot load.
     """
-    profile = resolve_profile(settings)
-    holder: dict[str, _Runner] = {}
-
-    def setup() -> None:
-        runner = _Runner(load_model(settings, profile))
-        holder["runner"] = runner
-        runner.warm_up(settings)
-
-    runner_proxy = _LazyRunner(holder)
+    runner = _Runner(settings, resolve_profile(settings))
     worker = Worker(
-        runner_proxy,
+        runner,
         max_batch=settings.max_batch,
         gather_window_ms=settings.gather_window_ms,
-        setup=setup,
+        setup=runner.load,
     )
     try:
         await worker.call(lambda: None)  # waits for setup; re-raises its failure
     except BaseException:
         await worker.aclose()
         raise
-    return DiffusionEngine(settings, worker, holder["runner"])
-
-
-class _LazyRunner:
-    """Forwards to the runner that the worker thread creates in its setup."""
-
-    def __init__(self, holder: dict[str, _Runner]) -> None:
-        self._holder = holder
-
-    def key(self, request: RenderRequest) -> Hashable:
-        return self._holder["runner"].key(request)
-
-    def run(
-        self, samples: Sequence[RenderRequest], seeds: Sequence[int], on_step: StepCallback
-    ) -> BatchOutcome:
-        return self._holder["runner"].run(samples, seeds, on_step)
-
-    def result(
-        self, request: RenderRequest, images: list[Any], timings: dict[str, float]
-    ) -> RenderResult:
-        return self._holder["runner"].result(request, images, timings)
+    return DiffusionEngine(settings, worker, runner)
