@@ -154,15 +154,38 @@ def select_scheduler_rows(scheduler: Any, keep: Sequence[int], batch: int) -> No
             setattr(scheduler, name, select(value))
 
 
-def check_inputs(samples: Sequence[RenderRequest], personalizer: Personalizer) -> None:
-    """One batch = compatible samples that this personalizer accepts."""
+def check_inputs(
+    samples: Sequence[RenderRequest], seeds: Sequence[int], personalizer: Personalizer
+) -> None:
+    """One batch = compatible samples that this personalizer accepts, a seed each."""
     if not samples:
         raise InvalidRequest("empty batch")
+    if len(seeds) != len(samples):
+        raise InvalidRequest(f"{len(samples)} samples but {len(seeds)} seeds")
     keys = {(s.batch_key, personalizer.batch_key(s)) for s in samples}
     if len(keys) != 1:
         raise InvalidRequest(f"incompatible requests in one batch: {sorted(map(str, keys))}")
     for sample in samples:
         personalizer.check(sample)
+
+
+def padded_batch(
+    samples: Sequence[RenderRequest], seeds: Sequence[int], buckets: Sequence[int]
+) -> tuple[list[RenderRequest], list[int]]:
+    """The batch padded up to its bucket (a compiled denoiser sees no other batch size) by
+    repeating its last sample and seed; the padding rows are computed and dropped."""
+    extra = (bucket_for(len(samples), buckets) if buckets else len(samples)) - len(samples)
+    return [*samples, *[samples[-1]] * extra], [*seeds, *[seeds[-1]] * extra]
+
+
+def seeded_noise(
+    seeds: Sequence[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """(len(seeds), *shape) noise from one CPU generator per image (the same on every device,
+    never depending on batch mates); the generators, advanced, go on to the scheduler."""
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    noise = randn_tensor((len(seeds), *shape), generator=generators, device=device, dtype=dtype)
+    return noise, generators
 
 
 def use_scheduler(pipe: StableDiffusionPipeline, name: str, base_config: Any) -> None:
@@ -192,17 +215,10 @@ def prepare_latents(
     width: int,
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """Initial noise from one CPU generator per image (the same noise on every device); the
-    generators, already advanced, go on to the scheduler's own noise."""
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    shape = (
-        len(seeds),
-        pipe.unet.config.in_channels,
-        height // pipe.vae_scale_factor,
-        width // pipe.vae_scale_factor,
-    )
-    latents = randn_tensor(shape, generator=generators, device=pipe._execution_device, dtype=dtype)
-    return latents, generators
+    """Initial latents, one seeded generator per image (``seeded_noise``)."""
+    factor = pipe.vae_scale_factor
+    shape = (pipe.unet.config.in_channels, height // factor, width // factor)
+    return seeded_noise(seeds, shape, pipe._execution_device, dtype)
 
 
 class StableDiffusionPersonalizer(Personalizer):
@@ -247,11 +263,9 @@ def run_batch(
     bucket, keeping some unwanted rows as padding: the denoiser never sees a new batch size.
     Padding rows are dropped from the outcome.
     """
-    check_inputs(samples, personalizer)
+    check_inputs(samples, seeds, personalizer)
     real = len(samples)
-    padded = bucket_for(real, buckets) if buckets else real
-    samples = [*samples, *[samples[-1]] * (padded - real)]
-    seeds = [*seeds, *[seeds[-1]] * (padded - real)]
+    samples, seeds = padded_batch(samples, seeds, buckets)
     first = samples[0]
     do_cfg = first.guidance > 1.0
     use_scheduler(pipe, first.scheduler, scheduler_config)

@@ -29,10 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image as PILImage
 
-from engine.acceleration import bucket_for
 from engine.errors import CorruptFeatures, InvalidRequest
 from engine.flux2.components import KLEIN_4B_TEXT_LAYERS, MAX_SEQUENCE_LENGTH
 from engine.flux2.loading import AvatarFlux2Pipeline
@@ -48,7 +46,7 @@ from engine.personalizers.base import (
     crop_box,
     faces_of,
 )
-from engine.pipeline import check_inputs
+from engine.pipeline import check_inputs, padded_batch, seeded_noise
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest
 
 if TYPE_CHECKING:
@@ -221,14 +219,9 @@ class Flux2KleinPersonalizer(Personalizer):
         buckets: Sequence[int] = (),
     ) -> BatchOutcome:
         """Render ``samples[i]`` with ``seeds[i]`` from cached reference latents."""
-        check_inputs(samples, self)
-        if len(seeds) != len(samples):
-            raise InvalidRequest(f"{len(samples)} samples but {len(seeds)} seeds")
+        check_inputs(samples, seeds, self)
         real = len(samples)
-        padded = bucket_for(real, buckets) if buckets else real
-        # Padding repeats the last sample; its rows are computed and dropped.
-        samples = [*samples, *[samples[-1]] * (padded - real)]
-        seeds = [*seeds, *[seeds[-1]] * (padded - real)]
+        samples, seeds = padded_batch(samples, seeds, buckets)
         first = samples[0]
         do_cfg = first.guidance > 1.0 and not pipe.config.is_distilled
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
@@ -241,7 +234,11 @@ class Flux2KleinPersonalizer(Personalizer):
         )
         dtype = prompt_embeds.dtype
         ref_latents, ref_ids = self.prepare_references(pipe, samples, device, dtype)
-        latents = self.prepare_latents(pipe, seeds, first.height, first.width, device, dtype)
+        # Initial noise as the stock pipeline draws it, (B, channels, h/16, w/16): the VAE
+        # downsamples 8x, the transformer reads 2x2 patches.
+        factor = pipe.vae_scale_factor * 2
+        shape = (self._channels, first.height // factor, first.width // factor)
+        latents, _ = seeded_noise(seeds, shape, device, dtype)
         interrupted = False
 
         def step_end(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -306,27 +303,6 @@ class Flux2KleinPersonalizer(Personalizer):
         ]
         ids = pipe._prepare_image_ids([ref[None] for ref in per_sample[0]])
         return torch.stack(rows).to(device=device, dtype=dtype), ids.to(device)
-
-    def prepare_latents(
-        self,
-        pipe: Any,
-        seeds: Sequence[int],
-        height: int,
-        width: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
-        """Initial noise from one CPU generator per image (the same noise on every device, and
-        an image's noise never depends on its batch mates): (B, channels, h/16, w/16), what
-        the stock pipeline draws from one generator."""
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        shape = (
-            len(seeds),
-            self._channels,
-            height // (pipe.vae_scale_factor * 2),
-            width // (pipe.vae_scale_factor * 2),
-        )
-        return randn_tensor(shape, generator=generators, device=device, dtype=dtype)
 
     def decode(self, pipe: Any, latents: torch.Tensor) -> list[Image]:
         """Images from final latents (the VAE slices them one by one in batch-invariant mode)."""
