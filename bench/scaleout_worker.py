@@ -1,12 +1,14 @@
 """One render worker process of the scale-out benchmark (bench/scaleout.py).
 
-    python -m bench.scaleout_worker PG_URL RENDER_SECONDS
+    python -m bench.scaleout_worker PG_URL RENDER_SECONDS [--render-log FILE] [--lease S] [--reap S]
 
 Builds the services on PostgreSQL with ``FixedTimeEngine`` (a render is a fixed sleep, so the
 benchmark measures the queue and the job runtime, not the CPU), starts the LISTEN/NOTIFY
 listener and the job loop with one slot, prints ``READY <worker id> <pid>`` once the loop runs
 and keeps running until SIGTERM or SIGINT; then it stops the loop (``Services.aclose``),
-prints ``STOPPED <renders> <encodes>`` and exits 0.
+prints ``STOPPED <renders> <encodes>`` and exits 0. ``--render-log`` appends one line per
+finished render to FILE (the fault-injection soak, bench/soak.py, counts renders per job from
+these files); ``--lease`` and ``--reap`` set the job loop's lease and reap periods.
 
 This module and the engine below import only ``bot.services``, ``bot.config`` and ``db``
 (never torch): eight of these processes share a small machine in the benchmark.
@@ -14,6 +16,7 @@ This module and the engine below import only ``bot.services``, ``bot.config`` an
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import logging
@@ -21,6 +24,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -62,11 +66,15 @@ class FixedTimeEngine:
     """An ``EnginePort`` whose render takes ``render_seconds`` of wall time and no CPU.
 
     ``inspect`` accepts every photo, ``encode`` returns fixed bytes tagged ``ENCODER_ID``,
-    ``render`` sleeps (reporting progress at the end) and returns ``spec.count`` tiny PNGs.
+    ``render`` sleeps (reporting progress at the end) and returns ``spec.settings.count`` tiny PNGs.
     """
 
-    def __init__(self, render_seconds: float) -> None:
+    def __init__(self, render_seconds: float, render_log: Path | None = None) -> None:
         self.render_seconds = render_seconds
+        # The soak's record (bench/soak.py): one ``<seed> <unix time>`` line per finished
+        # render, the file opened in append mode per line (a SIGKILL cuts one line at most).
+        # The soak gives every job its own seed, so the lines count each job's renders.
+        self.render_log = render_log
         self.renders = 0
         self.encodes = 0
 
@@ -103,7 +111,10 @@ class FixedTimeEngine:
         if progress is not None:
             progress(1.0)
         self.renders += 1
-        seeds = tuple(spec.seed + i for i in range(spec.count))
+        seeds = tuple(spec.settings.seed + i for i in range(spec.settings.count))
+        if self.render_log is not None:
+            with self.render_log.open("a") as log:
+                log.write(f"{seeds[0] if seeds else -1} {time.time():.6f}\n")
         return RenderOutput(
             pngs=tuple(tiny_png() for _ in seeds),
             seeds=seeds,
@@ -141,25 +152,28 @@ def bench_settings(data_dir: Path, database_url: str) -> Settings:
     )
 
 
-def worker_config(lease_seconds: float = 30.0) -> DispatcherConfig:
+LEASE_SECONDS = 30.0
+REAP_SECONDS = 5.0
+
+
+def worker_config(
+    lease_seconds: float = LEASE_SECONDS, reap_seconds: float = REAP_SECONDS
+) -> DispatcherConfig:
     """One job at a time per process: N processes are N render slots."""
     return DispatcherConfig(
-        concurrency=1, lease_seconds=lease_seconds, reap_seconds=5.0, poll_seconds=5.0
+        concurrency=1, lease_seconds=lease_seconds, reap_seconds=reap_seconds, poll_seconds=5.0
     )
 
 
-async def serve(database_url: str, render_seconds: float) -> int:
+async def serve(database_url: str, engine: FixedTimeEngine, config: DispatcherConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    engine = FixedTimeEngine(render_seconds)
     database = Database.from_url(database_url)
     with tempfile.TemporaryDirectory(prefix="avatarbot-scaleout-") as tmp:
         settings = bench_settings(Path(tmp), database_url)
-        services = await build_services(
-            settings, database, engine, dispatcher_config=worker_config()
-        )
+        services = await build_services(settings, database, engine, dispatcher_config=config)
         try:
             await services.start()
             print(f"{READY} {services.dispatcher.worker_id} {os.getpid()}", flush=True)
@@ -173,16 +187,20 @@ async def serve(database_url: str, render_seconds: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m bench.scaleout_worker PG_URL RENDER_SECONDS", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(prog="python -m bench.scaleout_worker")
+    parser.add_argument("pg_url")
+    parser.add_argument("render_seconds", type=float)
+    parser.add_argument("--render-log", type=Path, default=None)
+    parser.add_argument("--lease", type=float, default=LEASE_SECONDS)
+    parser.add_argument("--reap", type=float, default=REAP_SECONDS)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return asyncio.run(serve(args[0], float(args[1])))
+    engine = FixedTimeEngine(args.render_seconds, args.render_log)
+    return asyncio.run(serve(args.pg_url, engine, worker_config(args.lease, args.reap)))
 
 
 if __name__ == "__main__":

@@ -123,21 +123,20 @@ class EngineAdapter:
             others = [
                 await asyncio.to_thread(ConceptFeatures.from_bytes, data) for data in extra_subjects
             ]
-            extra = {} if spec.scheduler is None else {"scheduler": spec.scheduler}
+            settings = spec.settings
             request = RenderRequest(
                 prompt=spec.prompt,
                 negative_prompt=spec.negative_prompt,
-                width=spec.width,
-                height=spec.height,
-                steps=spec.steps,
-                guidance=spec.guidance,
-                seed=spec.seed,
-                count=spec.count,
-                identity_strength=spec.identity_strength,
-                personalizer=spec.personalizer,
+                width=settings.width,
+                height=settings.height,
+                steps=settings.steps,
+                guidance=settings.guidance,
+                seed=settings.seed,
+                count=settings.count,
+                identity_strength=settings.identity_strength,
+                personalizer=settings.personalizer,
                 features=concept,
                 extra_subjects=tuple(others),
-                **extra,  # type: ignore[arg-type]
             )
             # The engine's worker already calls ``progress`` on this event loop.
             result = await self.engine.render(request, progress)

@@ -35,7 +35,7 @@ from bot.errors import (
 from bot.services import crypto, limits
 from bot.services.crypto import DataCipher
 from bot.services.events import JobEventKind, JobEvents
-from bot.services.job_work import refusals_json
+from bot.services.job_settings import EncodeSettings, encode_column
 from bot.services.jobs import FEATURES_PURPOSE, PHOTO_PURPOSE, JobService
 from bot.services.names import name_key, normalize_name
 from bot.services.photo_intake import NormalizedPhoto, display_name
@@ -215,12 +215,14 @@ class AvatarService:
                     channel_id=channel_id,
                     avatar_id=avatar.id,
                     prompt="",
-                    settings={
-                        "personalizer": personalizer,
-                        "avatar_name": clean,
-                        "photo_names": [display_name(f) for f, _ in kept],
-                        "intake_refused": refusals_json(screened.refused),
-                    },
+                    settings=encode_column(
+                        EncodeSettings(
+                            personalizer,
+                            avatar_name=clean,
+                            photo_names=tuple(display_name(f) for f, _ in kept),
+                            intake_refused=tuple(screened.refused),
+                        )
+                    ),
                     seed=0,
                     reserved=0,
                     created_at=now,

@@ -38,10 +38,11 @@ from typing import Protocol
 from bot.config import JobSettings
 from bot.errors import AvatarbotError, InternalError
 from bot.services.events import JobEvent, JobEventKind, JobEvents
-from bot.services.job_work import ClaimedJob, JobWork
+from bot.services.job_settings import CorruptJobSettings
+from bot.services.job_work import Claim, JobWork, Outcome
 from bot.services.jobs import JobService, release_failed
 from bot.services.metrics_port import MetricsPort, NoMetrics
-from bot.services.ports import RenderOutput
+from bot.services.ports import ProgressCallback
 from bot.services.results import JobView
 from bot.services.workers import WorkerRegistry
 from db import queue
@@ -84,6 +85,27 @@ class DispatcherConfig:
             max_attempts=jobs.max_attempts,
             exclusive=exclusive,
         )
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A job this worker claimed: its kind's work and the work's typed run (None: no work
+    for this kind)."""
+
+    id: int
+    kind: JobKind
+    work: JobWork | None
+    run: Claim | None
+
+
+def _failing(error: InternalError) -> Claim:
+    """The run of a job whose settings cannot be read: it fails with ``error``'s reference
+    (logged at the claim), refunded like any failure."""
+
+    async def run(progress: ProgressCallback) -> Outcome:
+        raise error
+
+    return run
 
 
 class Waker(Protocol):
@@ -147,7 +169,7 @@ class JobDispatcher:
         self.metrics: MetricsPort = metrics if metrics is not None else NoMetrics()
         # Per running job: the task doing its work (what a cancellation stops) and the task
         # running ``_run`` (what ``stop`` waits for).
-        self._work_tasks: dict[int, asyncio.Task[object]] = {}
+        self._work_tasks: dict[int, asyncio.Task[Outcome]] = {}
         self._runs: dict[int, asyncio.Task[None]] = {}
         self._progress: dict[int, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -330,7 +352,7 @@ class JobDispatcher:
     async def _purge(self) -> None:
         await self._jobs.purge_expired()
 
-    async def _claim(self) -> ClaimedJob | None:
+    async def _claim(self) -> _Claimed | None:
         async with self._db.begin() as session:
             job = await queue.claim_next(
                 session,
@@ -341,11 +363,25 @@ class JobDispatcher:
             if job is None:
                 return None
             await self._events.publish(session, JobEventKind.STARTED, job.id)
-            return ClaimedJob.of(job, self._jobs.texts(job))
+            kind = JobKind(job.kind)
+            work = self._work.get(kind)
+            run: Claim | None = None
+            if work is not None:
+                try:
+                    run = work.claim(job, self._jobs.texts(job))
+                except CorruptJobSettings:
+                    error = InternalError()
+                    logger.exception(
+                        "job %s: its settings cannot be read (reference %s)",
+                        job.id,
+                        error.reference,
+                    )
+                    run = _failing(error)
+            return _Claimed(job.id, kind, work, run)
 
     # -- one job ---------------------------------------------------------------------------
 
-    async def _run(self, claim: ClaimedJob) -> None:
+    async def _run(self, claim: _Claimed) -> None:
         """Do one claimed job's work and write its outcome.
 
         The work runs in a task of its own, the only thing a cancellation, a lost lease or
@@ -358,17 +394,17 @@ class JobDispatcher:
             if self._stopping:  # claimed just as ``stop`` began: not ours to start any more
                 await self._hand_back(claim.id)
                 return
-            work = self._work.get(JobKind(claim.kind))
-            if work is None:  # a loop without this kind of work never claims: a bug
+            # A loop without this kind of work never claims it: a bug.
+            if claim.work is None or claim.run is None:
                 await self._fail(claim, "internal_error", InternalError().message)
                 return
-            await self._execute(claim, work)
+            await self._execute(claim, claim.work, claim.run)
         finally:
             self._runs.pop(claim.id, None)
             self._progress.pop(claim.id, None)
             self._waker.wake()  # a slot is free
 
-    async def _execute(self, claim: ClaimedJob, work: JobWork) -> None:
+    async def _execute(self, claim: _Claimed, work: JobWork, run: Claim) -> None:
         loop = asyncio.get_running_loop()
         self._progress[claim.id] = 0.0
 
@@ -376,8 +412,8 @@ class JobDispatcher:
             self._progress[claim.id] = fraction
 
         started = time.perf_counter()
-        task: asyncio.Task[object] = loop.create_task(
-            asyncio.wait_for(work.run(claim, on_progress), self.config.job_timeout_seconds),
+        task: asyncio.Task[Outcome] = loop.create_task(
+            asyncio.wait_for(run(on_progress), self.config.job_timeout_seconds),
             name=f"work-{claim.id}",
         )
         self._work_tasks[claim.id] = task
@@ -389,7 +425,7 @@ class JobDispatcher:
             self._keep_lease(claim.id, task, keeping), name=f"lease-{claim.id}"
         )
         try:
-            outcome: object = None
+            outcome: Outcome | None = None
             failure: tuple[str, str] | None = None
             cancelled = False
             try:
@@ -419,16 +455,17 @@ class JobDispatcher:
             elif failure is not None:
                 await self._fail(claim, *failure, work=work)
                 self.metrics.job_finished(claim.kind, "failed", time.perf_counter() - started)
-            elif await self._complete(claim, work, outcome):
+            elif outcome is not None and await self._complete(claim, outcome):
                 self.metrics.job_finished(claim.kind, "done", time.perf_counter() - started)
-                if isinstance(outcome, RenderOutput):
-                    self.metrics.rendered([v.flagged for v in outcome.verdicts])
+                flagged = outcome.flagged()
+                if flagged is not None:
+                    self.metrics.rendered(flagged)
         finally:
             keeping.set()
             self._work_tasks.pop(claim.id, None)
 
     async def _keep_lease(
-        self, job_id: int, task: asyncio.Task[object], stop: asyncio.Event
+        self, job_id: int, task: asyncio.Task[Outcome], stop: asyncio.Event
     ) -> None:
         """Renew the lease and record progress (announcing it when it moved) until ``stop``
         is set; abandon the job if it is no longer ours."""
@@ -464,7 +501,7 @@ class JobDispatcher:
                 return
             announced = max(announced, fraction)
 
-    async def _complete(self, claim: ClaimedJob, work: JobWork, outcome: object) -> bool:
+    async def _complete(self, claim: _Claimed, outcome: Outcome) -> bool:
         """Write the outcome; False when the job was taken away meanwhile (output dropped)."""
         now = utcnow()
         async with self._db.begin() as session:
@@ -474,17 +511,17 @@ class JobDispatcher:
                 worker_id=self.worker_id,
                 status=JobStatus.DONE,
                 now=now,
-                timings=work.timings(outcome),
+                timings=outcome.timings(),
             )
             if finished is None:
                 logger.info("job %s finished after it was taken away; output dropped", claim.id)
                 return False
-            await work.commit(session, claim, outcome, now)
+            await outcome.commit(session, now)
             await self._events.publish(session, JobEventKind.FINISHED, claim.id)
         return True
 
     async def _fail(
-        self, claim: ClaimedJob, code: str, message: str, *, work: JobWork | None = None
+        self, claim: _Claimed, code: str, message: str, *, work: JobWork | None = None
     ) -> None:
         now = utcnow()
         async with self._db.begin() as session:

@@ -17,12 +17,13 @@ pending avatar goes. Photos are decrypted only here, by the worker that claimed 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Generic, Protocol, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,7 +32,8 @@ from bot.config import SafetySettings
 from bot.errors import AvatarbotError, NotFound, PromptScreened
 from bot.services import crypto, withheld
 from bot.services.crypto import DataCipher
-from bot.services.jobs import JobTexts, has_second_avatar
+from bot.services.job_settings import EncodeSettings, StoredRender, read_encode, read_render
+from bot.services.jobs import JobTexts
 from bot.services.ledger import refund
 from bot.services.ports import (
     EncodedFeatures,
@@ -42,7 +44,7 @@ from bot.services.ports import (
     RenderSpec,
 )
 from bot.services.prompts import styled_prompt
-from bot.services.results import PhotoRefusal, PhotoWarning, RenderSettings
+from bot.services.results import PhotoRefusal, PhotoWarning
 from bot.services.safety import (
     SAFETY_KEY,
     flagged_posting,
@@ -65,48 +67,61 @@ from kinds import AvatarStatus, SubjectKind
 logger = logging.getLogger(__name__)
 
 
+S = TypeVar("S")
+
+
 @dataclass(frozen=True)
-class ClaimedJob:
-    """A job as its worker sees it: plain values copied from the claimed row."""
+class ClaimedJob(Generic[S]):
+    """A job as its worker sees it: plain values copied from the claimed row, with its
+    settings read back typed (bot/services/job_settings.py)."""
 
     id: int
-    kind: str
     user_id: int
     guild_id: int | None
     avatar_id: int | None
     prompt: str
-    negative_prompt: str
-    seed: int
-    settings: dict[str, Any]
+    stored: S
     # A two-subject render's second avatar (None: one subject, or that avatar was deleted;
-    # ``has_second_avatar(settings)`` tells the two apart).
+    # ``StoredRender.two_subjects`` tells the two apart).
     with_avatar_id: int | None = None
 
     @classmethod
-    def of(cls, job: RenderJob, texts: JobTexts) -> ClaimedJob:
-        """From the claimed row and its opened texts (``JobService.texts``)."""
+    def of(cls, job: RenderJob, prompt: str, stored: S) -> ClaimedJob[S]:
         return cls(
             id=job.id,
-            kind=job.kind,
             user_id=job.user_id,
             guild_id=job.guild_id,
             avatar_id=job.avatar_id,
-            prompt=texts.prompt,
-            negative_prompt=texts.negative_prompt,
-            seed=int(job.seed),
-            settings=dict(job.settings or {}),
+            prompt=prompt,
+            stored=stored,
             with_avatar_id=job.with_avatar_id,
         )
 
 
+class Outcome(Protocol):
+    """A job's finished work, waiting to be written."""
+
+    def timings(self) -> dict[str, float]: ...
+
+    def flagged(self) -> Sequence[bool] | None:
+        """The output check's flag on each rendered image (None: the kind renders none)."""
+        ...
+
+    async def commit(self, session: AsyncSession, now: datetime) -> None:
+        """Write the outcome, in the transaction that marks the job done."""
+        ...
+
+
+# One claimed job's work: run outside any transaction (on SQLite a transaction holds the only
+# write lock, and rendering takes seconds), with a progress callback.
+Claim = Callable[[ProgressCallback], Awaitable[Outcome]]
+
+
 class JobWork(Protocol):
-    async def run(self, job: ClaimedJob, progress: ProgressCallback) -> Any: ...
-
-    def timings(self, outcome: Any) -> dict[str, float]: ...
-
-    async def commit(
-        self, session: AsyncSession, job: ClaimedJob, outcome: Any, now: datetime
-    ) -> None: ...
+    def claim(self, job: RenderJob, texts: JobTexts) -> Claim:
+        """The claimed row's work, its settings read typed (in the claim's transaction);
+        raises ``CorruptJobSettings`` when they cannot be read."""
+        ...
 
     async def failed(
         self, session: AsyncSession, job: RenderJob, code: str, now: datetime
@@ -136,17 +151,21 @@ class RenderWork:
         # The same secrets as forget-me's keys (derived from the data key, or the stored one).
         self._keys = UsageKeys(cipher)
 
-    async def run(self, job: ClaimedJob, progress: ProgressCallback) -> RenderOutput:
-        from bot.services.jobs import settings_from_json
+    def claim(self, job: RenderJob, texts: JobTexts) -> Claim:
+        claimed = ClaimedJob.of(
+            job, texts.prompt, read_render(job.settings, texts.negative_prompt, int(job.seed))
+        )
+        return lambda progress: self.run(claimed, progress)
 
+    async def run(self, job: ClaimedJob[StoredRender], progress: ProgressCallback) -> Rendered:
         if job.avatar_id is None:
             raise AvatarbotError("The avatar of this render was deleted.", code="avatar_deleted")
-        if job.with_avatar_id is None and has_second_avatar(job.settings):
+        if job.with_avatar_id is None and job.stored.two_subjects:
             # Never a picture of the first avatar alone instead of the two asked for.
             raise AvatarbotError(
                 "The second avatar of this render was deleted.", code="avatar_deleted"
             )
-        s = settings_from_json(job.settings, job.negative_prompt, job.seed)
+        s = job.stored.settings
         started = time.perf_counter()
         prompt, negative = styled_prompt(job.prompt, s.negative_prompt, s.style)
         # Before any GPU work (a stale avatar's re-encoding included).
@@ -155,7 +174,7 @@ class RenderWork:
         # database transaction in half; it takes effect at the render. Each avatar's features
         # are re-encoded here when they are stale.
         features = await asyncio.shield(self.features_for(job.avatar_id, s.personalizer))
-        spec = _spec(prompt, negative, s, self._policy)
+        spec = RenderSpec(prompt, negative, s, self._policy)
         if job.with_avatar_id is None:
             # One subject: the port's plain call (ports that predate two subjects serve it).
             output = await self._engine.render(spec, features, progress)
@@ -170,15 +189,15 @@ class RenderWork:
                 code="safety_check_unavailable",
             )
         logger.info("job %s rendered in %.2f s", job.id, time.perf_counter() - started)
-        return output
+        return Rendered(self, job, output)
 
-    async def screen(self, job: ClaimedJob, prompt: str) -> None:
+    async def screen(self, job: ClaimedJob[StoredRender], prompt: str) -> None:
         """The semantic prompt screen (bot/services/semantic_screen.py) on ``prompt`` as it will
         be rendered, with the avatars' kinds and the channel the job was asked in. Raises
         ``PromptScreened`` (code ``prompt_screened``) or, failing closed,
         ``ScreenUnavailable``; the log names the job and the category, never the prompt."""
         person = await asyncio.shield(self._shows_a_person(job))
-        age_restricted = bool(job.settings.get("age_restricted", False))
+        age_restricted = job.stored.settings.age_restricted
         try:
             await self._screen.check(prompt, person=person, age_restricted=age_restricted)
         except PromptScreened as exc:
@@ -190,23 +209,24 @@ class RenderWork:
             )
             raise
 
-    async def _shows_a_person(self, job: ClaimedJob) -> bool:
+    async def _shows_a_person(self, job: ClaimedJob[StoredRender]) -> bool:
         """Whether any avatar of the render is a person (fail safe: one that cannot be read
         counts as a person)."""
         ids = [job.avatar_id]
-        if has_second_avatar(job.settings):
+        if job.stored.two_subjects:
             ids.append(job.with_avatar_id)
         async with self._db.begin(readonly=True) as session:
             # The same rule as the posting decision (bot/services/safety.py).
             return await render_shows_a_person(session, ids)
 
-    def timings(self, outcome: RenderOutput) -> dict[str, float]:
-        return dict(outcome.timings)
-
     async def commit(
-        self, session: AsyncSession, job: ClaimedJob, outcome: RenderOutput, now: datetime
+        self,
+        session: AsyncSession,
+        job: ClaimedJob[StoredRender],
+        outcome: RenderOutput,
+        now: datetime,
     ) -> None:
-        width, height = int(job.settings["width"]), int(job.settings["height"])
+        width, height = job.stored.settings.width, job.stored.settings.height
         verdicts = outcome.verdicts
         await jobs_repo.add_outputs(
             session,
@@ -225,10 +245,10 @@ class RenderWork:
         # record, and the refund below matches what is posted.
         row = await jobs_repo.get(session, job.id)
         subjects = [row.avatar_id if row is not None else None]
-        if has_second_avatar(job.settings):
+        if job.stored.two_subjects:
             subjects.append(row.with_avatar_id if row is not None else None)
         person = await render_shows_a_person(session, subjects)
-        age_restricted = bool(job.settings.get("age_restricted", False))
+        age_restricted = job.stored.settings.age_restricted
         policy = await guild_nsfw_policy(session, job.guild_id)
         flagged_as = flagged_posting(age_restricted, policy, person=person)
         record = safety_record(verdicts, flagged_as, person=person)
@@ -292,22 +312,6 @@ class RenderWork:
         return encoded.data
 
 
-def _spec(prompt: str, negative: str, s: RenderSettings, policy: OutputPolicy) -> RenderSpec:
-    return RenderSpec(
-        prompt=prompt,
-        negative_prompt=negative,
-        width=s.width,
-        height=s.height,
-        steps=s.steps,
-        guidance=s.guidance,
-        seed=s.seed,
-        count=s.count,
-        identity_strength=s.identity_strength,
-        personalizer=s.personalizer,
-        output_policy=policy,
-    )
-
-
 def _sealed(
     cipher: DataCipher, encoded: EncodedFeatures, owner_id: int
 ) -> tuple[bytes, str | None, Callable[[int, bytes], bytes]]:
@@ -321,14 +325,43 @@ def _sealed(
 
 
 @dataclass(frozen=True)
+class Rendered:
+    """A render job's outcome: the images with their verdicts, written by ``commit``."""
+
+    work: RenderWork
+    job: ClaimedJob[StoredRender]
+    output: RenderOutput
+
+    def timings(self) -> dict[str, float]:
+        return dict(self.output.timings)
+
+    def flagged(self) -> Sequence[bool]:
+        return [v.flagged for v in self.output.verdicts]
+
+    async def commit(self, session: AsyncSession, now: datetime) -> None:
+        await self.work.commit(session, self.job, self.output, now)
+
+
+@dataclass(frozen=True)
 class Encoded:
     """An encode job's outcome: the photos kept (ids), the refused ones, remarks, features."""
 
+    work: EncodeWork
+    job: ClaimedJob[EncodeSettings]
     kept: tuple[tuple[int, str], ...]  # (photo id, filename)
     refused: tuple[tuple[int, PhotoRefusal], ...]
     warnings: tuple[PhotoWarning, ...]
     features: EncodedFeatures
     seconds: float
+
+    def timings(self) -> dict[str, float]:
+        return {"total": self.seconds}
+
+    def flagged(self) -> None:
+        return None
+
+    async def commit(self, session: AsyncSession, now: datetime) -> None:
+        await self.work.commit(session, self, now)
 
 
 class EncodeWork:
@@ -339,27 +372,31 @@ class EncodeWork:
         self._engine = engine
         self._cipher = cipher
 
-    async def run(self, job: ClaimedJob, progress: ProgressCallback) -> Encoded:
+    def claim(self, job: RenderJob, texts: JobTexts) -> Claim:
+        claimed = ClaimedJob.of(job, texts.prompt, read_encode(job.settings))
+        return lambda progress: self.run(claimed, progress)
+
+    async def run(self, job: ClaimedJob[EncodeSettings], progress: ProgressCallback) -> Encoded:
         started = time.perf_counter()
         if job.avatar_id is None:
             raise NotFound("This avatar was deleted before its photos were checked.")
         # Shielded like RenderWork's read: a cancellation never cuts a transaction in half.
         kind, photos = await asyncio.shield(self._photos(job.avatar_id))
-        names = photo_names(job.settings)
-        named = [
-            (pid, names.get(position, f"photo {position}"), data) for pid, position, data in photos
-        ]
+        named = [(pid, job.stored.photo_name(position), data) for pid, position, data in photos]
         checked = await inspect_photos(self._engine, [(n, d) for _, n, d in named], kind)
         progress(0.5)
         kept = tuple((named[i][0], named[i][1]) for i in checked.kept)
         refused = tuple((named[i][0], r) for i, r in checked.refused)
         if not kept:
-            raise NoUsablePhotos([*intake_refusals(job.settings), *(r for _, r in refused)])
+            raise NoUsablePhotos([*job.stored.intake_refused, *(r for _, r in refused)])
         kept_data = [named[i][2] for i in checked.kept]
-        personalizer = str(job.settings["personalizer"])
-        features = await self._engine.encode(await decode_all(kept_data), kind, personalizer)
+        features = await self._engine.encode(
+            await decode_all(kept_data), kind, job.stored.personalizer
+        )
         progress(1.0)
         return Encoded(
+            work=self,
+            job=job,
             kept=kept,
             refused=refused,
             warnings=tuple(checked.warnings),
@@ -384,15 +421,11 @@ class EncodeWork:
             ]
             return SubjectKind(avatar.kind), photos
 
-    def timings(self, outcome: Encoded) -> dict[str, float]:
-        return {"total": outcome.seconds}
-
     async def failed(self, session: AsyncSession, job: RenderJob, code: str, now: datetime) -> None:
         """Nothing beyond ``release_failed`` (the pending avatar goes there)."""
 
-    async def commit(
-        self, session: AsyncSession, job: ClaimedJob, outcome: Encoded, now: datetime
-    ) -> None:
+    async def commit(self, session: AsyncSession, outcome: Encoded, now: datetime) -> None:
+        job = outcome.job
         assert job.avatar_id is not None  # ``run`` refused a job without one
         avatar = await avatars_repo.by_id(session, job.avatar_id)
         if avatar is None:
@@ -410,40 +443,13 @@ class EncodeWork:
         )
         avatar.status = AvatarStatus.READY
         avatar.updated_at = now
+        refusals = (*job.stored.intake_refused, *(r for _, r in outcome.refused))
         await jobs_repo.set_result(
             session,
             job.id,
             {
                 "kept": [name for _, name in outcome.kept],
-                "refused": [
-                    _refusal_json(r)
-                    for r in (*intake_refusals(job.settings), *(r for _, r in outcome.refused))
-                ],
-                "warnings": [
-                    {"filename": w.filename, "code": w.code, "message": w.message}
-                    for w in outcome.warnings
-                ],
+                "refused": [dataclasses.asdict(r) for r in refusals],
+                "warnings": [dataclasses.asdict(w) for w in outcome.warnings],
             },
         )
-
-
-def photo_names(settings: dict[str, Any]) -> dict[int, str]:
-    """Stored position -> the filename the member uploaded (kept with the job, for messages)."""
-    names = settings.get("photo_names") or []
-    return {i + 1: str(n) for i, n in enumerate(names)}
-
-
-def intake_refusals(settings: dict[str, Any]) -> list[PhotoRefusal]:
-    """The photos the bot's intake refused before the job was queued."""
-    return [
-        PhotoRefusal(str(r["filename"]), str(r["reason"]), str(r["message"]))
-        for r in settings.get("intake_refused") or []
-    ]
-
-
-def _refusal_json(refusal: PhotoRefusal) -> dict[str, str]:
-    return {"filename": refusal.filename, "reason": refusal.reason, "message": refusal.message}
-
-
-def refusals_json(refusals: Sequence[PhotoRefusal]) -> list[dict[str, str]]:
-    return [_refusal_json(r) for r in refusals]

@@ -26,13 +26,13 @@ from bot.errors import NotFound
 from bot.services import crypto, departed
 from bot.services.crypto import DataCipher
 from bot.services.events import JobEventKind, JobEvents
+from bot.services.job_settings import StoredRender, read_render, two_subjects
 from bot.services.ledger import day_bounds, refund
 from bot.services.results import (
     AttemptView,
     InteractionRef,
     JobHistory,
     JobView,
-    RenderSettings,
 )
 from bot.services.safety import CheckedOutput, recorded_posting, render_shows_a_person
 from db import queue
@@ -44,7 +44,7 @@ from db.repositories import ledger as ledger_repo
 from db.repositories.common import checkpoint, scrub_deletes
 from db.session import Database
 from db.types import utcnow
-from kinds import DEFAULT_PERSONALIZER, AvatarStatus, JobKind, JobStatus
+from kinds import AvatarStatus, JobKind, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,6 @@ UNDELIVERED_GRACE = timedelta(days=7)
 # A job is tried at most this many times (the first run plus requeues after worker crashes);
 # the default of ``Settings.jobs.max_attempts``.
 MAX_ATTEMPTS = 3
-
-# The settings key naming a two-subject render's second avatar as it was called then: it
-# stays when that avatar is deleted (``with_avatar_id`` becomes NULL), so such a job is never
-# taken for a one-subject render.
-WITH_AVATAR_NAME = "with_avatar_name"
-
 
 INTERRUPTED_MESSAGE = (
     "The render was interrupted several times and was given up. Your render was refunded."
@@ -150,7 +144,7 @@ class JobService:
             # says (one written before that rule, or by an older worker).
             subjects = [
                 job.avatar_id,
-                *([job.with_avatar_id] if has_second_avatar(job.settings) else []),
+                *([job.with_avatar_id] if two_subjects(job.settings) else []),
             ]
             if flagged_as != "block" and await render_shows_a_person(session, subjects):
                 flagged_as = "block"
@@ -347,8 +341,8 @@ def job_texts(cipher: DataCipher, job: RenderJob) -> JobTexts:
 def job_view(
     job: RenderJob, seeds: Sequence[int], avatar_names: dict[int, str], cipher: DataCipher
 ) -> JobView:
-    s = job.settings or {}
     texts = job_texts(cipher, job)
+    stored = read_render(job.settings, texts.negative_prompt, int(job.seed))
     interaction = None
     if texts.interaction_token and job.interaction_app_id and job.interaction_expires_at:
         interaction = InteractionRef(
@@ -364,9 +358,9 @@ def job_view(
         guild_id=job.guild_id,
         channel_id=job.channel_id,
         avatar_id=job.avatar_id,
-        avatar_name=avatar_names.get(job.avatar_id or 0, str(s.get("avatar_name", ""))),
+        avatar_name=avatar_names.get(job.avatar_id or 0, stored.avatar_name),
         prompt=texts.prompt,
-        settings=settings_from_json(s, texts.negative_prompt, int(job.seed)),
+        settings=stored.settings,
         status=JobStatus(job.status),
         progress=float(job.progress),
         attempts=job.attempts,
@@ -381,61 +375,16 @@ def job_view(
         parent_job_id=job.parent_job_id,
         timings={k: float(v) for k, v in (job.timings or {}).items()},
         with_avatar_id=job.with_avatar_id,
-        with_avatar_name=_with_avatar_name(job, s, avatar_names),
+        with_avatar_name=_with_avatar_name(job.with_avatar_id, stored, avatar_names),
     )
 
 
-def _with_avatar_name(job: RenderJob, s: dict[str, Any], names: dict[int, str]) -> str | None:
-    stored = s.get(WITH_AVATAR_NAME)
-    if stored is None and job.with_avatar_id is None:
+def _with_avatar_name(
+    avatar_id: int | None, stored: StoredRender, names: dict[int, str]
+) -> str | None:
+    if stored.with_avatar_name is None and avatar_id is None:
         return None
-    return names.get(job.with_avatar_id or 0, str(stored or ""))
-
-
-def has_second_avatar(settings: dict[str, Any]) -> bool:
-    """Whether a job's ``settings`` column says it renders two avatars."""
-    return settings.get(WITH_AVATAR_NAME) is not None
-
-
-def settings_to_json(
-    settings: RenderSettings, *, avatar_name: str, with_avatar_name: str | None = None
-) -> dict[str, object]:
-    """The job row's ``settings`` column. The prompt and negative prompt have their own
-    columns (as the member typed them; the style is applied when rendering)."""
-    out: dict[str, object] = {
-        "style": settings.style,
-        "aspect": settings.aspect,
-        "width": settings.width,
-        "height": settings.height,
-        "steps": settings.steps,
-        "guidance": settings.guidance,
-        "count": settings.count,
-        "identity_strength": settings.identity_strength,
-        "personalizer": settings.personalizer,
-        "age_restricted": settings.age_restricted,
-        # Shown with the result even after the avatar was renamed or deleted.
-        "avatar_name": avatar_name,
-    }
-    if with_avatar_name is not None:
-        out[WITH_AVATAR_NAME] = with_avatar_name
-    return out
-
-
-def settings_from_json(s: dict[str, object], negative_prompt: str, seed: int) -> RenderSettings:
-    return RenderSettings(
-        negative_prompt=negative_prompt,
-        style=str(s.get("style", "none")),
-        aspect=s.get("aspect", "square"),  # type: ignore[arg-type]
-        width=int(s.get("width", 512)),  # type: ignore[call-overload]
-        height=int(s.get("height", 512)),  # type: ignore[call-overload]
-        steps=int(s.get("steps", 25)),  # type: ignore[call-overload]
-        guidance=float(s.get("guidance", 6.0)),  # type: ignore[arg-type]
-        count=int(s.get("count", 1)),  # type: ignore[call-overload]
-        seed=seed,
-        identity_strength=float(s.get("identity_strength", 0.7)),  # type: ignore[arg-type]
-        personalizer=str(s.get("personalizer", DEFAULT_PERSONALIZER)),
-        age_restricted=bool(s.get("age_restricted", False)),
-    )
+    return names.get(avatar_id or 0, stored.with_avatar_name or "")
 
 
 async def queue_position(session: AsyncSession, job_id: int) -> int | None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from PIL.Image import Image
 
+from bot.services.results import RenderSettings
 from kinds import SubjectKind, UnknownPersonalizer
 
 if TYPE_CHECKING:
@@ -57,19 +58,13 @@ class EncodedFeatures:
 
 @dataclass(frozen=True)
 class RenderSpec:
-    """One render, already validated and bounded by the services."""
+    """One render as the engine port takes it: the job's settings (validated and bounded by
+    the services) and the prompts as rendered, the style applied
+    (``settings.negative_prompt`` is the member's own)."""
 
     prompt: str
     negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance: float
-    seed: int
-    count: int
-    identity_strength: float
-    personalizer: str
-    scheduler: str | None = None
+    settings: RenderSettings
     # When the output check flags an image; None: the engine's default policy.
     output_policy: OutputPolicy | None = None
 

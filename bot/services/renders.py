@@ -20,7 +20,8 @@ from bot.config import SafetySettings
 from bot.errors import Forbidden, InvalidInput, NotFound, NotOwner, QueueFull, QuotaExceeded
 from bot.services import limits, withheld
 from bot.services.events import JobEventKind, JobEvents
-from bot.services.jobs import JobService, has_second_avatar, queue_position, settings_to_json
+from bot.services.job_settings import StoredRender, render_column, two_subjects
+from bot.services.jobs import JobService, queue_position
 from bot.services.ledger import UNITS_PER_RENDER, day_bounds, refund, reserve
 from bot.services.names import name_key
 from bot.services.ports import EngineFacts
@@ -337,7 +338,7 @@ class RenderService:
             subjects = [avatar]
             # Both subjects again, or none: a render whose second avatar is gone is refused,
             # never redone as a picture of the first alone.
-            if old.with_avatar_id is not None or has_second_avatar(old.settings or {}):
+            if old.with_avatar_id is not None or two_subjects(old.settings):
                 second = None
                 if old.with_avatar_id is not None:
                     second = await avatars_repo.by_id(session, old.with_avatar_id)
@@ -441,10 +442,12 @@ class RenderService:
                 parent_job_id=parent_job_id,
                 prompt=prompt,
                 negative_prompt=settings.negative_prompt,
-                settings=settings_to_json(
-                    settings,
-                    avatar_name=first.name,
-                    with_avatar_name=second.name if second is not None else None,
+                settings=render_column(
+                    StoredRender(
+                        settings,
+                        avatar_name=first.name,
+                        with_avatar_name=second.name if second is not None else None,
+                    )
                 ),
                 seed=settings.seed,
                 reserved=UNITS_PER_RENDER,

@@ -14,6 +14,7 @@ from PIL import Image
 
 from bot.errors import AvatarbotError
 from bot.services.ports import EnginePort, OutputPolicy, RenderSpec
+from bot.services.results import RenderSettings
 from engine.safety import (
     DIFFUSERS_NSFW_SCORE,
     DIFFUSERS_SAFETY_CHECKER,
@@ -158,19 +159,20 @@ def test_a_broken_diffusers_safety_checker_fails_closed(tmp_path: Path) -> None:
 
 
 def _spec(policy: OutputPolicy | None = None, count: int = 2) -> RenderSpec:
-    return RenderSpec(
-        prompt="a mug on a table",
+    settings = RenderSettings(
         negative_prompt="",
+        style="none",
+        aspect="square",
         width=64,
         height=64,
         steps=2,
         guidance=6.0,
-        seed=3,
         count=count,
+        seed=3,
         identity_strength=0.7,
         personalizer="ip-adapter",
-        output_policy=policy,
     )
+    return RenderSpec("a mug on a table", "", settings, output_policy=policy)
 
 
 async def _features(port: EnginePort) -> bytes:
