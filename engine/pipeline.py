@@ -62,7 +62,7 @@ class AvatarPipeline(StableDiffusionPipeline):
     stock path.
     """
 
-    def prepare_ip_adapter_image_embeds(  # type: ignore[override]
+    def prepare_ip_adapter_image_embeds(
         self,
         ip_adapter_image: Any,
         ip_adapter_image_embeds: list[torch.Tensor] | None,
@@ -71,7 +71,7 @@ class AvatarPipeline(StableDiffusionPipeline):
         do_classifier_free_guidance: bool,
     ) -> list[torch.Tensor]:
         if ip_adapter_image is not None or ip_adapter_image_embeds is None:
-            return super().prepare_ip_adapter_image_embeds(  # type: ignore[no-any-return]
+            return super().prepare_ip_adapter_image_embeds(
                 ip_adapter_image,
                 ip_adapter_image_embeds,
                 device,

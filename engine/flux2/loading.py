@@ -72,7 +72,7 @@ class AvatarFlux2Pipeline(Flux2KleinPipeline):
         finally:
             self._cached_references = None
 
-    def prepare_image_latents(  # type: ignore[override]
+    def prepare_image_latents(
         self,
         images: list[torch.Tensor],
         batch_size: int,
@@ -81,9 +81,7 @@ class AvatarFlux2Pipeline(Flux2KleinPipeline):
         dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cached_references is None:
-            return super().prepare_image_latents(  # type: ignore[no-any-return]
-                images, batch_size, generator, device, dtype
-            )
+            return super().prepare_image_latents(images, batch_size, generator, device, dtype)
         latents, ids = self._cached_references
         if latents.shape[0] != batch_size:
             raise ValueError(f"reference latents have {latents.shape[0]} rows, need {batch_size}")

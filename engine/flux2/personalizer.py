@@ -159,7 +159,7 @@ class Flux2KleinPersonalizer(Personalizer):
             image, height=self.reference_size, width=self.reference_size
         )
         pixels = pixels.to(device=self._vae_device, dtype=self._vae_dtype)
-        return pipe._encode_vae_image(pixels, generator=None)  # type: ignore[no-any-return]
+        return pipe._encode_vae_image(pixels, generator=None)
 
     # -- requests ---------------------------------------------------------------------------
 

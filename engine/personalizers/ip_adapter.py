@@ -129,13 +129,13 @@ class IPAdapterPersonalizer(StableDiffusionPersonalizer):
         pixels = self._pixels(images)
         if self.plus:
             out = self._image_encoder(pixels, output_hidden_states=True)
-            return out.hidden_states[-2]  # type: ignore[no-any-return]
-        return self._image_encoder(pixels).image_embeds  # type: ignore[no-any-return]
+            return out.hidden_states[-2]
+        return self._image_encoder(pixels).image_embeds
 
     def _pixels(self, images: Sequence[Image]) -> torch.Tensor:
         pixels = self._feature_extractor(list(images), return_tensors="pt").pixel_values
         param = next(self._image_encoder.parameters())
-        return pixels.to(device=param.device, dtype=param.dtype)  # type: ignore[no-any-return]
+        return pixels.to(device=param.device, dtype=param.dtype)
 
     def _unconditional_embedding(self) -> torch.Tensor:
         """One photo's negative embedding: the encoding of a black image for Plus models,
@@ -145,7 +145,7 @@ class IPAdapterPersonalizer(StableDiffusionPersonalizer):
         zeros = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
         with torch.inference_mode():
             if self.plus:
-                return self._image_encoder(zeros, output_hidden_states=True).hidden_states[-2]  # type: ignore[no-any-return]
+                return self._image_encoder(zeros, output_hidden_states=True).hidden_states[-2]
             embeds = self._image_encoder(zeros).image_embeds
             return torch.zeros_like(embeds)
 

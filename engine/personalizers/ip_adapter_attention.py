@@ -37,7 +37,7 @@ class PerSampleIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         new.to_v_ip = stock.to_v_ip
         return new
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self,
         attn: Attention,
         hidden_states: torch.Tensor,
