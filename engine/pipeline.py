@@ -130,10 +130,14 @@ def make_batch_invariant(module: torch.nn.Module) -> int:
     return swapped
 
 
-def make_pipeline_batch_invariant(pipe: StableDiffusionPipeline) -> None:
-    # oneDNN picks batch-size-dependent convolution algorithms; the native ones are not.
+def make_pipeline_batch_invariant(pipe: Any, denoiser: torch.nn.Module) -> None:
+    """Make an image bit-identical alone or batched on the CPU, for either family: oneDNN off
+    (its convolution algorithms depend on the batch size), every ``nn.Linear`` of the
+    ``denoiser`` (Stable Diffusion's UNet, FLUX.2's transformer) row-wise on 2-D inputs (the
+    timestep embedding and modulations: one row per sample), VAE slicing (one image per
+    decode). FLUX.2's personalizer also encodes prompts one at a time."""
     torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
-    make_batch_invariant(pipe.unet)
+    make_batch_invariant(denoiser)
     pipe.vae.enable_slicing()
     logger.info("CPU batch-invariant mode: oneDNN off, row-wise linears, per-image VAE decode")
 

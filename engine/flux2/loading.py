@@ -29,7 +29,7 @@ from engine.loading import (
     looks_local,
     quiet_progress_bars,
 )
-from engine.pipeline import make_batch_invariant
+from engine.pipeline import make_pipeline_batch_invariant
 
 if TYPE_CHECKING:
     from engine.profiles import Profile
@@ -124,7 +124,7 @@ def build_flux2_pipeline(
         )
     pipe.to(device)
     if batch_invariant:
-        make_flux2_batch_invariant(pipe)
+        make_pipeline_batch_invariant(pipe, pipe.transformer)
     billions = parameter_count([pipe.transformer, pipe.text_encoder, pipe.vae]) / 1e9
     logger.info("FLUX.2 [klein] pipeline for %s: %.2f B parameters", profile.name, billions)
     return pipe
@@ -194,18 +194,6 @@ def _assemble(components: dict[str, Any], *, is_distilled: bool | None = None) -
     pipe = AvatarFlux2Pipeline(**modules, is_distilled=distilled)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def make_flux2_batch_invariant(pipe: AvatarFlux2Pipeline) -> None:
-    """What ``engine.pipeline.make_pipeline_batch_invariant`` does for Stable Diffusion: oneDNN
-    off (its convolution algorithms depend on the batch size), every ``nn.Linear`` of the
-    transformer row-wise on 2-D inputs (the timestep embedding and modulations: one row per
-    sample), VAE slicing (one image per decode). Prompts are encoded one at a time by the
-    personalizer. Together: an image is bit-identical alone or batched on the CPU."""
-    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
-    make_batch_invariant(pipe.transformer)
-    pipe.vae.enable_slicing()
-    logger.info("CPU batch-invariant mode: oneDNN off, row-wise linears, per-image VAE decode")
 
 
 def parameter_count(modules: Sequence[torch.nn.Module]) -> int:
