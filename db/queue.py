@@ -21,6 +21,8 @@ job can never be handed out twice.
 Attempts: every claim opens a ``job_attempts`` row (worker, claimed at); the job's final state,
 a reaped lease and a graceful hand-back close it with their outcome, in the same transaction.
 
+Lock order: the job row first, its attempts and other rows after; see ``lock_jobs``.
+
 Worker ids must be unique per process *incarnation* (e.g. host, pid and a random suffix): a
 lease is renewed and a job finished only by the worker id that claimed it, so a restarted
 process with the same id could otherwise adopt the jobs of its previous life.
@@ -36,6 +38,7 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import AttemptOutcome, JobAttempt, RenderJob
 from db.repositories.common import dialect_name
@@ -68,6 +71,26 @@ CLAIM_SQL: Select[int] = (
 
 # pg_advisory_xact_lock(CLAIM_LOCK): the two-int form, a key space of its own.
 CLAIM_LOCK = (0x61766174, 1)  # "avat", 1
+
+
+# THE LOCK ORDER of every transaction that touches a job and what hangs off it (finish, reap,
+# cancel, hand-back, delete, forget-me, purges): first the job row(s), several of them in
+# ascending id order; then their attempts, outputs, ledger and counted rows; then anything
+# else (avatars, audit). A path that writes a job row takes its lock with that write (finish,
+# cancel: the UPDATE comes first) or with ``lock_jobs`` (erasures, which delete the attempts
+# before the job). Two transactions that follow it wait for each other at the job row and
+# never cross: with opposite orders (erasure: attempts then job; finish: job then attempt)
+# PostgreSQL aborted one side as a deadlock (issue 23). SQLite has one writer: no row locks.
+async def lock_jobs(session: AsyncSession, condition: ColumnElement[bool]) -> list[RenderJob]:
+    """Lock the jobs matching ``condition`` in id order (see THE LOCK ORDER above), fresh."""
+    rows = await session.scalars(
+        select(RenderJob)
+        .where(condition)
+        .order_by(RenderJob.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list(rows)
 
 
 def _lease_end(now: datetime, lease_seconds: float) -> datetime:
@@ -167,7 +190,8 @@ async def close_attempt(
 async def expired_running(session: AsyncSession, now: datetime) -> list[RenderJob]:
     """Running jobs whose lease ran out (their worker died or hung), locked for the caller.
 
-    On PostgreSQL the rows are locked (SKIP LOCKED), so two reapers never handle the same job.
+    On PostgreSQL the rows are locked (SKIP LOCKED), so two reapers never handle the same job;
+    in id order, before their attempts (``lock_jobs``: the lock order).
     """
     rows = await session.scalars(
         select(RenderJob)
@@ -200,6 +224,7 @@ async def reset_orphans(
     ``all_running=True`` treats every running job as orphaned, whatever its lease: right for
     the embedded single-process mode at start, where nothing else can be running them.
     Otherwise only jobs with an expired lease are touched (several workers share the queue).
+    The jobs are locked first, their attempts after (``lock_jobs``: the lock order).
     """
     if all_running:
         candidates = list(
@@ -251,7 +276,9 @@ async def finish_job(
 
     ``worker_id=None`` finishes it whoever held it (the reaper, for abandoned jobs). Returns
     the job, or None when it was not running under that worker (lost lease): then nothing was
-    written and the caller must not refund or store outputs.
+    written and the caller must not refund or store outputs. The UPDATE locks the job before
+    its attempt is closed, and what the caller writes next comes after (``lock_jobs``: the
+    lock order).
     """
     if status not in FINAL_STATUSES:
         raise ValueError(f"not a final status: {status!r}")

@@ -36,7 +36,7 @@ from bot.errors import Forbidden
 from bot.services import audit, crypto
 from bot.services.crypto import DataCipher
 from bot.services.jobs import SEALED_JOB_TEXTS
-from bot.services.ledger import day_bounds
+from bot.services.ledger import day_bounds, refund
 from bot.services.results import ErasureReport, GuildErasure, ReencryptReport
 from bot.services.usage_keys import UsageKeys, user_key
 from db.models import Feature, JobOutput, Photo, RenderJob
@@ -49,6 +49,7 @@ from db.repositories import ledger as ledger_repo
 from db.repositories.common import checkpoint, scrub_deletes
 from db.session import Database
 from db.types import utcnow
+from kinds import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,15 @@ class PrivacyService:
         now = utcnow()
         async with self._db.begin() as session:
             await scrub_deletes(session)
+            # The member's jobs first (the lock order: db/queue.py ``lock_jobs``): a worker
+            # finishing one has committed, and what it wrote is keyed or erased below, or it
+            # waits and then finds the job gone.
+            held = await jobs_repo.lock_user_jobs(session, user_id)
+            # A job that never started gives its unit back, as deleting it would; keyed below
+            # with the rest, so the day's usage counts net of it.
+            for job in held:
+                if job.status == JobStatus.QUEUED:
+                    await refund(session, job, now, note="erased by forget-me")
             # Today's usage stays the member's under a keyed hash; first, while the jobs that
             # attribute refunds to their day still exist.
             secret = await self._keys.writing_secret(session)
@@ -138,6 +148,7 @@ class PrivacyService:
         now = utcnow()
         async with self._db.begin() as session:
             await scrub_deletes(session)
+            await jobs_repo.lock_guild_jobs(session, guild_id)  # the lock order: jobs first
             # First, while the jobs that attribute refunds to their day still exist.
             start = day_bounds(now)[0]
             ledger = await ledger_repo.delete_guild_before(session, guild_id, start)

@@ -9,9 +9,10 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import AttemptOutcome, JobAttempt, JobOutput, RenderJob
-from db.queue import close_attempt
+from db.queue import close_attempt, lock_jobs
 from db.repositories.common import eq_or_null
 from kinds import FINAL_STATUSES, JobKind, JobStatus
 
@@ -183,7 +184,8 @@ async def cancel(session: AsyncSession, job_id: int, now: datetime) -> RenderJob
 
     A running job's worker notices at its next lease renewal (the renewal requires
     ``status = 'running'``) and its ``finish_job`` then matches nothing, so the refund the
-    caller writes now is the only one.
+    caller writes now is the only one. The UPDATE locks the job before its attempt is closed
+    (the lock order: db/queue.py ``lock_jobs``).
     """
     cancelled = await session.scalars(
         update(RenderJob)
@@ -205,7 +207,8 @@ async def cancel(session: AsyncSession, job_id: int, now: datetime) -> RenderJob
 
 async def requeue_own(session: AsyncSession, job_id: int, worker_id: str, now: datetime) -> bool:
     """Put a job this worker runs back in the queue without counting the attempt (a graceful
-    stop interrupted it; it did nothing wrong). Its attempt row stays, as ``handed_back``."""
+    stop interrupted it; it did nothing wrong). Its attempt row stays, as ``handed_back``.
+    The job is locked before its attempt (the lock order: db/queue.py ``lock_jobs``)."""
     result = await session.execute(
         update(RenderJob)
         .where(
@@ -251,6 +254,7 @@ async def set_progress(session: AsyncSession, job_id: int, progress: float) -> N
 
 async def delete_job(session: AsyncSession, job_id: int) -> int:
     """Delete a job and its outputs (ledger rows keep their counts, job_id becomes NULL)."""
+    await lock_jobs(session, RenderJob.id == job_id)  # the lock order: db/queue.py lock_jobs
     await session.execute(delete(JobAttempt).where(JobAttempt.job_id == job_id))
     await session.execute(delete(JobOutput).where(JobOutput.job_id == job_id))
     result = await session.execute(delete(RenderJob).where(RenderJob.id == job_id))
@@ -263,23 +267,41 @@ class JobErasure:
     outputs: int
 
 
-async def _delete_where(session: AsyncSession, condition: Any) -> JobErasure:
-    # What members call their renders: avatar creations' encode jobs go too, uncounted.
-    renders = await session.scalar(
-        select(func.count())
-        .select_from(RenderJob)
-        .where(condition, RenderJob.kind == JobKind.RENDER)
-    )
-    job_ids = select(RenderJob.id).where(condition).scalar_subquery()
+async def _delete_where(session: AsyncSession, condition: ColumnElement[bool]) -> JobErasure:
+    # The jobs first, then their attempts and outputs (the lock order: db/queue.py lock_jobs).
+    job_ids = [job.id for job in await lock_jobs(session, condition)]
     # Attempts cascade in the database; deleted explicitly too, like outputs, so the delete
     # does not depend on the connection's foreign-key switch.
     await session.execute(delete(JobAttempt).where(JobAttempt.job_id.in_(job_ids)))
     outputs_deleted = await session.execute(delete(JobOutput).where(JobOutput.job_id.in_(job_ids)))
-    await session.execute(delete(RenderJob).where(condition))
+    # By the condition again: a job inserted since the lock goes too (its attempts by cascade,
+    # after the job: still the lock order).
+    kinds = await session.scalars(delete(RenderJob).where(condition).returning(RenderJob.kind))
     return JobErasure(
-        jobs=int(renders or 0),
+        # What members call their renders: avatar creations' encode jobs go too, uncounted.
+        jobs=sum(1 for kind in kinds if kind == JobKind.RENDER),
         outputs=outputs_deleted.rowcount or 0,  # type: ignore[attr-defined]
     )
+
+
+def _of_user(user_id: int) -> ColumnElement[bool]:
+    return RenderJob.user_id == user_id
+
+
+async def lock_user_jobs(session: AsyncSession, user_id: int) -> list[RenderJob]:
+    """Forget-me's first step: lock every job of ``user_id`` (the lock order: db/queue.py
+    ``lock_jobs``), so a worker finishing one either committed before (its writes are then
+    erased or anonymised with the rest) or finds it gone (it writes nothing)."""
+    return await lock_jobs(session, _of_user(user_id))
+
+
+async def lock_guild_jobs(session: AsyncSession, guild_id: int) -> list[RenderJob]:
+    """A guild's removal locks its jobs first, as forget-me does the member's."""
+    return await lock_jobs(session, _of_guild(guild_id))
+
+
+def _of_guild(guild_id: int) -> ColumnElement[bool]:
+    return RenderJob.guild_id == guild_id
 
 
 async def delete_user_data(session: AsyncSession, user_id: int) -> JobErasure:
@@ -288,7 +310,7 @@ async def delete_user_data(session: AsyncSession, user_id: int) -> JobErasure:
     Jobs running right now lose their row; their worker's lease renewal and final update then
     match nothing, so nothing of theirs is written back.
     """
-    return await _delete_where(session, RenderJob.user_id == user_id)
+    return await _delete_where(session, _of_user(user_id))
 
 
 async def delete_member_in_guild(session: AsyncSession, guild_id: int, user_id: int) -> JobErasure:
@@ -298,7 +320,7 @@ async def delete_member_in_guild(session: AsyncSession, guild_id: int, user_id: 
 
 
 async def delete_guild(session: AsyncSession, guild_id: int) -> JobErasure:
-    return await _delete_where(session, RenderJob.guild_id == guild_id)
+    return await _delete_where(session, _of_guild(guild_id))
 
 
 async def purge_finished(
