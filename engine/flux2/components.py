@@ -24,7 +24,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+# The models' own modules: to mypy, diffusers' top-level names are its no-torch dummies.
+from diffusers.models.autoencoders.autoencoder_kl_flux2 import AutoencoderKLFlux2
+from diffusers.models.transformers.transformer_flux2 import Flux2Transformer2DModel
 
 # transformers 5 has one Qwen2 tokenizer class (Qwen2TokenizerFast is an alias of it).
 from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
@@ -104,7 +108,7 @@ def tiny_flux2_components(seed: int = 0) -> dict[str, Any]:
         latent_channels=4,
         norm_num_groups=4,
         sample_size=64,
-    ).eval()  # type: ignore[attr-defined]
+    ).eval()
     torch.manual_seed(seed + 2)
     transformer = Flux2Transformer2DModel(
         patch_size=1,
@@ -117,7 +121,7 @@ def tiny_flux2_components(seed: int = 0) -> dict[str, Any]:
         timestep_guidance_channels=256,
         axes_dims_rope=(4, 4, 4, 4),
         guidance_embeds=False,
-    ).eval()  # type: ignore[attr-defined]
+    ).eval()
     return {
         "scheduler": flow_match_scheduler(),
         "vae": vae,
@@ -206,10 +210,10 @@ def shaped_flux2_components(seed: int = 0) -> dict[str, Any]:
         )
     return {
         "scheduler": flow_match_scheduler(),
-        "vae": vae.eval(),  # type: ignore[attr-defined]
+        "vae": vae.eval(),
         "text_encoder": text_encoder.eval(),
         "tokenizer": tokenizer,
-        "transformer": transformer.eval(),  # type: ignore[attr-defined]
+        "transformer": transformer.eval(),
         "is_distilled": True,
     }
 
