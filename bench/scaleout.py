@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -53,7 +52,9 @@ from bench.scaleout_processes import (
 )
 from bench.scaleout_report import (
     build_document,
+    configure_logging,
     machine_info,
+    note_end_load,
     write_results,
 )
 from bench.scaleout_worker import FixedTimeEngine, bench_settings
@@ -242,10 +243,13 @@ def users_of(config: RunConfig) -> list[int]:
     return [FIRST_USER + i for i in range(config.users)]
 
 
-async def create_avatars(url: str, data_dir: Path, config: RunConfig) -> None:
-    """One ready avatar per member, their encode jobs run in this process (no worker yet)."""
+async def create_avatars(
+    url: str, data_dir: Path, render_seconds: float, members: Sequence[tuple[int, int]]
+) -> None:
+    """One ready avatar (``AVATAR``) per ``(member, guild)``, their encode jobs run in this
+    process (no worker yet)."""
     database = Database.from_url(url)
-    engine = FixedTimeEngine(config.render_seconds)
+    engine = FixedTimeEngine(render_seconds)
     services = await build_services(
         bench_settings(data_dir, url),
         database,
@@ -253,10 +257,10 @@ async def create_avatars(url: str, data_dir: Path, config: RunConfig) -> None:
         dispatcher_config=DispatcherConfig(concurrency=0),
     )
     try:
-        for user in users_of(config):
+        for user, guild in members:
             files = [(f"{user}.png", photo_png(user))]
             ticket = await services.avatars.create(
-                user, GUILD, AVATAR, "object", files, consent=True
+                user, guild, AVATAR, "object", files, consent=True
             )
             view = await services.dispatcher.run_job(ticket.job_id)
             if view.status != JobStatus.DONE:
@@ -265,6 +269,17 @@ async def create_avatars(url: str, data_dir: Path, config: RunConfig) -> None:
     finally:
         await services.aclose()
         await database.dispose()
+
+
+async def bot_side(url: str, data_dir: Path) -> Services:
+    """The bot's side of a benchmark: services without an engine (engine facts from the
+    workers table) and with no job loop; the caller disposes of ``services.database``."""
+    return await build_services(
+        bench_settings(data_dir, url),
+        Database.from_url(url),
+        None,
+        dispatcher_config=DispatcherConfig(concurrency=0),
+    )
 
 
 class Controller:
@@ -381,15 +396,10 @@ async def measure(server_url: str, config: RunConfig) -> dict[str, Any]:
         logdir.mkdir()
         async with fresh_database(server_url) as url:
             setup_started = time.perf_counter()
-            await create_avatars(url, workdir / "setup", config)
-            database = Database.from_url(url)
-            # The bot's side: no engine, engine facts from the workers table.
-            services = await build_services(
-                bench_settings(workdir / "bot", url),
-                database,
-                None,
-                dispatcher_config=DispatcherConfig(concurrency=0),
-            )
+            members = [(user, GUILD) for user in users_of(config)]
+            await create_avatars(url, workdir / "setup", config.render_seconds, members)
+            services = await bot_side(url, workdir / "bot")
+            database = services.database
             try:
                 await services.start(run_loop=False)
                 controller = Controller(services, config)
@@ -484,17 +494,13 @@ def _brief(level: dict[str, Any]) -> str:
 async def run_on(server_url: str, config: RunConfig) -> dict[str, Any]:
     machine = machine_info()  # the load average before the run
     result = await measure(server_url, config)
-    with contextlib.suppress(OSError):
-        machine["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    note_end_load(machine)
     return build_document(asdict(config), machine, result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     config = config_of(args)
     if args.pg_url:
         document = asyncio.run(run_on(args.pg_url, config))

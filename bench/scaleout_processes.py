@@ -31,13 +31,51 @@ PG_SCRIPT = REPO / "scripts" / "pg-throwaway.sh"
 # -- PostgreSQL -------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """A PostgreSQL cluster of our own (scripts/pg-throwaway.sh); yields its server URL."""
-    workdir = tempfile.mkdtemp(prefix="avatarbot-scaleout-pg-", dir="/tmp")
+@dataclass(frozen=True)
+class PgCluster:
+    """A throwaway PostgreSQL cluster (scripts/pg-throwaway.sh layout: ``<workdir>/data``,
+    socket and log in ``workdir``) that can be stopped and started again in place: the
+    soak's database outages (bench/soak.py)."""
+
+    workdir: Path
+    port: int
+    url: str
+
+    def _pg_ctl(self, *args: str) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if not bins:
+            raise RuntimeError("pg_ctl not found under /usr/lib/postgresql")
+        # pg-throwaway.sh runs the server as the postgres user when we are root.
+        runas = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        command = [*runas, str(bins[-1]), "-D", str(self.workdir / "data"), *args]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: sessions ended cleanly; ``immediate``: like a crash)."""
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    def start(self) -> None:
+        """Start it again with the options pg-throwaway.sh gave it."""
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.workdir} "
+            "-c fsync=off -c max_connections=300"
+        )
+        self._pg_ctl("-w", "-l", str(self.workdir / "log"), "-o", options, "start")
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def throwaway_cluster(port: int | None = None) -> Iterator[PgCluster]:
+    """A PostgreSQL cluster of our own (scripts/pg-throwaway.sh) on ``port`` (default: a free
+    one), removed afterwards. Raises ``RuntimeError`` when it cannot start (no binaries)."""
+    workdir = tempfile.mkdtemp(prefix="avatarbot-scaleout-pg-", dir="/tmp")
+    port = port or free_port()
     result = subprocess.run(
         ["bash", str(PG_SCRIPT), "start", workdir, str(port)],
         capture_output=True,
@@ -46,11 +84,21 @@ def throwaway_postgres() -> Iterator[str]:
     )
     if result.returncode != 0:
         shutil.rmtree(workdir, ignore_errors=True)
-        raise SystemExit(f"pg-throwaway.sh failed: {result.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"pg-throwaway.sh failed: {result.stderr.strip()[-2000:]}")
     try:
-        yield result.stdout.strip().splitlines()[-1]
+        yield PgCluster(Path(workdir), port, result.stdout.strip().splitlines()[-1])
     finally:
         subprocess.run(["bash", str(PG_SCRIPT), "stop", workdir], capture_output=True, timeout=120)
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL cluster of our own (scripts/pg-throwaway.sh); yields its server URL."""
+    try:
+        with throwaway_cluster() as cluster:
+            yield cluster.url
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def _dsn(url: str, database: str | None = None) -> str:
@@ -105,42 +153,54 @@ class WorkerProcess:
     exit_code: int | None = None
 
 
+async def start_worker(
+    url: str, render_seconds: float, log: Path, extra_args: Sequence[str] = ()
+) -> WorkerProcess:
+    """Start one worker process (its stderr to ``log``); not yet ready (see ``wait_ready``)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    with log.open("ab") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.scaleout_worker",
+            url,
+            repr(render_seconds),
+            *extra_args,
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+        )
+    return WorkerProcess(process, log)
+
+
+async def wait_ready(worker: WorkerProcess) -> None:
+    """Read the worker's output up to its ready line (``RuntimeError`` if it exits first)."""
+    assert worker.process.stdout is not None
+    while True:
+        line = (await worker.process.stdout.readline()).decode()
+        if not line:
+            worker.exit_code = await worker.process.wait()
+            tail = worker.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"a worker exited before it was ready:\n{tail}")
+        if line.startswith(READY):
+            worker.worker_id = line.split()[1]
+            return
+
+
 async def start_workers(
     count: int, url: str, render_seconds: float, logdir: Path, within: float
 ) -> list[WorkerProcess]:
     """Start ``count`` worker processes and wait for each one's ready line."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    started: list[WorkerProcess] = []
-    for i in range(count):
-        log = logdir / f"worker-{count}-{i}-{secrets.token_hex(2)}.log"
-        with log.open("wb") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bench.scaleout_worker",
-                url,
-                repr(render_seconds),
-                cwd=REPO,
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-            )
-        started.append(WorkerProcess(process, log))
-
-    async def ready(worker: WorkerProcess) -> None:
-        assert worker.process.stdout is not None
-        while True:
-            line = (await worker.process.stdout.readline()).decode()
-            if not line:
-                tail = worker.log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"a worker exited before it was ready:\n{tail}")
-            if line.startswith(READY):
-                worker.worker_id = line.split()[1]
-                return
-
+    started = [
+        await start_worker(
+            url, render_seconds, logdir / f"worker-{count}-{i}-{secrets.token_hex(2)}.log"
+        )
+        for i in range(count)
+    ]
     try:
-        await asyncio.wait_for(asyncio.gather(*(ready(w) for w in started)), within)
+        await asyncio.wait_for(asyncio.gather(*(wait_ready(w) for w in started)), within)
     except BaseException:
         await stop_workers(started)
         raise

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,20 @@ def machine_info() -> dict[str, Any]:
     with contextlib.suppress(OSError):
         info["load_average_1m"] = round(os.getloadavg()[0], 2)
     return info
+
+
+def note_end_load(machine: dict[str, Any]) -> None:
+    """Add the 1-minute load average at the end of a run to ``machine_info()``'s record."""
+    with contextlib.suppress(OSError):
+        machine["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+
+
+def configure_logging(verbose: bool) -> None:
+    """The bench commands' logging: warnings (``-v``: info) with time stamps, to stderr."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def verdicts(levels: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -188,9 +203,16 @@ def markdown(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: Path, stem: str, document: dict[str, Any]) -> Path:
+def write_results(
+    out: Path,
+    stem: str,
+    document: dict[str, Any],
+    render: Callable[[dict[str, Any]], str] = markdown,
+) -> Path:
+    """``<out>/<stem>.json`` and the ``.md`` that ``render`` makes of it (the scale-out
+    table by default; the soak and the queue's ceiling pass their own)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stem}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
-    path.with_suffix(".md").write_text(markdown(document))
+    path.with_suffix(".md").write_text(render(document))
     return path
