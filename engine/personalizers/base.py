@@ -14,9 +14,8 @@ All methods run in the worker thread that owns the model, under ``torch.inferenc
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -211,18 +210,6 @@ class LoadContext:
 
 
 PersonalizerFactory = Callable[[LoadContext], Personalizer]
-
-
-@contextlib.contextmanager
-def attn_processors_swapped(unet: Any, processors: Mapping[str, Any]) -> Iterator[None]:
-    """Install ``processors`` on ``unet`` and put the previous ones back on exit."""
-    previous = dict(unet.attn_processors)
-    # set_attn_processor empties the dict it is given: always hand it a copy.
-    unet.set_attn_processor(dict(processors))
-    try:
-        yield
-    finally:
-        unet.set_attn_processor(dict(previous))
 
 
 def faces_of(
