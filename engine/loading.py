@@ -6,9 +6,10 @@ diffusers folder or a single checkpoint file. Every failure to find weights beco
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -207,6 +208,18 @@ def load_base_pipeline(
         what = "base model"
     with hub_offline(offline):
         return load_or_explain(what, location, load, what_setting="engine.base_model")
+
+
+def stable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config without what says where it was loaded from or by which library version
+    (``_name_or_path``, ``transformers_version``...): the same model must keep its id."""
+    return {k: v for k, v in config.items() if not k.startswith("_") and not k.endswith("_version")}
+
+
+def encoder_fingerprint(module: torch.nn.Module, config: Mapping[str, Any]) -> str:
+    """``fingerprint_module`` of an encoder with everything else its features depend on
+    (``config``: preprocessing, crop policy, an encoding version), as canonical JSON."""
+    return fingerprint_module(module, json.dumps(config, sort_keys=True, default=str))
 
 
 def fingerprint_module(module: torch.nn.Module, *extra: str) -> str:

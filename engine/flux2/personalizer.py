@@ -21,7 +21,6 @@ never runs during a render.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Hashable, Sequence
@@ -34,7 +33,7 @@ from PIL import Image as PILImage
 from engine.errors import CorruptFeatures, InvalidRequest
 from engine.flux2.components import KLEIN_4B_TEXT_LAYERS, MAX_SEQUENCE_LENGTH
 from engine.flux2.loading import AvatarFlux2Pipeline
-from engine.loading import fingerprint_module
+from engine.loading import encoder_fingerprint, stable_config
 from engine.personalizers import register_personalizer
 from engine.personalizers.base import (
     BatchOutcome,
@@ -102,21 +101,13 @@ class Flux2KleinPersonalizer(Personalizer):
         self._vae_device: torch.device = pipe.vae.device
         self._vae_dtype: torch.dtype = pipe.vae.dtype
         _check_text_layers(pipe, text_layers)
-        config_text = json.dumps(
-            {
-                "vae": {
-                    k: v
-                    for k, v in pipe.vae.config.items()
-                    if not k.startswith("_") and not k.endswith("_version")
-                },
-                "reference_size": reference_size,
-                "face_margin": face_margin,
-                "version": _ENCODING_VERSION,
-            },
-            sort_keys=True,
-            default=str,
-        )
-        self.encoder_id = f"flux2-vae-{reference_size}:{fingerprint_module(pipe.vae, config_text)}"
+        config = {
+            "vae": stable_config(pipe.vae.config),
+            "reference_size": reference_size,
+            "face_margin": face_margin,
+            "version": _ENCODING_VERSION,
+        }
+        self.encoder_id = f"flux2-vae-{reference_size}:{encoder_fingerprint(pipe.vae, config)}"
 
     # -- encoding ---------------------------------------------------------------------------
 

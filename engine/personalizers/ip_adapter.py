@@ -11,7 +11,6 @@ processors and image projection are only installed inside ``prepare``'s context.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
@@ -23,7 +22,13 @@ from diffusers.models.embeddings import ImageProjection
 
 from engine.acceleration import PHOTO_SLOT_BUCKETS, bucket_for
 from engine.errors import CorruptFeatures, InvalidRequest
-from engine.loading import fingerprint_module, is_single_file, load_or_explain, looks_local
+from engine.loading import (
+    encoder_fingerprint,
+    is_single_file,
+    load_or_explain,
+    looks_local,
+    stable_config,
+)
 from engine.personalizers import register_personalizer
 from engine.personalizers.base import (
     DenoiseBatch,
@@ -82,19 +87,15 @@ class IPAdapterPersonalizer(StableDiffusionPersonalizer):
             self._processors[proc_name] = proc
         if batch_invariant:
             make_batch_invariant(self._projection)
-        config_text = json.dumps(
-            {
-                "encoder": _stable_config(self._image_encoder.config.to_dict()),
-                "preprocess": _stable_config(self._feature_extractor.to_dict()),
-                "plus": self.plus,
-                "face_margin": face_margin,
-                "version": _ENCODING_VERSION,
-            },
-            sort_keys=True,
-            default=str,
-        )
+        config = {
+            "encoder": stable_config(self._image_encoder.config.to_dict()),
+            "preprocess": stable_config(self._feature_extractor.to_dict()),
+            "plus": self.plus,
+            "face_margin": face_margin,
+            "version": _ENCODING_VERSION,
+        }
         kind = "ip-adapter-plus" if self.plus else "ip-adapter"
-        self.encoder_id = f"{kind}:{fingerprint_module(self._image_encoder, config_text)}"
+        self.encoder_id = f"{kind}:{encoder_fingerprint(self._image_encoder, config)}"
         self._uncond = self._unconditional_embedding()
 
     def processor_maps(self) -> Sequence[dict[str, Any]]:
@@ -244,12 +245,6 @@ class IPAdapterPersonalizer(StableDiffusionPersonalizer):
                 proc.ip_mask = None
             unet.encoder_hid_proj = previous_projection
             unet.set_attn_processor(dict(previous_processors))
-
-
-def _stable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A config without what says where it was loaded from or by which library version
-    (``_name_or_path``, ``transformers_version``...): the same model must keep its id."""
-    return {k: v for k, v in config.items() if not k.startswith("_") and not k.endswith("_version")}
 
 
 def load_ip_adapter(context: LoadContext) -> IPAdapterPersonalizer:
