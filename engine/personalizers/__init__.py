@@ -10,13 +10,7 @@ import importlib
 import logging
 
 from engine.errors import UnknownPersonalizer
-from engine.personalizers.base import (
-    DenoiseBatch,
-    LoadContext,
-    Personalizer,
-    PersonalizerFactory,
-    PreparedConditioning,
-)
+from engine.personalizers.base import PersonalizerFactory
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +37,3 @@ def personalizer_factory(name: str) -> PersonalizerFactory:
         return _FACTORIES[name]
     except KeyError:
         raise UnknownPersonalizer(name, sorted(set(_FACTORIES) | set(_KNOWN_MODULES))) from None
-
-
-__all__ = [
-    "DenoiseBatch",
-    "LoadContext",
-    "Personalizer",
-    "PersonalizerFactory",
-    "PreparedConditioning",
-    "personalizer_factory",
-    "register_personalizer",
-]
