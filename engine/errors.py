@@ -36,6 +36,12 @@ class MissingWeights(EngineError):
         super().__init__(f"missing {what}: {location}{detail}. {how}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type without one), for ``reason``."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
 class StaleFeatures(EngineError):
     """Cached features were made by another encoder (or an older format): re-encode them
     from the stored photos; never reuse them silently."""

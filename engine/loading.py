@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from engine.errors import MissingWeights
+from engine.errors import MissingWeights, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +109,8 @@ def load_or_explain(
             what,
             location,
             how_to_get(location, what_setting=what_setting, files=files),
-            reason=_first_line(exc),
+            reason=first_line(exc),
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.errors import MissingWeights
+from engine.errors import MissingWeights, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _load_sd15(base: str, encoder: str, *, offline: bool, cache_dir: str | None)
             base,
             "Download it with `huggingface-cli download "
             f"{SD15_BASE}` or pass --base-model with a local diffusers folder",
-            reason=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            reason=first_line(exc),
         ) from exc
     try:
         image_encoder = CLIPVisionModelWithProjection.from_pretrained(encoder, **common)
@@ -110,6 +110,6 @@ def _load_sd15(base: str, encoder: str, *, offline: bool, cache_dir: str | None)
             encoder,
             f"Download it with `huggingface-cli download {SD15_IMAGE_ENCODER}` "
             "or pass --image-encoder with a local folder",
-            reason=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            reason=first_line(exc),
         ) from exc
     return FrozenModels(unet, vae, text_encoder, tokenizer, scheduler, image_encoder, base, encoder)

@@ -21,7 +21,7 @@ import torch
 from PIL.Image import Image
 
 from engine.acceleration import PHOTO_SLOT_BUCKETS, bucket_for
-from engine.errors import CorruptFeatures, MissingWeights
+from engine.errors import CorruptFeatures, MissingWeights, first_line
 from engine.personalizers.base import (
     DenoiseBatch,
     LoadContext,
@@ -278,5 +278,5 @@ def _image_encoder(location: str, ctx: LoadContext) -> Any:
             location,
             f"Download it with `huggingface-cli download {location}` (or edit image_encoder in "
             "the weights' config.json to point at a local folder)",
-            reason=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            reason=first_line(exc),
         ) from exc
