@@ -33,7 +33,6 @@ COMMAND_MODULES = (
     "db_cmd",
     "photo_cmd",
     "train_cmd",
-    "engine_cmd",
     "avatar_cmd",
     "eval_cmd",
     "safety_cmd",

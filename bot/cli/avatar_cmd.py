@@ -34,6 +34,8 @@ from kinds import SUBJECT_KINDS, JobStatus, SubjectKind
 
 if TYPE_CHECKING:
     from bot.services.container import Services
+    from bot.services.events import JobEvent
+    from bot.services.results import JobView
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -273,6 +275,7 @@ async def _list(args: argparse.Namespace, services: Services) -> int:
 
 async def _render(args: argparse.Namespace, services: Services) -> int:
     from bot.services.results import RenderOptions
+    from engine.profiles import resolve_profile
 
     options = RenderOptions(
         negative_prompt=args.negative_prompt,
@@ -288,7 +291,7 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
     )
     print(f"job {ticket.job_id} queued (position {ticket.position})", file=sys.stderr)
     try:
-        view = await asyncio.wait_for(services.dispatcher.run_job(ticket.job_id), args.timeout)
+        view = await asyncio.wait_for(_run_with_progress(services, ticket.job_id), args.timeout)
     except TimeoutError:
         print(
             f"avatarbot: job {ticket.job_id} did not finish in {args.timeout:g} s", file=sys.stderr
@@ -303,7 +306,50 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
         path.write_bytes(image)
         print(path)
     await services.jobs.mark_delivered(view.id)
+    if resolve_profile(services.settings.engine).is_noise:
+        print(
+            f"note: profile {services.settings.engine.profile} runs random weights; "
+            "these images are noise",
+            file=sys.stderr,
+        )
     return 0
+
+
+PROGRESS_BAR = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
+
+
+async def _run_with_progress(services: Services, job_id: int) -> JobView:
+    """Run the queue until the job has run, with a progress bar on stderr: the dispatcher
+    records the job's progress every few seconds and announces it as an event."""
+    from tqdm import tqdm
+
+    changed = asyncio.Event()
+
+    def on_event(event: JobEvent) -> None:
+        if event.job_id == job_id:
+            changed.set()
+
+    unsubscribe = services.events.subscribe(on_event)
+    with tqdm(total=100, file=sys.stderr, desc="render", bar_format=PROGRESS_BAR) as bar:
+
+        async def follow() -> None:
+            view = await services.jobs.view(job_id)
+            while not view.finished:  # its FINISHED event ends the loop
+                await changed.wait()
+                changed.clear()
+                view = await services.jobs.view(job_id)
+                bar.update(round(view.progress * 100) - bar.n)
+
+        follower = asyncio.create_task(follow())
+        try:
+            view = await services.dispatcher.run_job(job_id)
+        finally:
+            follower.cancel()  # run_job has returned or failed: nothing more to show
+            await asyncio.gather(follower, return_exceptions=True)
+            unsubscribe()
+        if view.status is JobStatus.DONE:
+            bar.update(100 - bar.n)
+    return view
 
 
 async def _delete(args: argparse.Namespace, services: Services) -> int:

@@ -58,6 +58,9 @@ def test_avatar_session(
 
     code, _, err = run("create", "--user", "42", "--name", "Mia", "--kind", "object", *photos)
     assert code == 2 and "--consent" in err and loads == []
+    missing = str(tmp_path / "missing.png")
+    code, _, err = run("create", "--user", "42", "--name", "Mia", missing, "--consent")
+    assert code == 1 and f"cannot read {missing}" in err and loads == []
     code, out, _ = run(
         "create", "--user", "42", "--name", "Mia", "--kind", "object", *photos, "--consent"
     )
@@ -75,9 +78,11 @@ def test_avatar_session(
     written = out.split()
     # Job 1 was the avatar's creation (its checks and encoding); job 2 the render.
     assert written == [str(out_dir / "job2-seed7.png"), str(out_dir / "job2-seed8.png")]
-    for path in written:
-        with Image.open(io.BytesIO(Path(path).read_bytes())) as image:
+    for name in written:
+        with Image.open(io.BytesIO(Path(name).read_bytes())) as image:
             assert (image.format, image.size) == ("PNG", (64, 64))
+    assert "render: 100%" in err  # the progress bar, complete
+    assert "note: profile tiny runs random weights; these images are noise" in err
     code, out, _ = run("usage", "--user", "42")
     assert code == 0 and out.startswith("1 of 25 renders used today; 24 left")
 

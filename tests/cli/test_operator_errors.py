@@ -92,7 +92,7 @@ def test_bad_database_url_is_one_line(tmp_path: Path, command: list[str], bad: s
 ENGINE_COMMANDS = [
     ["worker"],
     ["avatar", "render", "--user", "1", "--avatar", "x", "--prompt", "p"],
-    ["engine", "encode", "{photo}", "--out", "{tmp}/f.features"],
+    ["avatar", "create", "--user", "1", "--name", "x", "{photo}", "--consent"],
     ["db", "upgrade"],
     ["photo", "check", "{photo}"],
 ]
@@ -112,6 +112,7 @@ def test_unknown_profile_is_one_line(tmp_path: Path, command: list[str]) -> None
     [
         ["worker"],
         ["avatar", "render", "--user", "1", "--avatar", "x", "--prompt", "p"],
+        ["avatar", "create", "--user", "1", "--name", "x", "p.png", "--consent"],
         ["run"],
     ],
     ids=lambda c: "-".join(c[:2]),
@@ -126,12 +127,6 @@ def test_missing_weights_are_one_line_and_fast(tmp_path: Path, command: list[str
     env.pop("AVATARBOT_DATA_KEY")
     result = _avatarbot(command, env, timeout=30)
     _assert_one_clear_error(result, "missing", "hf download")
-
-
-def test_engine_render_missing_weights_is_one_line(tmp_path: Path) -> None:
-    env = _env(tmp_path, AVATARBOT_ENGINE__PROFILE=REAL_PROFILE)
-    args = ["engine", "render", "--prompt", "p", "--out", str(tmp_path / "out")]
-    _assert_one_clear_error(_avatarbot(args, env), "missing", "hf download")
 
 
 def test_unknown_setting_names_the_closest(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from avatarbot_research.evaluation import IdentityMetric
     from engine import DiffusionEngine
+    from engine.config import EngineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from avatarbot_research.evaluation import MetricUnavailable, load_identity_metric
     from bot.cli import _check_weights_offline
-    from bot.cli.engine_cmd import _engine_settings
 
     _check_numbers(args)
     prompts = _prompts(args)
@@ -94,6 +94,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     run = _Evaluation(args, prompts, size, references, metric, faces)
     return asyncio.run(run.main(engine_settings))
+
+
+def _engine_settings(args: argparse.Namespace, settings: Settings) -> EngineSettings:
+    """The configured engine settings, with this command's --profile, --device and --offline."""
+    updates: dict[str, object] = {}
+    if args.profile:
+        updates["profile"] = args.profile
+    if args.device:
+        updates["device"] = args.device
+    if args.offline:
+        updates["offline"] = True
+    return settings.engine.model_copy(update=updates)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -260,7 +272,7 @@ class _Evaluation:
         self.metric = metric
         self.faces = faces
 
-    async def main(self, engine_settings: Any) -> int:
+    async def main(self, engine_settings: EngineSettings) -> int:
         from engine.engine import create_engine
 
         logger.info("loading engine profile %s", engine_settings.profile)
