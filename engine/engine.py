@@ -213,7 +213,7 @@ def _build_pipeline(
         pipe.to(dtype=dtype)
     if batch_invariant:
         _realign(pipe)
-        make_pipeline_batch_invariant(pipe, pipe.unet)
+        make_pipeline_batch_invariant(pipe)
     return pipe
 
 

@@ -25,7 +25,7 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from engine.acceleration import bucket_for
+from engine.acceleration import bucket_for, denoiser_of
 from engine.errors import InvalidRequest
 from engine.personalizers.base import BatchOutcome, DenoiseBatch, Personalizer, StepCallback
 from engine.types import SCHEDULER_NAMES, RenderRequest
@@ -130,14 +130,14 @@ def make_batch_invariant(module: torch.nn.Module) -> int:
     return swapped
 
 
-def make_pipeline_batch_invariant(pipe: Any, denoiser: torch.nn.Module) -> None:
+def make_pipeline_batch_invariant(pipe: Any) -> None:
     """Make an image bit-identical alone or batched on the CPU, for either family: oneDNN off
     (its convolution algorithms depend on the batch size), every ``nn.Linear`` of the
-    ``denoiser`` (Stable Diffusion's UNet, FLUX.2's transformer) row-wise on 2-D inputs (the
+    denoiser (Stable Diffusion's UNet, FLUX.2's transformer) row-wise on 2-D inputs (the
     timestep embedding and modulations: one row per sample), VAE slicing (one image per
     decode). FLUX.2's personalizer also encodes prompts one at a time."""
     torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
-    make_batch_invariant(denoiser)
+    make_batch_invariant(denoiser_of(pipe))
     pipe.vae.enable_slicing()
     logger.info("CPU batch-invariant mode: oneDNN off, row-wise linears, per-image VAE decode")
 

@@ -124,7 +124,7 @@ def build_flux2_pipeline(
         )
     pipe.to(device)
     if batch_invariant:
-        make_pipeline_batch_invariant(pipe, pipe.transformer)
+        make_pipeline_batch_invariant(pipe)
     billions = parameter_count([pipe.transformer, pipe.text_encoder, pipe.vae]) / 1e9
     logger.info("FLUX.2 [klein] pipeline for %s: %.2f B parameters", profile.name, billions)
     return pipe
