@@ -116,7 +116,8 @@ def build_flux2_pipeline(
             # Bars for writing and reading back our own random weights say nothing.
             with quiet_progress_bars():
                 folder = _write_random(components, Path(workdir) / profile.name)
-                pipe = _load_folder(folder, dtype)
+                # Written by us a moment ago: always local, never the hub.
+                pipe = load_flux2_folder(str(folder), dtype=dtype, offline=True, cache_dir=None)
     else:
         assert profile.base_model is not None, f"profile {profile.name} names no base model"
         pipe = load_flux2_folder(
@@ -173,11 +174,6 @@ def _how(location: str, how: str) -> str:
         f"`hf download {KLEIN_4B_REPO} --local-dir {location}`, or point {_SETTING} at another "
         "diffusers folder in that layout or a hub id."
     )
-
-
-def _load_folder(folder: Path, dtype: torch.dtype) -> AvatarFlux2Pipeline:
-    # Written by us a moment ago: always local, never the hub.
-    return load_flux2_folder(str(folder), dtype=dtype, offline=True, cache_dir=None)
 
 
 def _write_random(components: dict[str, Any], folder: Path) -> Path:
