@@ -115,6 +115,7 @@ class AvatarBot(commands.Bot):
             )
         if self._database is None:
             self._database = Database.from_url(self.settings.effective_database_url)
+        await self._database.wait_until_reachable()
         await upgrade(self._database)
         engine: EnginePort | None = None
         if self.settings.run_worker:

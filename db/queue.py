@@ -75,12 +75,13 @@ CLAIM_LOCK = (0x61766174, 1)  # "avat", 1
 
 # THE LOCK ORDER of every transaction that touches a job and what hangs off it (finish, reap,
 # cancel, hand-back, delete, forget-me, purges): first the job row(s), several of them in
-# ascending id order; then their attempts, outputs, ledger and counted rows; then anything
-# else (avatars, audit). A path that writes a job row takes its lock with that write (finish,
-# cancel: the UPDATE comes first) or with ``lock_jobs`` (erasures, which delete the attempts
-# before the job). Two transactions that follow it wait for each other at the job row and
-# never cross: with opposite orders (erasure: attempts then job; finish: job then attempt)
-# PostgreSQL aborted one side as a deadlock (issue 23). SQLite has one writer: no row locks.
+# ascending id order; only then the rows that hang off them (attempts, outputs, ledger and
+# counted rows: among these the order is free, the job's lock already serialises them), and
+# anything else (avatars, audit). A path that writes a job row takes its lock with that write
+# (finish, cancel: the UPDATE comes first) or with ``lock_jobs`` (erasures, which delete the
+# attempts before the job). Two transactions that follow it wait for each other at the job
+# row and never cross: with opposite orders (erasure: attempts then job; finish: job then
+# attempt) PostgreSQL aborted one side as a deadlock (issue 23). SQLite has one writer.
 async def lock_jobs(session: AsyncSession, condition: ColumnElement[bool]) -> list[RenderJob]:
     """Lock the jobs matching ``condition`` in id order (see THE LOCK ORDER above), fresh."""
     rows = await session.scalars(

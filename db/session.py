@@ -14,6 +14,7 @@ driver (``isolation_level = None`` on connect, our own BEGIN in the ``begin`` ev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -79,6 +80,20 @@ def _reason(exc: BaseException) -> str:
     origin = getattr(exc, "orig", None) or exc
     text = str(origin).strip().splitlines()[0] if str(origin).strip() else type(origin).__name__
     return text.split(" (Background on this error")[0]
+
+
+# The wait for the database at start: first retry soon, then at most this far apart, so a
+# process is up within about this long after the database is back (issue 23).
+RETRY_FIRST_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
+
+
+def _may_come_back(cause: BaseException | None) -> bool:
+    """Whether a failed first connection to PostgreSQL may succeed later: the server is down,
+    starting, stopping or full; not a wrong role or password (SQLSTATE class 28) nor a missing
+    database (3D000), which waiting does not fix."""
+    sqlstate = getattr(getattr(cause, "orig", None), "sqlstate", None)
+    return sqlstate is None or not (sqlstate.startswith("28") or sqlstate == "3D000")
 
 
 def _prepare_sqlite_file(url: URL) -> None:
@@ -166,6 +181,37 @@ class Database:
                 f"cannot reach the database {_safe(self.url)}: {_reason(exc)}; check that it "
                 "is running and reachable, and AVATARBOT_DATABASE_URL"
             ) from exc
+
+    async def wait_until_reachable(self) -> None:
+        """Return once the database accepts a connection, waiting as long as that takes.
+
+        ``avatarbot worker`` and ``avatarbot run`` call it before anything else touches the
+        database. They wait rather than exit because they are supervised (systemd, compose):
+        an exit only becomes a restart loop that reloads the engine each time, while the
+        database (often on another host, started in any order) comes back by itself. Retries
+        back off to ``RETRY_MAX_SECONDS``; the log has one line when the database is found
+        unreachable and one when it is reachable again, not one per try. A mistake waiting
+        does not fix (a wrong password or database name, any SQLite problem) raises
+        ``DatabaseUnavailable`` at once.
+        """
+        delay = RETRY_FIRST_SECONDS
+        unreachable = False
+        while True:
+            try:
+                connection = await self.connect()
+            except DatabaseUnavailable as exc:
+                if self.dialect != "postgresql" or not _may_come_back(exc.__cause__):
+                    raise
+                if not unreachable:
+                    logger.warning("database unreachable, retrying: %s", exc)
+                    unreachable = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            await connection.close()
+            if unreachable:
+                logger.info("database reachable")
+            return
 
     def session(self, *, readonly: bool = False) -> AsyncSession:
         """A new session: ``async with db.session() as s: ...; await s.commit()``.

@@ -4,7 +4,8 @@ Runs the engine and the job loop, nothing else: no Discord. Start any number of 
 machines against one PostgreSQL (README, "Scale-out"); set ``AVATARBOT_RUN_WORKER=false`` on
 the bot so it only queues and delivers. SIGTERM and SIGINT stop it cleanly: it stops claiming,
 hands the jobs it was running back to the queue without counting an attempt (another worker
-takes them at once), closes the database and exits 0.
+takes them at once), closes the database and exits 0. Started while the database is down,
+it waits for it, logging one line, instead of exiting (db/session.py ``wait_until_reachable``).
 
 A worker never talks to Discord, so it refuses to start when ``AVATARBOT_DISCORD_TOKEN`` is in
 its environment (one line on stderr, exit 2) rather than warn and carry on: a process that
@@ -85,6 +86,7 @@ async def _main(settings: Settings, concurrency: int | None) -> int:
         gpu=torch_gpu_memory,
     )
     try:
+        await database.wait_until_reachable()
         await upgrade(database)
         engine = await build_engine_port(settings)
         try:

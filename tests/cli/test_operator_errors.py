@@ -70,7 +70,8 @@ BAD_URLS = {
 }
 DB_CASES = [
     *((DB_UPGRADE, name) for name in BAD_URLS),
-    *((WORKER, name) for name in BAD_URLS),
+    # A worker waits for an unreachable database instead (tests/cli/test_waits_for_database.py).
+    *((WORKER, name) for name in BAD_URLS if name != "pg-down"),
     (["db", "current"], "pg-down"),
     (["avatar", "list", "--user", "1"], "sync-sqlite"),
     (["avatar", "render", "--user", "1", "--avatar", "x", "--prompt", "p"], "nonsense"),
