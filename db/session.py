@@ -187,8 +187,9 @@ class Database:
 
         ``avatarbot worker`` and ``avatarbot run`` call it before anything else touches the
         database. They wait rather than exit because they are supervised (systemd, compose):
-        an exit only becomes a restart loop that reloads the engine each time, while the
-        database (often on another host, started in any order) comes back by itself. Retries
+        an exit only becomes a restart loop, a failure logged every few seconds and the
+        process's start (torch imports) paid again each time, while the database (often on
+        another host, started in any order) comes back by itself. Retries
         back off to ``RETRY_MAX_SECONDS``; the log has one line when the database is found
         unreachable and one when it is reachable again, not one per try. A mistake waiting
         does not fix (a wrong password or database name, any SQLite problem) raises
