@@ -33,7 +33,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from bot.config import JobSettings
 from bot.errors import AvatarbotError, InternalError
@@ -46,12 +46,19 @@ from bot.services.ports import ProgressCallback
 from bot.services.results import JobView
 from bot.services.workers import WorkerRegistry
 from db import queue
+from db.faults import is_transient
 from db.repositories import jobs as jobs_repo
 from db.session import Database
 from db.types import utcnow
 from kinds import JobKind, JobStatus
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+# Retrying the database (claims, outcome writes): first soon, then at most this far apart,
+# so work resumes within about RETRY_MAX_SECONDS once the database is back.
+RETRY_FIRST_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,9 @@ class JobDispatcher:
         self._work_tasks: dict[int, asyncio.Task[Outcome]] = {}
         self._runs: dict[int, asyncio.Task[None]] = {}
         self._progress: dict[int, float] = {}
+        # Per running job: until when (monotonic) its lease surely holds, from the claim or
+        # the last renewal; outcome writes retry a blinking database until then.
+        self._lease_until: dict[int, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._paused = False
@@ -298,7 +308,7 @@ class JobDispatcher:
         )
 
     async def _loop(self) -> None:
-        backoff = 0.5
+        backoff = RETRY_FIRST_SECONDS
         while not self._stopping:
             now = time.monotonic()
             if now >= self._next_reap:
@@ -313,16 +323,23 @@ class JobDispatcher:
                 self._waker.clear()
                 try:
                     claim = await self._claim()
-                    backoff = 0.5
-                except Exception:
-                    logger.exception("claiming a job failed; retrying in %.1f s", backoff)
+                except Exception as exc:
+                    # One line when claiming starts failing (the database is down, say) and
+                    # one when it works again; retried at most RETRY_MAX_SECONDS apart, so
+                    # work resumes within about that once the database is back.
+                    if backoff == RETRY_FIRST_SECONDS:
+                        logger.error("claiming jobs failed; retrying: %s", _reason(exc))
                     await self._waker.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
+                    backoff = min(backoff * 2, RETRY_MAX_SECONDS)
                     continue
+                if backoff != RETRY_FIRST_SECONDS:
+                    logger.info("claiming jobs works again")
+                    backoff = RETRY_FIRST_SECONDS
                 if claim is not None:
                     task = asyncio.get_running_loop().create_task(
                         self._run(claim), name=f"job-{claim.id}"
                     )
+                    task.add_done_callback(_log_unexpected)
                     self._runs[claim.id] = task
                     continue
                 deadline = min(self._next_reap, time.monotonic() + self.config.poll_seconds)
@@ -353,6 +370,7 @@ class JobDispatcher:
         await self._jobs.purge_expired()
 
     async def _claim(self) -> _Claimed | None:
+        started = time.monotonic()  # the lease is dated no earlier than this
         async with self._db.begin() as session:
             job = await queue.claim_next(
                 session,
@@ -363,6 +381,7 @@ class JobDispatcher:
             if job is None:
                 return None
             await self._events.publish(session, JobEventKind.STARTED, job.id)
+            self._lease_until[job.id] = started + self.config.lease_seconds
             kind = JobKind(job.kind)
             work = self._work.get(kind)
             run: Claim | None = None
@@ -402,6 +421,7 @@ class JobDispatcher:
         finally:
             self._runs.pop(claim.id, None)
             self._progress.pop(claim.id, None)
+            self._lease_until.pop(claim.id, None)
             self._waker.wake()  # a slot is free
 
     async def _execute(self, claim: _Claimed, work: JobWork, run: Claim) -> None:
@@ -427,7 +447,7 @@ class JobDispatcher:
         try:
             outcome: Outcome | None = None
             failure: tuple[str, str] | None = None
-            cancelled = False
+            cancelled = blinked = False
             try:
                 outcome = await task
             except asyncio.CancelledError:
@@ -436,13 +456,25 @@ class JobDispatcher:
                 failure = ("timeout", "The job took too long and was stopped.")
             except AvatarbotError as exc:
                 failure = (exc.code, exc.message)
-            except Exception:
-                error = InternalError()
-                logger.exception("job %s failed (reference %s)", claim.id, error.reference)
-                failure = ("internal_error", error.message)
+            except Exception as exc:
+                if is_transient(exc):
+                    # The database blinked while the work read it: not the job's fault, so
+                    # it goes back to the queue without counting an attempt.
+                    blinked = True
+                    logger.warning(
+                        "job %s: the database failed during its work (%s); handing it back",
+                        claim.id,
+                        _reason(exc),
+                    )
+                else:
+                    error = InternalError()
+                    logger.exception("job %s failed (reference %s)", claim.id, error.reference)
+                    failure = ("internal_error", error.message)
             keeping.set()
             await keeper
-            if cancelled:
+            if blinked:
+                await self._hand_back(claim.id)
+            elif cancelled:
                 current = asyncio.current_task()
                 interrupted = current is not None and current.cancelling() > 0
                 if self._stopping or interrupted:
@@ -479,21 +511,14 @@ class JobDispatcher:
                 pass
             fraction = self._progress.get(job_id, 0.0)
             try:
-                async with self._db.begin() as session:
-                    held = await queue.renew_lease(
-                        session,
-                        job_id,
-                        self.worker_id,
-                        self.config.lease_seconds,
-                        utcnow(),
-                        progress=fraction,
-                    )
-                    if held and fraction > announced:
-                        await self._events.publish(session, JobEventKind.PROGRESS, job_id)
-            except Exception:
-                # A transient database error: keep working; the next renewal may succeed and
-                # the lease (3 renewal intervals) covers the gap.
-                logger.exception("renewing the lease of job %s failed", job_id)
+                held = await self._renew(job_id, fraction, announce=fraction > announced)
+            except Exception as exc:
+                # Keep working: the next renewal may succeed, the lease (3 renewal intervals)
+                # covers the gap, and the outcome write retries for what is left of it.
+                if is_transient(exc):
+                    logger.warning("renewing the lease of job %s failed: %s", job_id, _reason(exc))
+                else:
+                    logger.exception("renewing the lease of job %s failed", job_id)
                 continue
             if not held:
                 logger.info("job %s is no longer ours; abandoning it", job_id)
@@ -501,52 +526,141 @@ class JobDispatcher:
                 return
             announced = max(announced, fraction)
 
+    async def _renew(self, job_id: int, fraction: float, *, announce: bool = False) -> bool:
+        """Renew this worker's lease on the job (recording its progress); False when the job
+        is no longer ours (cancelled, deleted or reaped)."""
+        # Counted from before the write: the database dates the lease no earlier.
+        started = time.monotonic()
+        async with self._db.begin() as session:
+            held = await queue.renew_lease(
+                session,
+                job_id,
+                self.worker_id,
+                self.config.lease_seconds,
+                utcnow(),
+                progress=fraction,
+            )
+            if held and announce:
+                await self._events.publish(session, JobEventKind.PROGRESS, job_id)
+        if held:
+            self._lease_until[job_id] = started + self.config.lease_seconds
+        return held
+
+    async def _persist(
+        self, job_id: int, what: str, write: Callable[[], Awaitable[_T]]
+    ) -> _T | None:
+        """Run ``write`` (one transaction), retrying while the database blinks (db/faults.py)
+        for as long as this worker's lease on the job holds, renewing the lease between tries.
+        None when the lease ran out or the job was taken away first: logged at ERROR, since
+        the job's work is then lost and its lease's expiry sends it to another worker.
+
+        If the connection dies during COMMIT, the first try may have been written after all;
+        the retry then finds the job no longer running here and writes nothing twice.
+        """
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if time.monotonic() + delay >= self._lease_until.get(job_id, 0.0):
+                    logger.error(
+                        "job %s: its %s could not be written before its lease ran out (%s); "
+                        "it will run again",
+                        job_id,
+                        what,
+                        _reason(exc),
+                    )
+                    return None
+                if delay == RETRY_FIRST_SECONDS:
+                    logger.warning(
+                        "job %s: writing its %s failed (%s); retrying while its lease holds",
+                        job_id,
+                        what,
+                        _reason(exc),
+                    )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            try:
+                if not await self._renew(job_id, self._progress.get(job_id, 0.0)):
+                    logger.error("job %s: taken away while writing its %s; dropped", job_id, what)
+                    return None
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+
     async def _complete(self, claim: _Claimed, outcome: Outcome) -> bool:
         """Write the outcome; False when the job was taken away meanwhile (output dropped)."""
-        now = utcnow()
-        async with self._db.begin() as session:
-            finished = await queue.finish_job(
-                session,
-                claim.id,
-                worker_id=self.worker_id,
-                status=JobStatus.DONE,
-                now=now,
-                timings=outcome.timings(),
-            )
-            if finished is None:
-                logger.info("job %s finished after it was taken away; output dropped", claim.id)
-                return False
-            await outcome.commit(session, now)
-            await self._events.publish(session, JobEventKind.FINISHED, claim.id)
-        return True
+
+        async def write() -> bool:
+            now = utcnow()
+            async with self._db.begin() as session:
+                finished = await queue.finish_job(
+                    session,
+                    claim.id,
+                    worker_id=self.worker_id,
+                    status=JobStatus.DONE,
+                    now=now,
+                    timings=outcome.timings(),
+                )
+                if finished is None:
+                    logger.info("job %s finished after it was taken away; output dropped", claim.id)
+                    return False
+                await outcome.commit(session, now)
+                await self._events.publish(session, JobEventKind.FINISHED, claim.id)
+            return True
+
+        return bool(await self._persist(claim.id, "outcome", write))
 
     async def _fail(
         self, claim: _Claimed, code: str, message: str, *, work: JobWork | None = None
     ) -> None:
-        now = utcnow()
-        async with self._db.begin() as session:
-            finished = await queue.finish_job(
-                session,
-                claim.id,
-                worker_id=self.worker_id,
-                status=JobStatus.FAILED,
-                now=now,
-                error_code=code[:64],
-                error=message,
-            )
-            if finished is None:
-                return
-            await release_failed(session, finished, now, note=f"failed: {code}")
-            if work is not None:  # the kind's own part (a screened prompt counts as withheld)
-                await work.failed(session, finished, code, now)
-            await self._events.publish(session, JobEventKind.FINISHED, claim.id)
-        logger.info("job %s failed (%s), refunded", claim.id, code)
+        async def write() -> bool:
+            now = utcnow()
+            async with self._db.begin() as session:
+                finished = await queue.finish_job(
+                    session,
+                    claim.id,
+                    worker_id=self.worker_id,
+                    status=JobStatus.FAILED,
+                    now=now,
+                    error_code=code[:64],
+                    error=message,
+                )
+                if finished is None:
+                    return False
+                await release_failed(session, finished, now, note=f"failed: {code}")
+                if work is not None:  # the kind's own part (a screened prompt counts as withheld)
+                    await work.failed(session, finished, code, now)
+                await self._events.publish(session, JobEventKind.FINISHED, claim.id)
+            return True
+
+        if await self._persist(claim.id, "failure", write):
+            logger.info("job %s failed (%s), refunded", claim.id, code)
 
     async def _hand_back(self, job_id: int) -> None:
-        """A stop: back to the queue; the interrupted attempt does not count."""
-        try:
+        """A stop, or the database blinked during the work: back to the queue; the
+        interrupted attempt does not count."""
+
+        async def write() -> None:
             async with self._db.begin() as session:
                 if await jobs_repo.requeue_own(session, job_id, self.worker_id, utcnow()):
                     await self._events.publish(session, JobEventKind.REQUEUED, job_id)
+
+        try:
+            await self._persist(job_id, "hand-back", write)
         except Exception:
-            logger.exception("could not hand job %s back at stop; its lease will expire", job_id)
+            logger.exception("could not hand job %s back; its lease will expire", job_id)
+
+
+def _reason(error: BaseException) -> str:
+    """An error in one line for the log (SQLAlchemy appends its SQL and a link)."""
+    return str(error).split("\n", 1)[0] or type(error).__name__
+
+
+def _log_unexpected(task: asyncio.Task[None]) -> None:
+    """A job's task ended with an exception ``_run`` did not handle (a bug): logged now, at
+    ERROR, never left for asyncio's "exception was never retrieved" at garbage collection."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("%s ended with an unexpected error", task.get_name(), exc_info=error)
