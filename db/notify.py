@@ -31,7 +31,10 @@ logger = logging.getLogger(__name__)
 CHANNEL = "avatarbot_jobs"
 # PostgreSQL refuses payloads of 8000 bytes or more; ours are "kind:id".
 MAX_PAYLOAD = 7999
-RECONNECT_MAX_DELAY = 30.0
+# Reconnect tries start soon and stay at most this far apart: after an outage, events flow
+# again within about this long of the database being back (issue 23).
+RECONNECT_FIRST_DELAY = 0.1
+RECONNECT_MAX_DELAY = 2.0
 
 
 async def notify(session: AsyncSession, payload: str) -> None:
@@ -97,16 +100,16 @@ class Listener:
         )
 
     async def _reconnect_loop(self) -> None:
-        delay = 0.5
+        delay = RECONNECT_FIRST_DELAY
         while not self._closing:
             try:
                 await self._connect()
                 logger.info("notification connection restored")
                 return
             except Exception as exc:
-                logger.warning(
-                    "reconnecting for notifications failed (%s); retry in %.1f s", exc, delay
-                )
+                # One line for the outage, not one per try (the restore says it ended).
+                if delay == RECONNECT_FIRST_DELAY:
+                    logger.warning("reconnecting for notifications failed (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
 

@@ -113,6 +113,7 @@ async def blinking(
         yield services, engine
     finally:
         await services.dispatcher.stop()
+        await services.events.aclose()
         await database.dispose()
 
 
@@ -193,6 +194,7 @@ async def test_the_job_loop_rides_out_outages_with_nothing_left_unretrieved(
         dispatcher.addHandler(during_write)
         try:
             engine.after_render = True
+            await services.events.start()  # LISTEN: its connection dies with each outage
             await services.dispatcher.start()
             await asyncio.wait_for(asyncio.to_thread(during_write.restarted.wait, 60), 90)
             await _until_done(services, first.job_id)
@@ -207,12 +209,17 @@ async def test_the_job_loop_rides_out_outages_with_nothing_left_unretrieved(
         finally:
             dispatcher.removeHandler(while_idle)
         await services.dispatcher.stop()
+        await services.events.aclose()
         gc.collect()
     assert during_write.restarted.is_set() and engine.renders == 2
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if m.startswith("claiming jobs failed")]) == 1
     assert len([m for m in messages if m == "claiming jobs works again"]) == 1
     assert not [m for m in messages if "never retrieved" in m]
+    # The notification listener: one line per outage it met, not one per reconnect try.
+    lost = [m for m in messages if m.startswith("reconnecting for notifications failed")]
+    assert len(lost) <= 2
+    assert len([m for m in messages if m == "notification connection restored"]) >= len(lost)
     assert not [
         r for r in caplog.records if r.levelno >= logging.ERROR and "claiming" not in r.getMessage()
     ]
