@@ -91,7 +91,9 @@ RETRY_MAX_SECONDS = 2.0
 def _may_come_back(cause: BaseException | None) -> bool:
     """Whether a failed first connection to PostgreSQL may succeed later: the server is down,
     starting, stopping or full; not a wrong role or password (SQLSTATE class 28) nor a missing
-    database (3D000), which waiting does not fix."""
+    database (3D000), which waiting does not fix. Broader than db/faults.py ``is_transient``
+    (what a statement may retry) on purpose: at start anything else, a host name that does
+    not resolve yet included, is waited out, its reason logged."""
     sqlstate = getattr(getattr(cause, "orig", None), "sqlstate", None)
     return sqlstate is None or not (sqlstate.startswith("28") or sqlstate == "3D000")
 
