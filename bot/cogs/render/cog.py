@@ -18,7 +18,7 @@ from discord.ext import commands
 
 from bot.cogs.avatars.cog import GUILD_ONLY, avatar_name_autocomplete
 from bot.services.prompts import MAX_PROMPT_CHARS, STYLE_PRESETS
-from bot.services.results import InteractionRef, JobTicket, RenderOptions
+from bot.services.results import Aspect, InteractionRef, JobTicket, RenderOptions
 from bot.ui.webhooks import interaction_ref
 from engine.types import MAX_SEED
 
@@ -32,11 +32,17 @@ logger = logging.getLogger(__name__)
 STYLE_CHOICES = [
     app_commands.Choice(name=preset.label, value=key) for key, preset in STYLE_PRESETS.items()
 ][:25]
-ASPECT_CHOICES = [
-    app_commands.Choice(name="Square", value="square"),
-    app_commands.Choice(name="Portrait (3:4)", value="portrait"),
-    app_commands.Choice(name="Landscape (4:3)", value="landscape"),
-]
+ASPECT_NAMES: dict[Aspect, str] = {
+    "square": "Square",
+    "portrait": "Portrait (3:4)",
+    "landscape": "Landscape (4:3)",
+}
+ASPECT_CHOICES = [app_commands.Choice(name=name, value=a) for a, name in ASPECT_NAMES.items()]
+
+
+def chosen_aspect(choice: app_commands.Choice[str] | None) -> Aspect:
+    """The aspect the member picked, typed (Discord sends only the choices' values)."""
+    return next((a for a in ASPECT_NAMES if choice is not None and choice.value == a), "square")
 
 
 def channel_is_age_restricted(interaction: discord.Interaction[AvatarBot]) -> bool:
@@ -81,7 +87,7 @@ async def render_command(
     options = RenderOptions(
         negative_prompt=negative_prompt or "",
         style=style.value if style else "none",
-        aspect=aspect.value if aspect else "square",  # type: ignore[arg-type]
+        aspect=chosen_aspect(aspect),
         count=count,
         seed=seed,
         identity_strength=identity_strength / 100,
