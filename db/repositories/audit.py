@@ -14,6 +14,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import AuditEntry
+from db.repositories.common import affected
 
 
 async def append(
@@ -49,7 +50,7 @@ async def delete_user_data(session: AsyncSession, user_id: int) -> int:
     result = await session.execute(
         update(AuditEntry).where(AuditEntry.actor_id == user_id).values(actor_id=None)
     )
-    changed = result.rowcount or 0  # type: ignore[attr-defined]
+    changed = affected(result)
     about = await session.scalars(
         select(AuditEntry).where(AuditEntry.detail["member_id"].as_string() == str(user_id))
     )
@@ -63,4 +64,4 @@ async def delete_user_data(session: AsyncSession, user_id: int) -> int:
 async def delete_guild(session: AsyncSession, guild_id: int) -> int:
     """A removed guild's audit log goes with its settings."""
     result = await session.execute(delete(AuditEntry).where(AuditEntry.guild_id == guild_id))
-    return result.rowcount or 0  # type: ignore[attr-defined]
+    return affected(result)

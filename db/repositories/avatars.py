@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Avatar, Consent, Feature, Photo
+from db.repositories.common import affected
 from db.types import utcnow
 
 
@@ -254,10 +255,10 @@ async def delete_user_data(session: AsyncSession, user_id: int) -> AvatarErasure
     await session.execute(delete(Feature).where(Feature.avatar_id.in_(avatar_ids)))
     avatars = await session.execute(delete(Avatar).where(Avatar.owner_id == user_id))
     return AvatarErasure(
-        avatars=avatars.rowcount or 0,  # type: ignore[attr-defined]
+        avatars=affected(avatars),
         photos=int(photos or 0),
         features=int(features or 0),
-        consents=consents.rowcount or 0,  # type: ignore[attr-defined]
+        consents=affected(consents),
     )
 
 

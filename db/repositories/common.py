@@ -6,13 +6,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import CursorResult, Result, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from db.session import Database
 
 logger = logging.getLogger(__name__)
+
+
+def affected(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE matched. ``AsyncSession.execute`` is typed as giving
+    a ``Result``; for such a statement it is a ``CursorResult``, which has the count."""
+    assert isinstance(result, CursorResult), "affected() takes an UPDATE or DELETE's result"
+    return result.rowcount or 0
 
 
 def dialect_name(session: AsyncSession) -> str:

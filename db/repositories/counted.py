@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import CountedEvent, CountedKind
 from db.repositories import ledger
-from db.repositories.common import eq_or_null
+from db.repositories.common import affected, eq_or_null
 from db.repositories.ledger import member_rows, set_keys, utc_day
 
 
@@ -144,4 +144,4 @@ async def delete_guilds_before(
             CountedEvent.guild_id.in_(list(guild_ids)), CountedEvent.created_at < before
         )
     )
-    return result.rowcount or 0  # type: ignore[attr-defined]
+    return affected(result)

@@ -10,6 +10,7 @@ from sqlalchemy import CompoundSelect, delete, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import AuditEntry, CountedEvent, DepartedGuild, GuildSettings, RenderJob, UsageLedger
+from db.repositories.common import affected
 
 
 async def get(session: AsyncSession, guild_id: int) -> GuildSettings | None:
@@ -36,7 +37,7 @@ async def update_settings(
 
 async def delete_guild(session: AsyncSession, guild_id: int) -> int:
     result = await session.execute(delete(GuildSettings).where(GuildSettings.guild_id == guild_id))
-    return result.rowcount or 0  # type: ignore[attr-defined]
+    return affected(result)
 
 
 async def stored_guild_ids(session: AsyncSession) -> set[int]:
@@ -73,4 +74,4 @@ async def returned(session: AsyncSession, guild_ids: Collection[int]) -> int:
     result = await session.execute(
         delete(DepartedGuild).where(DepartedGuild.guild_id.in_(list(guild_ids)))
     )
-    return result.rowcount or 0  # type: ignore[attr-defined]
+    return affected(result)

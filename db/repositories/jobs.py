@@ -13,7 +13,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import AttemptOutcome, JobAttempt, JobOutput, RenderJob
 from db.queue import close_attempt, lock_jobs
-from db.repositories.common import eq_or_null
+from db.repositories.common import affected, eq_or_null
 from kinds import FINAL_STATUSES, JobKind, JobStatus
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -170,7 +170,7 @@ async def mark_delivered(session: AsyncSession, job_id: int, now: datetime) -> b
         .where(RenderJob.id == job_id, RenderJob.delivered_at.is_(None))
         .values(delivered_at=now)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(affected(result))
 
 
 async def set_progress_message(session: AsyncSession, job_id: int, message_id: int) -> None:
@@ -226,7 +226,7 @@ async def requeue_own(session: AsyncSession, job_id: int, worker_id: str, now: d
             attempts=RenderJob.attempts - 1,
         )
     )
-    handed_back = bool(result.rowcount)  # type: ignore[attr-defined]
+    handed_back = bool(affected(result))
     if handed_back:
         await close_attempt(session, job_id, AttemptOutcome.HANDED_BACK, now)
     return handed_back
@@ -258,7 +258,7 @@ async def delete_job(session: AsyncSession, job_id: int) -> int:
     await session.execute(delete(JobAttempt).where(JobAttempt.job_id == job_id))
     await session.execute(delete(JobOutput).where(JobOutput.job_id == job_id))
     result = await session.execute(delete(RenderJob).where(RenderJob.id == job_id))
-    return result.rowcount or 0  # type: ignore[attr-defined]
+    return affected(result)
 
 
 @dataclass(frozen=True)
@@ -280,7 +280,7 @@ async def _delete_where(session: AsyncSession, condition: ColumnElement[bool]) -
     return JobErasure(
         # What members call their renders: avatar creations' encode jobs go too, uncounted.
         jobs=sum(1 for kind in kinds if kind == JobKind.RENDER),
-        outputs=outputs_deleted.rowcount or 0,  # type: ignore[attr-defined]
+        outputs=affected(outputs_deleted),
     )
 
 

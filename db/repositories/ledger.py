@@ -22,7 +22,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import CountedEvent, LedgerEntry, RenderJob, UsageLedger
-from db.repositories.common import dialect_name, eq_or_null
+from db.repositories.common import affected, dialect_name, eq_or_null
 
 
 async def append(
@@ -238,7 +238,7 @@ async def expire_user_keys(
         .where(model.user_key.is_not(None), model.created_at < before)
         .values(user_key=None)
     )
-    return result.rowcount or 0  # type: ignore[attr-defined]
+    return affected(result)
 
 
 async def delete_user_data(
@@ -249,7 +249,7 @@ async def delete_user_data(
     result = await session.execute(
         update(model).where(model.user_id == user_id).values(user_id=None)
     )
-    return result.rowcount or 0  # type: ignore[attr-defined]
+    return affected(result)
 
 
 async def delete_guild_before(session: AsyncSession, guild_id: int, start: datetime) -> int:
@@ -280,4 +280,4 @@ async def delete_guilds_before(
             UsageLedger.guild_id.in_(list(guild_ids)), UsageLedger.created_at < before
         )
     )
-    return result.rowcount or 0  # type: ignore[attr-defined]
+    return affected(result)
