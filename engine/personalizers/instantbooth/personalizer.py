@@ -15,18 +15,14 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from PIL.Image import Image
 
 from engine.acceleration import PHOTO_SLOT_BUCKETS, bucket_for
 from engine.errors import CorruptFeatures, MissingWeights, first_line
-from engine.personalizers.base import (
-    DenoiseBatch,
-    LoadContext,
-    PreparedConditioning,
-)
+from engine.personalizers.base import DenoiseBatch, LoadContext, PreparedConditioning, faces_of
 from engine.personalizers.instantbooth.adapters import (
     AdapterHooks,
     AdapterState,
@@ -42,6 +38,9 @@ from engine.personalizers.instantbooth.encoders import (
 from engine.personalizers.instantbooth.model import InstantBoothModel, concept_features
 from engine.pipeline import StableDiffusionPersonalizer, make_batch_invariant
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest
+
+if TYPE_CHECKING:
+    from engine.subject_checks import FaceBox
 
 logger = logging.getLogger(__name__)
 
@@ -78,19 +77,15 @@ class InstantBoothPersonalizer(StableDiffusionPersonalizer):
         self,
         photos: Sequence[Image],
         kind: ConceptKind,
-        face_boxes: Sequence[Any | None] | None = None,
+        face_boxes: Sequence[FaceBox | None] | None = None,
     ) -> ConceptFeatures:
-        if not photos:
-            raise ValueError("InstantBooth needs at least one photo")
         kind = ConceptKind(kind)
         self.config.class_noun(kind.value)  # refuse kinds the config has no noun for
+        scale = self.config.face_crop_scale
         views = []
-        for i, photo in enumerate(photos):
-            box = face_boxes[i] if face_boxes is not None else None
-            if box is not None and self.config.face_crop_scale is not None:
-                photo = square_crop_around(
-                    photo, (box.left, box.top, box.right, box.bottom), self.config.face_crop_scale
-                )
+        for photo, box in faces_of(photos, kind, face_boxes):
+            if box is not None and scale is not None:
+                photo = square_crop_around(photo, (box.left, box.top, box.right, box.bottom), scale)
             views.append(photo)
         pixels = clip_pixels(views, self.config.image_size)
         with torch.no_grad():
