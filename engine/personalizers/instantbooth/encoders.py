@@ -86,23 +86,14 @@ def vit_l14_image_encoder(seed: int = 0) -> nn.Module:
     return CLIPVisionModelWithProjection(config).eval()
 
 
-class ConceptHead(nn.Module):
-    """Global image embedding → one text-space token."""
+class Head(nn.Module):
+    """A trainable linear head that takes the frozen encoder's outputs in any dtype: the
+    concept head (global image embedding → one text-space token) and the patch head (backbone
+    tokens → adapter input tokens)."""
 
-    def __init__(self, image_embed_dim: int, text_hidden_size: int) -> None:
+    def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(image_embed_dim, text_hidden_size)
+        self.linear = nn.Linear(in_features, out_features)
 
-    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        return self.linear(image_embeds.to(self.linear.weight.dtype))
-
-
-class PatchHead(nn.Module):
-    """Backbone tokens → adapter input tokens."""
-
-    def __init__(self, image_hidden_size: int, patch_dim: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(image_hidden_size, patch_dim)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden.to(self.linear.weight.dtype))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.linear(inputs.to(self.linear.weight.dtype))

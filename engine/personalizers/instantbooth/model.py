@@ -29,11 +29,7 @@ from engine.personalizers.instantbooth.config import (
     InstantBoothConfig,
     adapter_key,
 )
-from engine.personalizers.instantbooth.encoders import (
-    ConceptHead,
-    PatchHead,
-    run_backbone,
-)
+from engine.personalizers.instantbooth.encoders import Head, run_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +60,8 @@ class InstantBoothModel(nn.Module):
             )
         self.config = config
         self.backbone = backbone if config.image_encoder_trained else None
-        self.concept = ConceptHead(config.image_embed_dim, config.text_hidden_size)
-        self.patch = PatchHead(config.image_hidden_size, config.patch_dim)
+        self.concept = Head(config.image_embed_dim, config.text_hidden_size)
+        self.patch = Head(config.image_hidden_size, config.patch_dim)
         self.adapters = nn.ModuleDict(
             {
                 adapter_key(spec.block): GatedSelfAttention(spec.dim, spec.heads, config.patch_dim)
