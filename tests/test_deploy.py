@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from bot.config import parse_listen
 
 ROOT = Path(__file__).resolve().parents[1]
 HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"
@@ -127,7 +130,7 @@ def test_systemd_units(name: str) -> None:
     unit = _unit(name)
     assert set(unit.sections()) == {"Unit", "Service", "Install"}
     service = unit["Service"]
-    assert service["ExecStart"].endswith(("avatarbot run", "avatarbot worker"))
+    assert service["ExecStart"].rstrip("'").endswith(("avatarbot run", "avatarbot worker"))
     assert service["Restart"] == "on-failure"
     assert service["KillSignal"] == "SIGTERM"
     assert int(service["TimeoutStopSec"]) >= 30
@@ -281,9 +284,46 @@ def test_worker_refuses_the_discord_token(tmp_path: Path) -> None:
 def test_worker_unit_pins_its_gpu() -> None:
     text = (ROOT / "deploy" / "systemd" / "avatarbot-worker@.service").read_text()
     assert "Environment=CUDA_VISIBLE_DEVICES=%i" in text
-    assert "ExecStart=/opt/avatarbot/venv/bin/avatarbot worker" in text
+    assert "exec /opt/avatarbot/venv/bin/avatarbot worker'" in text
     bot = (ROOT / "deploy" / "systemd" / "avatarbot-bot.service").read_text()
     assert "Environment=AVATARBOT_RUN_WORKER=false" in bot
+
+
+def _worker_instance_env(tmp_path: Path, instance: str) -> dict[str, str]:
+    """The environment ``avatarbot worker`` gets in ``avatarbot-worker@<instance>``: the unit's
+    Environment= lines, then its ExecStart run with systemd's substitutions (``%i``, ``$$``)
+    and a stand-in for the worker that prints its environment."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    exec_start = ""
+    for key, value in _service_lines("avatarbot-worker@.service"):
+        value = value.replace("%i", instance)
+        if key == "Environment":
+            name, _, setting = value.partition("=")
+            env[name] = setting
+        elif key == "ExecStart":
+            exec_start = value.replace("$$", "$")
+    stand_in = tmp_path / "avatarbot"
+    stand_in.write_text(
+        f"#!{sys.executable}\nimport json, os\nprint(json.dumps(dict(os.environ)))\n"
+    )
+    stand_in.chmod(0o755)
+    argv = shlex.split(exec_start.replace("/opt/avatarbot/venv/bin/avatarbot", str(stand_in)))
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    got: dict[str, str] = json.loads(proc.stdout)
+    return got
+
+
+def test_each_worker_instance_listens_on_a_valid_port_of_its_own(tmp_path: Path) -> None:
+    """Issue 24: the port was ``911%i`` (GPU 10 -> 91110, refused). It is 9110 + GPU index."""
+    ports = {}
+    for gpu in range(16):
+        env = _worker_instance_env(tmp_path, str(gpu))
+        assert env["CUDA_VISIBLE_DEVICES"] == str(gpu)
+        address = parse_listen(env["AVATARBOT_OPS__LISTEN"])
+        assert address == ("127.0.0.1", 9110 + gpu), env["AVATARBOT_OPS__LISTEN"]
+        ports[gpu] = address[1]
+    assert len(set(ports.values())) == len(ports)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
