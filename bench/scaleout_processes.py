@@ -154,21 +154,27 @@ class WorkerProcess:
 
 
 async def start_worker(
-    url: str, render_seconds: float, log: Path, extra_args: Sequence[str] = ()
+    url: str,
+    render_seconds: float,
+    log: Path,
+    extra_args: Sequence[str] = (),
+    module: str = "bench.scaleout_worker",
 ) -> WorkerProcess:
-    """Start one worker process (its stderr to ``log``); not yet ready (see ``wait_ready``)."""
+    """Start one worker process (``python -m module URL RENDER_SECONDS *extra_args``, its
+    stderr to ``log``, its stdin a pipe); not yet ready (see ``wait_ready``)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     with log.open("ab") as stderr:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "bench.scaleout_worker",
+            module,
             url,
             repr(render_seconds),
             *extra_args,
             cwd=REPO,
             env=env,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
         )

@@ -12,7 +12,7 @@ most ``queue_depth`` jobs active, and a supervisor restarts every worker that ex
 that fails, the database being down, is retried a second later). Faults while the jobs run:
 
 - a SIGKILL of a random worker every ~``kill_every_s`` (±30 %), and a SIGTERM every
-  ~``term_every_s``; both restarted;
+  ~``term_every_s``, plus one of each at set fractions of the jobs enqueued; all restarted;
 - PostgreSQL stopped for a few seconds (``pg_ctl stop -m fast`` or ``immediate``) and started
   again, at set fractions of the jobs enqueued;
 - every backend of the soak's database terminated (``pg_terminate_backend``), likewise;
@@ -93,6 +93,8 @@ class SoakConfig:
     term_every_s: float = 60.0
     cancel_every_s: float = 2.0
     outages: tuple[Outage, ...] = (Outage(0.3, 8.0, "fast"), Outage(0.65, 7.0, "immediate"))
+    # A SIGKILL and a SIGTERM at set fractions too, so that even a short run has both.
+    signals_at: tuple[tuple[float, str], ...] = ((0.1, "SIGKILL"), (0.35, "SIGTERM"))
     terminations: tuple[float, ...] = (0.2, 0.5, 0.85)
     forget_me: tuple[float, ...] = (0.4, 0.75)
     lease_seconds: float = 30.0
@@ -107,13 +109,13 @@ class SoakConfig:
 
 
 QUICK = SoakConfig(
-    jobs=250,
+    jobs=200,
     workers=3,
     render_seconds=0.1,
     members=9,
     queue_depth=40,
-    kill_every_s=6.0,
-    term_every_s=12.0,
+    kill_every_s=10.0,
+    term_every_s=20.0,
     cancel_every_s=1.0,
     outages=(Outage(0.45, 2.0, "fast"),),
     terminations=(0.25, 0.75),
@@ -405,6 +407,8 @@ class Soak:
             plan.append((at, lambda a=at: self.terminate(a)))  # type: ignore[misc]
         for at in self.config.forget_me:
             plan.append((at, self.forget))
+        for at, name in self.config.signals_at:
+            plan.append((at, self.kill if name == "SIGKILL" else self.term))
         for at, action in sorted(plan, key=lambda p: p[0]):
             while self.enqueued < at * self.config.jobs and not self.done.is_set():
                 self._enqueued_more.clear()
