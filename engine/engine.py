@@ -34,7 +34,7 @@ from engine.personalizers.base import LoadContext, Personalizer
 from engine.pipeline import (
     BatchOutcome,
     StepCallback,
-    as_avatar_pipeline,
+    avatar_pipeline,
     make_pipeline_batch_invariant,
 )
 from engine.profiles import Profile, resolve_profile
@@ -189,26 +189,17 @@ def _build_pipeline(
     if profile.pipeline_family != "stable-diffusion":
         raise ValueError(f"profile {profile.name}: unknown pipeline family")
     if profile.random_base is not None:
-        from diffusers import StableDiffusionPipeline
-
         components = profile.random_base(settings.seed)
-        pipe = StableDiffusionPipeline(
-            **components,
-            safety_checker=None,
-            feature_extractor=None,
-            image_encoder=None,
-            requires_safety_checker=False,
-        )
     else:
         assert profile.base_model is not None, f"profile {profile.name} names no base model"
-        pipe = load_base_pipeline(
+        components = load_base_pipeline(
             profile.base_model,
             config=profile.base_config,
             dtype=dtype,
             offline=offline,
             cache_dir=cache_dir,
-        )
-    pipe = as_avatar_pipeline(pipe).to(device)
+        ).components
+    pipe = avatar_pipeline(components).to(device)
     if pipe.unet.dtype != dtype:  # random weights are built in fp32
         pipe.to(dtype=dtype)
     if batch_invariant:

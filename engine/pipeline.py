@@ -11,7 +11,7 @@ never on its batch mates.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -88,13 +88,13 @@ class AvatarPipeline(StableDiffusionPipeline):
         return self.batch_image_embeds
 
 
-def as_avatar_pipeline(pipe: StableDiffusionPipeline) -> AvatarPipeline:
-    """Rebuild a loaded stock pipeline (same modules) as an ``AvatarPipeline``."""
-    components = dict(pipe.components)
-    components["safety_checker"] = None
-    components.setdefault("image_encoder", None)
-    components.setdefault("feature_extractor", None)
-    avatar = AvatarPipeline(**components, requires_safety_checker=False)
+def avatar_pipeline(components: Mapping[str, Any]) -> AvatarPipeline:
+    """An ``AvatarPipeline`` of these modules (a loaded stock pipeline's ``components``, or a
+    random-weight profile's), without diffusers' safety checker, progress bar off."""
+    modules = {**components, "safety_checker": None}
+    modules.setdefault("image_encoder", None)
+    modules.setdefault("feature_extractor", None)
+    avatar = AvatarPipeline(**modules, requires_safety_checker=False)
     avatar.set_progress_bar_config(disable=True)
     return avatar
 
