@@ -1,7 +1,8 @@
 """`avatarbot job ...`: what happened to a job, and which loops are running.
 
     avatarbot job show 42      # its state and every attempt (worker, claimed, ended, outcome)
-    avatarbot job workers      # the processes running the job loop, newest first
+    avatarbot job workers      # the processes running the job loop, last seen first (the
+                               # stopped ones when none runs; --all: always)
 
 Reads the configured database only (no engine, no Discord).
 """
@@ -81,10 +82,17 @@ async def _show(args: argparse.Namespace, services: Services) -> int:
 
 
 async def _workers(args: argparse.Namespace, services: Services) -> int:
-    rows = await services.workers.list(include_stopped=args.all)
+    rows = await services.workers.list()
+    running = [w for w in rows if w.stopped_at is None]
+    stopped = len(rows) - len(running)
     if not rows:
         print("no job loop has run against this database yet")
-    for w in rows:
+    elif not running:
+        # Issue 24: loops that ran and stopped are listed, not reported as never having run.
+        print(f"no job loop is running; {stopped} stopped (last seen first):")
+    for w in rows if args.all or not running else running:
         state = f"stopped {_when(w.stopped_at)}" if w.stopped_at else f"seen {_when(w.seen_at)}"
         print(f"{w.id}\t{w.profile or 'no engine'}\tstarted {_when(w.started_at)}\t{state}")
+    if running and stopped and not args.all:
+        print(f"({stopped} stopped: --all lists them)")
     return 0
