@@ -139,29 +139,26 @@ class Worker:
     ) -> RenderResult:
         loop = asyncio.get_running_loop()
         job = _RenderJob(loop=loop, future=loop.create_future(), request=request, progress=progress)
-        self._enqueue(job)
-        try:
-            result: RenderResult = await asyncio.shield(job.future)
-            return result
-        except asyncio.CancelledError:
-            # The caller gave up: drop the request (before its batch) or discard its rows.
-            job.cancelled.set()
-            job.future.cancel()  # nobody will read its outcome
-            with self._cond:
-                self._cond.notify_all()
-            raise
+        result: RenderResult = await self._outcome(job)
+        return result
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the worker thread (model work other than rendering)."""
         loop = asyncio.get_running_loop()
-        job = _CallJob(loop=loop, future=loop.create_future(), fn=fn)
+        value: T = await self._outcome(_CallJob(loop=loop, future=loop.create_future(), fn=fn))
+        return value
+
+    async def _outcome(self, job: _Job) -> Any:
+        """Queue ``job`` and wait for its outcome. A caller that gives up drops its job before
+        it starts, or has a running render's rows discarded."""
         self._enqueue(job)
         try:
-            value: T = await asyncio.shield(job.future)
-            return value
+            return await asyncio.shield(job.future)
         except asyncio.CancelledError:
             job.cancelled.set()
-            job.future.cancel()
+            job.future.cancel()  # nobody will read its outcome
+            with self._cond:
+                self._cond.notify_all()
             raise
 
     async def aclose(self) -> None:
