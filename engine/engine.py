@@ -37,7 +37,7 @@ from engine.pipeline import (
     avatar_pipeline,
     make_pipeline_batch_invariant,
 )
-from engine.profiles import Profile, resolve_profile
+from engine.profiles import Profile, default_guidance, resolve_profile
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest, RenderResult
 from engine.worker import Progress, Worker
 
@@ -151,14 +151,6 @@ def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
             "engine profile %s runs random weights: it renders noise by design", profile.name
         )
     return model
-
-
-def default_guidance(settings: EngineSettings, profile: Profile) -> float:
-    """The guidance settings name explicitly, else the profile's, else the setting's default
-    (distilled models such as FLUX.2 [klein] set their own)."""
-    if "default_guidance" in settings.model_fields_set or profile.default_guidance is None:
-        return settings.default_guidance
-    return profile.default_guidance
 
 
 def _build_pipeline(

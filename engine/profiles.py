@@ -137,6 +137,15 @@ def resolve_profile(settings: EngineSettings) -> Profile:
     return dataclasses.replace(profile, personalizers=tuple(specs))
 
 
+def default_guidance(settings: EngineSettings, profile: Profile) -> float:
+    """The guidance settings name explicitly, else the profile's, else the setting's default
+    (distilled models such as FLUX.2 [klein] set their own). Here, not in engine.engine, so
+    `avatarbot config` shows it without importing torch for the SD1.5 profiles."""
+    if "default_guidance" in settings.model_fields_set or profile.default_guidance is None:
+        return settings.default_guidance
+    return profile.default_guidance
+
+
 def _import_plugins() -> None:
     for module in _PLUGIN_MODULES:
         try:
