@@ -143,6 +143,12 @@ class AvatarBot(commands.Bot):
         logger.info("bot set up: %d cogs, worker=%s", len(self.cogs), self.settings.run_worker)
 
     async def close(self) -> None:
+        # discord.py waits a moment after READY for the guilds before it dispatches ``ready``;
+        # a stop inside that window had it dispatch into the closed client (a traceback about
+        # '_MissingSentinel' at exit). Cancelled first, that wait ends quietly.
+        ready_wait = self._connection._ready_task
+        if ready_wait is not None:
+            ready_wait.cancel()
         try:
             # The feed first: no new Discord work while the process stops (after a restart
             # the feed shows every active job and delivers what is pending). Then the job
