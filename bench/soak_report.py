@@ -95,9 +95,9 @@ def markdown(document: dict[str, Any]) -> str:
         f"{ledger['jobs_wrong']} jobs and {len(ledger['members_wrong'])} members off |",
         f"| nothing stuck | {_yes(v['nothing_stuck'])} | {c['stuck']} queued or running "
         "after the drain |",
-        f"| run complete | {_yes(v['run_complete'])} | every job enqueued: "
-        f"{'no (timed out)' if t['enqueue_timed_out'] else 'yes'}; worker slots given up: "
-        f"{f['worker_slots_abandoned']} |",
+        f"| run complete | {_yes(v['run_complete'])} | jobs enqueued: {c['accepted']} of "
+        f"{s['jobs']}{' (stopped by the time bound)' if t['enqueue_timed_out'] else ''}; "
+        f"worker slots given up: {f['worker_slots_abandoned']} |",
         "",
         "**All checks pass.**" if c["passed"] else "**Some checks fail** (details below).",
         "",
