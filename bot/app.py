@@ -13,10 +13,12 @@ comes from the database. Its job loop then only reaps expired leases and purges.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 from discord.ext import commands
 
@@ -31,6 +33,7 @@ from bot.ui.jobs import JobFeed
 from bot.ui.sync import sync_if_changed
 from bot.ui.waker import DiscordWaker
 from db.session import Database
+from engine.errors import first_line
 
 if TYPE_CHECKING:
     from bot.services.container import Services
@@ -40,6 +43,18 @@ logger = logging.getLogger(__name__)
 # Each package's ``setup`` adds its cog (and its persistent buttons); the order does not matter.
 COGS = ("bot.cogs.avatars", "bot.cogs.render", "bot.cogs.admin")
 DISPATCHER_WAKE_EVENT = "avatarbot_dispatcher_wake"
+
+# Failures that say Discord is not reachable now (no network, DNS, refused, timed out, a 5xx
+# after discord.py's own retries), as opposed to one that waiting cannot fix (a rejected token).
+DISCORD_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    discord.DiscordServerError,
+)
+# ``wait_for_discord``'s backoff between tries, in seconds.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
 
 
 def bot_intents() -> discord.Intents:
@@ -244,6 +259,39 @@ async def _build_engine_port(settings: Settings) -> EnginePort:
     from bot.engine_adapter import build_engine_port
 
     return await build_engine_port(settings)
+
+
+async def wait_for_discord(token: str) -> None:
+    """Return once Discord accepts ``token``, waiting as long as Discord is unreachable.
+
+    ``avatarbot run`` calls it before the bot logs in: a supervised process that exits when the
+    network or Discord is down only becomes a restart loop (with a traceback each time), while
+    Discord comes back by itself. Tries back off to ``RETRY_MAX_SECONDS``, one log line each.
+    A rejected token raises ``discord.LoginFailure`` at once: waiting cannot fix it.
+    """
+    delay = RETRY_FIRST_SECONDS
+    attempt = 1
+    while True:
+        # A client of its own per try, closed after it: the bot's client logs in afresh.
+        http = discord.http.HTTPClient(asyncio.get_running_loop())
+        try:
+            await http.static_login(token)
+        except DISCORD_UNREACHABLE as exc:
+            logger.warning(
+                "Discord unreachable (try %d): %s; retrying in %.0f s",
+                attempt,
+                first_line(exc),
+                delay,
+            )
+        else:
+            if attempt > 1:
+                logger.info("Discord reachable (try %d)", attempt)
+            return
+        finally:
+            await http.close()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_SECONDS)
+        attempt += 1
 
 
 def configure_discord_endpoints(settings: Settings) -> None:
