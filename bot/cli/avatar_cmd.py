@@ -13,16 +13,25 @@
 
 Every command acts for the member ``--user`` (a Discord user id), through the same services
 the bot uses, on the configured database (upgraded to head first). ``create`` and ``render``
-load the engine (``AVATARBOT_ENGINE__PROFILE=tiny`` runs offline in seconds) and queue a job
-like the bot does, then run the queue in this process until that job has run (jobs queued
-before it, in the fair order, run too); the others load no engine. Without ``--guild`` the
-default quotas apply, counted apart from every guild.
+queue a job like the bot does, then wait until it has run:
+
+- A live render worker exists (bot/services/workers.py ``live``): it runs the job; this
+  process loads no engine and waits for the job's events (LISTEN on PostgreSQL). So does a
+  host with ``AVATARBOT_RUN_WORKER=false``, which never runs jobs.
+- None exists: this process loads the engine (``AVATARBOT_ENGINE__PROFILE=tiny`` runs offline
+  in seconds) and runs the queue until that job has run (jobs queued before it, in the fair
+  order, run too).
+- ``--no-wait``: queue it, print its id and exit; whoever runs jobs runs it.
+
+The other commands load no engine. Without ``--guild`` the default quotas apply, counted apart
+from every guild.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -36,6 +45,7 @@ if TYPE_CHECKING:
     from bot.services.container import Services
     from bot.services.events import JobEvent
     from bot.services.results import JobView
+    from db.session import Database
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="confirm these are photos of the user, or ones they may use (required)",
     )
+    _waiting(create)
     create.set_defaults(
         handler=_handler(_create, engine=True, precheck=_check_create), needs_engine=True
     )
@@ -79,7 +90,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     render.add_argument("--steps", type=int)
     render.add_argument("--strength", type=float, default=0.7, help="identity strength 0..1")
     render.add_argument("--out", type=Path, default=Path("renders"), metavar="DIR")
-    render.add_argument("--timeout", type=float, default=3600, help="seconds to wait")
+    _waiting(render)
     render.set_defaults(
         handler=_handler(_render, engine=True, precheck=_check_render), needs_engine=True
     )
@@ -106,6 +117,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     reencrypt.set_defaults(handler=_handler(_reencrypt, engine=False))
 
 
+def _waiting(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait")
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="queue the job, print its id and exit (a worker runs it; `avatarbot job show ID`)",
+    )
+
+
 def _user(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", type=int, required=True, metavar="ID", help="Discord user id")
     parser.add_argument("--guild", type=int, metavar="ID", help="act as in this guild")
@@ -126,8 +146,11 @@ def _handler(
         if status is not None:
             return status
 
+        # No engine for a job that this process will not run (``--no-wait``).
+        with_engine = engine and not getattr(args, "no_wait", False)
+
         async def main() -> int:
-            async with _services(settings, with_engine=engine) as services:
+            async with _services(settings, with_engine=with_engine) as services:
                 return await action(args, services)
 
         return asyncio.run(main())
@@ -146,7 +169,7 @@ async def _services(settings: Settings, *, with_engine: bool) -> AsyncIterator[S
     engine: EnginePort | None = None
     try:
         await upgrade(database)
-        if with_engine:
+        if with_engine and await _runs_jobs_here(settings, database):
             from bot.engine_adapter import build_engine_port
 
             print(f"loading engine profile {settings.engine.profile}...", file=sys.stderr)
@@ -160,6 +183,22 @@ async def _services(settings: Settings, *, with_engine: bool) -> AsyncIterator[S
         if engine is not None:
             await engine.aclose()
         await database.dispose()
+
+
+# A render worker refreshes its ``seen_at`` every ``reap_seconds``: one not seen for this many
+# of those is taken for dead (killed, or cut off from the database).
+LIVE_HEARTBEATS = 3
+
+
+async def _runs_jobs_here(settings: Settings, database: Database) -> bool:
+    """Whether this process runs the job itself: not on a host that runs no jobs
+    (``AVATARBOT_RUN_WORKER=false``), nor while a live render worker would claim it first."""
+    from bot.services.workers import WorkerRegistry
+
+    if not settings.run_worker:
+        return False
+    within = LIVE_HEARTBEATS * settings.jobs.reap_seconds
+    return not await WorkerRegistry(database).live(within_seconds=within)
 
 
 def _yes(parser: argparse.ArgumentParser) -> None:
@@ -247,10 +286,14 @@ def _check_create(args: argparse.Namespace) -> int | None:
 
 
 async def _create(args: argparse.Namespace, services: Services) -> int:
+    await _listen(args, services)
     ticket = await services.avatars.create(
         args.user, args.guild, args.name, args.kind, args.files, consent=True
     )
-    await services.dispatcher.run_job(ticket.job_id)
+    if args.no_wait:
+        return _queued(ticket.job_id, None)
+    if await _until_finished(args, services, ticket.job_id, _ignore) is None:
+        return 1
     created = await services.avatars.creation_result(ticket.job_id)
     await services.jobs.mark_delivered(ticket.job_id)
     avatar = created.avatar
@@ -275,7 +318,7 @@ async def _list(args: argparse.Namespace, services: Services) -> int:
 
 async def _render(args: argparse.Namespace, services: Services) -> int:
     from bot.services.results import RenderOptions
-    from engine.profiles import resolve_profile
+    from engine.profiles import get_profile, resolve_profile
 
     options = RenderOptions(
         negative_prompt=args.negative_prompt,
@@ -286,16 +329,23 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
         identity_strength=args.strength,
         steps=args.steps,
     )
+    await _listen(args, services)
     ticket = await services.renders.request(
         args.user, args.guild, None, args.avatar, args.prompt, options, with_avatar=args.with_avatar
     )
+    if args.no_wait:
+        return _queued(ticket.job_id, ticket.position)
     print(f"job {ticket.job_id} queued (position {ticket.position})", file=sys.stderr)
-    try:
-        view = await asyncio.wait_for(_run_with_progress(services, ticket.job_id), args.timeout)
-    except TimeoutError:
-        print(
-            f"avatarbot: job {ticket.job_id} did not finish in {args.timeout:g} s", file=sys.stderr
-        )
+    from tqdm import tqdm
+
+    with tqdm(total=100, file=sys.stderr, desc="render", bar_format=PROGRESS_BAR) as bar:
+
+        def show(progress: JobView) -> None:
+            done = 1.0 if progress.status is JobStatus.DONE else progress.progress
+            bar.update(round(done * 100) - bar.n)
+
+        view = await _until_finished(args, services, ticket.job_id, show)
+    if view is None:
         return 1
     if view.status is not JobStatus.DONE:
         print(f"avatarbot: job {view.id} {view.status}: {view.error or ''}", file=sys.stderr)
@@ -306,10 +356,14 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
         path.write_bytes(image)
         print(path)
     await services.jobs.mark_delivered(view.id)
-    if resolve_profile(services.settings.engine).is_noise:
+    # The profile that rendered them: this process's, or the render workers' (their facts).
+    if services.engine is not None:
+        profile = resolve_profile(services.settings.engine)
+    else:
+        profile = get_profile((await services.workers.current_facts()).profile)
+    if profile.is_noise:
         print(
-            f"note: profile {services.settings.engine.profile} runs random weights; "
-            "these images are noise",
+            f"note: profile {profile.name} runs random weights; these images are noise",
             file=sys.stderr,
         )
     return 0
@@ -318,11 +372,61 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
 PROGRESS_BAR = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
 
 
-async def _run_with_progress(services: Services, job_id: int) -> JobView:
-    """Run the queue until the job has run, with a progress bar on stderr: the dispatcher
-    records the job's progress every few seconds and announces it as an event."""
-    from tqdm import tqdm
+async def _listen(args: argparse.Namespace, services: Services) -> None:
+    """Before queueing a job that a worker will run: hear its events from now on (LISTEN on
+    PostgreSQL), so none between the queueing and the wait is missed."""
+    if services.engine is None and not args.no_wait:
+        await services.events.start()
 
+
+def _queued(job_id: int, position: int | None) -> int:
+    """``--no-wait``: the job's id on stdout (for scripts), what happens next on stderr."""
+    print(job_id)
+    where = "" if position is None else f" (position {position})"
+    print(
+        f"job {job_id} queued{where}; a worker runs it; `avatarbot job show {job_id}` follows it",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _ignore(view: JobView) -> None:
+    """No progress to show (an avatar's creation)."""
+
+
+async def _until_finished(
+    args: argparse.Namespace, services: Services, job_id: int, show: Callable[[JobView], None]
+) -> JobView | None:
+    """The job's final view, run here when this process has the engine, else by a worker;
+    None (said on stderr) when it did not finish within ``--timeout``."""
+    if services.engine is None:
+        print(f"job {job_id}: waiting for a render worker to run it", file=sys.stderr)
+        waiting = _follow(services, job_id, show)
+    else:
+        waiting = _run_here(services, job_id, show)
+    try:
+        return await asyncio.wait_for(waiting, args.timeout)
+    except TimeoutError:
+        print(f"avatarbot: job {job_id} did not finish in {args.timeout:g} s", file=sys.stderr)
+        return None
+
+
+async def _run_here(services: Services, job_id: int, show: Callable[[JobView], None]) -> JobView:
+    """Run the queue until the job has run, following its progress meanwhile."""
+    follower = asyncio.create_task(_follow(services, job_id, show))
+    try:
+        view = await services.dispatcher.run_job(job_id)
+    finally:
+        follower.cancel()  # run_job has returned or failed: nothing more to show
+        await asyncio.gather(follower, return_exceptions=True)
+    show(view)
+    return view
+
+
+async def _follow(services: Services, job_id: int, show: Callable[[JobView], None]) -> JobView:
+    """Wait until the job is final, showing each view of it: woken by the job's events (the
+    dispatcher announces its progress every few seconds, whichever process runs it), and after
+    a lost notification connection."""
     changed = asyncio.Event()
 
     def on_event(event: JobEvent) -> None:
@@ -330,25 +434,20 @@ async def _run_with_progress(services: Services, job_id: int) -> JobView:
             changed.set()
 
     unsubscribe = services.events.subscribe(on_event)
-    with tqdm(total=100, file=sys.stderr, desc="render", bar_format=PROGRESS_BAR) as bar:
-
-        async def follow() -> None:
+    unresync = services.events.on_resync(changed.set)
+    try:
+        view = await services.jobs.view(job_id)
+        while not view.finished:  # bounded by the caller's timeout
+            # poll: on SQLite another process's events never reach this one, so the job is
+            # also read again every poll_seconds.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), services.settings.jobs.poll_seconds)
+            changed.clear()
             view = await services.jobs.view(job_id)
-            while not view.finished:  # its FINISHED event ends the loop
-                await changed.wait()
-                changed.clear()
-                view = await services.jobs.view(job_id)
-                bar.update(round(view.progress * 100) - bar.n)
-
-        follower = asyncio.create_task(follow())
-        try:
-            view = await services.dispatcher.run_job(job_id)
-        finally:
-            follower.cancel()  # run_job has returned or failed: nothing more to show
-            await asyncio.gather(follower, return_exceptions=True)
-            unsubscribe()
-        if view.status is JobStatus.DONE:
-            bar.update(100 - bar.n)
+            show(view)
+    finally:
+        unsubscribe()
+        unresync()
     return view
 
 

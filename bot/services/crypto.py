@@ -86,7 +86,11 @@ class DecryptionError(InternalError):
     def __init__(self, detail: str) -> None:
         super().__init__()
         self.detail = detail
-        logger.error("decryption failed (reference %s): %s", self.reference, detail)
+        # Logged where it is made (the reference may be shown by a process that never logs
+        # it), with the stack that made it.
+        logger.error(
+            "decryption failed (reference %s): %s", self.reference, detail, stack_info=True
+        )
 
 
 @dataclass(frozen=True)

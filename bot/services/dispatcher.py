@@ -287,7 +287,17 @@ class JobDispatcher:
                 view = await self._jobs.view(job_id)
                 if view.finished:
                     return view
-                raise InternalError()  # queued, yet nothing to claim: held by another worker
+                # Not finished, yet nothing to claim: another worker holds it. Its reference
+                # is shown to the user, so it is logged here, where it is raised.
+                error = InternalError()
+                logger.error(
+                    "job %s is %s on another worker, not here (reference %s)",
+                    job_id,
+                    view.status,
+                    error.reference,
+                    stack_info=True,
+                )
+                raise error
 
     # -- the loop --------------------------------------------------------------------------
 

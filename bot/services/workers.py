@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import null, select, update
 
@@ -121,21 +121,37 @@ class WorkerRegistry:
         self._cached = (time.monotonic(), facts)
         return facts
 
-    async def list(self, *, include_stopped: bool = True) -> list[WorkerView]:
+    async def live(self, within_seconds: float) -> list[WorkerView]:
+        """The render workers alive now: an engine's facts published (a loop that only reaps
+        renders nothing), not stopped, and seen in the last ``within_seconds`` (a loop
+        refreshes ``seen_at`` every ``reap_seconds``; a killed one stops refreshing it)."""
+        since = utcnow() - timedelta(seconds=within_seconds)
         async with self._db.begin(readonly=True) as session:
-            query = select(Worker).order_by(Worker.seen_at.desc())
-            if not include_stopped:
-                query = query.where(Worker.stopped_at.is_(None))
-            rows = list(await session.scalars(query))
-        return [
-            WorkerView(
-                id=r.id,
-                host=r.host,
-                pid=r.pid,
-                profile=str(r.facts.get("profile")) if r.facts else None,
-                started_at=r.started_at,
-                seen_at=r.seen_at,
-                stopped_at=r.stopped_at,
+            rows = await session.scalars(
+                select(Worker)
+                .where(
+                    Worker.facts.is_not(None),
+                    Worker.stopped_at.is_(None),
+                    Worker.seen_at >= since,
+                )
+                .order_by(Worker.seen_at.desc())
             )
-            for r in rows
-        ]
+            return [_view(r) for r in rows]
+
+    async def list(self) -> list[WorkerView]:
+        """Every loop that registered, stopped ones included, last seen first."""
+        async with self._db.begin(readonly=True) as session:
+            rows = list(await session.scalars(select(Worker).order_by(Worker.seen_at.desc())))
+        return [_view(r) for r in rows]
+
+
+def _view(row: Worker) -> WorkerView:
+    return WorkerView(
+        id=row.id,
+        host=row.host,
+        pid=row.pid,
+        profile=str(row.facts.get("profile")) if row.facts else None,
+        started_at=row.started_at,
+        seen_at=row.seen_at,
+        stopped_at=row.stopped_at,
+    )

@@ -40,7 +40,10 @@ def user_message(error: BaseException, *, context: str = "") -> str:
     if isinstance(error, QueueFull | RateLimited) and error.retry_at is not None:
         return f"{error.message} Try again {discord_time(error.retry_at)}."
     if isinstance(error, InternalError):
-        logger.error("internal error %s %s", error.reference, context, exc_info=error.__cause__)
+        # Its cause's traceback, or (a bare InternalError, raised as a bug's marker) its own.
+        logger.error(
+            "internal error %s %s", error.reference, context, exc_info=error.__cause__ or error
+        )
         return error.message
     if isinstance(error, AvatarbotError):
         return error.message

@@ -14,7 +14,7 @@ from bot.services.ports import EnginePort
 from tests.fixtures.services import make_photo
 
 
-class _Shared:
+class SharedEngine:
     """The session's tiny engine lent to each command (which closes its engine at exit)."""
 
     def __init__(self, inner: EnginePort) -> None:
@@ -25,6 +25,13 @@ class _Shared:
 
     async def aclose(self) -> None:
         return None
+
+
+def assert_tiny_pngs(paths: list[str]) -> None:
+    """Each file is a PNG the size the tiny profile renders."""
+    for name in paths:
+        with Image.open(io.BytesIO(Path(name).read_bytes())) as image:
+            assert (image.format, image.size) == ("PNG", (64, 64))
 
 
 def test_avatar_session(
@@ -42,7 +49,7 @@ def test_avatar_session(
 
     async def build_engine_port(settings: object) -> EnginePort:
         loads.append("engine")
-        return _Shared(tiny_engine_port)  # type: ignore[return-value]
+        return SharedEngine(tiny_engine_port)  # type: ignore[return-value]
 
     monkeypatch.setattr("bot.engine_adapter.build_engine_port", build_engine_port)
     photos = []
@@ -78,9 +85,7 @@ def test_avatar_session(
     written = out.split()
     # Job 1 was the avatar's creation (its checks and encoding); job 2 the render.
     assert written == [str(out_dir / "job2-seed7.png"), str(out_dir / "job2-seed8.png")]
-    for name in written:
-        with Image.open(io.BytesIO(Path(name).read_bytes())) as image:
-            assert (image.format, image.size) == ("PNG", (64, 64))
+    assert_tiny_pngs(written)
     assert "render: 100%" in err  # the progress bar, complete
     assert "note: profile tiny runs random weights; these images are noise" in err
     code, out, _ = run("usage", "--user", "42")
@@ -142,7 +147,7 @@ def test_render_with_a_second_avatar_on_tiny_flux2(
     monkeypatch.delenv("AVATARBOT_DATA_KEY", raising=False)
 
     async def build_engine_port(settings: object) -> EnginePort:
-        return _Shared(tiny_flux2_port)  # type: ignore[return-value]
+        return SharedEngine(tiny_flux2_port)  # type: ignore[return-value]
 
     monkeypatch.setattr("bot.engine_adapter.build_engine_port", build_engine_port)
     for i, name in enumerate(("Mug", "Box")):
