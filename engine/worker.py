@@ -190,9 +190,11 @@ class Worker:
             if self._setup is not None:
                 self._setup()
         except BaseException as exc:  # no model: fail everything that comes
-            # Precise already (an unknown personalizer names the known ones): no traceback.
+            # Precise already (an unknown personalizer names the known ones), and the caller
+            # that waits for the setup (create_engine) gets it raised and reports it: logged
+            # here too it would reach an operator twice.
             if isinstance(exc, EngineError | UnknownPersonalizer):
-                logger.error("engine worker setup failed: %s", exc)
+                logger.debug("engine worker setup failed: %s", exc)
             else:
                 logger.exception("engine worker setup failed")
             self._fail_forever(exc)
