@@ -202,3 +202,25 @@ def test_references_shown_to_members_are_logged_with_their_stack(
     assert logged.levelno == logging.ERROR and logged.exc_info is not None
     [logged] = [r for r in caplog.records if undecryptable.reference in r.getMessage()]
     assert logged.levelno == logging.ERROR and logged.stack_info
+
+
+def test_a_host_that_runs_no_jobs_loads_no_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``AVATARBOT_RUN_WORKER=false``: the CLI leaves the jobs to the workers, even when none
+    has ever started (then the request is refused, as the bot refuses it)."""
+    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AVATARBOT_ENGINE__PROFILE", "tiny")
+    monkeypatch.setenv("AVATARBOT_RUN_WORKER", "false")
+    monkeypatch.delenv("AVATARBOT_DATABASE_URL", raising=False)
+
+    async def build_engine_port(settings: object) -> EnginePort:
+        raise AssertionError("the CLI loaded an engine on a host that runs no jobs")
+
+    monkeypatch.setattr("bot.engine_adapter.build_engine_port", build_engine_port)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(make_photo(4))
+    argv = ["create", "--user", "42", "--name", "Mia", "--kind", "object", str(photo)]
+    code = main(["--log-level", "WARNING", "avatar", *argv, "--consent"])
+    assert code == 1
+    assert "No render worker has started yet" in capsys.readouterr().err
