@@ -59,10 +59,6 @@ class WeightsPlan:
     # What the profile reads from local paths or builds itself (not downloaded), one note each.
     notes: tuple[str, ...] = ()
 
-    @property
-    def random(self) -> bool:
-        return not self.sources and not self.notes
-
 
 def download_hint(profile: str) -> str:
     return f"run `{DOWNLOAD_COMMAND} {profile}`"
