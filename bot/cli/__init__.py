@@ -22,7 +22,7 @@ from bot.config import Settings, unknown_env_vars
 from bot.errors import AvatarbotError
 from bot.services.crypto import KeyConfigError
 from db.errors import DatabaseConfigError, DatabaseError
-from engine.errors import EngineError, UnknownProfile
+from engine.errors import EngineError, MissingWeights, UnknownProfile
 from kinds import UnknownPersonalizer
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -30,6 +30,7 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 # Modules under bot.cli that contribute subcommands, in help order.
 COMMAND_MODULES = (
     "config_cmd",
+    "invite_cmd",
     "db_cmd",
     "photo_cmd",
     "train_cmd",
@@ -40,6 +41,7 @@ COMMAND_MODULES = (
     "worker_cmd",
     "run_cmd",
     "demo_cmd",
+    "weights_cmd",
     "doctor_cmd",
 )
 
@@ -145,7 +147,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except DatabaseError as exc:
         print(f"avatarbot: {exc}", file=sys.stderr)
         return 1
-    except (EngineError, UnknownPersonalizer) as exc:  # missing weights, a personalizer typo
+    except MissingWeights as exc:
+        from engine.weights import missing_line
+
+        print(f"avatarbot: engine: {missing_line(exc, settings.engine.profile)}", file=sys.stderr)
+        return 1
+    except (EngineError, UnknownPersonalizer) as exc:  # a personalizer typo
         print(f"avatarbot: engine: {exc}", file=sys.stderr)
         return 1
 
@@ -155,7 +162,15 @@ PROFILE_UNCHECKED = frozenset({"doctor"})
 
 # Loggers whose INFO lines are chatter for an operator (Alembic's "Running upgrade ...",
 # "setup plugin ..."; HTTP clients; model hubs). Shown with --verbose or a DEBUG log level.
-CHATTY_LOGGERS = ("alembic", "httpx", "httpcore", "urllib3", "huggingface_hub", "filelock")
+CHATTY_LOGGERS = (
+    "alembic",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "urllib3",
+    "huggingface_hub",
+    "filelock",
+)
 
 
 def _quiet_libraries(level: str, *, verbose: bool) -> None:
