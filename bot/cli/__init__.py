@@ -124,9 +124,12 @@ def _main(argv: Sequence[str] | None) -> int:
     _quiet_libraries(settings.log_level, verbose=args.verbose)
     if args.command not in PROFILE_UNCHECKED:
         status = _check_profile(settings)
-        # ``run`` with separate workers (run_worker=false) loads no engine.
-        needs_engine = getattr(args, "needs_engine", False) and not (
-            args.command == "run" and not settings.run_worker
+        # ``run`` and ``avatar`` with separate workers (run_worker=false) load no engine, nor
+        # does a job queued with ``--no-wait``.
+        needs_engine = (
+            getattr(args, "needs_engine", False)
+            and not (args.command in ("run", "avatar") and not settings.run_worker)
+            and not getattr(args, "no_wait", False)
         )
         if status is None and needs_engine:
             status = _check_weights_offline(settings)

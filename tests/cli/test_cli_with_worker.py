@@ -224,3 +224,26 @@ def test_a_host_that_runs_no_jobs_loads_no_engine(
     code = main(["--log-level", "WARNING", "avatar", *argv, "--consent"])
     assert code == 1
     assert "No render worker has started yet" in capsys.readouterr().err
+
+
+def test_no_weights_needed_where_no_engine_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Offline without a real profile's weights: ``--no-wait`` and a host that runs no jobs
+    are not refused for weights they never load."""
+    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AVATARBOT_ENGINE__PROFILE", "sd15-ip-adapter-plus-face")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.delenv("AVATARBOT_DATABASE_URL", raising=False)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(make_photo(4))
+    argv = ["avatar", "create", "--user", "42", "--name", "Mia", str(photo), "--consent"]
+
+    assert main(argv) != 0
+    assert "missing" in capsys.readouterr().err  # it would load them: refused for them
+    assert main([*argv, "--no-wait"]) == 1
+    assert "No render worker has started yet" in capsys.readouterr().err
+    monkeypatch.setenv("AVATARBOT_RUN_WORKER", "false")
+    assert main(argv) == 1
+    assert "No render worker has started yet" in capsys.readouterr().err
