@@ -384,7 +384,12 @@ class Soak:
                     await session.execute(
                         text(
                             "SELECT id, user_id FROM render_jobs WHERE status = :s "
-                            "AND kind = 'render' ORDER BY random() LIMIT 1"
+                            "AND kind = 'render' ORDER BY "
+                            # A running job: the one started last, a live worker's (a random
+                            # one would mostly be a killed worker's, waiting for its lease to
+                            # expire, and the cancel would hide the requeue the soak checks).
+                            + ("started_at DESC" if state == "running" else "random()")
+                            + " LIMIT 1"
                         ),
                         {"s": state},
                     )
