@@ -425,7 +425,14 @@ class JobDispatcher:
                 return
             # A loop without this kind of work never claims it: a bug.
             if claim.work is None or claim.run is None:
-                await self._fail(claim, "internal_error", InternalError().message)
+                error = InternalError()
+                logger.error(
+                    "job %s: no work for kind %s here (reference %s)",
+                    claim.id,
+                    claim.kind,
+                    error.reference,
+                )
+                await self._fail(claim, error.code, error.message)
                 return
             await self._execute(claim, claim.work, claim.run)
         finally:
