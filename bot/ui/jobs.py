@@ -26,6 +26,7 @@ import discord
 
 from bot.errors import AvatarbotError
 from bot.services.events import JobEvent, JobEventKind, JobEvents
+from bot.services.failure_log import FailureLog
 from bot.services.jobs import JobService
 from bot.services.results import JobView
 from bot.ui.waker import DiscordWaker
@@ -126,13 +127,19 @@ class JobFeed:
 
     async def _loop(self) -> None:
         poll = PollBackoff(self._poll_seconds)
+        failures = FailureLog(logger, "the job feed's step")
         error_delay = 0.5
         while not self._stopping:
             try:
                 active = await self._step()
                 error_delay = 0.5
-            except Exception:
-                logger.exception("job feed step failed; retrying in %.1f s", error_delay)
+                failures.worked()
+            except Exception as exc:
+                # One line when the database goes away and one when it is back, not one per
+                # retry. The retry sweeps: what the failed step had taken from ``_pending``
+                # is shown from the database's rows instead.
+                failures.failed(exc)
+                self._resync = True
                 await self._waker.wait(error_delay)
                 error_delay = min(error_delay * 2, MAX_BACKOFF)
                 continue
