@@ -206,6 +206,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AVATARBOT_",
         env_nested_delimiter="__",
+        # ``AVATARBOT_DISCORD_TOKEN=`` (an example env file's blank line) means unset, as
+        # for a shell: a worker host must not fail on a token it does not need.
+        env_ignore_empty=True,
         extra="forbid",
         validate_default=True,
     )
@@ -303,10 +306,12 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.data_dir / 'avatarbot.db'}"
 
     def masked_dump(self) -> dict[str, Any]:
-        """The effective settings as plain data, secrets masked (for `avatarbot config`)."""
+        """The effective settings as plain data, secrets masked (for `avatarbot config`);
+        an unset or empty secret shows as null, never as a mask that looks set."""
         data = self.model_dump(mode="json")
-        for name in ("discord_token", "data_key", "old_data_keys"):
-            data[name] = "**********" if getattr(self, name) is not None else None
+        for name in sorted(SECRET_FIELDS):
+            secret: SecretStr | None = getattr(self, name)
+            data[name] = "**********" if secret and secret.get_secret_value() else None
         data["database_url"] = _mask_url_password(self.effective_database_url)
         return data
 

@@ -28,7 +28,8 @@ def test_defaults_put_a_sqlite_file_in_the_data_dir(tmp_path: Path) -> None:
     assert settings.effective_database_url == (
         f"sqlite+aiosqlite:///{tmp_path / 'xdg' / 'avatarbot' / 'avatarbot.db'}"
     )
-    assert settings.engine.profile == "tiny"
+    # A real profile by default: random weights (tiny, ...) are always named explicitly.
+    assert settings.engine.profile == "sd15-ip-adapter-plus-face"
     assert settings.discord_token is None and settings.data_key is None
 
 
@@ -102,6 +103,28 @@ def test_the_config_command_masks_secrets(
     for secret in ("token-value-123", "key-value-456", "pw-789"):
         assert secret not in out
     assert shown["database_url"].startswith("postgresql+asyncpg://bot:***@db/")
+
+
+def test_empty_environment_values_read_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The example env files' blank lines (``AVATARBOT_DISCORD_TOKEN=``), nested ones too.
+    for name in ("DISCORD_TOKEN", "DATA_KEY", "DATABASE_URL", "LOG_LEVEL", "ENGINE__PROFILE"):
+        monkeypatch.setenv(f"AVATARBOT_{name}", "")
+    settings = Settings.load()
+    assert settings.discord_token is None and settings.data_key is None
+    assert settings.database_url is None and settings.log_level == "INFO"
+    assert settings.engine.profile == "sd15-ip-adapter-plus-face"
+
+
+def test_the_config_command_shows_unset_and_empty_secrets_as_null(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AVATARBOT_DISCORD_TOKEN", "")
+    assert main(["config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["discord_token"] is None and shown["data_key"] is None
+    # An empty secret handed in directly (not from the environment) is not shown as set.
+    dumped = Settings.load(discord_token="").masked_dump()
+    assert dumped["discord_token"] is None
 
 
 def test_the_cli_reports_invalid_settings_with_status_2(

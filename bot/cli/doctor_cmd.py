@@ -2,8 +2,12 @@
 
 Nothing is changed and nothing is downloaded: weights are looked up in local folders and the
 Hugging Face cache only, and a SQLite database file that does not exist yet is not created
-(every command that uses the database creates and migrates it at start). Exit 0 when no check
-fails (warnings allowed), 1 otherwise.
+(every command that uses the database creates and migrates it at start). ``--role worker``
+or ``--role bot`` checks only what that process needs (a worker: the engine, its weights, the
+database, no token; a bot: the token and the database, and the engine when it renders too).
+
+Exit status: 0 when no check fails (warnings allowed), 1 when any fails (EXIT_RULE, also in
+the README); the last line says which, and counts the warnings.
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import SecretStr
+
 from bot.config import Settings
 
 Status = Literal["ok", "warn", "fail"]
+Role = Literal["bot", "worker"]
 DB_TIMEOUT_SECONDS = 10.0
+EXIT_RULE = "exit status 0 when no check fails (warnings allowed), 1 when any fails"
 
 
 @dataclass(frozen=True)
@@ -43,36 +51,60 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "doctor",
         help="check the installation (python, torch, device, weights, extras, database, keys)",
-        description="Check the installation without changing or downloading anything. "
-        "Exit 0 when no check fails (warnings allowed).",
+        description="Check the installation without changing or downloading anything; "
+        f"{EXIT_RULE}.",
+    )
+    p.add_argument(
+        "--role",
+        choices=("bot", "worker"),
+        help="check only what this process needs: a worker (engine, weights, database; no "
+        "token) or the bot (token, database; the engine too with AVATARBOT_RUN_WORKER=true)",
     )
     p.set_defaults(handler=run_doctor)
 
 
 def run_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    failed = False
-    for check in run_checks(settings):
+    counts = {"ok": 0, "warn": 0, "fail": 0}
+    for check in run_checks(settings, args.role):
         print(check.line(), flush=True)
-        failed = failed or check.status == "fail"
-    print("doctor: some checks failed" if failed else "doctor: all checks passed")
-    return 1 if failed else 0
+        counts[check.status] += 1
+    print(summary(counts["fail"], counts["warn"]))
+    return 1 if counts["fail"] else 0
 
 
-def run_checks(settings: Settings) -> Iterator[Check]:
-    """Every check in order; a check that raises is reported as a failure, never a traceback."""
-    steps: tuple[Callable[[Settings], list[Check]], ...] = (
-        check_python,
+def summary(failed: int, warned: int) -> str:
+    """The last line: "all checks passed" only when every check is ok."""
+    warnings = f"{warned} warning{'s' if warned != 1 else ''}"
+    if failed:
+        return f"doctor: {failed} check{'s' if failed != 1 else ''} failed, {warnings} (exit 1)"
+    if warned:
+        return f"doctor: no check failed, {warnings} (exit 0)"
+    return "doctor: all checks passed"
+
+
+Step = Callable[[Settings], list[Check]]
+
+
+def steps_for(settings: Settings, role: Role | None) -> tuple[Step, ...]:
+    """The checks a role needs, in order; no role: every check."""
+    engine: tuple[Step, ...] = (
         check_torch,
+        check_profile,
         check_device,
         check_weights,
         check_faces,
         check_safety,
         check_screen,
-        check_database,
-        check_data_key,
-        check_token,
     )
-    for step in steps:
+    token = {None: check_token, "bot": check_token_needed, "worker": check_no_token}[role]
+    renders = role != "bot" or settings.run_worker
+    return (check_python, *(engine if renders else ()), check_database, check_data_key, token)
+
+
+def run_checks(settings: Settings, role: Role | None = None) -> Iterator[Check]:
+    """The role's checks in order; a check that raises is reported as a failure, never a
+    traceback."""
+    for step in steps_for(settings, role):
         try:
             yield from step(settings)
         except Exception as exc:  # a broken check must not hide the others
@@ -112,6 +144,25 @@ def check_torch(settings: Settings) -> list[Check]:
     if getattr(torch.version, "hip", None):
         build = f"ROCm {torch.version.hip} build"
     return [Check("torch", "ok", f"{torch.__version__} ({build})")]
+
+
+def check_profile(settings: Settings) -> list[Check]:
+    """Random weights render noise: fine for a demo, never what members should be served."""
+    from bot.cli.noise_guard import REAL_PROFILE_FIX
+    from engine.profiles import resolve_profile
+
+    profile = resolve_profile(settings.engine)
+    if profile.is_noise:
+        return [
+            Check(
+                "profile",
+                "warn",
+                f"{profile.name} has random weights: every render is noise (`run` and "
+                "`worker` refuse it without --allow-noise)",
+                REAL_PROFILE_FIX,
+            )
+        ]
+    return [Check("profile", "ok", f"{profile.name} (real weights)")]
 
 
 def check_device(settings: Settings) -> list[Check]:
@@ -504,13 +555,43 @@ def check_data_key(settings: Settings) -> list[Check]:
     ]
 
 
+TOKEN_FIX = "set AVATARBOT_DISCORD_TOKEN to the bot token from the Discord developer portal"
+
+
 def check_token(settings: Settings) -> list[Check]:
-    fix = "set AVATARBOT_DISCORD_TOKEN to the bot token from the Discord developer portal"
     if settings.discord_token is None:
-        return [Check("token", "warn", "not set (needed by `avatarbot run`, not by workers)", fix)]
-    problem = token_problem(settings.discord_token.get_secret_value())
+        return [
+            Check("token", "warn", "not set (needed by `avatarbot run`, not by workers)", TOKEN_FIX)
+        ]
+    return _token_shape(settings.discord_token)
+
+
+def check_token_needed(settings: Settings) -> list[Check]:
+    """``--role bot``: the bot cannot start without its token."""
+    if settings.discord_token is None:
+        return [Check("token", "fail", "not set: `avatarbot run` needs it", TOKEN_FIX)]
+    return _token_shape(settings.discord_token)
+
+
+def check_no_token(settings: Settings) -> list[Check]:
+    """``--role worker``: a worker refuses to start holding the bot's token (worker_cmd)."""
+    if settings.discord_token is None:
+        return [Check("token", "ok", "not set (a worker needs none)")]
+    return [
+        Check(
+            "token",
+            "fail",
+            "set, but `avatarbot worker` refuses to start with the bot's token",
+            "remove AVATARBOT_DISCORD_TOKEN from the worker's environment "
+            "(deploy/worker.env.example)",
+        )
+    ]
+
+
+def _token_shape(token: SecretStr) -> list[Check]:
+    problem = token_problem(token.get_secret_value())
     if problem:
-        return [Check("token", "fail", f"does not look like a bot token: {problem}", fix)]
+        return [Check("token", "fail", f"does not look like a bot token: {problem}", TOKEN_FIX)]
     return [Check("token", "ok", "set, shaped like a bot token")]
 
 

@@ -22,6 +22,7 @@ import logging
 import signal
 import sys
 
+from bot.cli.noise_guard import add_allow_noise_flag, refuse_noise
 from bot.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -32,12 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--concurrency", type=int, help="jobs at a time (default: engine.max_batch)"
     )
+    add_allow_noise_flag(parser)
     parser.set_defaults(handler=run, needs_engine=True)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.profiles import resolve_profile
-
     if settings.discord_token is not None:
         print(
             "avatarbot worker: AVATARBOT_DISCORD_TOKEN is set, but a worker never talks to "
@@ -48,11 +48,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.concurrency is not None and args.concurrency < 1:
         raise SystemExit("avatarbot worker: --concurrency must be at least 1")
-    if not resolve_profile(settings.engine).is_noise and settings.data_key is None:
-        logger.warning(
-            "AVATARBOT_DATA_KEY is not set: members' photos, features and renders are stored "
-            "unencrypted in the database; set a key (see README) to encrypt them at rest"
-        )
+    refused = refuse_noise(settings, "worker", allow_noise=args.allow_noise)
+    if refused is not None:
+        return refused
     return asyncio.run(_main(settings, args.concurrency))
 
 

@@ -263,7 +263,7 @@ async def test_worker_stops_cleanly(
     try:
         await make_avatar(services, OWNER, "Mia")
         ticket = await services.renders.request(OWNER, GUILD, CHANNEL, "Mia", "a cat", LONG_RENDER)
-        worker = spawn(["worker"], subprocess_env(tmp_path, url))
+        worker = spawn(["worker", "--allow-noise"], subprocess_env(tmp_path, url))
         await wait_running(services, ticket.job_id, worker)
 
         worker.process.send_signal(signum)

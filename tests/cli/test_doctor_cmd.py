@@ -20,6 +20,8 @@ def _doctor(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AVATARBOT_", "HF_"))}
     base.update(
         AVATARBOT_DATA_DIR=str(tmp_path / "data"),
+        # Random weights, named explicitly (the default profile is a real one).
+        AVATARBOT_ENGINE__PROFILE="tiny",
         # An empty Hugging Face cache: nothing is downloaded, nothing is found.
         HF_HOME=str(tmp_path / "hf"),
         HF_HUB_OFFLINE="1",
@@ -45,8 +47,12 @@ def test_passes_on_a_fresh_setup_with_the_tiny_profile(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert not _lines(proc, "fail")
     names = {line.split()[1] for line in proc.stdout.splitlines()[:-1]}
-    assert {"python", "torch", "device", "weights", "safety", "database", "token"} <= names
-    assert "all checks passed" in proc.stdout
+    assert {"python", "torch", "profile", "device", "weights", "safety", "database"} <= names
+    # Random weights and no token are warnings, so the last line says so, not "all passed".
+    (profile,) = [line for line in proc.stdout.splitlines() if line.split()[1] == "profile"]
+    assert profile.startswith("warn") and "noise" in profile and "--allow-noise" in profile
+    assert "all checks passed" not in proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("doctor: no check failed, ")
     # It changed nothing: the SQLite database is not created by the doctor.
     assert not (tmp_path / "data" / "avatarbot.db").exists()
 

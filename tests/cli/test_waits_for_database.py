@@ -135,7 +135,7 @@ async def test_worker_started_while_postgres_is_down_waits_then_claims(
 ) -> None:
     server.stop()
     env = subprocess_env(tmp_path, server.url, AVATARBOT_OPS__LISTEN="off")
-    worker = Avatarbot(tmp_path, ["worker"], env)
+    worker = Avatarbot(tmp_path, ["worker", "--allow-noise"], env)
     try:
         await _waits_then_claims(worker, server)
     finally:
