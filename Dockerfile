@@ -57,8 +57,11 @@ RUN useradd --system --create-home --home-dir /var/lib/avatarbot --uid 10001 ava
  && chown -R avatarbot:avatarbot /var/lib/avatarbot
 USER avatarbot
 WORKDIR /var/lib/avatarbot
+# A real profile (the code's default too, said here so the image's choice is visible);
+# random-weight ones render noise and `run`/`worker` refuse them without --allow-noise.
 ENV HF_HOME=/var/lib/avatarbot/hf \
     AVATARBOT_DATA_DIR=/var/lib/avatarbot/data \
+    AVATARBOT_ENGINE__PROFILE=sd15-ip-adapter-plus-face \
     AVATARBOT_OPS__LISTEN=0.0.0.0:9108
 VOLUME ["/var/lib/avatarbot/hf", "/var/lib/avatarbot/data"]
 # /healthz, /readyz and /metrics (Prometheus).

@@ -326,6 +326,31 @@ def test_each_worker_instance_listens_on_a_valid_port_of_its_own(tmp_path: Path)
     assert len(set(ports.values())) == len(ports)
 
 
+def test_what_renders_names_a_real_profile(tmp_path: Path) -> None:
+    """Issue 24: nothing that serves members falls back to random weights by omission: the
+    image, the worker unit, compose and both env file examples name a real profile."""
+    import yaml
+
+    from engine.profiles import get_profile
+
+    image_env = " ".join(v for k, v in _instructions() if k == "ENV")
+    image = re.search(r"AVATARBOT_ENGINE__PROFILE=(\S+)", image_env)
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    named = {
+        "Dockerfile": image[1] if image else "",
+        "avatarbot-worker@0": _worker_instance_env(tmp_path, "0")["AVATARBOT_ENGINE__PROFILE"],
+        "compose.yaml": compose["x-avatarbot"]["environment"]["AVATARBOT_ENGINE__PROFILE"],
+        "worker.env.example": _env_example("worker.env.example")["AVATARBOT_ENGINE__PROFILE"],
+        "bot.env.example": _env_example("bot.env.example")["AVATARBOT_ENGINE__PROFILE"],
+    }
+    for where, profile in named.items():
+        assert not get_profile(profile).is_noise, f"{where}: {profile}"
+    # Set, not commented out, in the files an operator copies.
+    for name in ("worker.env.example", "bot.env.example"):
+        text = (ROOT / "deploy" / name).read_text()
+        assert re.search(r"^AVATARBOT_ENGINE__PROFILE=\S", text, re.MULTILINE), name
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     status = 200
 
