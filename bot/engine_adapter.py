@@ -64,6 +64,9 @@ class EngineAdapter:
         """Load the profile named by ``settings`` (seconds on ``tiny``, longer on real
         weights; raises the engine's ``MissingWeights`` with how to get them). ``safety`` is
         the output check's default policy (``SafetySettings()`` when not given)."""
+        from bot.ops.logs import adopt_library_loggers
+
+        adopt_library_loggers()
         from engine.engine import create_engine
 
         engine = await create_engine(settings)

@@ -116,11 +116,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"avatarbot: invalid settings: {exc}", file=sys.stderr)
         return 2
-    from bot.ops.logs import formatter
+    from bot.ops.logs import configure
 
-    log_handler = logging.StreamHandler(sys.stderr)
-    log_handler.setFormatter(formatter(settings.log_format))
-    logging.basicConfig(level=settings.log_level, handlers=[log_handler])
+    configure(settings.log_level, settings.log_format)
     _quiet_libraries(settings.log_level, verbose=args.verbose)
     if args.command not in PROFILE_UNCHECKED:
         status = _check_profile(settings)

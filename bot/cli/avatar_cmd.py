@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from bot.services.events import JobEvent
     from bot.services.results import JobView
     from db.session import Database
+
+logger = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -172,7 +175,8 @@ async def _services(settings: Settings, *, with_engine: bool) -> AsyncIterator[S
         if with_engine and await _runs_jobs_here(settings, database):
             from bot.engine_adapter import build_engine_port
 
-            print(f"loading engine profile {settings.engine.profile}...", file=sys.stderr)
+            # A log line (JSON with --log-format json), not a bare one on stderr.
+            logger.info("loading engine profile %s", settings.engine.profile)
             engine = await build_engine_port(settings)
         services = await build_services(settings, database, engine)
         try:
