@@ -214,7 +214,10 @@ def check_weights(settings: Settings) -> list[Check]:
         profile = resolve_profile(settings.engine)
     except UnknownProfile as exc:
         return [Check("weights", "fail", str(exc), "set AVATARBOT_ENGINE__PROFILE")]
+    from engine.weights import download_hint
+
     cache_dir = str(settings.engine.cache_dir) if settings.engine.cache_dir else None
+    hint = download_hint(profile.name)
     checks: list[Check] = []
     if profile.base_model is None:
         checks.append(
@@ -226,16 +229,19 @@ def check_weights(settings: Settings) -> list[Check]:
                 profile.base_model,
                 profile.base_config,
                 cache_dir,
+                hint,
                 single_file_ok=profile.pipeline_family == "stable-diffusion",
             )
         )
     for spec in profile.personalizers:
-        checks.extend(_personalizer_weights(spec.name, dict(spec.options), cache_dir))
+        checks.extend(_personalizer_weights(spec.name, dict(spec.options), cache_dir, hint))
     return checks
 
 
-def _missing(what: str, location: str, reason: str, files: tuple[str, ...] = ()) -> Check:
-    from engine.loading import how_to_get
+def _missing(what: str, location: str, reason: str, hint: str) -> Check:
+    """A failed weights check. Its fix: for a hub id ``hint``, the command that downloads the
+    profile's files; for a path, the setting to correct."""
+    from engine.loading import how_to_get, looks_local
 
     setting = {
         "base model": "engine.base_model",
@@ -247,12 +253,17 @@ def _missing(what: str, location: str, reason: str, files: tuple[str, ...] = ())
         "weights",
         "fail",
         f"{what} {location}: {reason}",
-        how_to_get(location, what_setting=setting, files=files),
+        how_to_get(location, what_setting=setting) if looks_local(location) else hint,
     )
 
 
 def _base_weights(
-    location: str, config: str | None, cache_dir: str | None, *, single_file_ok: bool = True
+    location: str,
+    config: str | None,
+    cache_dir: str | None,
+    hint: str,
+    *,
+    single_file_ok: bool = True,
 ) -> Check:
     from engine.loading import is_single_file, looks_local
 
@@ -260,27 +271,27 @@ def _base_weights(
     if looks_local(location):
         path = Path(location).expanduser()
         if not path.exists():
-            return _missing(what, location, "no such path")
+            return _missing(what, location, "no such path", hint)
         if is_single_file(location) and not single_file_ok:
-            return _missing(what, location, "this profile loads a diffusers folder or hub id")
+            return _missing(what, location, "this profile loads a diffusers folder or hub id", hint)
         if is_single_file(location):
             if (
                 config is not None
                 and not looks_local(config)
                 and _cached_file(config, "model_index.json", cache_dir) is None
             ):
-                return _missing("base model configs", config, "not in the Hugging Face cache")
+                return _missing("base model configs", config, "not in the Hugging Face cache", hint)
             return Check("weights", "ok", f"{what}: {path}")
         if not (path / "model_index.json").is_file():
-            return _missing(what, location, "not a diffusers folder (no model_index.json)")
-        return _components_present(what, location, path)
+            return _missing(what, location, "not a diffusers folder (no model_index.json)", hint)
+        return _components_present(what, location, path, hint)
     snapshot = _cached_snapshot(location, cache_dir)
     if snapshot is None:
-        return _missing(what, location, "not in the Hugging Face cache")
-    return _components_present(what, location, snapshot)
+        return _missing(what, location, "not in the Hugging Face cache", hint)
+    return _components_present(what, location, snapshot, hint)
 
 
-def _components_present(what: str, location: str, folder: Path) -> Check:
+def _components_present(what: str, location: str, folder: Path, hint: str) -> Check:
     """A diffusers folder has every component that model_index.json names (with weights)."""
     index = json.loads((folder / "model_index.json").read_text())
     # The denoiser is a UNet (Stable Diffusion) or a transformer (FLUX.2).
@@ -298,11 +309,13 @@ def _components_present(what: str, location: str, folder: Path) -> Check:
         if not has_files:
             missing.append(name)
     if missing:
-        return _missing(what, location, f"incomplete, missing {', '.join(missing)}")
+        return _missing(what, location, f"incomplete, missing {', '.join(missing)}", hint)
     return Check("weights", "ok", f"{what}: {location} ({folder})")
 
 
-def _personalizer_weights(name: str, options: dict[str, Any], cache_dir: str | None) -> list[Check]:
+def _personalizer_weights(
+    name: str, options: dict[str, Any], cache_dir: str | None, hint: str
+) -> list[Check]:
     from engine.loading import is_single_file
 
     if name == "none" or options.get("random") is not None:
@@ -319,20 +332,22 @@ def _personalizer_weights(name: str, options: dict[str, Any], cache_dir: str | N
         encoder = options.get("image_encoder")
         if encoder:
             checks.append(
-                _files_present("IP-Adapter image encoder", str(encoder), ["config.json"], cache_dir)
+                _files_present(
+                    "IP-Adapter image encoder", str(encoder), ["config.json"], cache_dir, hint
+                )
             )
         else:
             folder = str(options.get("image_encoder_subfolder", "image_encoder"))
             if "/" not in folder:
                 folder = f"{subfolder}/{folder}".lstrip("/")
             wanted += [f"{folder}/config.json", f"{folder}/model.safetensors"]
-        checks.insert(0, _files_present("IP-Adapter weights", repo, wanted, cache_dir))
+        checks.insert(0, _files_present("IP-Adapter weights", repo, wanted, cache_dir, hint))
     elif "weights" in options:
         path = Path(str(options["weights"])).expanduser()
         if path.exists():
             checks.append(Check("weights", "ok", f"InstantBooth weights: {path}"))
         else:
-            checks.append(_missing("InstantBooth weights", str(path), "no such path"))
+            checks.append(_missing("InstantBooth weights", str(path), "no such path", hint))
     else:
         checks.append(
             Check("weights", "warn", f"personalizer {name}: its weights are not checked here")
@@ -341,7 +356,7 @@ def _personalizer_weights(name: str, options: dict[str, Any], cache_dir: str | N
 
 
 def _files_present(
-    what: str, location: str, files: list[str], cache_dir: str | None = None
+    what: str, location: str, files: list[str], cache_dir: str | None, hint: str
 ) -> Check:
     from engine.loading import looks_local
 
@@ -349,11 +364,11 @@ def _files_present(
         root = Path(location).expanduser()
         absent = [f for f in files if not (root / f).is_file()]
         if not root.exists():
-            return _missing(what, location, "no such path")
+            return _missing(what, location, "no such path", hint)
     else:
         absent = [f for f in files if _cached_file(location, f, cache_dir) is None]
     if absent:
-        return _missing(what, location, f"missing {', '.join(absent)}", files=tuple(absent))
+        return _missing(what, location, f"missing {', '.join(absent)}", hint)
     return Check("weights", "ok", f"{what}: {location}")
 
 

@@ -86,7 +86,7 @@ def test_fails_for_a_real_profile_without_weights(tmp_path: Path) -> None:
     text = "\n".join(failures)
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in text
     assert "h94/IP-Adapter" in text
-    assert "hf download" in text
+    assert "run `avatarbot weights download sd15-ip-adapter-plus-face`" in text
     # Nothing was downloaded into the (empty) cache.
     hub = tmp_path / "hf" / "hub"
     assert not hub.exists() or not any(hub.glob("models--*/snapshots/*/*"))

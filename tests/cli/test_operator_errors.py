@@ -127,7 +127,7 @@ def test_missing_weights_are_one_line_and_fast(tmp_path: Path, command: list[str
     )
     env.pop("AVATARBOT_DATA_KEY")
     result = _avatarbot(command, env, timeout=30)
-    _assert_one_clear_error(result, "missing", "hf download")
+    _assert_one_clear_error(result, "missing", f"avatarbot weights download {REAL_PROFILE}")
 
 
 def test_unknown_setting_names_the_closest(tmp_path: Path) -> None:
