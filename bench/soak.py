@@ -515,6 +515,26 @@ class Soak:
         return False
 
 
+def code_version() -> dict[str, Any]:
+    """The commit the soak ran on and the tracked files changed since (a run on a work tree
+    with other work in progress says so)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+            ).stdout.strip()
+        except OSError:
+            return ""
+
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "tracked_files_changed": len(changed.splitlines()),
+    }
+
+
 def members_of(config: SoakConfig) -> list[tuple[int, int]]:
     """(member, guild) pairs: ``members`` spread over ``guilds`` guilds."""
     return [
@@ -568,6 +588,7 @@ async def run_soak(
     from sqlalchemy.engine import make_url
 
     machine = machine_info()
+    code = await asyncio.to_thread(code_version)
     with tempfile.TemporaryDirectory(prefix="avatarbot-soak-") as tmp:
         workdir = Path(tmp)
         if logs is not None:
@@ -624,6 +645,7 @@ async def run_soak(
         outage["first_claim_after_restart_s"] = gap
     return build_document(
         settings=asdict(config),
+        code=code,
         machine={**machine, "postgresql": version},
         timing=timing,
         faults={

@@ -12,6 +12,7 @@ NAME = "soak"
 def build_document(
     *,
     settings: dict[str, Any],
+    code: dict[str, Any],
     machine: dict[str, Any],
     timing: dict[str, float],
     faults: dict[str, Any],
@@ -22,6 +23,7 @@ def build_document(
     return {
         "benchmark": NAME,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code": code,
         "machine": machine,
         "settings": settings,
         "timing": {
@@ -65,7 +67,9 @@ def markdown(document: dict[str, Any]) -> str:
         f"Measured {document['measured_at']} on {m['nproc']} × {m['cpu_model']}, "
         f"{m['platform']}, Python {m['python']}, PostgreSQL {m['postgresql']}; load average "
         f"(1 min) at start {m.get('load_average_1m')}, at the end {m.get('load_average_1m_end')} "
-        "(a machine shared with other work).",
+        "(a machine shared with other work). Code: commit "
+        f"{document['code']['commit']}, {document['code']['tracked_files_changed']} tracked "
+        "files changed since.",
         "",
         f"{s['jobs']} render jobs for {s['members']} members in {s['guilds']} guilds, at most "
         f"{s['queue_depth']} active at once; {s['workers']} worker processes "
