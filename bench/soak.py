@@ -640,6 +640,11 @@ async def run_soak(
     # A run whose worker slot never came back passes nothing; one whose enqueueing hit its
     # time bound (``--max-minutes``) is judged on the jobs it enqueued, and says so.
     checks["verdicts"]["run_complete"] = not workers.abandoned_slots
+    # No database fault is injected while a forget-me runs (the milestones run one at a
+    # time), so any error of one (a deadlock with a finishing worker) is a defect.
+    checks["verdicts"]["forget_me_without_errors"] = all(
+        not record["errors"] and "jobs_erased" in record for record in soak.faults.forget_me
+    )
     checks["passed"] = all(checks["verdicts"].values())
     for outage, gap in zip(soak.faults.outages, gaps, strict=True):
         outage["first_claim_after_restart_s"] = gap

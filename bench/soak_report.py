@@ -99,6 +99,10 @@ def markdown(document: dict[str, Any]) -> str:
         f"{ledger['jobs_wrong']} jobs and {len(ledger['members_wrong'])} members off |",
         f"| nothing stuck | {_yes(v['nothing_stuck'])} | {c['stuck']} queued or running "
         "after the drain |",
+        f"| forget-me without errors | {_yes(v['forget_me_without_errors'])} | "
+        f"{sum(len(r['errors']) for r in f['forget_me'])} failed tries in "
+        f"{len(f['forget_me'])} forget-me (worker logs: "
+        f"{logs['counts']['deadlock detected']} deadlocks) |",
         f"| run complete | {_yes(v['run_complete'])} | jobs enqueued: {c['accepted']} of "
         f"{s['jobs']}{' (stopped by the time bound)' if t['enqueue_timed_out'] else ''}; "
         f"worker slots given up: {f['worker_slots_abandoned']} |",
