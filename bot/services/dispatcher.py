@@ -38,6 +38,7 @@ from typing import Protocol, TypeVar
 from bot.config import JobSettings
 from bot.errors import AvatarbotError, InternalError
 from bot.services.events import JobEvent, JobEventKind, JobEvents
+from bot.services.failure_log import FailureLog, one_line
 from bot.services.job_settings import CorruptJobSettings
 from bot.services.job_work import Claim, JobWork, Outcome
 from bot.services.jobs import JobService, release_failed
@@ -318,15 +319,20 @@ class JobDispatcher:
         )
 
     async def _loop(self) -> None:
+        # During an outage each step logs one line when it starts failing and one when it
+        # works again (bot/services/failure_log.py), not a line per try.
+        claiming = FailureLog(logger, "claiming jobs")
+        reaping = FailureLog(logger, "reaping expired leases")
+        purging = FailureLog(logger, "purging expired jobs")
         backoff = RETRY_FIRST_SECONDS
         while not self._stopping:
             now = time.monotonic()
             if now >= self._next_reap:
                 self._next_reap = now + self.config.reap_seconds
-                await self._guarded(self._reap, "reaping expired leases")
+                await _guarded(self._reap, reaping)
             if now >= self._next_maintenance:
                 self._next_maintenance = now + self.config.maintenance_seconds
-                await self._guarded(self._purge, "purging expired jobs")
+                await _guarded(self._purge, purging)
             if self._can_claim():
                 # Cleared before claiming: an enqueue committed after this claim's snapshot
                 # still wakes the wait below.
@@ -334,17 +340,14 @@ class JobDispatcher:
                 try:
                     claim = await self._claim()
                 except Exception as exc:
-                    # One line when claiming starts failing (the database is down, say) and
-                    # one when it works again; retried at most RETRY_MAX_SECONDS apart, so
-                    # work resumes within about that once the database is back.
-                    if backoff == RETRY_FIRST_SECONDS:
-                        logger.error("claiming jobs failed; retrying: %s", _reason(exc))
+                    # Retried at most RETRY_MAX_SECONDS apart, so work resumes within about
+                    # that once the database is back.
+                    claiming.failed(exc)
                     await self._waker.wait(backoff)
                     backoff = min(backoff * 2, RETRY_MAX_SECONDS)
                     continue
-                if backoff != RETRY_FIRST_SECONDS:
-                    logger.info("claiming jobs works again")
-                    backoff = RETRY_FIRST_SECONDS
+                claiming.worked()
+                backoff = RETRY_FIRST_SECONDS
                 if claim is not None:
                     task = asyncio.get_running_loop().create_task(
                         self._run(claim), name=f"job-{claim.id}"
@@ -360,12 +363,6 @@ class JobDispatcher:
             if self._stopping:  # set before its wake-up, which ``clear`` may have undone
                 break
             await self._waker.wait(deadline - time.monotonic())
-
-    async def _guarded(self, step: Callable[[], Awaitable[None]], what: str) -> None:
-        try:
-            await step()
-        except Exception:
-            logger.exception("%s failed", what)
 
     async def _reap(self, *, at_start: bool = False) -> None:
         """Requeue (or give up on) jobs whose lease expired; tell the world we are alive."""
@@ -481,7 +478,7 @@ class JobDispatcher:
                     logger.warning(
                         "job %s: the database failed during its work (%s); handing it back",
                         claim.id,
-                        _reason(exc),
+                        one_line(exc),
                     )
                 else:
                     error = InternalError()
@@ -519,6 +516,7 @@ class JobDispatcher:
         """Renew the lease and record progress (announcing it when it moved) until ``stop``
         is set; abandon the job if it is no longer ours."""
         interval = max(min(self.config.lease_seconds / 3, self.config.progress_seconds), 0.05)
+        renewing = FailureLog(logger, f"renewing the lease of job {job_id}")
         announced = 0.0
         while True:
             try:
@@ -532,11 +530,9 @@ class JobDispatcher:
             except Exception as exc:
                 # Keep working: the next renewal may succeed, the lease (3 renewal intervals)
                 # covers the gap, and the outcome write retries for what is left of it.
-                if is_transient(exc):
-                    logger.warning("renewing the lease of job %s failed: %s", job_id, _reason(exc))
-                else:
-                    logger.exception("renewing the lease of job %s failed", job_id)
+                renewing.failed(exc)
                 continue
+            renewing.worked()
             if not held:
                 logger.info("job %s is no longer ours; abandoning it", job_id)
                 task.cancel()
@@ -587,7 +583,7 @@ class JobDispatcher:
                         "it will run again",
                         job_id,
                         what,
-                        _reason(exc),
+                        one_line(exc),
                     )
                     return None
                 if delay == RETRY_FIRST_SECONDS:
@@ -595,7 +591,7 @@ class JobDispatcher:
                         "job %s: writing its %s failed (%s); retrying while its lease holds",
                         job_id,
                         what,
-                        _reason(exc),
+                        one_line(exc),
                     )
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
@@ -671,9 +667,13 @@ class JobDispatcher:
             logger.exception("could not hand job %s back; its lease will expire", job_id)
 
 
-def _reason(error: BaseException) -> str:
-    """An error in one line for the log (SQLAlchemy appends its SQL and a link)."""
-    return str(error).split("\n", 1)[0] or type(error).__name__
+async def _guarded(step: Callable[[], Awaitable[None]], log: FailureLog) -> None:
+    try:
+        await step()
+    except Exception as exc:
+        log.failed(exc)
+    else:
+        log.worked()
 
 
 def _log_unexpected(task: asyncio.Task[None]) -> None:

@@ -213,8 +213,10 @@ async def test_the_job_loop_rides_out_outages_with_nothing_left_unretrieved(
         gc.collect()
     assert during_write.restarted.is_set() and engine.renders == 2
     messages = [r.getMessage() for r in caplog.records]
-    assert len([m for m in messages if m.startswith("claiming jobs failed")]) == 1
-    assert len([m for m in messages if m == "claiming jobs works again"]) == 1
+    # One line when claiming starts failing (another if the error changes: refused, then
+    # "the database system is starting up"), one when it works again.
+    assert 1 <= len([m for m in messages if m.startswith("claiming jobs failed")]) <= 2
+    assert len([m for m in messages if m.startswith("claiming jobs works again")]) == 1
     assert not [m for m in messages if "never retrieved" in m]
     # The notification listener: one line per outage it met, not one per reconnect try.
     lost = [m for m in messages if m.startswith("reconnecting for notifications failed")]
