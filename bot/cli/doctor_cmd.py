@@ -149,9 +149,13 @@ def check_torch(settings: Settings) -> list[Check]:
 def check_profile(settings: Settings) -> list[Check]:
     """Random weights render noise: fine for a demo, never what members should be served."""
     from bot.cli.noise_guard import REAL_PROFILE_FIX
+    from engine.errors import UnknownProfile
     from engine.profiles import resolve_profile
 
-    profile = resolve_profile(settings.engine)
+    try:
+        profile = resolve_profile(settings.engine)
+    except UnknownProfile as exc:
+        return [Check("profile", "fail", str(exc), "set AVATARBOT_ENGINE__PROFILE")]
     if profile.is_noise:
         return [
             Check(
