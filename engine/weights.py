@@ -36,14 +36,15 @@ _FORMATS = (".safetensors", ".bin")
 # Default CLIP image encoder of InstantBooth weights (InstantBoothConfig.image_encoder).
 INSTANTBOOTH_ENCODER = "openai/clip-vit-large-patch14"
 
-SourceKind = Literal["files", "pipeline", "model"]
+SourceKind = Literal["files", "pipeline", "configs", "model"]
 
 
 @dataclass(frozen=True)
 class HubSource:
     """One hub repository a profile reads. ``kind``: "files" (exactly ``files``), "pipeline"
-    (a diffusers folder; files from its model_index.json and listing) or "model" (a
-    transformers model at the repository root: config.json and its weights)."""
+    (a diffusers folder; files from its model_index.json and listing), "configs" (the same
+    without weights: what a single checkpoint file is built with) or "model" (a transformers
+    model at the repository root: config.json and its weights)."""
 
     what: str
     repo: str
@@ -99,7 +100,7 @@ def _base_sources(profile: Profile, sources: list[HubSource], notes: list[str]) 
     if config is not None and not looks_local(config):
         # A single checkpoint file built with a hub repository's configs.
         sources.append(
-            HubSource("base model configs", config, "engine.base_model_config", "pipeline")
+            HubSource("base model configs", config, "engine.base_model_config", "configs")
         )
 
 
@@ -219,7 +220,7 @@ def folder_files(listing: list[str], folder: str, *, everything: bool) -> list[s
     prefix = f"{folder}/" if folder else ""
     here = [p for p in listing if p.startswith(prefix) and "/" not in p[len(prefix) :]]
     names = [p[len(prefix) :] for p in here]
-    weights = [n for n in names if n.endswith(WEIGHT_SUFFIXES) or _is_weights_index(n)]
+    weights = [n for n in names if _is_weights(n)]
     fmt = next(
         (f for f in _FORMATS if any(n.endswith(f) and n.count(".") == 1 for n in weights)), None
     )
@@ -233,6 +234,10 @@ def folder_files(listing: list[str], folder: str, *, everything: bool) -> list[s
     if not everything:
         others = [n for n in others if n == "config.json"]
     return [f"{prefix}{n}" for n in sorted(chosen + others)]
+
+
+def _is_weights(name: str) -> bool:
+    return name.endswith(WEIGHT_SUFFIXES) or _is_weights_index(name)
 
 
 def _is_weights_index(name: str) -> bool:
@@ -268,6 +273,8 @@ def download(
                 source.repo, "model_index.json", cache_dir=cache_dir, local_dir=local_dir
             )
             files = pipeline_files(json.loads(Path(index).read_text()), listing)
+            if source.kind == "configs":
+                files = [f for f in files if not _is_weights(f)]
     folder = Path(
         snapshot_download(
             source.repo, allow_patterns=files, cache_dir=cache_dir, local_dir=local_dir

@@ -202,6 +202,24 @@ def test_local_dir_holds_the_repositories_and_names_the_settings(
     )
 
 
+def test_a_single_checkpoint_file_gets_only_its_configs(
+    tmp_path: Path, hub: tuple[str, HubState], repos: dict[str, dict[str, bytes]]
+) -> None:
+    url, state = hub
+    checkpoint = tmp_path / "sd15.safetensors"
+    env = _env(
+        tmp_path,
+        url,
+        AVATARBOT_ENGINE__BASE_MODEL=str(checkpoint),
+        AVATARBOT_ENGINE__BASE_MODEL_CONFIG=BASE,
+    )
+    proc = _avatarbot(["weights", "download", PROFILE], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"base model: local {checkpoint}" in proc.stdout
+    configs = {n for n in _base_files(repos) if not n.endswith(".safetensors")}
+    assert state.downloaded_files(BASE) == configs
+
+
 @pytest.mark.parametrize(
     "offline", [{"HF_HUB_OFFLINE": "1"}, {"AVATARBOT_ENGINE__OFFLINE": "true"}], ids=str
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.config import EngineSettings
 from engine.flux2 import KLEIN_4B_REPO
 from engine.profiles import (
     IP_ADAPTER_PLUS_FACE_WEIGHTS,
@@ -12,6 +13,7 @@ from engine.profiles import (
     SD15_BASE,
     get_profile,
     known_profiles,
+    resolve_profile,
 )
 from engine.weights import (
     INSTANTBOOTH_ENCODER,
@@ -133,3 +135,18 @@ def test_sharded_weights_come_with_their_index_and_without_variants() -> None:
 def test_a_model_without_safetensors_loads_its_bin_and_only_its_config() -> None:
     listing = ["config.json", "pytorch_model.bin", "tf_model.h5", "vocab.json", "sub/x.bin"]
     assert model_files(listing) == ["config.json", "pytorch_model.bin"]
+
+
+def test_a_single_checkpoint_file_needs_only_its_configs_from_the_hub() -> None:
+    profile = resolve_profile(
+        EngineSettings(
+            profile="sd15-ip-adapter-plus-face",
+            base_model="/models/sd15.safetensors",
+            base_model_config=SD15_BASE,
+        )
+    )
+    plan = weights_plan(profile)
+    assert plan.sources[0] == HubSource(
+        "base model configs", SD15_BASE, "engine.base_model_config", "configs"
+    )
+    assert plan.notes[0].startswith("base model: local /models/sd15.safetensors")
