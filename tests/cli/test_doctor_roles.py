@@ -104,3 +104,19 @@ def test_a_worker_host_with_the_example_env_file_passes(tmp_path: Path) -> None:
     assert not [line for line in lines if line.startswith("fail")]
     (token,) = [line for line in lines if line.split()[1] == "token"]
     assert token.startswith("ok") and "a worker needs none" in token
+
+
+def test_the_exit_rule_is_said_once_and_the_same_in_the_readme() -> None:
+    from bot.cli.doctor_cmd import EXIT_RULE
+
+    readme = " ".join((REPO / "README.md").read_text().split()).lower()
+    assert readme.count(EXIT_RULE) == 2  # "Deploying" and "Watching it"
+    for older in ("exits 0 only when all pass", "exit status is 0 when nothing fails"):
+        assert older not in readme
+
+
+def test_an_unknown_profile_is_one_failed_line_naming_the_setting(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, engine=EngineSettings(profile="sd99"))
+    [profile] = [c for c in run_checks(settings, "worker") if c.name == "profile"]
+    assert profile.status == "fail" and "sd99" in profile.detail
+    assert profile.fix == "set AVATARBOT_ENGINE__PROFILE"
