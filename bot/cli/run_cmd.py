@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 
+from bot.cli.noise_guard import add_allow_noise_flag, refuse_noise
 from bot.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -26,17 +27,11 @@ logger = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("run", help="run the Discord bot (needs AVATARBOT_DISCORD_TOKEN)")
-    parser.add_argument(
-        "--allow-noise",
-        action="store_true",
-        help="serve a random-weights profile (tiny, sd15-shaped): every render is noise",
-    )
+    add_allow_noise_flag(parser)
     parser.set_defaults(handler=run, needs_engine=True)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.profiles import resolve_profile
-
     if settings.discord_token is None:
         print(
             "avatarbot run: set AVATARBOT_DISCORD_TOKEN to the bot's token "
@@ -44,20 +39,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    profile = resolve_profile(settings.engine)
-    if settings.run_worker and profile.is_noise and not args.allow_noise:
-        print(
-            f"avatarbot run: profile {profile.name} has random weights and renders noise; set "
-            "AVATARBOT_ENGINE__PROFILE to a real profile (e.g. sd15-ip-adapter-plus-face), "
-            "or pass --allow-noise to serve it anyway",
-            file=sys.stderr,
-        )
-        return 2
-    if settings.run_worker and not profile.is_noise and settings.data_key is None:
-        logger.warning(
-            "AVATARBOT_DATA_KEY is not set: members' photos, features and renders are stored "
-            "unencrypted in the database; set a key (see README) to encrypt them at rest"
-        )
+    # Only a bot that renders (embedded mode) serves its profile's images.
+    if settings.run_worker:
+        refused = refuse_noise(settings, "run", allow_noise=args.allow_noise)
+        if refused is not None:
+            return refused
     return asyncio.run(_main(settings))
 
 
