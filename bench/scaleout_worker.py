@@ -171,6 +171,8 @@ async def serve(database_url: str, engine: FixedTimeEngine, config: DispatcherCo
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     database = Database.from_url(database_url)
+    # As ``avatarbot worker`` starts: started while the database is down, it waits for it.
+    await database.wait_until_reachable()
     with tempfile.TemporaryDirectory(prefix="avatarbot-scaleout-") as tmp:
         settings = bench_settings(Path(tmp), database_url)
         services = await build_services(settings, database, engine, dispatcher_config=config)
