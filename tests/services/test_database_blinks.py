@@ -170,10 +170,12 @@ async def test_a_job_whose_work_meets_the_outage_goes_back_without_counting_an_a
 
 
 async def _until_done(services: Services, job_id: int) -> None:
-    for _ in range(600):  # poll: the loop's own task writes the job; bounded to 60 s
+    # Bounded to 60 s. Its FINISHED event is a NOTIFY whose listener may still be reconnecting
+    # after the outage, so the row is read instead.
+    for _ in range(600):
         if (await _job(services, job_id))[0].status == JobStatus.DONE:
             return
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # poll: the dispatcher's own task writes the job
     raise AssertionError(f"job {job_id} not done within 60 s")
 
 
