@@ -24,7 +24,15 @@ def test_demo_writes_images_and_a_transcript(
     assert main(["--log-level", "WARNING", "demo", "--out", str(out)]) == 0
     # Issue 24: a successful demo logs no warning that reads like a failure; the one left says
     # that the tiny profile renders noise, which the demo does on purpose.
-    warned = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    # The model libraries' own records reach the root logger only once a process adopted them
+    # (bot/ops/logs.py, at the first engine load): in this test process that depends on which
+    # tests ran before, so only the bot's and Discord's records are judged here.
+    libraries = ("diffusers.", "transformers.")
+    warned = [
+        (r.name, r.getMessage())
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and not r.name.startswith(libraries)
+    ]
     assert [name for name, _ in warned] == ["engine.engine"], warned
     assert "renders noise by design" in warned[0][1]
 

@@ -32,9 +32,13 @@ asyncio.run(adapter.aclose())
 
 
 def test_every_line_is_json_with_warnings_and_library_logs() -> None:
+    # Not this test process's environment as it stands: an in-process `avatarbot` command run
+    # by an earlier test sets TRANSFORMERS_VERBOSITY/DIFFUSERS_VERBOSITY=error in it.
+    quiet = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")
     proc = subprocess.run(
         [sys.executable, "-c", _PROCESS],
         cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in quiet},
         capture_output=True,
         text=True,
         timeout=300,
