@@ -26,36 +26,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 from PIL.Image import Image
 
 from engine.subject_checks.faces import FaceDetector, FaceEmbedder, face_distance
 from engine.subject_checks.inspect import select_faces
+from kinds import LikenessKind, LikenessScore
 
 FACE_FULL = 0.15
 FACE_ZERO = 0.95
 FACE_METHOD = "face/dlib-resnet-v1"
-
-
-class LikenessKind(StrEnum):
-    FACE = "face"  # a person's face, compared with the enrolled faces
-    NO_FACE = "no_face"  # a person's render in which no face was found
-    IMAGE = "image"  # a pet's or object's render, compared with its photos' image embeddings
-
-
-@dataclass(frozen=True)
-class LikenessScore:
-    """One image's likeness: ``value`` in 0..1 (None for ``NO_FACE``)."""
-
-    kind: LikenessKind
-    value: float | None
-
-    @property
-    def rank(self) -> float:
-        """Best of k's order: higher is better; a lost face ranks below any score."""
-        return -1.0 if self.value is None else self.value
 
 
 @dataclass(frozen=True)
@@ -125,3 +106,14 @@ def score_faces(
         value = likeness_from_distance(face_distance(descriptor, centroid))
         scores.append(LikenessScore(LikenessKind.FACE, value))
     return scores
+
+
+__all__ = [
+    "FACE_METHOD",
+    "LikenessKind",
+    "LikenessReference",
+    "LikenessScore",
+    "face_reference",
+    "likeness_from_distance",
+    "score_faces",
+]

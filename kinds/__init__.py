@@ -12,6 +12,7 @@ The values are the strings stored in the database: renaming one needs a migratio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Literal, get_args
 
@@ -56,6 +57,29 @@ PERSONALIZERS: Final[tuple[PersonalizerName, ...]] = get_args(PersonalizerName)
 DEFAULT_PERSONALIZER: Final[PersonalizerName] = "ip-adapter"
 
 
+class LikenessKind(StrEnum):
+    """How a rendered image's likeness to its avatar was measured (engine/likeness.py)."""
+
+    FACE = "face"  # a person's face, compared with the avatar's enrolled faces
+    NO_FACE = "no_face"  # a person's render in which no face was found
+    IMAGE = "image"  # a pet's or object's render, compared with its photos' image embeddings
+
+
+@dataclass(frozen=True)
+class LikenessScore:
+    """One rendered image's likeness: ``value`` in 0..1, None for ``NO_FACE``. Measured by the
+    engine, stored with the output, shown under the image, ranked by best of k."""
+
+    kind: LikenessKind
+    value: float | None
+
+    @property
+    def rank(self) -> float:
+        """Best of k's order: higher is better; a render that lost the face ranks below any
+        score."""
+        return -1.0 if self.value is None else self.value
+
+
 class UnknownPersonalizer(LookupError):
     """No personalizer by this name where it was asked for (the engine's profile, or the
     facts the render workers published)."""
@@ -76,6 +100,8 @@ __all__ = [
     "AvatarStatus",
     "JobKind",
     "JobStatus",
+    "LikenessKind",
+    "LikenessScore",
     "PersonalizerName",
     "SubjectKind",
     "UnknownPersonalizer",
