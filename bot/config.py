@@ -57,6 +57,10 @@ class PhotoLimits(BaseModel):
     jpeg_quality: int = Field(default=95, ge=50, le=100)
 
 
+# What a best-of-k render costs (``Settings.best_of_charge``).
+BestOfCharge = Literal["candidates", "posted"]
+
+
 class QuotaDefaults(BaseModel):
     """Defaults of a guild's quotas; admins override them per guild."""
 
@@ -76,6 +80,10 @@ class QuotaDefaults(BaseModel):
     # refused on the worker (semantic prompt screen): past it, new renders are refused until
     # the day ends (bot/services/withheld.py). Withheld renders cost GPU time too.
     withheld_per_day: int = Field(default=3, ge=1, le=100)
+    # Best of k: a render of a person (or of a pet or object where the workers measure image
+    # similarity) renders this many candidates in one batch and posts the ones most like the
+    # avatar (engine/likeness.py). 1: no choice. A member may ask for more, up to the ceiling.
+    best_of: int = Field(default=1, ge=1, le=4)
 
 
 class QuotaCeilings(BaseModel):
@@ -96,6 +104,7 @@ class QuotaCeilings(BaseModel):
     renders_per_minute: int = Field(default=10, ge=1, le=1000)
     creates_per_hour: int = Field(default=10, ge=1, le=1000)
     withheld_per_day: int = Field(default=10, ge=1, le=100)
+    best_of: int = Field(default=4, ge=1, le=4)
 
 
 class SemanticScreenSettings(BaseModel):
@@ -237,6 +246,10 @@ class Settings(BaseSettings):
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
     # Upper bounds on what guild admins may set (``AVATARBOT_QUOTA_CEILINGS__*``).
     quota_ceilings: QuotaCeilings = Field(default_factory=QuotaCeilings)
+    # What a best-of-k render costs: "candidates" (default) counts each `count` images rendered
+    # as one render (best of 4 with 1 image costs 4 renders: the GPU time it takes), "posted"
+    # one render whatever the candidates (generous: the operator pays the GPU time).
+    best_of_charge: BestOfCharge = "candidates"
     engine: EngineSettings = Field(default_factory=EngineSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)

@@ -32,7 +32,7 @@ from bot.services.ports import (
     TextScreenFacts,
 )
 from engine.config import EngineSettings
-from kinds import SubjectKind
+from kinds import LikenessScore, SubjectKind
 
 if TYPE_CHECKING:
     from engine.engine import DiffusionEngine
@@ -94,6 +94,7 @@ class EngineAdapter:
                 max_subjects={p: engine.max_subjects(p) for p in engine.personalizers},
                 default_guidance=float(engine.default_guidance),
                 size_multiple=engine.size_multiple,
+                likeness=engine.likeness_methods(),
             )
         return self._facts
 
@@ -150,13 +151,43 @@ class EngineAdapter:
             logger.warning("engine refused a render: %s", exc)
             raise InvalidInput("These render settings are not supported by the engine.") from exc
         verdicts = await self.check_outputs(result.images, spec.output_policy)
+        likeness = await self._likeness(result.images, spec.likeness_reference)
         pngs = await asyncio.to_thread(_encode_pngs, result.images)
         return RenderOutput(
             pngs=tuple(pngs),
             seeds=tuple(int(s) for s in result.seeds),
             timings=result.timings,
             verdicts=tuple(verdicts),
+            likeness=tuple(likeness),
         )
+
+    async def _likeness(
+        self, images: Sequence[Image], reference: bytes | None
+    ) -> list[LikenessScore]:
+        """Each image's likeness to the avatar, or none when the spec carried no reference or
+        the reference cannot be read or scored here (logged: a render is never lost to its
+        likeness figure)."""
+        if reference is None:
+            return []
+        from engine.likeness import LikenessReference
+
+        try:
+            enrolled = LikenessReference.from_bytes(reference)
+            return await self.engine.likeness(images, enrolled)
+        except ValueError as exc:
+            logger.warning("likeness not measured: %s", exc)
+            return []
+
+    async def likeness_reference(
+        self,
+        images: Sequence[Image],
+        kind: SubjectKind,
+        face_embeddings: Sequence[tuple[float, ...]] = (),
+    ) -> EncodedFeatures | None:
+        reference = await self.engine.likeness_reference(images, kind, face_embeddings)
+        if reference is None:
+            return None
+        return EncodedFeatures(encoder_id=reference.method, data=reference.to_bytes())
 
     async def check_outputs(
         self, images: Sequence[Image], policy: OutputPolicy | None = None

@@ -100,6 +100,8 @@ class GuildSettings(Base):
     renders_per_minute: Mapped[int | None] = mapped_column(Integer)
     creates_per_hour: Mapped[int | None] = mapped_column(Integer)
     withheld_per_day: Mapped[int | None] = mapped_column(Integer)  # migration 0006
+    # Candidates a render picks its images from by likeness (migration 0007; NULL: one).
+    best_of: Mapped[int | None] = mapped_column(Integer)
     personalizer: Mapped[str | None] = mapped_column(String(32))
     # What happens to a flagged image in an age-restricted channel: "block" (the default, as
     # everywhere else) or "spoiler".
@@ -377,6 +379,10 @@ class JobOutput(Base):
     flagged: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
     )
+    # How much it looks like its avatar (migration 0007; engine/likeness.py): a LikenessKind
+    # and a figure 0..1 (NULL for ``no_face``); both NULL when it was not measured.
+    likeness_kind: Mapped[str | None] = mapped_column(String(16))
+    likeness: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = _created()
 
     job: Mapped[RenderJob] = relationship(back_populates="outputs", lazy="raise_on_sql")

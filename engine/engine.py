@@ -44,7 +44,9 @@ from engine.worker import Progress, Worker
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from engine.likeness import LikenessReference
     from engine.subject_checks import FaceBox, FaceDetector, FaceEmbedder, PhotoReport
+    from kinds import LikenessScore
 
 logger = logging.getLogger(__name__)
 
@@ -514,6 +516,69 @@ class DiffusionEngine:
 
         result: list[tuple[float, ...]] = await self._worker.call(work)
         return result
+
+    # -- likeness (engine/likeness.py) -------------------------------------------------------
+
+    def likeness_methods(self) -> dict[str, str]:
+        """Subject kind -> how this engine scores a render's likeness to such an avatar: a
+        person's face where the face models are installed, a pet's or object's image
+        similarity where the profile has an image encoder. Kinds missing are not scored."""
+        from engine.image_similarity import image_method
+        from engine.likeness import FACE_METHOD
+
+        methods: dict[str, str] = {}
+        if self.model.detector is not None and self._face_embedder() is not None:
+            methods[ConceptKind.PERSON.value] = FACE_METHOD
+        image = image_method(self.model)
+        if image is not None:
+            methods[ConceptKind.PET.value] = methods[ConceptKind.OBJECT.value] = image
+        return methods
+
+    async def likeness_reference(
+        self,
+        images: Sequence[Image],
+        kind: ConceptKind | str,
+        face_embeddings: Sequence[Sequence[float]] = (),
+    ) -> LikenessReference | None:
+        """An avatar's enrolled identity: a person's from the face embeddings its photos'
+        checks computed (``inspect``; never a second face pass), a pet's or object's from
+        its photos' image embeddings. None when this engine does not score ``kind``."""
+        from engine.likeness import face_reference
+
+        concept_kind = ConceptKind(kind)
+        if concept_kind.value not in self.likeness_methods():
+            return None
+        if concept_kind == ConceptKind.PERSON:
+            return face_reference(face_embeddings)
+        from engine.image_similarity import image_reference
+
+        model, photos = self.model, list(images)
+        reference: LikenessReference | None = await self._worker.call(
+            lambda: image_reference(model, photos)
+        )
+        return reference
+
+    async def likeness(
+        self, images: Sequence[Image], reference: LikenessReference
+    ) -> list[LikenessScore]:
+        """Each image's likeness to ``reference``, on the model's thread. Raises ValueError
+        for a reference this engine cannot score (another method)."""
+        from engine.likeness import FACE_METHOD, score_faces
+
+        model, rendered = self.model, list(images)
+
+        def work() -> list[LikenessScore]:
+            if reference.method == FACE_METHOD:
+                detector, embedder = model.detector, self._face_embedder()
+                if detector is None or embedder is None:
+                    raise ValueError("face likeness needs the face models (the `faces` extra)")
+                return score_faces(rendered, reference, detector, embedder)
+            from engine.image_similarity import score_images
+
+            return score_images(model, rendered, reference)
+
+        scores: list[LikenessScore] = await self._worker.call(work)
+        return scores
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the model's thread (for tools and tests that need the pipeline)."""

@@ -92,6 +92,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     render.add_argument("--seed", type=int)
     render.add_argument("--steps", type=int)
     render.add_argument("--strength", type=float, default=0.7, help="identity strength 0..1")
+    render.add_argument(
+        "--best-of",
+        type=int,
+        metavar="K",
+        help="render K candidates, keep the --count most like the avatar (default: the guild's)",
+    )
     render.add_argument("--out", type=Path, default=Path("renders"), metavar="DIR")
     _waiting(render)
     render.set_defaults(
@@ -253,6 +259,8 @@ def _check_render(args: argparse.Namespace) -> int | None:
         problems.append(f"--steps must be 1 to {MAX_STEPS}")
     if not 0.0 <= args.strength <= 1.0:
         problems.append("--strength must be 0 to 1")
+    if args.best_of is not None and not 1 <= args.best_of <= MAX_COUNT:
+        problems.append(f"--best-of must be 1 to {MAX_COUNT}")
     if args.timeout <= 0:
         problems.append("--timeout must be positive")
     if not args.prompt.strip():
@@ -321,6 +329,7 @@ async def _list(args: argparse.Namespace, services: Services) -> int:
 
 
 async def _render(args: argparse.Namespace, services: Services) -> int:
+    from bot.services import likeness
     from bot.services.results import RenderOptions
     from engine.profiles import get_profile, resolve_profile
 
@@ -332,6 +341,7 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
         seed=args.seed,
         identity_strength=args.strength,
         steps=args.steps,
+        best_of=args.best_of,
     )
     await _listen(args, services)
     ticket = await services.renders.request(
@@ -355,10 +365,14 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
         print(f"avatarbot: job {view.id} {view.status}: {view.error or ''}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    for image, seed in zip(await services.jobs.outputs(view.id), view.seeds, strict=True):
+    scores = view.likeness or (None,) * view.output_count
+    outputs = await services.jobs.outputs(view.id)
+    for image, seed, score in zip(outputs, view.seeds, scores, strict=True):
         path = args.out / f"job{view.id}-seed{seed}.png"
         path.write_bytes(image)
         print(path)
+        if score is not None:  # stdout stays one path per line, for scripts
+            print(f"{path.name}: likeness {likeness.label(score)}", file=sys.stderr)
     await services.jobs.mark_delivered(view.id)
     # The profile that rendered them: this process's, or the render workers' (their facts).
     if services.engine is not None:

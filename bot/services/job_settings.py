@@ -38,6 +38,7 @@ _RENDER_DEFAULTS: dict[str, object] = {
     "identity_strength": 0.7,
     "personalizer": DEFAULT_PERSONALIZER,
     "age_restricted": False,
+    "best_of": 1,
 }
 # Kept beside the settings: the first avatar's name, and the second's for a two-subject
 # render. The second name stays when that avatar is deleted (``with_avatar_id`` becomes

@@ -30,11 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import SafetySettings
 from bot.errors import AvatarbotError, NotFound, PromptScreened
-from bot.services import crypto, withheld
+from bot.services import crypto, likeness, withheld
 from bot.services.crypto import DataCipher
 from bot.services.job_settings import EncodeSettings, StoredRender, read_encode, read_render
 from bot.services.jobs import JobTexts
 from bot.services.ledger import refund
+from bot.services.likeness import keep_best
 from bot.services.ports import (
     EncodedFeatures,
     EnginePort,
@@ -62,7 +63,7 @@ from db.repositories import jobs as jobs_repo
 from db.repositories.common import scrub_deletes
 from db.repositories.jobs import NewOutput
 from db.session import Database
-from kinds import AvatarStatus, SubjectKind
+from kinds import AvatarStatus, LikenessScore, SubjectKind
 
 logger = logging.getLogger(__name__)
 
@@ -174,11 +175,22 @@ class RenderWork:
         # database transaction in half; it takes effect at the render. Each avatar's features
         # are re-encoded here when they are stale.
         features = await asyncio.shield(self.features_for(job.avatar_id, s.personalizer))
-        spec = RenderSpec(prompt, negative, s, self._policy)
         if job.with_avatar_id is None:
-            # One subject: the port's plain call (ports that predate two subjects serve it).
-            output = await self._engine.render(spec, features, progress)
+            # One subject: scored against the avatar's enrolled identity, best of k kept (two
+            # subjects in one picture are not scored: whose likeness would the figure be?).
+            reference = await asyncio.shield(self.likeness_for(job.avatar_id))
+            candidates = s.best_of if reference is not None else s.count
+            spec = RenderSpec(
+                prompt,
+                negative,
+                dataclasses.replace(s, count=max(candidates, s.count)),
+                self._policy,
+                likeness_reference=reference,
+            )
+            # The port's plain call (ports that predate two subjects serve it).
+            output = keep_best(await self._engine.render(spec, features, progress), s.count)
         else:
+            spec = RenderSpec(prompt, negative, s, self._policy)
             second = await asyncio.shield(self.features_for(job.with_avatar_id, s.personalizer))
             output = await self._engine.render(spec, features, progress, extra_subjects=(second,))
         if len(output.verdicts) != len(output.pngs):
@@ -228,12 +240,15 @@ class RenderWork:
     ) -> None:
         width, height = job.stored.settings.width, job.stored.settings.height
         verdicts = outcome.verdicts
+        likeness: Sequence[LikenessScore | None] = outcome.likeness or [None] * len(verdicts)
         await jobs_repo.add_outputs(
             session,
             job.id,
             [
-                NewOutput(png, seed, width, height, v.flagged)
-                for png, seed, v in zip(outcome.pngs, outcome.seeds, verdicts, strict=True)
+                NewOutput(png, seed, width, height, v.flagged, score)
+                for png, seed, v, score in zip(
+                    outcome.pngs, outcome.seeds, verdicts, likeness, strict=True
+                )
             ],
             now,
             seal=lambda row_id, data: self._cipher.seal(
@@ -281,35 +296,89 @@ class RenderWork:
         """The avatar's features for this engine, re-encoded from its photos when the cached
         ones come from another encoder (lazy re-encoding). Plain bytes, never sealed."""
         encoder_id = self._engine.facts().encoder_id(personalizer)
+        cached = await self._cached(avatar_id, lambda _: encoder_id)
+        if cached.data is not None:
+            return cached.data
+        if not cached.photos:
+            raise NotFound("This avatar has no photos left.")
+        logger.info("re-encoding avatar %s for %s", avatar_id, encoder_id)
+        images = await decode_all(cached.photos)
+        encoded = await self._engine.encode(images, cached.kind, personalizer)
+        await self._store(avatar_id, encoded.encoder_id, encoded, cached.owner)
+        return encoded.data
+
+    async def likeness_for(self, avatar_id: int) -> bytes | None:
+        """The avatar's enrolled identity for scoring its renders (engine/likeness.py), made
+        from its photos once when it has none under this engine's method (an avatar created
+        before likeness was measured); None when this engine does not measure its kind."""
+        facts = self._engine.facts()
+
+        def stored(kind: SubjectKind) -> str | None:
+            method = facts.likeness_method(kind)
+            return None if method is None else likeness.stored_id(method)
+
+        cached = await self._cached(avatar_id, stored)
+        if cached.data is not None or cached.stored_id is None or not cached.photos:
+            return cached.data
+        images = await decode_all(cached.photos)
+        faces: tuple[tuple[float, ...], ...] = ()
+        if cached.kind == SubjectKind.PERSON:
+            reports = await self._engine.inspect(images, cached.kind)
+            faces = tuple(r.embedding for r in reports if r.embedding is not None)
+        reference = await self._engine.likeness_reference(images, cached.kind, faces)
+        if reference is None:
+            return None
+        logger.info("enrolled avatar %s's identity for likeness (%s)", avatar_id, cached.stored_id)
+        await self._store(avatar_id, cached.stored_id, reference, cached.owner)
+        return reference.data
+
+    async def _cached(
+        self, avatar_id: int, stored_id: Callable[[SubjectKind], str | None]
+    ) -> _Cached:
+        """The avatar's cached row ``stored_id(kind)`` opened, or (when there is none) its
+        photos opened, in one read."""
         async with self._db.begin(readonly=True) as session:
             avatar = await avatars_repo.by_id(session, avatar_id)
             if avatar is None:
                 raise NotFound("This avatar no longer exists.")
-            owner = avatar.owner_id
-            cached = await avatars_repo.feature_for(session, avatar_id, encoder_id)
-            if cached is not None:
-                return self._cipher.open(cached.data, crypto.features_binding(cached.id, owner))
-            photos = [
+            owner, kind = avatar.owner_id, SubjectKind(avatar.kind)
+            wanted = stored_id(kind)
+            if wanted is None:
+                return _Cached(owner, kind, None, None, ())
+            row = await avatars_repo.feature_for(session, avatar_id, wanted)
+            if row is not None:
+                data = self._cipher.open(row.data, crypto.features_binding(row.id, owner))
+                return _Cached(owner, kind, wanted, data, ())
+            photos = tuple(
                 self._cipher.open(p.data, crypto.photo_binding(p.id, owner))
                 for p in await avatars_repo.photos_of(session, avatar_id)
-            ]
-            kind = SubjectKind(avatar.kind)
-        if not photos:
-            raise NotFound("This avatar has no photos left.")
-        logger.info("re-encoding avatar %s for %s", avatar_id, encoder_id)
-        encoded = await self._engine.encode(await decode_all(photos), kind, personalizer)
+            )
+            return _Cached(owner, kind, wanted, None, photos)
+
+    async def _store(
+        self, avatar_id: int, stored_id: str, encoded: EncodedFeatures, owner: int
+    ) -> None:
+        """Cache a lazily made row, sealed, unless the avatar went meanwhile."""
         try:
             async with self._db.begin() as session:
                 if await avatars_repo.by_id(session, avatar_id) is not None:
+                    data, key_id, seal = _sealed(self._cipher, encoded, owner)
                     await avatars_repo.add_features(
-                        session,
-                        avatar_id,
-                        encoded.encoder_id,
-                        *_sealed(self._cipher, encoded, owner),
+                        session, avatar_id, stored_id, data, key_id, seal
                     )
-        except IntegrityError:  # a concurrent job re-encoded the same avatar first: fine
-            logger.debug("features of avatar %s were stored concurrently", avatar_id)
-        return encoded.data
+        except IntegrityError:  # a concurrent job made the same row first: fine
+            logger.debug("%s of avatar %s was stored concurrently", stored_id, avatar_id)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """An avatar's owner and kind, and either its cached row's data or its photos."""
+
+    owner: int
+    kind: SubjectKind
+    stored_id: str | None
+    data: bytes | None
+    photos: tuple[bytes, ...]
 
 
 def _sealed(
@@ -352,6 +421,8 @@ class Encoded:
     refused: tuple[tuple[int, PhotoRefusal], ...]
     warnings: tuple[PhotoWarning, ...]
     features: EncodedFeatures
+    # The avatar's enrolled identity for likeness (None: this engine does not measure it).
+    likeness: EncodedFeatures | None
     seconds: float
 
     def timings(self) -> dict[str, float]:
@@ -389,10 +460,12 @@ class EncodeWork:
         refused = tuple((named[i][0], r) for i, r in checked.refused)
         if not kept:
             raise NoUsablePhotos([*job.stored.intake_refused, *(r for _, r in refused)])
-        kept_data = [named[i][2] for i in checked.kept]
-        features = await self._engine.encode(
-            await decode_all(kept_data), kind, job.stored.personalizer
-        )
+        images = await decode_all([named[i][2] for i in checked.kept])
+        features = await self._engine.encode(images, kind, job.stored.personalizer)
+        reference = None
+        if self._engine.facts().likeness_method(kind) is not None:
+            # A person's from the descriptors the checks just computed, never a second pass.
+            reference = await self._engine.likeness_reference(images, kind, checked.face_embeddings)
         progress(1.0)
         return Encoded(
             work=self,
@@ -401,6 +474,7 @@ class EncodeWork:
             refused=refused,
             warnings=tuple(checked.warnings),
             features=features,
+            likeness=reference,
             seconds=time.perf_counter() - started,
         )
 
@@ -441,6 +515,13 @@ class EncodeWork:
             outcome.features.encoder_id,
             *_sealed(self._cipher, outcome.features, avatar.owner_id),
         )
+        if outcome.likeness is not None:
+            await avatars_repo.add_features(
+                session,
+                avatar.id,
+                likeness.stored_id(outcome.likeness.encoder_id),
+                *_sealed(self._cipher, outcome.likeness, avatar.owner_id),
+            )
         avatar.status = AvatarStatus.READY
         avatar.updated_at = now
         refusals = (*job.stored.intake_refused, *(r for _, r in outcome.refused))

@@ -42,6 +42,7 @@ from db.repositories import counted as counted_repo
 from db.repositories import jobs as repo
 from db.repositories import ledger as ledger_repo
 from db.repositories.common import checkpoint, scrub_deletes
+from db.repositories.jobs import OutputFacts
 from db.session import Database
 from db.types import utcnow
 from kinds import AvatarStatus, JobKind, JobStatus
@@ -276,14 +277,14 @@ class JobService:
 
     async def views_in(self, session: AsyncSession, jobs: Sequence[RenderJob]) -> list[JobView]:
         ids = [j.id for j in jobs]
-        seeds = await repo.output_seeds(session, ids)
+        outputs = await repo.output_facts(session, ids)
         avatar_names: dict[int, str] = {}
         ids_named = {j.avatar_id for j in jobs} | {j.with_avatar_id for j in jobs}
         for avatar_id in {i for i in ids_named if i is not None}:
             avatar = await avatars_repo.by_id(session, avatar_id)
             if avatar is not None:
                 avatar_names[avatar_id] = avatar.name
-        return [job_view(j, seeds.get(j.id, []), avatar_names, self._cipher) for j in jobs]
+        return [job_view(j, outputs.get(j.id, []), avatar_names, self._cipher) for j in jobs]
 
     def texts(self, job: RenderJob) -> JobTexts:
         """The job's prompt, negative prompt and interaction token, opened."""
@@ -339,7 +340,10 @@ def job_texts(cipher: DataCipher, job: RenderJob) -> JobTexts:
 
 
 def job_view(
-    job: RenderJob, seeds: Sequence[int], avatar_names: dict[int, str], cipher: DataCipher
+    job: RenderJob,
+    outputs: Sequence[OutputFacts],
+    avatar_names: dict[int, str],
+    cipher: DataCipher,
 ) -> JobView:
     texts = job_texts(cipher, job)
     stored = read_render(job.settings, texts.negative_prompt, int(job.seed))
@@ -364,8 +368,9 @@ def job_view(
         status=JobStatus(job.status),
         progress=float(job.progress),
         attempts=job.attempts,
-        seeds=tuple(seeds),
-        output_count=len(seeds),
+        seeds=tuple(o.seed for o in outputs),
+        output_count=len(outputs),
+        likeness=tuple(o.likeness for o in outputs),
         error=job.error,
         interaction=interaction,
         created_at=job.created_at,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from PIL.Image import Image
 
 from bot.services.results import RenderSettings
-from kinds import SubjectKind, UnknownPersonalizer
+from kinds import LikenessScore, SubjectKind, UnknownPersonalizer
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -67,6 +67,9 @@ class RenderSpec:
     settings: RenderSettings
     # When the output check flags an image; None: the engine's default policy.
     output_policy: OutputPolicy | None = None
+    # The avatar's enrolled identity (``EnginePort.likeness_reference``): each image's
+    # likeness to it comes back in ``RenderOutput.likeness``. None: not measured.
+    likeness_reference: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class RenderOutput:
     seeds: tuple[int, ...]
     timings: Mapping[str, float] = field(default_factory=dict)
     verdicts: tuple[OutputVerdict, ...] = ()
+    # One per image when the spec carried a likeness reference, else empty.
+    likeness: tuple[LikenessScore, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,13 @@ class EngineFacts:
     default_guidance: float | None = None
     # Image sides must be multiples of this (8: Stable Diffusion; 16: FLUX.2).
     size_multiple: int = 8
+    # subject kind -> how the workers measure a render's likeness to such an avatar
+    # (engine/likeness.py); a kind missing is not measured (no face model, no image encoder).
+    likeness: Mapping[str, str] = field(default_factory=dict)
+
+    def likeness_method(self, kind: str) -> str | None:
+        """How a render of a ``kind`` avatar is scored, or None when it is not."""
+        return self.likeness.get(kind)
 
     def encoder_id(self, personalizer: str) -> str:
         try:
@@ -178,6 +190,7 @@ class EngineFacts:
             "max_subjects": dict(self.max_subjects),
             "default_guidance": self.default_guidance,
             "size_multiple": self.size_multiple,
+            "likeness": dict(self.likeness),
         }
 
     @classmethod
@@ -190,6 +203,10 @@ class EngineFacts:
         if not isinstance(subjects, Mapping):
             raise ValueError("engine facts: max_subjects must be a mapping")
         guidance = data.get("default_guidance")
+        # Absent from rows written before likeness was measured: nothing is.
+        likeness = data.get("likeness") or {}
+        if not isinstance(likeness, Mapping):
+            raise ValueError("engine facts: likeness must be a mapping")
         return cls(
             profile=str(data["profile"]),
             default_personalizer=str(data["default_personalizer"]),
@@ -202,6 +219,7 @@ class EngineFacts:
             default_guidance=None if guidance is None else _float(guidance),
             # Absent from rows of Stable Diffusion days: the VAE's factor.
             size_multiple=_int(data.get("size_multiple", 8)),
+            likeness={str(k): str(v) for k, v in likeness.items()},
         )
 
 
@@ -259,6 +277,18 @@ class EnginePort(Protocol):
         avatars' features in the same picture, in the order the prompt names them ("image 2",
         ...), only for a personalizer whose ``EngineFacts.subjects_for`` allows them. Callers
         pass ``extra_subjects`` only when there are some."""
+        ...
+
+    async def likeness_reference(
+        self,
+        images: Sequence[Image],
+        kind: SubjectKind,
+        face_embeddings: Sequence[tuple[float, ...]] = (),
+    ) -> EncodedFeatures | None:
+        """An avatar's enrolled identity for scoring its renders, by the method
+        ``EngineFacts.likeness_method(kind)`` names (its ``encoder_id``): a person's from the
+        face embeddings its photos' checks computed (never recomputed), a pet's or object's
+        from ``images``. None when this engine does not measure ``kind``."""
         ...
 
     def text_screen(self) -> TextScreenFacts: ...

@@ -10,13 +10,14 @@ of 200 simultaneous requests against a limit of 10, exactly 10 are accepted.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.config import SafetySettings
+from bot.config import BestOfCharge, SafetySettings
 from bot.errors import Forbidden, InvalidInput, NotFound, NotOwner, QueueFull, QuotaExceeded
 from bot.services import limits, withheld
 from bot.services.events import JobEventKind, JobEvents
@@ -72,6 +73,7 @@ class RenderService:
         default_guidance: float | None,
         fallback_guidance: float = FALLBACK_GUIDANCE,
         safety: SafetySettings | None = None,
+        best_of_charge: BestOfCharge = "candidates",
     ) -> None:
         """``default_guidance``: the operator's explicit setting, or None for the engine's
         own (``EngineFacts.default_guidance``: FLUX.2 [klein] wants 1.0, SD1.5 6.0), else
@@ -87,6 +89,7 @@ class RenderService:
         self._fallback_guidance = fallback_guidance
         # The cool-down after withheld renders (bot/services/withheld.py).
         self._safety = safety or SafetySettings()
+        self._best_of_charge = best_of_charge
 
     async def request(
         self,
@@ -290,6 +293,7 @@ class RenderService:
                 f"one of {', '.join(exc.known)}."
             ) from exc
         _check_subjects(facts, personalizer, len(subjects))
+        best_of = self._candidates(options, quotas, facts, subjects)
         return RenderSettings(
             negative_prompt=negative,
             style=options.style,
@@ -302,7 +306,41 @@ class RenderService:
             seed=seed,
             identity_strength=options.identity_strength,
             personalizer=personalizer,
+            best_of=best_of,
         )
+
+    def _candidates(
+        self,
+        options: RenderOptions,
+        quotas: GuildQuotas,
+        facts: EngineFacts,
+        subjects: Sequence[_Subject],
+    ) -> int:
+        """How many images to render for ``options.count`` posted ones (best of k): the
+        member's choice, else the guild's default where the workers can measure likeness."""
+        asked = options.best_of
+        ceiling = self._quotas.ceilings["best_of"]
+        if asked is not None and not 1 <= asked <= ceiling:
+            raise InvalidInput(f"Best of must be between 1 and {ceiling} here.")
+        wanted = asked if asked is not None else quotas.best_of
+        if wanted <= options.count:
+            return options.count
+        if len(subjects) == 1 and facts.likeness_method(subjects[0].kind) is not None:
+            return wanted
+        if asked is None:  # the guild's default applies where it can
+            return options.count
+        what = "two avatars in one picture" if len(subjects) > 1 else f"a {subjects[0].kind} avatar"
+        raise InvalidInput(
+            "Best of picks the images most like your avatar, and the render workers cannot "
+            f"measure that for {what}. Ask without best of."
+        )
+
+    def _units(self, settings: RenderSettings) -> int:
+        """The quota units a render reserves: one, or with best of k and the ``candidates``
+        charge one per ``count`` images rendered (the GPU time it takes)."""
+        if self._best_of_charge == "posted":
+            return UNITS_PER_RENDER
+        return UNITS_PER_RENDER * math.ceil(settings.best_of / settings.count)
 
     def _check_tokens(self, facts: EngineFacts, text: str, what: str) -> None:
         limit = facts.max_prompt_tokens
@@ -361,6 +399,7 @@ class RenderService:
             identity_strength=previous.identity_strength,
             steps=min(previous.steps, quotas.max_steps),
             guidance=previous.guidance,
+            best_of=previous.best_of,
         )
         facts = await self._registry.current_facts()
         settings = replace(
@@ -409,8 +448,15 @@ class RenderService:
             await lock_scope(session, guild_id)
             quotas = await self._quotas.quotas_in(session, guild_id)
             usage = await self._quotas.usage_in(session, quotas, user_id)
-            if usage.remaining < UNITS_PER_RENDER:
+            units = self._units(settings)
+            if usage.remaining < units:
                 _, resets_at = day_bounds(now)
+                if usage.remaining >= UNITS_PER_RENDER:
+                    raise QuotaExceeded(
+                        f"Best of {settings.best_of} counts as {units} renders and you have "
+                        f"{usage.remaining} left today; ask for fewer candidates.",
+                        resets_at=resets_at,
+                    )
                 raise QuotaExceeded(
                     f"You have used your {usage.limit} renders for today.", resets_at=resets_at
                 )
@@ -450,7 +496,7 @@ class RenderService:
                     )
                 ),
                 seed=settings.seed,
-                reserved=UNITS_PER_RENDER,
+                reserved=units,
                 created_at=now,
                 **interaction_columns(interaction),
             )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from kinds import FINAL_STATUSES, JobKind, JobStatus, SubjectKind
+from kinds import FINAL_STATUSES, JobKind, JobStatus, LikenessScore, SubjectKind
 
 Aspect = Literal["square", "portrait", "landscape"]
 ASPECTS: tuple[Aspect, ...] = ("square", "portrait", "landscape")
@@ -92,6 +92,8 @@ class RenderOptions:
     identity_strength: float = 0.7
     steps: int | None = None
     guidance: float | None = None
+    # Candidates to pick the ``count`` images from by likeness; None: the guild's default.
+    best_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,9 @@ class RenderSettings:
     # Asked for in an age-restricted (NSFW) channel: the guild's policy for such channels
     # applies to its prompt and to flagged images.
     age_restricted: bool = False
+    # Candidates rendered in one batch, of which the ``count`` most like the avatar are kept
+    # (1: no choice; never below ``count``).
+    best_of: int = 1
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,8 @@ class JobView:
     # name (kept after a rename or deletion). Both None for a one-subject render.
     with_avatar_id: int | None = None
     with_avatar_name: str | None = None
+    # Each output's likeness to the avatar, in order (None: not measured; engine/likeness.py).
+    likeness: tuple[LikenessScore | None, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -238,6 +245,8 @@ class GuildQuotas:
     # Renders a day the safety checks may withhold before new ones are refused (built from
     # ``QuotaDefaults``, which holds the real default).
     withheld_per_day: int = 3
+    # Best of k by default (candidates per render; 1: no choice).
+    best_of: int = 1
     # None: the engine's default personalizer.
     personalizer: str | None = None
     # Flagged images in age-restricted channels: "block" (default) or "spoiler".

@@ -78,6 +78,9 @@ class Inspected:
     kept: list[int]
     refused: list[tuple[int, PhotoRefusal]]
     warnings: list[PhotoWarning]
+    # The face embeddings of the kept photos that have one (a person's): the avatar's
+    # enrolled faces, which its renders' likeness is measured against.
+    face_embeddings: tuple[tuple[float, ...], ...] = ()
 
 
 class Inspector(Protocol):
@@ -127,7 +130,8 @@ async def inspect_photos(
                 "results.",
             )
         )
-    return Inspected(kept, refused, warnings)
+    faces = tuple(e for e in (reports[i].embedding for i in kept) if e is not None)
+    return Inspected(kept, refused, warnings, faces)
 
 
 def _one_person(

@@ -14,7 +14,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from db.models import AttemptOutcome, JobAttempt, JobOutput, RenderJob
 from db.queue import close_attempt, lock_jobs
 from db.repositories.common import affected, eq_or_null
-from kinds import FINAL_STATUSES, JobKind, JobStatus
+from kinds import FINAL_STATUSES, JobKind, JobStatus, LikenessKind, LikenessScore
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -101,18 +101,29 @@ async def outputs(session: AsyncSession, job_id: int) -> list[JobOutput]:
     return list(rows)
 
 
-async def output_seeds(session: AsyncSession, job_ids: Sequence[int]) -> dict[int, list[int]]:
-    """The seeds of each job's stored outputs, in order (without loading the image bytes)."""
-    result: dict[int, list[int]] = {}
+@dataclass(frozen=True)
+class OutputFacts:
+    """A stored output's seed and likeness, without its image bytes."""
+
+    seed: int
+    likeness: LikenessScore | None
+
+
+async def output_facts(
+    session: AsyncSession, job_ids: Sequence[int]
+) -> dict[int, list[OutputFacts]]:
+    """Each job's stored outputs' seeds and likeness, in order (without the image bytes)."""
+    result: dict[int, list[OutputFacts]] = {}
     if not job_ids:
         return result
     rows = await session.execute(
-        select(JobOutput.job_id, JobOutput.seed)
+        select(JobOutput.job_id, JobOutput.seed, JobOutput.likeness_kind, JobOutput.likeness)
         .where(JobOutput.job_id.in_(job_ids))
         .order_by(JobOutput.job_id, JobOutput.index)
     )
-    for job_id, seed in rows.all():
-        result.setdefault(int(job_id), []).append(int(seed))
+    for job_id, seed, kind, value in rows.all():
+        likeness = None if kind is None else LikenessScore(LikenessKind(kind), value)
+        result.setdefault(int(job_id), []).append(OutputFacts(int(seed), likeness))
     return result
 
 
@@ -124,6 +135,8 @@ class NewOutput:
     height: int
     # The output check flagged it (bot/services/safety.py).
     flagged: bool = False
+    # How much it looks like its avatar (None: not measured).
+    likeness: LikenessScore | None = None
 
 
 async def add_outputs(
@@ -144,6 +157,8 @@ async def add_outputs(
             width=item.width,
             height=item.height,
             flagged=item.flagged,
+            likeness_kind=None if item.likeness is None else item.likeness.kind.value,
+            likeness=None if item.likeness is None else item.likeness.value,
             created_at=now,
         )
         for index, item in enumerate(items)

@@ -74,8 +74,13 @@ async def test_forget_me_erases_every_row_and_byte(services: Services) -> None:
     if services.database.dialect == "sqlite":  # the check below must be able to fail
         assert _found(photos, _raw_files(services.database)) == [True] * 3
 
+    async with services.database.begin(readonly=True) as session:
+        cached = set((await session.scalars(select(Feature.encoder_id))).all())
+    # Each avatar's features and its enrolled identity for likeness (bot/services/likeness.py).
+    assert len([c for c in cached if c.startswith("likeness:")]) == 1  # one method for both
+
     report = await services.privacy.forget_me(7)
-    assert (report.avatars, report.photos, report.features, report.consents) == (1, 3, 1, 1)
+    assert (report.avatars, report.photos, report.features, report.consents) == (1, 3, 2, 1)
     # One render (the avatar's creation job goes too, not counted as a render).
     assert (report.jobs, report.outputs, report.ledger_rows_anonymised) == (1, 1, 1)
     assert await services.avatars.list(7) == []
@@ -204,6 +209,8 @@ async def test_encryption_at_rest_and_key_rotation(
     async with database.begin(readonly=True) as session:
         stored = [*(await session.scalars(select(Photo))).all()]
         features = [*(await session.scalars(select(Feature))).all()]
+        # The enrolled identity (bot/services/likeness.py) is sealed like the features.
+        assert any(f.encoder_id.startswith("likeness:") for f in features)
         blobs = [r.data for r in stored] + [r.data for r in features]
         blobs += (await session.scalars(select(JobOutput.data))).all()
     assert {sealed_key_id(b) for b in blobs} == {"one"}
@@ -217,8 +224,9 @@ async def test_encryption_at_rest_and_key_rotation(
     )
     assert await rotated.avatars.photos(7, "Mia") == photos
     report = await rotated.privacy.reencrypt(batch_size=1)
-    assert (report.photos, report.features, report.outputs, report.jobs) == (2, 1, 1, 2)
-    assert (await rotated.privacy.reencrypt()).unchanged == 6  # idempotent
+    # Features: the avatar's encoding and its enrolled identity for likeness.
+    assert (report.photos, report.features, report.outputs, report.jobs) == (2, 2, 1, 2)
+    assert (await rotated.privacy.reencrypt()).unchanged == 7  # idempotent
     new_only = await build_services(
         service_settings(tmp_path, data_key=key2), database, tiny_engine_port
     )

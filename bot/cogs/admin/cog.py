@@ -46,6 +46,7 @@ QUOTA_LABELS = {
     "renders_per_minute": "Renders per member per minute",
     "creates_per_hour": "Avatar creations per member per hour",
     "withheld_per_day": "Withheld renders per member per day (then refused)",
+    "best_of": "Best of k: candidates a render picks its images from by likeness (1: off)",
 }
 SETTING_CHOICES = [app_commands.Choice(name=QUOTA_LABELS.get(f, f), value=f) for f in QUOTA_FIELDS][
     :25

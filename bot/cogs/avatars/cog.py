@@ -42,6 +42,13 @@ with **Reroll**, **Variations** and **Delete** buttons.
    **Two avatars in one picture**: add `with` (another of your avatars). The first avatar is \
 “image 1”, the second “image 2”; say who is who, e.g. “the person from image 1 and the dog \
 from image 2 on a beach”. Only some servers' renderers can do this; the others say so.
+   **Likeness** under each image: how much the face looks like the faces in your photos \
+(“likeness 82 %”). 50 % is the line the bot uses to decide that two photos show the same \
+person; below it, the render drifted from you. “no face found” means the render lost the \
+face. Pets and objects show how similar the picture is to their photos, where the server's \
+renderer can measure it.
+   **Best of**: `best_of: 4` renders four and posts the one(s) most like you; it counts as \
+more renders (as the server's operator set it).
 3. `/avatar list`, `show`, `rename`, `delete` — manage your avatars. Only you can see your \
 photos or render your avatars.
 4. `/avatar usage` — renders left today and when the count resets.

@@ -64,6 +64,7 @@ def channel_is_age_restricted(interaction: discord.Interaction[AvatarBot]) -> bo
     count="How many images (1–4)",
     seed="A number that makes a render repeatable",
     identity_strength="How closely to follow the photos (0–100, default 70)",
+    best_of="Render this many, post the ones most like your avatar (1–4; counts as more renders)",
 )
 @app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES)
 @app_commands.autocomplete(avatar=avatar_name_autocomplete, with_avatar=avatar_name_autocomplete)
@@ -78,6 +79,7 @@ async def render_command(
     seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
     identity_strength: app_commands.Range[int, 0, 100] = 70,
     with_avatar: str | None = None,
+    best_of: app_commands.Range[int, 1, 4] | None = None,
 ) -> None:
     if interaction.guild_id is None:
         await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
@@ -91,6 +93,7 @@ async def render_command(
         count=count,
         seed=seed,
         identity_strength=identity_strength / 100,
+        best_of=best_of,
     )
     ref = interaction_ref(interaction, response)
     ticket = await cog.bot.services.renders.request(

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import discord
 
 from bot.cogs.interactions import is_avatarbot
+from bot.services import likeness
 from bot.services.prompts import STYLE_PRESETS
 from bot.services.results import JobView
 from bot.ui.errors import report_error
+from kinds import LikenessScore
 
 if TYPE_CHECKING:
     from bot.app import AvatarBot
@@ -171,8 +174,21 @@ def result_embed(job: JobView) -> discord.Embed:
         total = (job.finished_at - job.started_at).total_seconds()
     if total is not None:
         embed.add_field(name="Time", value=f"{total:.1f} s")
+    likeness = likeness_text(job.likeness)
+    if likeness is not None:
+        embed.add_field(name="Likeness", value=likeness)
     if settings.negative_prompt:
         negative = discord.utils.escape_markdown(settings.negative_prompt)
         embed.add_field(name="Negative prompt", value=negative[:1024], inline=False)
     embed.set_footer(text=f"render #{job.id}")
     return embed
+
+
+def likeness_text(scores: Sequence[LikenessScore | None]) -> str | None:
+    """Each image's likeness as members read it (``/avatar help`` explains), numbered when
+    there are several; None when none was measured."""
+    if not any(s is not None for s in scores):
+        return None
+    if len(scores) == 1:
+        return likeness.label(scores[0])
+    return " · ".join(f"{i}: {likeness.label(s)}" for i, s in enumerate(scores, start=1))[:1024]
