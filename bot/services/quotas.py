@@ -29,6 +29,7 @@ from bot.services.usage_keys import UsageKeys
 from db.models import CountedKind, LedgerEntry
 from db.repositories import counted as counted_repo
 from db.repositories import guilds as guilds_repo
+from db.repositories import jobs as jobs_repo
 from db.repositories import ledger as ledger_repo
 from db.repositories.common import lock_scope
 from db.session import Database
@@ -215,20 +216,28 @@ class QuotaService:
             withheld = await counted_repo.per_day(
                 session, kind=CountedKind.WITHHELD, guild_id=guild_id, since=since, user_id=user_id
             )
+            likeness = await jobs_repo.likeness_per_day(
+                session, guild_id=guild_id, since=since, user_id=user_id
+            )
+        faces = {(f.day, f.user_id): f for f in likeness}
         # A withheld render was reserved (and refunded), so it has its ledger row of the day;
         # one whose ledger rows went with a forget-me the next day still shows as "erased".
         counts = {(w.day, w.user_id): w.count for w in withheld}
-        report_rows = [
-            UsageRow(
-                r.day,
-                r.user_id,
-                r.reserved,
-                r.refunded,
-                r.granted,
-                counts.pop((r.day, r.user_id), 0),
+        report_rows = []
+        for r in rows:
+            seen = faces.get((r.day, r.user_id)) if r.user_id is not None else None
+            report_rows.append(
+                UsageRow(
+                    r.day,
+                    r.user_id,
+                    r.reserved,
+                    r.refunded,
+                    r.granted,
+                    counts.pop((r.day, r.user_id), 0),
+                    likeness=seen.mean if seen is not None else None,
+                    lost_faces=seen.lost if seen is not None else 0,
+                )
             )
-            for r in rows
-        ]
         report_rows += [UsageRow(d, uid, 0, 0, 0, n) for (d, uid), n in counts.items()]
         return UsageReport(guild_id=guild_id, days=days, rows=tuple(report_rows))
 

@@ -280,6 +280,10 @@ class UsageRow:
     granted: int
     # Renders the safety checks withheld entirely or refused on the worker (counted apart).
     withheld: int = 0
+    # The mean face likeness of the day's person renders still kept (None: none), and how
+    # many of their images lost the face (bot/services/likeness.py).
+    likeness: float | None = None
+    lost_faces: int = 0
 
     @property
     def net(self) -> int:

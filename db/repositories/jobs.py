@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import AttemptOutcome, JobAttempt, JobOutput, RenderJob
 from db.queue import close_attempt, lock_jobs
 from db.repositories.common import affected, eq_or_null
+from db.repositories.ledger import utc_day
 from kinds import FINAL_STATUSES, JobKind, JobStatus, LikenessKind, LikenessScore
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -381,3 +382,47 @@ async def jobs_page(session: AsyncSession, after_id: int, limit: int) -> list[Re
         select(RenderJob).where(RenderJob.id > after_id).order_by(RenderJob.id).limit(limit)
     )
     return list(rows)
+
+
+@dataclass(frozen=True)
+class DayLikeness:
+    """A member's face likeness on one UTC day, over the images still kept (the admin usage
+    report): the mean figure of the faces found, and how many renders lost the face."""
+
+    day: date
+    user_id: int
+    mean: float | None
+    faces: int
+    lost: int
+
+
+async def likeness_per_day(
+    session: AsyncSession, *, guild_id: int, since: datetime, user_id: int | None = None
+) -> list[DayLikeness]:
+    """Per UTC day (of the image) and member, the guild's person renders' likeness."""
+    day = utc_day(session, JobOutput.created_at).label("day")
+    face = JobOutput.likeness_kind == LikenessKind.FACE.value
+    query = (
+        select(
+            day,
+            RenderJob.user_id,
+            func.avg(case((face, JobOutput.likeness))),
+            func.count(case((face, 1))),
+            func.count(case((JobOutput.likeness_kind == LikenessKind.NO_FACE.value, 1))),
+        )
+        .join(RenderJob, RenderJob.id == JobOutput.job_id)
+        .where(
+            RenderJob.guild_id == guild_id,
+            JobOutput.created_at >= since,
+            JobOutput.likeness_kind.in_([LikenessKind.FACE.value, LikenessKind.NO_FACE.value]),
+        )
+        .group_by(day, RenderJob.user_id)
+    )
+    if user_id is not None:
+        query = query.where(RenderJob.user_id == user_id)
+    result = []
+    for d, uid, mean, faces, lost in (await session.execute(query)).all():
+        parsed = d if isinstance(d, date) else date.fromisoformat(str(d))
+        value = None if mean is None else float(mean)
+        result.append(DayLikeness(parsed, int(uid), value, int(faces), int(lost)))
+    return result

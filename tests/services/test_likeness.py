@@ -221,3 +221,16 @@ async def test_best_of_is_refused_for_two_avatars_in_one_picture(
         with_avatar="Cat",
     )
     assert (await services.jobs.view(ticket.job_id)).settings.best_of == 1
+
+
+async def test_admins_see_the_likeness_in_the_usage_report(faces: Services) -> None:
+    from bot.cogs.admin.cog import usage_table
+
+    await create_now(faces, 7, GUILD, "Eileen", "person", eileen_photos())
+    job = await faces.jobs.view(await render(faces, "Eileen", count=4))
+    found = [s.value for s in job.likeness if s is not None and s.value is not None]
+    [row] = (await faces.quotas.report(GUILD, 1, actor_is_admin=True)).rows
+    assert row.likeness == pytest.approx(sum(found) / len(found))
+    assert row.lost_faces == 1  # the candidate with no face
+    table = usage_table(await faces.quotas.report(GUILD, 1, actor_is_admin=True))
+    assert f"{round(row.likeness * 100)} %     1" in table

@@ -68,12 +68,15 @@ def usage_table(report: UsageReport) -> str:
     for row in report.rows:
         per_member[row.user_id] += row.net
     # "withheld": renders the safety checks withheld entirely or refused on the worker.
-    lines = ["day         member                 used  refunded  granted  withheld"]
+    # "likeness": the mean face likeness of the day's person renders still kept; "lost":
+    # their images in which no face was found.
+    lines = ["day         member                 used  refunded  granted  withheld  likeness  lost"]
     for row in sorted(report.rows, key=lambda r: (r.day, r.net), reverse=True):
         who = str(row.user_id) if row.user_id is not None else "(erased)"
+        seen = "-" if row.likeness is None else f"{round(row.likeness * 100)} %"
         lines.append(
             f"{row.day.isoformat()}  {who:<20} {row.reserved:>6} {row.refunded:>9} "
-            f"{row.granted:>8} {row.withheld:>9}"
+            f"{row.granted:>8} {row.withheld:>9} {seen:>9} {row.lost_faces:>5}"
         )
     totals = ", ".join(
         f"<@{uid}>: {n}" if uid is not None else f"erased members: {n}"
