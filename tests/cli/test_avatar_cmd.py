@@ -4,6 +4,7 @@ forget-me, as an operator would run them (one process per command, one SQLite fi
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,8 @@ def test_avatar_session(
     assert_tiny_pngs(written)
     assert "render: 100%" in err  # the progress bar, complete
     assert "note: profile tiny runs random weights; these images are noise" in err
+    # Each file's likeness on stderr (an object: the tiny CLIP's image similarity).
+    assert re.search(r"^job2-seed7\.png: likeness \d{1,3} %$", err, re.MULTILINE), err
     code, out, _ = run("usage", "--user", "42")
     assert code == 0 and out.startswith("1 of 25 renders used today; 24 left")
 
@@ -102,6 +105,23 @@ def test_avatar_session(
     assert code == 1 and "There is no job 99." in capsys.readouterr().err
     code = main(["--log-level", "WARNING", "job", "workers"])
     assert code == 0 and "no job loop has run" in capsys.readouterr().out
+
+    # Best of k: out of bounds refused before loading an engine; best of 2 keeps one image
+    # of two candidates (seeds 3 and 4) and counts as two renders.
+    before = len(loads)
+    code, _, err = run(
+        "render", "--user", "42", "--avatar", "Mia", "--prompt", "x", "--best-of", "5"
+    )
+    assert code == 2 and "--best-of must be 1 to 4" in err and len(loads) == before
+    code, out, err = run(
+        "render", "--user", "42", "--avatar", "Mia", "--prompt", "a cat", "--seed", "3",
+        "--best-of", "2", "--out", str(out_dir),
+    )  # fmt: skip
+    assert code == 0, err
+    [kept] = out.split()
+    assert kept in (str(out_dir / "job3-seed3.png"), str(out_dir / "job3-seed4.png"))
+    code, out, _ = run("usage", "--user", "42")
+    assert out.startswith("3 of 25 renders used today")
 
     # Two avatars in one picture: the same one twice is refused before loading an engine;
     # the tiny profile's IP-Adapter shows one avatar, so ``--with`` is refused, uncounted.
@@ -120,14 +140,14 @@ def test_avatar_session(
     )  # fmt: skip
     assert code == 1 and "shows one avatar per picture" in err
     code, out, _ = run("usage", "--user", "42")
-    assert out.startswith("1 of 25 renders used today")
+    assert out.startswith("3 of 25 renders used today")
 
     code, _, err = run("render", "--user", "43", "--avatar", "Mia", "--prompt", "a cat")
     assert code == 1 and "no avatar" in err  # another user's avatar does not exist for them
     code, out, _ = run("delete", "--user", "42", "--avatar", "Mia")
     assert code == 0
     code, out, _ = run("forget-me", "--user", "42", "--yes")
-    assert code == 0 and "1 job(s), 2 image(s)" in out
+    assert code == 0 and "2 job(s), 3 image(s)" in out
     code, out, _ = run("list", "--user", "42")
     assert out.strip() == "user 42 has no avatars"
     code, _, err = run("reencrypt")
