@@ -6,12 +6,20 @@ Denoising is the stock ``StableDiffusionPipeline.__call__``, fed precomputed pro
 per-sample image embeddings, initial latents drawn from one CPU ``torch.Generator`` per image,
 and the same generators for the scheduler's noise, so an image depends on its own seed only,
 never on its batch mates.
+
+Image-to-image (``RenderRequest.init_image``, engine/refine.py) runs through the same loop:
+the source, VAE-encoded deterministically, is noised to the timestep ``strength`` selects
+(diffusers' img2img recipe, ``get_timesteps``), and the scheduler's schedule is cut to start
+there. A request with ``tile`` denoises in overlapping tiles whose noise predictions are
+averaged with feathered weights at every step (MultiDiffusion), so no seams need blending
+afterwards and the scheduler still sees one latent image.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,10 +32,18 @@ from diffusers import (
     PNDMScheduler,
 )
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image as PILImage
 
 from engine.acceleration import bucket_for, denoiser_of
 from engine.errors import InvalidRequest
-from engine.personalizers.base import BatchOutcome, DenoiseBatch, Personalizer, StepCallback
+from engine.personalizers.base import (
+    BatchOutcome,
+    DenoiseBatch,
+    Personalizer,
+    PreviewingStepCallback,
+    StepCallback,
+)
+from engine.preview import projection_for
 from engine.types import SCHEDULER_NAMES, RenderRequest
 
 if TYPE_CHECKING:
@@ -60,7 +76,29 @@ class AvatarPipeline(StableDiffusionPipeline):
     The stock method broadcasts ONE set of embeddings to the whole batch; a batch of several
     users' requests needs one set per sample. Live images (``ip_adapter_image``) still take the
     stock path.
+
+    With ``latents_are_noised`` set (image-to-image), the latents passed in are already noised
+    to the first timestep: they are not scaled by the scheduler's ``init_noise_sigma``.
     """
+
+    latents_are_noised = False
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: Any,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.latents_are_noised and latents is not None:
+            return latents.to(device)
+        return super().prepare_latents(  # type: ignore[no-any-return]
+            batch_size, num_channels_latents, height, width, dtype, device, generator, latents
+        )
 
     def prepare_ip_adapter_image_embeds(
         self,
@@ -225,6 +263,150 @@ def prepare_latents(
     return seeded_noise(seeds, shape, pipe._execution_device, dtype)
 
 
+def start_step(steps: int, strength: float) -> int:
+    """How many of the schedule's ``steps`` an image-to-image render skips (diffusers'
+    ``get_timesteps``: the last ``int(steps x strength)`` run), but at least one step runs."""
+    return steps - max(1, min(int(steps * strength), steps))
+
+
+def cut_schedule(scheduler: Any, start: int) -> None:
+    """Make every schedule ``scheduler`` sets begin ``start`` steps in: its timesteps and sigmas
+    lose their head, so the stock loop (which sets the schedule itself) runs only the tail, and
+    the scheduler's own step bookkeeping (multistep solvers' final lower-order step) sees the
+    tail as the whole schedule."""
+    if not start:
+        return
+    full_schedule = scheduler.set_timesteps
+
+    def set_tail(*args: Any, **kwargs: Any) -> None:
+        full_schedule(*args, **kwargs)
+        skip = start * scheduler.order
+        scheduler.timesteps = scheduler.timesteps[skip:]
+        sigmas = getattr(scheduler, "sigmas", None)
+        if isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1:
+            scheduler.sigmas = sigmas[skip:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+
+    scheduler.set_timesteps = set_tail
+
+
+def init_latents(
+    pipe: StableDiffusionPipeline, samples: Sequence[RenderRequest], dtype: torch.dtype
+) -> torch.Tensor:
+    """(B, C, h, w) latents of each sample's init image: resized to the request's size
+    (Lanczos), VAE-encoded deterministically (the latent distribution's mode, so a seed gives
+    the same image batched or alone) and scaled by the VAE's scaling factor. One encode per
+    request (its ``count`` samples share it), one image at a time."""
+    vae = pipe.vae
+    encoded: dict[int, torch.Tensor] = {}
+    rows = []
+    for sample in samples:
+        if id(sample) not in encoded:
+            assert sample.init_image is not None
+            size = (sample.width, sample.height)
+            image = sample.init_image.convert("RGB").resize(size, PILImage.Resampling.LANCZOS)
+            pixels = pipe.image_processor.preprocess(
+                image, height=sample.height, width=sample.width
+            )
+            pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+            latent = vae.encode(pixels).latent_dist.mode()
+            encoded[id(sample)] = latent * vae.config.scaling_factor
+        rows.append(encoded[id(sample)])
+    return torch.cat(rows).to(device=pipe._execution_device, dtype=dtype)
+
+
+def noised_init_latents(
+    pipe: StableDiffusionPipeline,
+    samples: Sequence[RenderRequest],
+    seeds: Sequence[int],
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Image-to-image starting latents: the init latents noised, with each seed's own noise,
+    to the first timestep of the (cut) schedule."""
+    first = samples[0]
+    scheduler = pipe.scheduler
+    cut_schedule(scheduler, start_step(first.steps, first.strength))
+    scheduler.set_timesteps(first.steps, device=pipe._execution_device)
+    clean = init_latents(pipe, samples, dtype)
+    noise, generators = seeded_noise(seeds, tuple(clean.shape[1:]), clean.device, dtype)
+    timestep = scheduler.timesteps[:1].repeat(len(samples))
+    return scheduler.add_noise(clean, noise, timestep), generators
+
+
+def tile_origins(size: int, tile: int) -> list[int]:
+    """Starts of tiles of ``tile`` covering ``0..size`` with a quarter-tile overlap (more
+    where the last tile is pushed back to end at ``size``)."""
+    if size <= tile:
+        return [0]
+    stride = tile - tile // 4
+    origins = list(range(0, size - tile, stride))
+    return [*origins, size - tile]
+
+
+def feather(size: int, ramp: int) -> torch.Tensor:
+    """Blending weights along one tile side: rising linearly over ``ramp`` cells from each
+    edge, so overlapping tiles hand over smoothly; never zero (a border cell has one tile)."""
+    index = torch.arange(size, dtype=torch.float32)
+    distance = torch.minimum(index + 1, size - index)
+    return distance.clamp(max=max(1, ramp)) / max(1, ramp)
+
+
+@contextmanager
+def tiled_denoiser(denoiser: torch.nn.Module, tile: int) -> Iterator[None]:
+    """While inside, ``denoiser`` (the UNet) predicts on overlapping ``tile`` x ``tile``
+    latent tiles and returns their feather-weighted average (MultiDiffusion: the average of
+    the tiles' predictions is what each step applies). Each tile keeps the whole batch, so
+    per-row state (CFG halves, per-sample image embeddings) is untouched."""
+    whole = denoiser.forward
+
+    def forward(sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
+        height, width = sample.shape[-2:]
+        th, tw = min(tile, height), min(tile, width)
+        total = torch.zeros_like(sample)
+        weights = torch.zeros((height, width), dtype=sample.dtype, device=sample.device)
+        patch = torch.outer(feather(th, th // 4), feather(tw, tw // 4)).to(sample)
+        wants_dict = kwargs.pop("return_dict", True)
+        for y in tile_origins(height, th):
+            for x in tile_origins(width, tw):
+                window = (..., slice(y, y + th), slice(x, x + tw))
+                out = whole(sample[window], timestep, *args, return_dict=False, **kwargs)[0]
+                total[window] += out * patch
+                weights[y : y + th, x : x + tw] += patch
+        merged = total / weights
+        if wants_dict:
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+            return UNet2DConditionOutput(sample=merged)
+        return (merged,)
+
+    denoiser.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del denoiser.forward
+
+
+def preview_sink(
+    pipe: StableDiffusionPipeline, on_step: StepCallback | None
+) -> Callable[[torch.Tensor, Sequence[int], int], None] | None:
+    """Where live previews of a batch go: ``(latents, batch positions, real samples)``;
+    None when the caller takes none or this VAE family has no latent-to-RGB projection."""
+    if not isinstance(on_step, PreviewingStepCallback):
+        return None
+    projection = projection_for(pipe.vae)
+    if projection is None:
+        return None
+
+    def sink(latents: torch.Tensor, positions: Sequence[int], real: int) -> None:
+        if not on_step.preview_due():
+            return
+        images = projection.images(latents)
+        on_step.preview({p: im for p, im in zip(positions, images, strict=True) if p < real})
+
+    return sink
+
+
 class StableDiffusionPersonalizer(Personalizer):
     """A personalizer of the Stable Diffusion family: it conditions the shared pipeline
     (``prepare``) and renders through this module's denoising loop."""
@@ -287,24 +469,32 @@ def run_batch(
         prompt_embeds = prepared.prompt_embeds
     if prepared.negative_prompt_embeds is not None:
         negative_embeds = prepared.negative_prompt_embeds
-    latents, generators = prepare_latents(
-        pipe, seeds, first.height, first.width, prompt_embeds.dtype
-    )
+    if first.is_image_to_image:
+        latents, generators = noised_init_latents(pipe, samples, seeds, prompt_embeds.dtype)
+        total = first.steps - start_step(first.steps, first.strength)
+    else:
+        latents, generators = prepare_latents(
+            pipe, seeds, first.height, first.width, prompt_embeds.dtype
+        )
+        total = first.steps
     alive = list(range(len(samples)))  # batch positions still being denoised
     pipe.batch_image_embeds = None
+    preview = preview_sink(pipe, on_step)
 
     def step_end(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         nonlocal alive
         if on_step is None:
             return {}
-        wanted = on_step(step + 1, first.steps)
+        wanted = on_step(step + 1, total)
+        if preview is not None and step + 1 < total:
+            preview(kwargs["latents"], alive, real)
         keep = [j for j, sample in enumerate(alive) if sample < real and wanted[sample]]
         if not keep:  # every request of the batch is gone: stop denoising
             p._interrupt = True
             alive = []
             return {}
         target = bucket_for(len(keep), buckets) if buckets else len(keep)
-        if target >= len(alive) or step + 1 >= first.steps:
+        if target >= len(alive) or step + 1 >= total:
             return {}
         if prepared.select_rows is None:
             return {}  # this personalizer cannot shrink: the rows run on, discarded at the end
@@ -320,22 +510,27 @@ def run_batch(
         alive = [alive[j] for j in keep]
         return {"latents": kwargs["latents"][keep], "prompt_embeds": kwargs["prompt_embeds"][rows]}
 
-    with prepared.context:
-        output = pipe(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            ip_adapter_image_embeds=prepared.ip_adapter_image_embeds,
-            latents=latents,
-            generator=generators,
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance,
-            height=first.height,
-            width=first.width,
-            cross_attention_kwargs=prepared.cross_attention_kwargs,
-            callback_on_step_end=step_end,
-            callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
-            output_type="pil",
-        )
+    tiling = tiled_denoiser(pipe.unet, first.tile // pipe.vae_scale_factor) if first.tile else None
+    pipe.latents_are_noised = first.is_image_to_image
+    try:
+        with prepared.context, tiling or nullcontext():
+            output = pipe(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                ip_adapter_image_embeds=prepared.ip_adapter_image_embeds,
+                latents=latents,
+                generator=generators,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance,
+                height=first.height,
+                width=first.width,
+                cross_attention_kwargs=prepared.cross_attention_kwargs,
+                callback_on_step_end=step_end,
+                callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+                output_type="pil",
+            )
+    finally:
+        pipe.latents_are_noised = False
     pipe.batch_image_embeds = None
     if not alive:
         return BatchOutcome(images=[], kept=[])

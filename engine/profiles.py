@@ -87,6 +87,9 @@ class Profile:
     # (bot/services/semantic_screen.py, docs/semantic-screen.md). A property of the weights;
     # None: no calibration (random weights judge nothing; real ones then fail closed).
     screen_thresholds: Mapping[str, float] | None = None
+    # The memory budget of one denoising pass, in output pixels: image-to-image outputs above
+    # it (Upscale x2) are denoised in overlapping tiles of at most this size (engine/refine.py).
+    max_untiled_pixels: int = 1024 * 1024
 
     @property
     def personalizer_names(self) -> list[str]:
@@ -189,6 +192,8 @@ register_profile(
         default_size=64,
         default_steps=4,
         cpu_threads=1,
+        # Small enough that an upscale of the native 64 px takes the tiled path in tests.
+        max_untiled_pixels=64 * 64,
     )
 )
 register_profile(

@@ -140,8 +140,9 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
 class RenderRequest:
     """One user's render: ``count`` images with seeds ``seed .. seed+count-1``.
 
-    Requests with equal ``batch_key`` (size, steps, guidance, scheduler, personalizer) can share
-    a batch; the per-sample generators make each image independent of its batch mates.
+    Requests with equal ``batch_key`` (size, steps, guidance, scheduler, personalizer, and for
+    image-to-image the strength and tiling) can share a batch; the per-sample generators make
+    each image independent of its batch mates.
     ``extra`` carries personalizer knobs (e.g. InstantBooth's ``alpha``/``beta``).
     """
 
@@ -161,6 +162,15 @@ class RenderRequest:
     # after the first; only personalizers whose ``max_subjects`` allows it accept them.
     extra_subjects: tuple[ConceptFeatures, ...] = ()
     extra: Mapping[str, float] = field(default_factory=dict)
+    # Image-to-image (Upscale, Vary; engine/refine.py): the source image (PIL RGB, resized to
+    # width x height by the engine) and how much of the schedule re-runs over it: 1.0 with no
+    # init image is text-to-image; 0 < strength < 1 keeps that share of the source's structure
+    # (diffusers' img2img ``strength``).
+    init_image: Image | None = None
+    strength: float = 1.0
+    # Denoise in overlapping tiles of this many pixels a side (0: in one piece), for outputs
+    # above the profile's ``max_untiled_pixels`` (engine/refine.py sets it).
+    tile: int = 0
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -189,18 +199,37 @@ class RenderRequest:
             problems.append("extra subjects need the first subject's features")
         if any(not math.isfinite(float(v)) for v in self.extra.values()):
             problems.append("extra values must be finite numbers")
+        problems.extend(self._image_to_image_problems())
         if problems:
             raise InvalidRequest("invalid render request: " + "; ".join(problems))
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
         object.__setattr__(self, "extra_subjects", tuple(self.extra_subjects))
+
+    def _image_to_image_problems(self) -> list[str]:
+        problems: list[str] = []
+        if not (math.isfinite(self.strength) and 0.0 < self.strength <= 1.0):
+            problems.append("strength must be in (0, 1]")
+        elif self.init_image is None and self.strength != 1.0:
+            problems.append("a strength below 1 needs an init image")
+        if self.init_image is not None and not hasattr(self.init_image, "convert"):
+            problems.append("init_image must be a PIL image")
+        if self.tile and not (MIN_SIDE <= self.tile <= MAX_SIDE and self.tile % 8 == 0):
+            problems.append(f"tile must be 0 or a multiple of 8 in {MIN_SIDE}..{MAX_SIDE}")
+        return problems
 
     @property
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.count)]
 
     @property
+    def is_image_to_image(self) -> bool:
+        return self.init_image is not None
+
+    @property
     def batch_key(self) -> tuple[Any, ...]:
-        """Requests with equal keys can be denoised together (personalizers may add to it)."""
+        """Requests with equal keys can be denoised together (personalizers may add to it):
+        image-to-image ones only with the same strength (it picks the schedule's start) and
+        tiling, never with text-to-image ones."""
         return (
             self.width,
             self.height,
@@ -208,6 +237,9 @@ class RenderRequest:
             self.guidance,
             self.scheduler,
             self.personalizer,
+            self.is_image_to_image,
+            self.strength,
+            self.tile,
         )
 
 

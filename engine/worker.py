@@ -9,7 +9,9 @@ request before its batch starts, or discards its rows when the batch is already 
 (its batch mates' images are unaffected: they depend only on their own seeds). A failure
 is isolated: a failing batch of several requests is retried one request at a time, and on
 out-of-memory the batch is split in two and retried once. ``call`` runs any other model work
-(encode, inspect) on the same thread, in submission order with the renders.
+(encode, inspect) on the same thread, in submission order with the renders. A request submitted
+with a ``preview`` callback gets small live previews of its images while it denoises, at most
+one every ``preview_interval_s`` (engine/preview.py); they are handed over, never kept.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 
 from engine.errors import EngineClosed, EngineError, RequestCancelled, UnknownPersonalizer
 from engine.personalizers.base import BatchOutcome, StepCallback
 from engine.types import RenderRequest, RenderResult
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,10 @@ T = TypeVar("T")
 # charging the whole gather window to every lone request.
 SETTLE_S = 0.002
 Progress = Callable[[float], None]
+# Live previews of a request's images (in seed order; a cancelled batch mate's are left out).
+Preview = Callable[[list["Image"]], None]
+# Previews are worth a Discord message edit: at most one every few seconds by default.
+PREVIEW_INTERVAL_S = 3.0
 
 
 class BatchRunner(Protocol):
@@ -85,19 +94,28 @@ class _RenderJob(_Job):
     request: RenderRequest | None = None
     key: Hashable = None
     progress: Progress | None = None
+    preview: Preview | None = None
     # Seconds since the render submitted before this one: a small gap means a burst.
     gap: float = float("inf")
 
     def report(self, fraction: float) -> None:
-        if self.progress is None or self.cancelled.is_set():
+        if self.progress is not None:
+            self._hand_over(self.progress, fraction, "progress")
+
+    def show(self, images: list[Image]) -> None:
+        if self.preview is not None and images:
+            self._hand_over(self.preview, images, "preview")
+
+    def _hand_over(self, callback: Callable[[T], None], value: T, what: str) -> None:
+        """Call ``callback(value)`` on the submitter's loop, unless the job was cancelled."""
+        if self.cancelled.is_set():
             return
-        progress = self.progress
 
         def call() -> None:
             try:
-                progress(fraction)
-            except Exception:  # a broken progress callback must not break the render
-                logger.exception("progress callback failed")
+                callback(value)
+            except Exception:  # a broken callback must not break the render
+                logger.exception("%s callback failed", what)
 
         try:
             self.loop.call_soon_threadsafe(call)
@@ -119,8 +137,10 @@ class Worker:
         gather_window_ms: int,
         setup: Callable[[], None] | None = None,
         name: str = "avatarbot-engine",
+        preview_interval_s: float = PREVIEW_INTERVAL_S,
     ) -> None:
         self._runner = runner
+        self._preview_interval = preview_interval_s
         self._max_batch = max_batch
         self._window = gather_window_ms / 1000.0
         self._setup = setup
@@ -135,10 +155,19 @@ class Worker:
     # -- asyncio side ------------------------------------------------------------------------
 
     async def submit(
-        self, request: RenderRequest, progress: Progress | None = None
+        self,
+        request: RenderRequest,
+        progress: Progress | None = None,
+        preview: Preview | None = None,
     ) -> RenderResult:
         loop = asyncio.get_running_loop()
-        job = _RenderJob(loop=loop, future=loop.create_future(), request=request, progress=progress)
+        job = _RenderJob(
+            loop=loop,
+            future=loop.create_future(),
+            request=request,
+            progress=progress,
+            preview=preview,
+        )
         result: RenderResult = await self._outcome(job)
         return result
 
@@ -270,12 +299,7 @@ class Worker:
         samples = [_request(j) for j in jobs for _ in range(_request(j).count)]
         seeds = [seed for j in jobs for seed in _request(j).seeds]
         steps = samples[0].steps
-
-        def on_step(done: int, total: int) -> list[bool]:
-            for job in jobs:
-                job.report(done / total)
-            return [not j.cancelled.is_set() for j in jobs for _ in range(_request(j).count)]
-
+        on_step = _BatchSteps(jobs, self._preview_interval)
         started = time.perf_counter()
         try:
             outcome = self._runner.run(samples, seeds, on_step)
@@ -354,6 +378,32 @@ class Worker:
             if job is None:
                 return
             job.resolve(error=exc)
+
+
+class _BatchSteps:
+    """The step callback of one batch: progress to every request, which samples are still
+    wanted, and (``PreviewingStepCallback``) previews to the requests that asked for them,
+    at most one every ``interval`` seconds, the first after one interval."""
+
+    def __init__(self, jobs: Sequence[_RenderJob], interval: float) -> None:
+        self._jobs = list(jobs)
+        self._interval = interval
+        self._last_preview = time.monotonic()
+        self._owners = [job for job in self._jobs for _ in range(_request(job).count)]
+
+    def __call__(self, done: int, total: int) -> list[bool]:
+        for job in self._jobs:
+            job.report(done / total)
+        return [not job.cancelled.is_set() for job in self._owners]
+
+    def preview_due(self) -> bool:
+        wanted = any(j.preview is not None and not j.cancelled.is_set() for j in self._jobs)
+        return wanted and time.monotonic() - self._last_preview >= self._interval
+
+    def preview(self, images: Mapping[int, Image]) -> None:
+        self._last_preview = time.monotonic()
+        for job in self._jobs:
+            job.show([image for p, image in sorted(images.items()) if self._owners[p] is job])
 
 
 def _request(job: _RenderJob) -> RenderRequest:

@@ -17,6 +17,8 @@ never runs during a render.
   for its own flow-matching Euler schedule, which the pipeline sets from the image size.
 - ``request.guidance`` is ignored by the distilled [klein] models (diffusers says so too);
   a non-distilled ("base") checkpoint uses it for classifier-free guidance.
+- Image-to-image requests (``init_image``: Upscale, Vary) are refused: the pipeline has no
+  init-latents/strength path, only references.
 """
 
 from __future__ import annotations
@@ -156,6 +158,13 @@ class Flux2KleinPersonalizer(Personalizer):
 
     def check(self, request: RenderRequest) -> None:
         super().check(request)
+        if request.init_image is not None or request.tile:
+            # diffusers' FLUX.2 [klein] pipeline takes images only as references (extra
+            # tokens), with no init latents or strength: Upscale and Vary are not offered here.
+            raise InvalidRequest(
+                "FLUX.2 [klein] does not re-render a source image (image-to-image: Upscale, "
+                "Vary); its pipeline reads images only as references"
+            )
         for side in (request.width, request.height):
             if side % SIZE_MULTIPLE:
                 raise InvalidRequest(

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -65,6 +65,20 @@ class DenoiseBatch:
 # Called after each denoising step with (steps done, steps total); returns, per sample of
 # the batch (in its original order), whether it is still wanted.
 StepCallback = Callable[[int, int], Sequence[bool]]
+
+
+@runtime_checkable
+class PreviewingStepCallback(Protocol):
+    """A ``StepCallback`` that also takes live previews (the worker's): after a step, when
+    ``preview_due()``, the pipeline projects the current latents to small images and hands
+    them over by batch position (original order; padding rows left out). Pipelines without a
+    latent-to-RGB projection for their VAE never call ``preview``."""
+
+    def __call__(self, done: int, total: int) -> Sequence[bool]: ...
+
+    def preview_due(self) -> bool: ...
+
+    def preview(self, images: Mapping[int, Image]) -> None: ...
 
 
 @dataclass

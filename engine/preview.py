@@ -1,0 +1,101 @@
+"""Live previews: small images projected linearly from a render's current latents.
+
+A preview is a fixed linear map from each latent cell's channels to an RGB colour (plus a
+bias), per VAE family: no extra weights, a few microseconds per image, at the latent's own
+resolution (1/8 of the image side for SD1.x), so it shows composition and colour, not detail.
+The engine never stores previews; the caller decides what to do with them.
+
+Families:
+- SD1.x (4 latent channels, scaling factor 0.18215): the coefficients ComfyUI's Latent2RGB
+  previewer uses (``comfy/latent_formats.py``, class ``SD15``, ``latent_rgb_factors``),
+  applied to the scaled latents the UNet denoises; they map to RGB in [-1, 1].
+- Anything else (FLUX.2 [klein]'s 32-channel VAE among them): no projection here, so no preview.
+  ComfyUI publishes factors for FLUX.2 too, but for its own latent layout (before the 2x2
+  patchify and batch-norm normalisation that diffusers' FLUX.2 pipeline denoises in); wiring
+  them needs that layout's de-normalisation and has not been done.
+
+``fit_projection`` fits a projection by least squares from latents and their decodes: what
+an operator would do for a VAE without published coefficients, and how the tests check that
+a projection and the VAE's decode agree in colour (tests/engine/test_preview.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from PIL import Image as PILImage
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+PREVIEW_MAX_SIDE = 128
+SD1_SCALING_FACTOR = 0.18215
+RGB = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class LatentProjection:
+    """RGB in [-1, 1] = latent channels @ ``factors`` + ``bias`` (one RGB row per channel)."""
+
+    factors: tuple[RGB, ...]
+    bias: RGB = (0.0, 0.0, 0.0)
+
+    def rgb(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents → (B, 3, h, w) colours, unclamped, on the CPU in float32."""
+        if latents.ndim != 4 or latents.shape[1] != len(self.factors):
+            raise ValueError(
+                f"latents of shape {tuple(latents.shape)}: this projection reads "
+                f"{len(self.factors)} channels"
+            )
+        factors = torch.tensor(self.factors, dtype=torch.float32)
+        bias = torch.tensor(self.bias, dtype=torch.float32).view(1, 3, 1, 1)
+        return torch.einsum("bchw,cr->brhw", latents.detach().float().cpu(), factors) + bias
+
+    def images(self, latents: torch.Tensor, max_side: int = PREVIEW_MAX_SIDE) -> list[Image]:
+        """One small RGB image per latent, at most ``max_side`` pixels a side."""
+        colours = ((self.rgb(latents) + 1.0) / 2.0).clamp(0.0, 1.0)
+        pixels = (colours * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        images = []
+        for array in pixels:
+            image = PILImage.fromarray(array, mode="RGB")
+            image.thumbnail((max_side, max_side), PILImage.Resampling.BILINEAR)
+            images.append(image)
+        return images
+
+
+SD1_PROJECTION = LatentProjection(
+    factors=(
+        (0.3512, 0.2297, 0.3227),
+        (0.3250, 0.4974, 0.2350),
+        (-0.2829, 0.1762, 0.2721),
+        (-0.2120, -0.2616, -0.7177),
+    )
+)
+
+
+def projection_for(vae: torch.nn.Module) -> LatentProjection | None:
+    """The preview projection of this VAE's family, or None (no preview)."""
+    config = getattr(vae, "config", None)
+    channels = getattr(config, "latent_channels", None)
+    scaling = getattr(config, "scaling_factor", None)
+    if channels == 4 and scaling is not None and math.isclose(scaling, SD1_SCALING_FACTOR):
+        return SD1_PROJECTION
+    return None
+
+
+def fit_projection(latents: torch.Tensor, pixels: torch.Tensor) -> LatentProjection:
+    """The least-squares projection from (B, C, h, w) latents to their decodes, (B, 3, H, W)
+    in [-1, 1], each decode area-averaged down to its latent's cells."""
+    cells = latents.detach().float().cpu()
+    height, width = cells.shape[-2:]
+    target = F.adaptive_avg_pool2d(pixels.detach().float().cpu(), (height, width))
+    inputs = cells.permute(0, 2, 3, 1).reshape(-1, cells.shape[1])
+    inputs = torch.cat([inputs, torch.ones(inputs.shape[0], 1)], dim=1)
+    outputs = target.permute(0, 2, 3, 1).reshape(-1, 3)
+    solution = torch.linalg.lstsq(inputs, outputs).solution
+    rows = [(float(r), float(g), float(b)) for r, g, b in solution.tolist()]
+    return LatentProjection(factors=tuple(rows[:-1]), bias=rows[-1])
