@@ -190,6 +190,9 @@ def build_section(
         f"{create['runs']} after one untimed first creation; each on photos the engine has not "
         "seen, so no face detection is remembered across creations). Faces found per photo: "
         f"{create['faces_per_photo']}.",
+        "Split: inspect_s is the face work (HOG detection, landmarks, the descriptors of all "
+        "photos as one batch) plus the image statistics; encode_s is the face crops (detections "
+        "remembered from inspect, not redone), the image encoder and serialising.",
         f"Baseline = DreamBooth-LoRA (rank {LORA_RANK} on {', '.join(LORA_TARGETS)}), "
         f"{steps} steps, batch 1, at {size}x{size} px, same model builder and seed, same "
         "device; building or loading the models is not counted on either side.",

@@ -266,9 +266,14 @@ def _part_lines(section: str, name: str, part: dict[str, Any]) -> list[str]:
             ],
         )
     elif section == "c" and name == "create":
+        # Creation split: face work (engine.inspect: detection, landmarks, descriptors, image
+        # statistics) and encoding (engine.encode: face crops, image encoder, serialising).
         lines += _table(
-            ["what", "seconds"],
-            [[row["what"], row["seconds"]] for row in part.get("table", [])],
+            ["what", "seconds", "face work (inspect) s", "encoding s"],
+            [
+                [row["what"], row["seconds"], row.get("inspect_s"), row.get("encode_s")]
+                for row in part.get("table", [])
+            ],
         )
     elif section == "d":
         lines += _table(

@@ -462,7 +462,9 @@ class DiffusionEngine:
         if "face_embedder" not in self.model.extra:
             from engine.subject_checks import FaceEmbedder
 
-            self.model.extra["face_embedder"] = FaceEmbedder.load()
+            # The descriptor network runs where the model does (the GPU on a CUDA profile).
+            device = str(self.model.device)
+            self.model.extra["face_embedder"] = FaceEmbedder.load(device=device)
         embedder: FaceEmbedder | None = self.model.extra["face_embedder"]
         return embedder
 

@@ -10,7 +10,9 @@ photo is also measured in variants a member's second photo could be: mirrored, c
 brighter, darker, rotated, greyscale, smaller, low contrast.
 
 Run: ``python scripts/measure_face_distances.py`` (needs the ``faces`` and ``test`` extras).
-Output of the run recorded in identity.py (dlib-bin 20, Nov 2026):
+Output of the run recorded in identity.py (dlib-bin 20, Nov 2026; re-run Dec 2026 with the
+descriptor network in torch, engine/subject_checks/face_net.py, and the quick detection pass:
+the same figures to the third decimal, the old code run beside it printing the same):
 
     same astronaut: n=66 min=0.040 mean=0.169 max=0.285
     same hopper: n=45 min=0.058 mean=0.156 max=0.229

@@ -4,7 +4,8 @@
 them into refusals) and informative `warnings`. Face checks need the `faces` extra (dlib-bin +
 face-recognition-models); without it `FaceDetector.load()` returns None and person photos get
 the warning `face_check_unavailable`. `FaceEmbedder` gives dlib's 128-d identity descriptor for
-identity-similarity evaluations. No torch here.
+identity-similarity evaluations, computed by dlib's network in torch (`face_net.py`); torch is
+imported only when an embedder loads, so the detector and the checks import without it.
 """
 
 from engine.subject_checks.faces import (

@@ -26,7 +26,14 @@ from typing import Any
 
 from PIL import Image
 
-from engine.subject_checks.faces import FaceBox, FaceDetector, FaceEmbedder, log_once
+from engine.subject_checks.faces import (
+    PROMINENT_FACE_RATIO,
+    FaceBox,
+    FaceDetector,
+    FaceEmbedder,
+    log_once,
+    primary_face,
+)
 from engine.subject_checks.image_stats import measure
 from kinds import SubjectKind
 
@@ -72,7 +79,9 @@ class SubjectThresholds:
     # Faces.
     min_face_score: float = 0.0  # a detection below this is not a face at all
     min_other_face_score: float = 0.5  # a face besides the primary must be this confident
-    prominent_face_ratio: float = 0.5  # side vs. the primary's: another subject, not background
+    # Side vs. the primary's: another subject, not background (the quick detection pass's
+    # guarantee assumes the default, see FaceDetector).
+    prominent_face_ratio: float = PROMINENT_FACE_RATIO
     min_face_fraction: float = 0.12  # primary face side vs. the photo's shorter side
     # Sharpness: variance of the Laplacian on luma 0..255, shorter side resized to 512.
     # A sharp portrait scores hundreds, scikit-image's (upscaled, furry) cat ~40, any photo
@@ -146,11 +155,9 @@ def select_faces(
 ) -> tuple[FaceBox, ...]:
     """(primary, confident others largest first) from raw detections; see the module doc."""
     pool = [f for f in candidates if f.score >= thresholds.min_face_score]
-    if not pool:
+    primary = primary_face(pool, thresholds.prominent_face_ratio)
+    if primary is None:
         return ()
-    largest = max(f.side for f in pool)
-    prominent = [f for f in pool if f.side >= thresholds.prominent_face_ratio * largest]
-    primary = max(prominent, key=lambda f: (f.score, f.area))
     others = [f for f in pool if f is not primary and f.score >= thresholds.min_other_face_score]
     others.sort(key=lambda f: (f.area, f.score), reverse=True)
     return (primary, *others)
@@ -259,14 +266,20 @@ def inspect_photos(
     """`inspect_photo` for each photo, in order (CPU-bound: call it from a worker thread).
 
     With an `embedder`, a person's photo that passed every check gets the identity embedding
-    of its subject's face (`PhotoReport.embedding`), for the one-person-per-avatar check.
+    of its subject's face (`PhotoReport.embedding`), for the one-person-per-avatar check; the
+    embeddings of all the photos are computed as one batch.
     """
-    reports = []
-    for image in images:
-        report = inspect_photo(image, kind, detector=detector, thresholds=thresholds)
-        primary = report.primary_face
-        if embedder is not None and _kind_name(kind) == PERSON and report.ok and primary:
-            vector = embedder.embed(image, primary)
-            report = replace(report, embedding=tuple(float(v) for v in vector))
-        reports.append(report)
+    reports = [
+        inspect_photo(image, kind, detector=detector, thresholds=thresholds) for image in images
+    ]
+    if embedder is None or _kind_name(kind) != PERSON:
+        return reports
+    chosen = [
+        (index, face)
+        for index, report in enumerate(reports)
+        if report.ok and (face := report.primary_face) is not None
+    ]
+    vectors = embedder.embed_many([(images[index], face) for index, face in chosen])
+    for (index, _), vector in zip(chosen, vectors, strict=True):
+        reports[index] = replace(reports[index], embedding=tuple(float(v) for v in vector))
     return reports

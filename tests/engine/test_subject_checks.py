@@ -398,8 +398,9 @@ def test_detector_remembers_recent_photos(astronaut: Image.Image) -> None:
     detector._detector = type("Counting", (), {"run": staticmethod(counting_run)})()
     photo = astronaut
     first = detector.detect(photo)
+    passes = len(calls)  # the quick pass, and the full one: her face is small for the quick
     again = detector.detect(photo.copy())  # same pixels, another object
     assert again == first and first
-    assert len(calls) == 1
+    assert len(calls) == passes
     detector.detect(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-    assert len(calls) == 2
+    assert len(calls) > passes
