@@ -52,10 +52,12 @@ class CountingRuns:
     def __init__(self, detector: FaceDetector) -> None:
         self.real = detector._detector
         self.calls = 0
+        self.sides: list[int] = []  # each pass's working side, upsampling included
 
-    def run(self, *args: object) -> object:
+    def run(self, pixels: np.ndarray, upsample: int, min_score: float) -> object:
         self.calls += 1
-        return self.real.run(*args)
+        self.sides.append(max(pixels.shape[:2]) * 2**upsample)
+        return self.real.run(pixels, upsample, min_score)
 
 
 def counted(detector: FaceDetector) -> CountingRuns:
@@ -136,11 +138,31 @@ def test_a_close_up_is_settled_by_the_quick_pass(dlib_models: Path, astronaut: I
     assert counter.calls == 1
     slow = select_faces(full.detect(close_up))
     assert len(fast) == len(slow) == 1
-    a, b = fast[0], slow[0]
-    overlap = max(0, min(a.right, b.right) - max(a.left, b.left)) * max(
-        0, min(a.bottom, b.bottom) - max(a.top, b.top)
-    )
-    assert overlap / (a.area + b.area - overlap) > 0.7
+    assert _iou(fast[0], slow[0]) > 0.7
+
+
+def _iou(a: FaceBox, b: FaceBox) -> float:
+    w = max(0, min(a.right, b.right) - max(a.left, b.left))
+    h = max(0, min(a.bottom, b.bottom) - max(a.top, b.top))
+    return w * h / (a.area + b.area - w * h)
+
+
+def test_a_selfie_sized_face_gets_a_pass_sized_for_it(
+    dlib_models: Path, astronaut: Image.Image
+) -> None:
+    # Her face box is ~47 % of the photo's side: 151 px in the quick copy, short of 160.
+    selfie = astronaut.crop((130, 40, 310, 220)).resize((512, 512), Image.Resampling.BICUBIC)
+    detector, full = FaceDetector.load(), FaceDetector.load(quick_side=None)
+    assert detector is not None and full is not None
+    counter = counted(detector)
+    fast = select_faces(detector.detect(selfie))
+    assert counter.calls == 2
+    assert counter.sides[1] < 0.6 * 1024  # far fewer pixels than the full pass (1024)
+    slow = select_faces(full.detect(selfie))
+    assert len(fast) == len(slow) == 1
+    assert _iou(fast[0], slow[0]) > 0.7
+    photo_verdict = inspect_photo(selfie, "person", detector=detector)
+    assert photo_verdict.problems == inspect_photo(selfie, "person", detector=full).problems
 
 
 def test_a_small_subject_goes_to_the_full_pass(dlib_models: Path, astronaut: Image.Image) -> None:
@@ -148,7 +170,9 @@ def test_a_small_subject_goes_to_the_full_pass(dlib_models: Path, astronaut: Ima
     assert detector is not None
     counter = counted(detector)
     faces = select_faces(detector.detect(astronaut))
-    assert counter.calls == 2  # her face is ~90 px of 512: 56 px in the quick copy
+    # Her face is ~90 px of 512 (56 px in the quick copy): a pass sized for it would be nearly
+    # the full pass's size, so the full pass comes next.
+    assert counter.calls == 2 and counter.sides == [320, 1024]
     assert len(faces) == 1
 
 
