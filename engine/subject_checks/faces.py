@@ -22,9 +22,10 @@ GPU: the descriptor network runs on the engine's device (`FaceEmbedder.load(devi
 CUDA profile computes descriptors on the GPU. Detection stays dlib's HOG on the CPU: dlib-bin has
 no CUDA, and a torch detector would be another detector, with other scores and sizes than the
 ones the face policy (`inspect.py`) and its tests are calibrated on; a CUDA build of dlib's MMOD
-detector would need a dlib built from source on the GPU machine. With the quick pass, a photo
-whose face is large costs a few ms of HOG; the full pass (~0.1 s per photo) is paid only for
-photos whose face is smaller than 50 % of the photo's longer side.
+detector would need a dlib built from source on the GPU machine. With the quick and targeted
+passes, a photo whose face box is at least about a third of its longer side (a selfie) costs
+~3-20 ms of HOG; the full pass (~0.1 s per photo) is paid for smaller faces, such as the
+benchmark's (17 %), where it is what guarantees that a rival of half the subject's size is seen.
 """
 
 from __future__ import annotations
