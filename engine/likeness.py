@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL.Image import Image
 
-from engine.subject_checks.faces import FaceDetector, FaceEmbedder, face_distance
+from engine.subject_checks.faces import FaceBox, FaceDetector, FaceEmbedder, face_distance
 from engine.subject_checks.inspect import select_faces
 from kinds import LikenessKind, LikenessScore
 
@@ -96,15 +96,17 @@ def score_faces(
     if reference.method != FACE_METHOD:
         raise ValueError(f"not a face reference: {reference.method}")
     centroid = reference.centroid
-    scores = []
-    for image in images:
+    found: list[tuple[int, Image, FaceBox]] = []
+    for index, image in enumerate(images):
         faces = select_faces(detector.detect(image))
-        if not faces:
-            scores.append(LikenessScore(LikenessKind.NO_FACE, None))
-            continue
-        descriptor = embedder.embed(image, faces[0])
+        if faces:
+            found.append((index, image, faces[0]))
+    # The faces of all candidates described as one batch (best of k renders several).
+    descriptors = embedder.embed_many([(image, face) for _, image, face in found])
+    scores = [LikenessScore(LikenessKind.NO_FACE, None) for _ in images]
+    for (index, _, _), descriptor in zip(found, descriptors, strict=True):
         value = likeness_from_distance(face_distance(descriptor, centroid))
-        scores.append(LikenessScore(LikenessKind.FACE, value))
+        scores[index] = LikenessScore(LikenessKind.FACE, value)
     return scores
 
 
