@@ -15,9 +15,10 @@ d. Engine.render vs a bare diffusers call (bench/engine_overhead.py).
 e. ``/avatar render`` → images posted: the bot on SimCord with this run's engine.
 f. ``flux2-klein-shaped`` at 1024 px, 4 steps, batch 1 and 4, eager and compiled, when the
    profile is registered.
+g. Upscale x2 and Vary (subtle, strong) of one image vs its render (bench/refine.py).
 
 Order: the DreamBooth baseline (its own model copy, freed before the engine loads), the eager
-engine (a, b, d, c, e), the compiled engine (a, b), then FLUX.2. Timing figures are reported
+engine (a, b, d, c, e, g), the compiled engine (a, b), then FLUX.2. Timing figures are reported
 next to the issue's targets, never asserted.
 """
 
@@ -37,7 +38,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from bench import batching, create_vs_finetune, engine_overhead  # noqa: E402
+from bench import batching, create_vs_finetune, engine_overhead, refine  # noqa: E402
 from bench.common import (  # noqa: E402
     BenchContext,
     engine_settings,
@@ -221,7 +222,7 @@ class GpuBench(Recorder):
                 return create_vs_finetune.measure_baseline(ctx, train)
 
             baseline = await self.part("c", "dreambooth", dreambooth)
-        if wanted & set("abcde"):
+        if wanted & set("abcdeg"):
             await self.eager_engine(ctx, baseline)
         if wanted & set("ab"):
             await self.compiled_engine(ctx)
@@ -230,7 +231,14 @@ class GpuBench(Recorder):
 
     async def eager_engine(self, ctx: BenchContext, baseline: dict[str, Any] | None) -> None:
         plan, wanted = self.plan, self.wanted
-        parts = [("a", "eager"), ("b", "eager"), ("d", "eager"), ("c", "create"), ("e", "eager")]
+        parts = [
+            ("a", "eager"),
+            ("b", "eager"),
+            ("d", "eager"),
+            ("c", "create"),
+            ("e", "eager"),
+            ("g", "eager"),
+        ]
         label = f"{plan.profile} eager"
         built = await self.engine(
             label, plan.profile, compiled=False, max_batch=plan.max_batch, buckets=plan.buckets
@@ -268,6 +276,13 @@ class GpuBench(Recorder):
                 await self.part("c", "create", create)
             if "e" in wanted:
                 await self.part("e", "eager", lambda: bot_latency(engine, features, plan))
+            if "g" in wanted:
+
+                async def refinements() -> dict[str, Any]:
+                    args = self.render_args(refine_repeats=plan.repeats)
+                    return await refine.measure(engine, features, ctx, args)
+
+                await self.part("g", "eager", refinements)
         finally:
             await close_engine(engine)
 

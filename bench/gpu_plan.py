@@ -81,6 +81,8 @@ ESTIMATES: dict[str, tuple[float, float]] = {
     "f.eager": (30, 2),
     "engine.flux compiled": (60, 2),
     "f.compiled": (90, 30),
+    # Five rounds of a render, two varies and two upscales to 1024 px (one tiled).
+    "g.eager": (45, 5),
 }
 # With the engine's own warm-up, a compiled build compiles everything first.
 WARMUP_BUILD_ESTIMATE_S = 300.0

@@ -33,6 +33,7 @@ SECTION_TITLES = {
     "d": "Engine overhead vs bare diffusers",
     "e": "/avatar render → images posted (the bot on SimCord)",
     "f": "FLUX.2 [klein]-shaped renders",
+    "g": "Upscale x2 and Vary vs a render",
 }
 
 
@@ -284,6 +285,14 @@ def _part_lines(section: str, name: str, part: dict[str, Any]) -> list[str]:
         lines += _table(
             ["what", "value"],
             [[k, v] for k, v in part.get("summary", {}).items()],
+        )
+    elif section == "g":
+        lines += _table(
+            ["case", "size", "steps run", "tile px", "median s", "x render"],
+            [
+                [r["case"], r["size"], r["steps run"], r["tile px"], r["median_s"], r["x render"]]
+                for r in part.get("table", [])
+            ],
         )
     for note in part.get("notes", []):
         lines.append(f"- {note}")

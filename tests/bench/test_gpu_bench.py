@@ -56,7 +56,7 @@ def test_quick_run_measures_every_section(tmp_path: Path) -> None:
     assert results["versions"]["torch"] == torch.__version__ and results["versions"]["diffusers"]
     assert {"nproc", "cpu_model", "torch", "device"} <= set(results["machine"])
     assert results["dtype"] == "float32"
-    assert set(results["sections"]) == set("abcdef")
+    assert set(results["sections"]) == set("abcdefg")
 
     engine = results["engines"]["tiny eager"]
     assert engine["status"] == "done" and engine["seconds"] >= engine["build_s"] > 0
@@ -112,6 +112,10 @@ def test_quick_run_measures_every_section(tmp_path: Path) -> None:
         else:  # not registered in this build, or compiled on a CPU
             assert flux["status"] == "skipped" and flux["reason"], mode
 
+    g = part(results, "g", "eager")
+    assert g["table"][0]["case"] == "render" and len(g["table"]) == 5
+    assert all(row["x render"] > 0 for row in g["table"])
+
     figures = {(h["section"], h["figure"]): h for h in results["headlines"]}
     assert all(h["meets_target"] is None for h in figures.values())  # never judged on a CPU
     assert {h["section"] for h in figures.values()} >= set("abcde")
@@ -119,6 +123,7 @@ def test_quick_run_measures_every_section(tmp_path: Path) -> None:
     markdown = (tmp_path / "gpu-cpu-quick.md").read_text()
     assert "## Figures and the issue's targets" in markdown
     assert "## a. Throughput per batch size" in markdown
+    assert "## g. Upscale x2 and Vary vs a render" in markdown
 
 
 def test_deadline_skips_parts_with_a_note(tmp_path: Path) -> None:
