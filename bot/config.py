@@ -250,6 +250,8 @@ class Settings(BaseSettings):
     # as one render (best of 4 with 1 image costs 4 renders: the GPU time it takes), "posted"
     # one render whatever the candidates (generous: the operator pays the GPU time).
     best_of_charge: BestOfCharge = "candidates"
+    # What an Upscale x2 of one image costs, in renders (a Vary costs one, like a render).
+    upscale_units: int = Field(default=1, ge=1, le=100)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import PIL.Image
 from PIL.Image import Image
 
 from bot.config import SafetySettings, Settings
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from engine.engine import DiffusionEngine
     from engine.safety import OutputChecker, SafetyPolicy
     from engine.subject_checks import PhotoReport
+    from engine.types import RenderRequest
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class EngineAdapter:
                 default_guidance=float(engine.default_guidance),
                 size_multiple=engine.size_multiple,
                 likeness=engine.likeness_methods(),
+                refines={p: engine.refines(p) for p in engine.personalizers},
             )
         return self._facts
 
@@ -142,6 +145,8 @@ class EngineAdapter:
                 features=concept,
                 extra_subjects=tuple(others),
             )
+            if settings.refine is not None:
+                request = await asyncio.to_thread(self._refined, request, spec)
             # The engine's worker already calls ``progress`` on this event loop.
             result = await self.engine.render(request, progress)
         except StaleFeatures as exc:
@@ -160,6 +165,22 @@ class EngineAdapter:
             verdicts=tuple(verdicts),
             likeness=tuple(likeness),
         )
+
+    def _refined(self, base: RenderRequest, spec: RenderSpec) -> RenderRequest:
+        """``base`` as the refinement its settings name, of the spec's source image."""
+        from engine.refine import Variation, upscale_request, vary_request
+
+        refine = spec.settings.refine
+        assert refine is not None  # the caller's condition
+        if spec.source_png is None:
+            raise AvatarbotError("The image to refine was not found.", code="refine_source_gone")
+        with PIL.Image.open(io.BytesIO(spec.source_png)) as opened:
+            source = opened.convert("RGB")
+        seed, profile = spec.settings.seed, self.engine.profile
+        if refine.kind == "upscale":
+            return upscale_request(source, base, profile, seed=seed)
+        variation = Variation.SUBTLE if refine.kind == "vary_subtle" else Variation.STRONG
+        return vary_request(source, base, profile, variation, seed=seed, count=base.count)
 
     async def _likeness(
         self, images: Sequence[Image], reference: bytes | None

@@ -404,6 +404,10 @@ class DiffusionEngine:
         """How many subjects one render with ``personalizer`` may show."""
         return self._runner.personalizer(personalizer or self.default_personalizer).max_subjects
 
+    def refines(self, personalizer: str | None = None) -> bool:
+        """Whether ``personalizer`` re-renders a source image (Upscale, Vary: engine/refine.py)."""
+        return self._runner.personalizer(personalizer or self.default_personalizer).image_to_image
+
     @property
     def is_noise(self) -> bool:
         return self.profile.is_noise

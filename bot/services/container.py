@@ -144,6 +144,7 @@ async def build_services(
         fallback_guidance=settings.engine.default_guidance,
         safety=settings.safety,
         best_of_charge=settings.best_of_charge,
+        upscale_units=settings.upscale_units,
     )
     work: dict[JobKind, JobWork] = {}
     if engine is not None:

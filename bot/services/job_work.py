@@ -175,6 +175,7 @@ class RenderWork:
         # database transaction in half; it takes effect at the render. Each avatar's features
         # are re-encoded here when they are stale.
         features = await asyncio.shield(self.features_for(job.avatar_id, s.personalizer))
+        source = None if s.refine is None else await asyncio.shield(self.source_png(job))
         if job.with_avatar_id is None:
             # One subject: scored against the avatar's enrolled identity, best of k kept (two
             # subjects in one picture are not scored: whose likeness would the figure be?).
@@ -186,11 +187,12 @@ class RenderWork:
                 dataclasses.replace(s, count=max(candidates, s.count)),
                 self._policy,
                 likeness_reference=reference,
+                source_png=source,
             )
             # The port's plain call (ports that predate two subjects serve it).
             output = keep_best(await self._engine.render(spec, features, progress), s.count)
         else:
-            spec = RenderSpec(prompt, negative, s, self._policy)
+            spec = RenderSpec(prompt, negative, s, self._policy, source_png=source)
             second = await asyncio.shield(self.features_for(job.with_avatar_id, s.personalizer))
             output = await self._engine.render(spec, features, progress, extra_subjects=(second,))
         if len(output.verdicts) != len(output.pngs):
@@ -202,6 +204,23 @@ class RenderWork:
             )
         logger.info("job %s rendered in %.2f s", job.id, time.perf_counter() - started)
         return Rendered(self, job, output)
+
+    async def source_png(self, job: ClaimedJob[StoredRender]) -> bytes:
+        """The image a refinement re-renders, opened (sealed to the member like any output);
+        fails the job (refunded) when its render was deleted or purged meanwhile."""
+        refine = job.stored.settings.refine
+        assert refine is not None  # the caller's condition
+        async with self._db.begin(readonly=True) as session:
+            source = await jobs_repo.get(session, refine.source_job_id)
+            rows = [] if source is None else await jobs_repo.outputs(session, source.id)
+            row = next((r for r in rows if r.index == refine.source_index - 1), None)
+            if source is None or source.user_id != job.user_id or row is None:
+                raise AvatarbotError(
+                    "The image to upscale or vary was deleted before it could be re-rendered. "
+                    "Your render was refunded.",
+                    code="refine_source_gone",
+                )
+            return self._cipher.open(row.data, crypto.output_binding(row.id, job.user_id))
 
     async def screen(self, job: ClaimedJob[StoredRender], prompt: str) -> None:
         """The semantic prompt screen (bot/services/semantic_screen.py) on ``prompt`` as it will

@@ -70,6 +70,8 @@ class RenderSpec:
     # The avatar's enrolled identity (``EnginePort.likeness_reference``): each image's
     # likeness to it comes back in ``RenderOutput.likeness``. None: not measured.
     likeness_reference: bytes | None = None
+    # The PNG a refinement (``settings.refine``: Upscale, Vary) re-renders; None otherwise.
+    source_png: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,13 @@ class EngineFacts:
     # subject kind -> how the workers measure a render's likeness to such an avatar
     # (engine/likeness.py); a kind missing is not measured (no face model, no image encoder).
     likeness: Mapping[str, str] = field(default_factory=dict)
+    # personalizer name -> whether it re-renders a source image (Upscale, Vary); missing
+    # (facts of workers older than refinement, which cannot run one): no.
+    refines: Mapping[str, bool] = field(default_factory=dict)
+
+    def refines_with(self, personalizer: str) -> bool:
+        """Whether the workers can upscale or vary an image rendered with ``personalizer``."""
+        return self.refines.get(personalizer, False)
 
     def likeness_method(self, kind: str) -> str | None:
         """How a render of a ``kind`` avatar is scored, or None when it is not."""
@@ -191,6 +200,7 @@ class EngineFacts:
             "default_guidance": self.default_guidance,
             "size_multiple": self.size_multiple,
             "likeness": dict(self.likeness),
+            "refines": dict(self.refines),
         }
 
     @classmethod
@@ -207,6 +217,9 @@ class EngineFacts:
         likeness = data.get("likeness") or {}
         if not isinstance(likeness, Mapping):
             raise ValueError("engine facts: likeness must be a mapping")
+        refines = data.get("refines") or {}
+        if not isinstance(refines, Mapping):
+            raise ValueError("engine facts: refines must be a mapping")
         return cls(
             profile=str(data["profile"]),
             default_personalizer=str(data["default_personalizer"]),
@@ -220,6 +233,7 @@ class EngineFacts:
             # Absent from rows of Stable Diffusion days: the VAE's factor.
             size_multiple=_int(data.get("size_multiple", 8)),
             likeness={str(k): str(v) for k, v in likeness.items()},
+            refines={str(k): v is True for k, v in refines.items()},
         )
 
 

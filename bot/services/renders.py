@@ -14,6 +14,7 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,6 +36,8 @@ from bot.services.results import (
     InteractionRef,
     JobTicket,
     JobView,
+    Refine,
+    RefineKind,
     RenderOptions,
     RenderSettings,
     interaction_columns,
@@ -46,8 +49,9 @@ from db.repositories import jobs as repo
 from db.repositories.common import checkpoint, lock_scope, scrub_deletes
 from db.session import Database
 from db.types import utcnow
+from engine.refine import UPSCALE_FACTOR, scaled_size
 from engine.types import MAX_SEED
-from kinds import AvatarStatus, SubjectKind, UnknownPersonalizer
+from kinds import AvatarStatus, JobStatus, SubjectKind, UnknownPersonalizer
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class RenderService:
         fallback_guidance: float = FALLBACK_GUIDANCE,
         safety: SafetySettings | None = None,
         best_of_charge: BestOfCharge = "candidates",
+        upscale_units: int = UNITS_PER_RENDER,
     ) -> None:
         """``default_guidance``: the operator's explicit setting, or None for the engine's
         own (``EngineFacts.default_guidance``: FLUX.2 [klein] wants 1.0, SD1.5 6.0), else
@@ -90,6 +95,7 @@ class RenderService:
         # The cool-down after withheld renders (bot/services/withheld.py).
         self._safety = safety or SafetySettings()
         self._best_of_charge = best_of_charge
+        self._upscale_units = upscale_units
 
     async def request(
         self,
@@ -193,6 +199,36 @@ class RenderService:
         :meth:`reroll`). The engine has no image-to-image path, so a variation is a fan-out
         of fresh seeds, not an edit."""
         return await self._again(user_id, job_id, interaction, is_member, variations=True)
+
+    async def upscale(
+        self,
+        user_id: int,
+        job_id: int,
+        index: int,
+        interaction: InteractionRef | None = None,
+        *,
+        is_member: MembershipCheck | None = None,
+    ) -> JobTicket:
+        """An Upscale x2 of image ``index`` (1-based) of a finished render of the member's:
+        one image of twice the side, new seed, charged ``upscale_units`` renders
+        (``is_member`` as for :meth:`reroll`)."""
+        return await self._refine(user_id, job_id, index, "upscale", interaction, is_member)
+
+    async def vary(
+        self,
+        user_id: int,
+        job_id: int,
+        index: int,
+        variation: Literal["subtle", "strong"],
+        interaction: InteractionRef | None = None,
+        *,
+        is_member: MembershipCheck | None = None,
+    ) -> JobTicket:
+        """Variations of image ``index`` (1-based) of a finished render of the member's: as
+        many images as it had, at its size, new seeds, re-rendered from it at the
+        ``variation``'s strength; one render of quota (``is_member`` as for :meth:`reroll`)."""
+        kind: RefineKind = "vary_subtle" if variation == "subtle" else "vary_strong"
+        return await self._refine(user_id, job_id, index, kind, interaction, is_member)
 
     async def cancel(self, user_id: int, job_id: int) -> JobView:
         """Cancel a queued or running job of the caller's.
@@ -338,6 +374,8 @@ class RenderService:
     def _units(self, settings: RenderSettings) -> int:
         """The quota units a render reserves: one, or with best of k and the ``candidates``
         charge one per ``count`` images rendered (the GPU time it takes)."""
+        if settings.refine is not None and settings.refine.kind == "upscale":
+            return self._upscale_units
         if self._best_of_charge == "posted":
             return UNITS_PER_RENDER
         return UNITS_PER_RENDER * math.ceil(settings.best_of / settings.count)
@@ -359,6 +397,84 @@ class RenderService:
         *,
         variations: bool,
     ) -> JobTicket:
+        old, chosen, quotas, old_view = await self._source(user_id, job_id, is_member)
+        previous = old_view.settings
+        count = quotas.images_per_render if variations else previous.count
+        settings = await self._again_settings(
+            old_view, chosen, quotas, count=count, best_of=previous.best_of
+        )
+        return await self._enqueue_after(user_id, old, chosen, old_view, settings, interaction)
+
+    async def _refine(
+        self,
+        user_id: int,
+        job_id: int,
+        index: int,
+        kind: RefineKind,
+        interaction: InteractionRef | None,
+        is_member: MembershipCheck | None,
+    ) -> JobTicket:
+        old, chosen, quotas, old_view = await self._source(user_id, job_id, is_member)
+        if old_view.status != JobStatus.DONE:
+            raise InvalidInput("Only a finished render's images can be upscaled or varied.")
+        async with self._db.begin(readonly=True) as session:
+            rows = await repo.outputs(session, old.id)
+        chosen_row = next((r for r in rows if r.index == index - 1), None)
+        if chosen_row is None:
+            raise InvalidInput(f"This render has no image {index}.")
+        if chosen_row.flagged:
+            raise InvalidInput(
+                f"Image {index} was withheld by the safety check, so it cannot be refined."
+            )
+        facts = await self._registry.current_facts()
+        personalizer = old_view.settings.personalizer
+        if not facts.refines_with(personalizer):
+            raise InvalidInput(
+                f"The render workers' {personalizer} personalizer cannot re-render an image, "
+                "so Upscale and Vary are not available for this render."
+            )
+        upscale = kind == "upscale"
+        count = 1 if upscale else old_view.settings.count
+        settings = await self._again_settings(old_view, chosen, quotas, count=count, best_of=1)
+        width, height = scaled_size(
+            (chosen_row.width, chosen_row.height),
+            UPSCALE_FACTOR if upscale else 1,
+            facts.size_multiple,
+        )
+        settings = replace(
+            settings,
+            width=width,
+            height=height,
+            refine=Refine(kind=kind, source_job_id=old.id, source_index=index),
+        )
+        return await self._enqueue_after(user_id, old, chosen, old_view, settings, interaction)
+
+    async def _enqueue_after(
+        self,
+        user_id: int,
+        old: RenderJob,
+        chosen: Sequence[_Subject],
+        old_view: JobView,
+        settings: RenderSettings,
+        interaction: InteractionRef | None,
+    ) -> JobTicket:
+        """Queue a job made from ``old`` (its child), in the same guild and channel."""
+        return await self._enqueue(
+            user_id=user_id,
+            guild_id=old.guild_id,
+            channel_id=old.channel_id,
+            subjects=chosen,
+            prompt=old_view.prompt,
+            settings=settings,
+            interaction=interaction,
+            parent_job_id=old.id,
+        )
+
+    async def _source(
+        self, user_id: int, job_id: int, is_member: MembershipCheck | None
+    ) -> tuple[RenderJob, list[_Subject], GuildQuotas, JobView]:
+        """A job of the member's to render again, its avatars (each still fitting the guild's
+        limits) and the guild's quotas; ``Forbidden`` when they left the guild."""
         async with self._db.begin(readonly=True) as session:
             guild_id = (await self._owned(session, user_id, job_id)).guild_id
         if guild_id is not None and is_member is not None and not await is_member(guild_id):
@@ -388,8 +504,20 @@ class RenderService:
                 await limits.check_avatar_fits(session, quotas, subject, user_id)
             chosen = [_Subject.of(a) for a in subjects]
             old_view = (await self._jobs.views_in(session, [old]))[0]
+        return old, chosen, quotas, old_view
+
+    async def _again_settings(
+        self,
+        old_view: JobView,
+        chosen: Sequence[_Subject],
+        quotas: GuildQuotas,
+        *,
+        count: int,
+        best_of: int,
+    ) -> RenderSettings:
+        """The settings of ``old_view`` validated again for a new job: ``count`` images,
+        ``best_of`` candidates, a new seed."""
         previous = old_view.settings
-        count = quotas.images_per_render if variations else previous.count
         options = RenderOptions(
             negative_prompt=previous.negative_prompt,
             style=previous.style,
@@ -399,10 +527,10 @@ class RenderService:
             identity_strength=previous.identity_strength,
             steps=min(previous.steps, quotas.max_steps),
             guidance=previous.guidance,
-            best_of=previous.best_of,
+            best_of=best_of,
         )
         facts = await self._registry.current_facts()
-        settings = replace(
+        return replace(
             self._settings(
                 old_view.prompt,
                 previous.negative_prompt,
@@ -415,16 +543,6 @@ class RenderService:
             ),
             # Same channel as the original: the same policy.
             age_restricted=previous.age_restricted,
-        )
-        return await self._enqueue(
-            user_id=user_id,
-            guild_id=old.guild_id,
-            channel_id=old.channel_id,
-            subjects=chosen,
-            prompt=old_view.prompt,
-            settings=settings,
-            interaction=interaction,
-            parent_job_id=old.id,
         )
 
     async def _enqueue(
@@ -451,6 +569,12 @@ class RenderService:
             units = self._units(settings)
             if usage.remaining < units:
                 _, resets_at = day_bounds(now)
+                if usage.remaining >= UNITS_PER_RENDER and settings.refine is not None:
+                    raise QuotaExceeded(
+                        f"An upscale counts as {units} renders and you have "
+                        f"{usage.remaining} left today.",
+                        resets_at=resets_at,
+                    )
                 if usage.remaining >= UNITS_PER_RENDER:
                     raise QuotaExceeded(
                         f"Best of {settings.best_of} counts as {units} renders and you have "

@@ -125,6 +125,18 @@ def interaction_columns(interaction: InteractionRef | None) -> dict[str, object]
     }
 
 
+RefineKind = Literal["upscale", "vary_subtle", "vary_strong"]
+
+
+@dataclass(frozen=True)
+class Refine:
+    """What a refinement job re-renders: image ``source_index`` (1-based) of its source job."""
+
+    kind: RefineKind
+    source_job_id: int
+    source_index: int
+
+
 @dataclass(frozen=True)
 class RenderSettings:
     """The effective, validated settings of a job (stored with it; reroll starts from them)."""
@@ -146,6 +158,8 @@ class RenderSettings:
     # Candidates rendered in one batch, of which the ``count`` most like the avatar are kept
     # (1: no choice; never below ``count``).
     best_of: int = 1
+    # An Upscale or Vary of one image of another job (None: a render from the prompt).
+    refine: Refine | None = None
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,8 @@ SIZE_MULTIPLE = 16
 class Flux2KleinPersonalizer(Personalizer):
     name = "flux2-klein"
     max_subjects = 2
+    # Its pipeline reads images only as references (see ``check``).
+    image_to_image = False
 
     def __init__(
         self,

@@ -133,6 +133,8 @@ class Personalizer(ABC):
     needs_features: bool = True
     # How many subjects (the request's features + its extra_subjects) one render may show.
     max_subjects: int = 1
+    # Whether it re-renders a source image (``RenderRequest.init_image``: Upscale, Vary).
+    image_to_image: bool = True
     # Photo counts whose features cover every tensor shape this personalizer feeds a compiled
     # denoiser (the warm-up encodes one avatar of each count).
     warmup_photo_counts: tuple[int, ...] = (1,)
