@@ -74,7 +74,12 @@ async def test_render_posts_images_with_embed_and_buttons(world: World) -> None:
     assert height > width  # portrait
     ids = button_ids(posted)
     job = job_id_of(posted)
-    assert ids == [f"avatarbot:reroll:{job}", f"avatarbot:vary:{job}", f"avatarbot:delete:{job}"]
+    assert ids == [
+        f"avatarbot:reroll:{job}",
+        f"avatarbot:vary:{job}",
+        f"avatarbot:delete:{job}",
+        *(f"avatarbot:{a}:{job}:{i}" for i in (1, 2) for a in ("upscale", "subtle", "strong")),
+    ]
     view = await world.bot.services.jobs.view(job)
     assert view.status == "done" and view.delivered_at is not None
 

@@ -10,7 +10,7 @@ after the job is queued — progress, the result, notices — is ``RenderMessage
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import discord
 from discord import app_commands
@@ -18,7 +18,14 @@ from discord.ext import commands
 
 from bot.cogs.avatars.cog import GUILD_ONLY, avatar_name_autocomplete
 from bot.services.prompts import MAX_PROMPT_CHARS, STYLE_PRESETS
-from bot.services.results import Aspect, InteractionRef, JobTicket, RenderOptions
+from bot.services.renders import MembershipCheck
+from bot.services.results import (
+    Aspect,
+    InteractionRef,
+    JobTicket,
+    RefineKind,
+    RenderOptions,
+)
 from bot.ui.webhooks import interaction_ref
 from engine.types import MAX_SEED
 
@@ -144,6 +151,27 @@ class RenderCog(commands.Cog):
         ref = interaction_ref(interaction, response)
         renders = self.bot.services.renders
         start = renders.variations if variations else renders.reroll
+        is_member = self._membership(interaction)
+        ticket = await start(interaction.user.id, job_id, ref, is_member=is_member)
+        await self.queued(interaction, ticket, ref)
+
+    async def refine(
+        self, interaction: discord.Interaction[AvatarBot], job_id: int, index: int, kind: RefineKind
+    ) -> None:
+        """Upscale or Vary one posted image: a new job from it (owner only)."""
+        response = await interaction.response.defer(ephemeral=True, thinking=True)
+        ref = interaction_ref(interaction, response)
+        renders = self.bot.services.renders
+        user_id, is_member = interaction.user.id, self._membership(interaction)
+        if kind == "upscale":
+            ticket = await renders.upscale(user_id, job_id, index, ref, is_member=is_member)
+        else:
+            variation: Literal["subtle", "strong"] = "subtle" if kind == "vary_subtle" else "strong"
+            ticket = await renders.vary(user_id, job_id, index, variation, ref, is_member=is_member)
+        await self.queued(interaction, ticket, ref)
+
+    def _membership(self, interaction: discord.Interaction[AvatarBot]) -> MembershipCheck:
+        """Whether the pressing member still belongs to a guild (asked of Discord)."""
         user_id = interaction.user.id
 
         async def is_member(guild_id: int) -> bool:
@@ -162,8 +190,7 @@ class RenderCog(commands.Cog):
                 return False
             return True
 
-        ticket = await start(user_id, job_id, ref, is_member=is_member)
-        await self.queued(interaction, ticket, ref)
+        return is_member
 
     async def queued(
         self, interaction: discord.Interaction[AvatarBot], ticket: JobTicket, ref: InteractionRef

@@ -131,7 +131,7 @@ class Delivery:
                 for (index, _, spoiler), f in zip(plan.posted, fitted, strict=True)
             ]
 
-        view = result_view(job)
+        view = result_view(job, [index + 1 for index, _, _ in plan.posted])
         # Its buttons are DynamicItems the bot recognises by custom_id after any restart; a
         # stopped view is not kept in memory per message as well.
         view.stop()

@@ -18,7 +18,7 @@ import discord
 from bot.cogs.interactions import is_avatarbot
 from bot.services import likeness
 from bot.services.prompts import STYLE_PRESETS
-from bot.services.results import JobView
+from bot.services.results import JobView, RefineKind
 from bot.ui.errors import report_error
 from kinds import LikenessScore
 
@@ -40,13 +40,17 @@ class JobButton(
     style: discord.ButtonStyle = discord.ButtonStyle.secondary
     emoji: str | None = None
 
-    def __init__(self, job_id: int) -> None:
+    def __init__(self, job_id: int, index: int | None = None, row: int | None = None) -> None:
+        """``index``: the image a button acts on (``ImageButton``), ``row`` where it shows
+        (None when matched from a press: no layout then)."""
+        suffix = "" if index is None else f":{index}"
         super().__init__(
             discord.ui.Button(
-                label=self.label,
+                label=self.label.format(index=index),
                 style=self.style,
                 emoji=self.emoji,
-                custom_id=f"avatarbot:{self.action}:{job_id}",
+                custom_id=f"avatarbot:{self.action}:{job_id}{suffix}",
+                row=row,
             )
         )
         self.job_id = job_id
@@ -59,7 +63,8 @@ class JobButton(
         match: re.Match[str],
         /,
     ) -> JobButton:
-        return cls(int(match["job"]))
+        index = match.groupdict().get("index")
+        return cls(int(match["job"]), None if index is None else int(index))
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
@@ -79,6 +84,10 @@ class Renderer(Protocol):
 
     async def again(
         self, interaction: discord.Interaction[AvatarBot], job_id: int, *, variations: bool
+    ) -> None: ...
+
+    async def refine(
+        self, interaction: discord.Interaction[AvatarBot], job_id: int, index: int, kind: RefineKind
     ) -> None: ...
 
 
@@ -128,6 +137,39 @@ class CancelButton(JobButton, template=r"avatarbot:cancel:(?P<job>[0-9]+)"):
         await interaction.edit_original_response(content=cancelled_message(view), view=None)
 
 
+class ImageButton(
+    JobButton,
+    # The base is never registered; each subclass matches its own action only.
+    template=r"avatarbot:(?P<action>[a-z]+):(?P<job>[0-9]+):(?P<index>[0-9]+)",
+):
+    """A button bound to one posted image of a job (``avatarbot:upscale:42:2``, 1-based);
+    subclasses set the template, the look (``label`` formatted with the index) and the
+    refinement."""
+
+    kind: RefineKind = "upscale"
+
+    def __init__(self, job_id: int, index: int | None = None, row: int | None = None) -> None:
+        if index is None:
+            raise ValueError("an image button needs the image's index")
+        super().__init__(job_id, index, row)
+        self.index = index
+
+    async def run(self, interaction: discord.Interaction[AvatarBot], bot: AvatarBot) -> None:
+        await _renderer(bot).refine(interaction, self.job_id, self.index, self.kind)
+
+
+class UpscaleButton(ImageButton, template=r"avatarbot:upscale:(?P<job>[0-9]+):(?P<index>[0-9]+)"):
+    action, label, emoji, kind = "upscale", "Upscale {index}", "🔍", "upscale"
+
+
+class VarySubtleButton(ImageButton, template=r"avatarbot:subtle:(?P<job>[0-9]+):(?P<index>[0-9]+)"):
+    action, label, emoji, kind = "subtle", "Vary {index} (subtle)", "🌱", "vary_subtle"
+
+
+class VaryStrongButton(ImageButton, template=r"avatarbot:strong:(?P<job>[0-9]+):(?P<index>[0-9]+)"):
+    action, label, emoji, kind = "strong", "Vary {index} (strong)", "🌪️", "vary_strong"
+
+
 def cancelled_message(job: JobView) -> str:
     """What the member is told after a cancel (see ``RenderService.cancel``'s refund rule)."""
     if job.started_at is None:
@@ -140,13 +182,23 @@ DYNAMIC_ITEMS: tuple[type[JobButton], ...] = (
     VariationsButton,
     DeleteButton,
     CancelButton,
+    UpscaleButton,
+    VarySubtleButton,
+    VaryStrongButton,
 )
+# Discord's rows of components after the job's buttons (row 0): one per posted image.
+MAX_ROW = 4
 
 
-def result_view(job: JobView) -> discord.ui.View:
+def result_view(job: JobView, images: Sequence[int] = ()) -> discord.ui.View:
+    """The job's buttons, and Upscale / Vary (subtle) / Vary (strong) for each of ``images``
+    (1-based: the posted ones; at most four rows of them)."""
     view = discord.ui.View(timeout=None)
     for button in (RerollButton, VariationsButton, DeleteButton):
         view.add_item(button(job.id))
+    for row, index in enumerate(images[:MAX_ROW], start=1):
+        for image_button in (UpscaleButton, VarySubtleButton, VaryStrongButton):
+            view.add_item(image_button(job.id, index, row))
     return view
 
 

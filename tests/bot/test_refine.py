@@ -1,0 +1,82 @@
+"""Upscale and Vary buttons on SimCord (issue 25): one row per posted image, the refined
+images posted like a render's, and the buttons still work after a restart."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from tests.fixtures.discord import SIMCORD, World, button_ids, create_avatar
+
+pytestmark = SIMCORD
+
+
+def job_id_of(message) -> int:
+    reroll = next(i for i in button_ids(message) if i.startswith("avatarbot:reroll:"))
+    return int(reroll.rsplit(":", 1)[1])
+
+
+async def rendered(world: World, count: int = 2):
+    await create_avatar(world, world.alice)
+    result = await world.alice.slash(
+        world.channel, "avatar render", avatar="Mug", prompt="a mug on a desk", count=count
+    )
+    [posted] = result.followups
+    return posted
+
+
+async def sizes(world: World, job_id: int) -> list[tuple[int, int]]:
+    out = []
+    for png in await world.bot.services.jobs.outputs(job_id):
+        with Image.open(io.BytesIO(png)) as image:
+            out.append(image.size)
+    return out
+
+
+async def test_upscale_2_posts_an_image_of_twice_the_side(world: World) -> None:
+    posted = await rendered(world)
+    source = job_id_of(posted)
+    clicked = await world.alice.click(posted, label="Upscale 2")
+    [upscaled] = clicked.followups
+    assert len(upscaled.attachments) == 1
+    job = job_id_of(upscaled)
+    [(width, height)] = await sizes(world, job)
+    (w, h), _ = await sizes(world, source)
+    assert (width, height) == (2 * w, 2 * h)
+    view = await world.bot.services.jobs.view(job)
+    assert view.parent_job_id == source and view.settings.refine is not None
+    assert (await world.bot.services.quotas.usage(world.guild.id, world.alice.id)).used == 2
+
+
+async def test_vary_buttons_post_new_images_of_the_same_size(world: World) -> None:
+    posted = await rendered(world)
+    source = job_id_of(posted)
+    for label, kind in (("Vary 1 (subtle)", "vary_subtle"), ("Vary 2 (strong)", "vary_strong")):
+        [varied] = (await world.alice.click(posted, label=label)).followups
+        assert len(varied.attachments) == 2
+        view = await world.bot.services.jobs.view(job_id_of(varied))
+        assert view.settings.refine is not None and view.settings.refine.kind == kind
+        assert await sizes(world, view.id) == await sizes(world, source)
+
+
+async def test_image_buttons_work_after_a_restart(world: World, bots) -> None:
+    posted = await rendered(world, count=1)
+    old_bot = world.bot
+    await world.env.restart_bot(bots())
+    await old_bot.close()
+    assert world.bot is not old_bot
+
+    [upscaled] = (await world.alice.click(posted, label="Upscale 1")).followups
+    assert job_id_of(upscaled) != job_id_of(posted)
+    assert len(upscaled.attachments) == 1
+
+
+async def test_four_images_get_a_row_of_buttons_each(world: World) -> None:
+    posted = await rendered(world, count=4)
+    rows = posted.components
+    assert len(rows) == 5  # the job's buttons, then one row per image: Discord's most
+    job = job_id_of(posted)
+    assert button_ids(posted)[3:6] == [
+        f"avatarbot:{a}:{job}:1" for a in ("upscale", "subtle", "strong")
+    ]
