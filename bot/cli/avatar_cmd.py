@@ -45,7 +45,7 @@ from kinds import SUBJECT_KINDS, JobStatus, SubjectKind
 if TYPE_CHECKING:
     from bot.services.container import Services
     from bot.services.events import JobEvent
-    from bot.services.results import JobView
+    from bot.services.results import JobTicket, JobView
     from db.session import Database
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         handler=_handler(_render, engine=True, precheck=_check_render), needs_engine=True
     )
 
+    upscale = actions.add_parser(
+        "upscale", help="upscale one image of a finished render x2 and write the PNG"
+    )
+    _refined(upscale)
+    vary = actions.add_parser("vary", help="vary one image of a finished render, write the PNGs")
+    _refined(vary)
+    vary.add_argument("--strength", choices=["subtle", "strong"], default="subtle")
+
     delete = actions.add_parser("delete", help="delete one of the user's avatars")
     _user(delete)
     delete.add_argument("--avatar", required=True, metavar="NAME")
@@ -132,6 +140,20 @@ def _waiting(parser: argparse.ArgumentParser) -> None:
         "--no-wait",
         action="store_true",
         help="queue the job, print its id and exit (a worker runs it; `avatarbot job show ID`)",
+    )
+
+
+def _refined(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``upscale`` and ``vary``: the render and its image."""
+    _user(parser)
+    parser.add_argument("--job", type=int, required=True, metavar="ID", help="the render's job")
+    parser.add_argument(
+        "--index", type=int, required=True, metavar="N", help="its image, 1 for the first"
+    )
+    parser.add_argument("--out", type=Path, default=Path("renders"), metavar="DIR")
+    _waiting(parser)
+    parser.set_defaults(
+        handler=_handler(_refine, engine=True, precheck=_check_refine), needs_engine=True
     )
 
 
@@ -329,9 +351,7 @@ async def _list(args: argparse.Namespace, services: Services) -> int:
 
 
 async def _render(args: argparse.Namespace, services: Services) -> int:
-    from bot.services import likeness
     from bot.services.results import RenderOptions
-    from engine.profiles import get_profile, resolve_profile
 
     options = RenderOptions(
         negative_prompt=args.negative_prompt,
@@ -347,6 +367,33 @@ async def _render(args: argparse.Namespace, services: Services) -> int:
     ticket = await services.renders.request(
         args.user, args.guild, None, args.avatar, args.prompt, options, with_avatar=args.with_avatar
     )
+    return await _written(args, services, ticket)
+
+
+def _check_refine(args: argparse.Namespace) -> int | None:
+    if args.timeout <= 0:
+        command = f"avatarbot avatar {args.avatar_command}"
+        print(f"{command}: --timeout must be positive", file=sys.stderr)
+        return 2
+    return None
+
+
+async def _refine(args: argparse.Namespace, services: Services) -> int:
+    """``upscale`` and ``vary``: a refinement job of one image, waited for like a render."""
+    await _listen(args, services)
+    if args.avatar_command == "upscale":
+        ticket = await services.renders.upscale(args.user, args.job, args.index)
+    else:
+        ticket = await services.renders.vary(args.user, args.job, args.index, args.strength)
+    return await _written(args, services, ticket)
+
+
+async def _written(args: argparse.Namespace, services: Services, ticket: JobTicket) -> int:
+    """A queued render's job waited for (unless ``--no-wait``), its PNGs written to
+    ``--out``, one path per line on stdout."""
+    from bot.services import likeness
+    from engine.profiles import get_profile, resolve_profile
+
     if args.no_wait:
         return _queued(ticket.job_id, ticket.position)
     print(f"job {ticket.job_id} queued (position {ticket.position})", file=sys.stderr)

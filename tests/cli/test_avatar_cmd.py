@@ -28,6 +28,22 @@ class SharedEngine:
         return None
 
 
+def lend_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engine: EnginePort, profile: str
+) -> None:
+    """Each command on ``profile`` with ``engine`` lent, one SQLite file under ``tmp_path``."""
+    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AVATARBOT_ENGINE__PROFILE", profile)
+    monkeypatch.setenv("AVATARBOT_ENGINE__DEFAULT_STEPS", "2")
+    monkeypatch.delenv("AVATARBOT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("AVATARBOT_DATA_KEY", raising=False)
+
+    async def build_engine_port(settings: object) -> EnginePort:
+        return SharedEngine(engine)  # type: ignore[return-value]
+
+    monkeypatch.setattr("bot.engine_adapter.build_engine_port", build_engine_port)
+
+
 def assert_tiny_pngs(paths: list[str]) -> None:
     """Each file is a PNG the size the tiny profile renders."""
     for name in paths:
@@ -160,16 +176,7 @@ def test_render_with_a_second_avatar_on_tiny_flux2(
     capsys: pytest.CaptureFixture[str],
     tiny_flux2_port: EnginePort,
 ) -> None:
-    monkeypatch.setenv("AVATARBOT_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("AVATARBOT_ENGINE__PROFILE", "tiny-flux2")
-    monkeypatch.setenv("AVATARBOT_ENGINE__DEFAULT_STEPS", "2")
-    monkeypatch.delenv("AVATARBOT_DATABASE_URL", raising=False)
-    monkeypatch.delenv("AVATARBOT_DATA_KEY", raising=False)
-
-    async def build_engine_port(settings: object) -> EnginePort:
-        return SharedEngine(tiny_flux2_port)  # type: ignore[return-value]
-
-    monkeypatch.setattr("bot.engine_adapter.build_engine_port", build_engine_port)
+    lend_engine(monkeypatch, tmp_path, tiny_flux2_port, "tiny-flux2")
     for i, name in enumerate(("Mug", "Box")):
         path = tmp_path / f"{name}.png"
         path.write_bytes(make_photo(10 + i))
