@@ -4,6 +4,7 @@ ability, the source gone, forget-me; rendered on the real tiny engine."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from sqlalchemy import func, select, update
 from bot.errors import InvalidInput, NotOwner
 from bot.services.container import Services, build_services
 from bot.services.dispatcher import DispatcherConfig
+from bot.services.job_settings import StoredRender, read_render, render_column
 from bot.services.ports import EnginePort
-from bot.services.results import RenderOptions
+from bot.services.results import Refine, RenderOptions, RenderSettings
 from db.models import JobOutput, RenderJob
 from db.session import Database
 from tests.fixtures.services import CHANNEL, GUILD, make_avatar, service_settings
@@ -132,3 +134,12 @@ async def test_forget_me_removes_the_refinements(services: Services, database: D
         jobs = await session.scalar(select(func.count()).select_from(RenderJob))
         outputs = await session.scalar(select(func.count()).select_from(JobOutput))
     assert (jobs, outputs) == (0, 0)
+
+
+def test_the_refinement_is_stored_with_the_settings_and_old_rows_have_none() -> None:
+    plain = RenderSettings("", "none", "square", 64, 64, 2, 6.0, 1, 5, 0.7, "ip-adapter")
+    refined = replace(plain, refine=Refine("vary_strong", 12, 3))
+    column = render_column(StoredRender(refined, avatar_name="Mia"))
+    assert read_render(column, "", 5).settings == refined
+    del column["refine"]
+    assert read_render(column, "", 5).settings.refine is None
