@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import PIL.Image
@@ -25,6 +25,7 @@ from bot.services.ports import (
     EnginePort,
     OutputPolicy,
     OutputVerdict,
+    PreviewCallback,
     ProgressCallback,
     RenderOutput,
     RenderSpec,
@@ -120,6 +121,7 @@ class EngineAdapter:
         progress: ProgressCallback | None = None,
         *,
         extra_subjects: Sequence[bytes] = (),
+        preview: PreviewCallback | None = None,
     ) -> RenderOutput:
         from engine.errors import InvalidRequest, StaleFeatures
         from engine.types import ConceptFeatures, RenderRequest
@@ -148,7 +150,7 @@ class EngineAdapter:
             if settings.refine is not None:
                 request = await asyncio.to_thread(self._refined, request, spec)
             # The engine's worker already calls ``progress`` on this event loop.
-            result = await self.engine.render(request, progress)
+            result = await self.engine.render(request, progress, _previews(preview))
         except StaleFeatures as exc:
             raise StaleFeaturesError(str(exc)) from exc
         except InvalidRequest as exc:
@@ -306,3 +308,36 @@ def _engine_policy(policy: OutputPolicy | None) -> SafetyPolicy | None:
 async def build_engine_port(settings: Settings) -> EnginePort:
     """The engine the settings name, as the services' port (the bot and the CLI use this)."""
     return await EngineAdapter.create(settings.engine, settings.safety)
+
+
+# Previews skip the output check (it takes seconds; they come every few), so they leave the
+# adapter blurred: at 6 px of Gaussian radius a 64-px preview keeps its colours and layout
+# (a face's place, the background) and no detail that could show what the check would withhold.
+PREVIEW_BLUR_RADIUS = 6.0
+# Previews travel in a PostgreSQL NOTIFY (under 8000 bytes as base64): a 64-px JPEG is ~1-2 KB.
+PREVIEW_SIDE = 64
+PREVIEW_JPEG_QUALITY = 70
+
+
+def preview_jpeg(image: Image) -> bytes:
+    """``image`` as a preview: at most ``PREVIEW_SIDE`` px, blurred, a small JPEG."""
+    from PIL import ImageFilter
+
+    small = image.convert("RGB")
+    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    blurred = small.filter(ImageFilter.GaussianBlur(PREVIEW_BLUR_RADIUS))
+    buffer = io.BytesIO()
+    blurred.save(buffer, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _previews(preview: PreviewCallback | None) -> Callable[[list[Image]], None] | None:
+    """The engine's preview callback for the port's: the first image, encoded (it is small:
+    the engine's previews are at most 128 px, so this runs on the loop)."""
+    if preview is None:
+        return None
+
+    def show(images: list[Image]) -> None:
+        preview(preview_jpeg(images[0]))
+
+    return show

@@ -106,6 +106,8 @@ class GuildSettings(Base):
     # What happens to a flagged image in an age-restricted channel: "block" (the default, as
     # everywhere else) or "spoiler".
     nsfw_policy: Mapped[str | None] = mapped_column(String(16))
+    # Live previews in the progress message (migration 0008; NULL: on).
+    live_previews: Mapped[bool | None] = mapped_column(Boolean)
     # The guild's changes to the default prompt blocklist: entries added, defaults lifted.
     blocked_terms: Mapped[list[str] | None] = mapped_column(JSONType)
     allowed_terms: Mapped[list[str] | None] = mapped_column(JSONType)

@@ -66,6 +66,8 @@ class EngineSettings(BaseModel):
     # Dynamic batching: the largest batch and how long the worker waits for company.
     max_batch: int = Field(default=4, ge=1, le=64)
     gather_window_ms: int = Field(default=30, ge=0, le=5000)
+    # Live previews: at most one every this many seconds, a Discord edit's worth (0: every step).
+    preview_interval_s: float = Field(default=3.0, ge=0.0, le=600.0)
     # None: the profile's own (25 on SD1.5 profiles, 4 on tiny, whose images are noise anyway).
     default_steps: int | None = Field(default=None, ge=1, le=150)
     default_guidance: float = Field(default=6.0, ge=0.0, le=30.0)

@@ -39,7 +39,7 @@ from engine.pipeline import (
 )
 from engine.profiles import Profile, default_guidance, resolve_profile
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest, RenderResult
-from engine.worker import Progress, Worker
+from engine.worker import Preview, Progress, Worker
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -492,12 +492,16 @@ class DiffusionEngine:
         return await self._worker.call(work)
 
     async def render(
-        self, request: RenderRequest, progress: Progress | None = None
+        self,
+        request: RenderRequest,
+        progress: Progress | None = None,
+        preview: Preview | None = None,
     ) -> RenderResult:
         """Render from the request's cached features (never from photos). Raises
-        ``StaleFeatures`` for features of another encoder, before anything is queued."""
+        ``StaleFeatures`` for features of another encoder, before anything is queued.
+        ``preview`` gets live previews of the images while they denoise (engine/worker.py)."""
         self._runner.key(request)
-        return await self._worker.submit(request, progress)
+        return await self._worker.submit(request, progress, preview)
 
     @property
     def text_encoder_id(self) -> str:
@@ -619,6 +623,7 @@ async def create_engine(settings: EngineSettings) -> DiffusionEngine:
         max_batch=settings.max_batch,
         gather_window_ms=settings.gather_window_ms,
         setup=runner.load,
+        preview_interval_s=settings.preview_interval_s,
     )
     try:
         await worker.call(lambda: None)  # waits for setup; re-raises its failure

@@ -148,7 +148,9 @@ async def build_services(
     )
     work: dict[JobKind, JobWork] = {}
     if engine is not None:
-        work[JobKind.RENDER] = RenderWork(database, engine, cipher, safety=settings.safety)
+        work[JobKind.RENDER] = RenderWork(
+            database, engine, cipher, safety=settings.safety, events=events
+        )
         work[JobKind.ENCODE] = EncodeWork(database, engine, cipher)
     dispatcher = JobDispatcher(
         database,

@@ -14,6 +14,10 @@ Subscribers are plain callbacks, run on the event loop; they must not block (the
 job and wake their own loop). Progress is throttled once, at its source (the dispatcher's
 lease keeper writes and publishes it at most every ``progress_seconds``).
 
+A live preview of a running render (``preview``) is the one event that carries data: a small
+blurred JPEG, in the event itself (base64 after the origin in a notification), never stored.
+A preview that would not fit a notification is dropped.
+
 After the notification connection is restored, notifications sent meanwhile are lost:
 ``on_resync`` callbacks run so their owners look at the database afresh.
 """
@@ -21,6 +25,8 @@ After the notification connection is restored, notifications sent meanwhile are 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import secrets
 from collections.abc import Callable
@@ -30,7 +36,7 @@ from enum import StrEnum
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.notify import Listener, notify
+from db.notify import MAX_PAYLOAD, Listener, notify
 from db.session import Database
 
 logger = logging.getLogger(__name__)
@@ -43,24 +49,32 @@ class JobEventKind(StrEnum):
     REQUEUED = "requeued"  # its worker died; it is queued again
     FINISHED = "finished"  # done, failed or cancelled by the system
     CANCELLED = "cancelled"  # the member cancelled or deleted it (workers: stop rendering it)
+    PREVIEW = "preview"  # a live preview of its render, carried by the event (never stored)
 
 
 @dataclass(frozen=True)
 class JobEvent:
     kind: JobEventKind
     job_id: int
+    # A ``preview`` event's image (JPEG bytes); None for every other kind.
+    preview: bytes | None = None
 
     def payload(self, origin: str = "") -> str:
-        return f"{self.kind}:{self.job_id}:{origin}"
+        head = f"{self.kind}:{self.job_id}:{origin}"
+        if self.preview is None:
+            return head
+        return f"{head}:{base64.b64encode(self.preview).decode('ascii')}"
 
     @classmethod
     def parse(cls, payload: str) -> tuple[JobEvent, str] | None:
         """The event and the origin (the publishing process's token) of a notification."""
         kind, _, rest = payload.partition(":")
-        job_id, _, origin = rest.partition(":")
+        job_id, _, rest = rest.partition(":")
+        origin, _, data = rest.partition(":")
         try:
-            return cls(JobEventKind(kind), int(job_id)), origin
-        except ValueError:
+            preview = base64.b64decode(data, validate=True) if data else None
+            return cls(JobEventKind(kind), int(job_id), preview), origin
+        except (ValueError, binascii.Error):
             return None
 
 
@@ -78,6 +92,8 @@ class JobEvents:
         self._listeners: list[EventListener] = []
         self._resync: list[Callable[[], None]] = []
         self._pg: Listener | None = None
+        # Previews' notifications in flight (each its own short transaction).
+        self._sending: set[asyncio.Task[None]] = set()
 
     @property
     def cross_process(self) -> bool:
@@ -111,6 +127,8 @@ class JobEvents:
             await self._pg.start()
 
     async def aclose(self) -> None:
+        for task in list(self._sending):
+            task.cancel()
         listener, self._pg = self._pg, None
         if listener is not None:
             await listener.aclose()
@@ -127,6 +145,28 @@ class JobEvents:
             loop.call_soon(self._deliver, job_event)
 
         event.listen(session.sync_session, "after_commit", committed, once=True)
+
+    def show_preview(self, job_id: int, image: bytes) -> bool:
+        """Hand a live preview of ``job_id``'s render to every subscriber (on PostgreSQL, to
+        other processes too, in a notification of its own); nothing is written. False when
+        the preview was dropped: it would not fit a notification."""
+        job_event = JobEvent(JobEventKind.PREVIEW, job_id, image)
+        payload = job_event.payload(self._origin)
+        if len(payload.encode()) > MAX_PAYLOAD:
+            return False
+        self._deliver(job_event)
+        if self.cross_process:
+            task = asyncio.get_running_loop().create_task(self._notify(payload))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return True
+
+    async def _notify(self, payload: str) -> None:
+        try:
+            async with self._database.begin() as session:
+                await notify(session, payload)
+        except Exception:  # a lost preview is harmless: the next one follows
+            logger.warning("a live preview was not sent", exc_info=True)
 
     def deliver_local(self, job_event: JobEvent) -> None:
         """Hand an event to this process's subscribers only (nothing was committed)."""

@@ -32,6 +32,7 @@ from bot.config import SafetySettings
 from bot.errors import AvatarbotError, NotFound, PromptScreened
 from bot.services import crypto, likeness, withheld
 from bot.services.crypto import DataCipher
+from bot.services.events import JobEvents
 from bot.services.job_settings import EncodeSettings, StoredRender, read_encode, read_render
 from bot.services.jobs import JobTexts
 from bot.services.ledger import refund
@@ -40,6 +41,7 @@ from bot.services.ports import (
     EncodedFeatures,
     EnginePort,
     OutputPolicy,
+    PreviewCallback,
     ProgressCallback,
     RenderOutput,
     RenderSpec,
@@ -49,6 +51,7 @@ from bot.services.results import PhotoRefusal, PhotoWarning
 from bot.services.safety import (
     SAFETY_KEY,
     flagged_posting,
+    guild_live_previews,
     guild_nsfw_policy,
     output_policy,
     render_shows_a_person,
@@ -141,9 +144,12 @@ class RenderWork:
         cipher: DataCipher,
         *,
         safety: SafetySettings | None = None,
+        events: JobEvents | None = None,
     ) -> None:
         self._db = database
         self._engine = engine
+        # Where live previews go (to the job's progress message); None: no previews.
+        self._events = events
         self._cipher = cipher
         # Judges each prompt as rendered, on this worker, before any GPU work.
         self._screen = SemanticScreen(engine, (safety or SafetySettings()).semantic)
@@ -176,6 +182,7 @@ class RenderWork:
         # are re-encoded here when they are stale.
         features = await asyncio.shield(self.features_for(job.avatar_id, s.personalizer))
         source = None if s.refine is None else await asyncio.shield(self.source_png(job))
+        preview = await asyncio.shield(self.previews_for(job))
         if job.with_avatar_id is None:
             # One subject: scored against the avatar's enrolled identity, best of k kept (two
             # subjects in one picture are not scored: whose likeness would the figure be?).
@@ -190,11 +197,15 @@ class RenderWork:
                 source_png=source,
             )
             # The port's plain call (ports that predate two subjects serve it).
-            output = keep_best(await self._engine.render(spec, features, progress), s.count)
+            output = keep_best(
+                await self._engine.render(spec, features, progress, preview=preview), s.count
+            )
         else:
             spec = RenderSpec(prompt, negative, s, self._policy, source_png=source)
             second = await asyncio.shield(self.features_for(job.with_avatar_id, s.personalizer))
-            output = await self._engine.render(spec, features, progress, extra_subjects=(second,))
+            output = await self._engine.render(
+                spec, features, progress, extra_subjects=(second,), preview=preview
+            )
         if len(output.verdicts) != len(output.pngs):
             # Fail closed: an image without the output check's verdict is never stored.
             raise AvatarbotError(
@@ -204,6 +215,22 @@ class RenderWork:
             )
         logger.info("job %s rendered in %.2f s", job.id, time.perf_counter() - started)
         return Rendered(self, job, output)
+
+    async def previews_for(self, job: ClaimedJob[StoredRender]) -> PreviewCallback | None:
+        """Where the render's live previews go: published with the job's events, never
+        stored; None when there are no events here or the guild turned previews off."""
+        events = self._events
+        if events is None:
+            return None
+        async with self._db.begin(readonly=True) as session:
+            if not await guild_live_previews(session, job.guild_id):
+                return None
+
+        def publish(image: bytes) -> None:
+            if not events.show_preview(job.id, image):
+                logger.debug("job %s: a preview too large for a notification dropped", job.id)
+
+        return publish
 
     async def source_png(self, job: ClaimedJob[StoredRender]) -> bytes:
         """The image a refinement re-renders, opened (sealed to the member like any output);

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 ProgressCallback = Callable[[float], None]
+# Live previews: the encoded bytes (JPEG) of one small, blurred image of the render in progress.
+PreviewCallback = Callable[[bytes], None]
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,8 @@ class EnginePort(Protocol):
     """The engine as the job runtime sees it (only processes that render hold one).
 
     ``progress`` callbacks passed to ``render`` are invoked on the caller's event loop thread
-    (the adapter marshals them), with a fraction in [0, 1].
+    (the adapter marshals them), with a fraction in [0, 1]; ``preview`` callbacks likewise,
+    with a small blurred JPEG of the first image (never output-checked, never stored).
     """
 
     def facts(self) -> EngineFacts: ...
@@ -286,6 +289,7 @@ class EnginePort(Protocol):
         progress: ProgressCallback | None = None,
         *,
         extra_subjects: Sequence[bytes] = (),
+        preview: PreviewCallback | None = None,
     ) -> RenderOutput:
         """Render ``spec`` from the first avatar's ``features``; ``extra_subjects`` are more
         avatars' features in the same picture, in the order the prompt names them ("image 2",

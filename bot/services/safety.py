@@ -93,6 +93,12 @@ async def guild_nsfw_policy(session: AsyncSession, guild_id: int | None) -> str:
     return policy if policy in NSFW_POLICIES else DEFAULT_NSFW_POLICY
 
 
+async def guild_live_previews(session: AsyncSession, guild_id: int | None) -> bool:
+    """Whether renders in the guild show live previews (on unless its admins turned them off)."""
+    row = await guilds_repo.get(session, guild_id) if guild_id is not None else None
+    return row is None or row.live_previews is not False
+
+
 def safety_record(
     verdicts: Sequence[OutputVerdict], flagged_as: str, *, person: bool
 ) -> dict[str, Any]:
@@ -201,6 +207,21 @@ class SafetyService:
             )
         logger.info("guild %s: flagged images in age-restricted channels: %s", guild_id, policy)
         return policy
+
+    async def set_previews(
+        self, guild_id: int, on: bool, *, actor_id: int | None, actor_is_admin: bool
+    ) -> bool:
+        """Turn live previews in progress messages on or off (admins only; audited)."""
+        _require_admin(actor_is_admin)
+        async with self._db.begin() as session:
+            await lock_scope(session, guild_id)
+            before = await guild_live_previews(session, guild_id)
+            await guilds_repo.update_settings(session, guild_id, {"live_previews": on})
+            await audit.record(
+                session, guild_id, actor_id, "live_previews", {"on": on, "before": before}
+            )
+        logger.info("guild %s: live previews %s", guild_id, "on" if on else "off")
+        return on
 
     async def summary(self, guild_id: int, *, actor_is_admin: bool, days: int = 7) -> SafetySummary:
         _require_admin(actor_is_admin)

@@ -42,8 +42,11 @@ MAX_POLL = 60.0  # when idle
 class JobPresenter(Protocol):
     """One feature's messages about its jobs (one presenter per job kind)."""
 
-    async def show(self, job: JobView, event: JobEventKind | None) -> None:
-        """The job is queued or running: show its state (``event`` None: resumed at start)."""
+    async def show(
+        self, job: JobView, event: JobEventKind | None, preview: bytes | None = None
+    ) -> None:
+        """The job is queued or running: show its state (``event`` None: resumed at start),
+        with the latest live preview of its render when one came (a JPEG, never stored)."""
 
     async def deliver(self, job: JobView) -> bool:
         """The job finished: post its outcome and mark it delivered; False to retry later."""
@@ -77,6 +80,8 @@ class JobFeed:
         # Jobs that changed since the feed last looked, with the latest event (or None: look
         # at everything active and undelivered).
         self._pending: dict[int, JobEventKind] = {}
+        # The latest live preview of each pending job (held only until it is shown).
+        self._previews: dict[int, bytes] = {}
         self._resync = True
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -114,6 +119,8 @@ class JobFeed:
     def _on_event(self, job_event: JobEvent) -> None:
         if job_event.kind is JobEventKind.ENQUEUED:
             return  # the member was answered when they asked; nothing to show yet
+        if job_event.preview is not None:
+            self._previews[job_event.job_id] = job_event.preview
         # A requeue is news even if the job runs again by the time the feed looks at it.
         if self._pending.get(job_event.job_id) is not JobEventKind.REQUEUED:
             self._pending[job_event.job_id] = job_event.kind
@@ -188,10 +195,11 @@ class JobFeed:
         return self._jobs
 
     async def _present(self, job: JobView, kind: JobEventKind | None) -> bool:
+        preview = self._previews.pop(job.id, None)
         presenter = self._presenters.get(job.kind)
         if presenter is None:
             return False
         if job.finished:
             return await presenter.deliver(job)
-        await presenter.show(job, kind)
+        await presenter.show(job, kind, preview)
         return True

@@ -25,7 +25,14 @@ from sqlalchemy import select
 from bot.config import Settings
 from bot.services.container import Services, build_services
 from bot.services.dispatcher import DispatcherConfig
-from bot.services.ports import EngineFacts, EnginePort, ProgressCallback, RenderOutput, RenderSpec
+from bot.services.ports import (
+    EngineFacts,
+    EnginePort,
+    PreviewCallback,
+    ProgressCallback,
+    RenderOutput,
+    RenderSpec,
+)
 from db.migrate import upgrade
 from db.models import JobAttempt, RenderJob
 from db.session import Database
@@ -91,9 +98,10 @@ class Blinking:
         progress: ProgressCallback | None = None,
         *,
         extra_subjects: Sequence[bytes] = (),
+        preview: PreviewCallback | None = None,
     ) -> RenderOutput:
         more = {"extra_subjects": extra_subjects} if extra_subjects else {}
-        output = await self.inner.render(spec, features, progress, **more)
+        output = await self.inner.render(spec, features, progress, preview=preview, **more)
         self.renders += 1
         if self.after_render:
             self.after_render = False

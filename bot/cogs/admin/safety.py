@@ -73,6 +73,18 @@ class SafetyCommands(_CogBase):
             ephemeral=True,
         )
 
+    @safety.command(name="previews", description="Live previews while a render runs")
+    @app_commands.describe(on="Show small blurred previews in the progress message (default on)")
+    async def safety_previews(self, interaction: discord.Interaction[AvatarBot], on: bool) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild_id is not None
+        chosen = await self.bot.services.safety.set_previews(
+            interaction.guild_id, on, actor_id=interaction.user.id, actor_is_admin=True
+        )
+        await interaction.followup.send(
+            f"Live previews while rendering: **{'on' if chosen else 'off'}**.", ephemeral=True
+        )
+
     @safety.command(name="show", description="The output check's settings and recent counts")
     @app_commands.describe(days="How many days back (renders still kept)")
     async def safety_show(

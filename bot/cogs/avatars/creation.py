@@ -66,7 +66,10 @@ class CreationMessages:
 
     # ------------------------------------------------------------------ JobPresenter
 
-    async def show(self, job: JobView, event: JobEventKind | None) -> None:
+    async def show(
+        self, job: JobView, event: JobEventKind | None, preview: bytes | None = None
+    ) -> None:
+        # ``preview``: creation renders nothing to preview.
         if event is JobEventKind.REQUEUED:
             async with self._lock(job.id):
                 if job.id not in self._finished:

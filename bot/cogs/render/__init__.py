@@ -30,7 +30,8 @@ async def setup(bot: AvatarBot) -> None:
         await bot.load_extension(AVATARS_EXTENSION)
     jobs = bot.services.jobs
     delivery = Delivery(bot, jobs, metrics=bot.services.metrics)
-    messages = RenderMessages(bot, jobs, delivery)
+    # Previews are edits too: at most one per job as often as progress (Discord's edit limits).
+    messages = RenderMessages(bot, jobs, delivery, bot.settings.jobs.progress_seconds)
     await bot.add_cog(RenderCog(bot, messages))
     # Buttons on messages posted before any restart are matched by their custom_id pattern.
     bot.add_dynamic_items(*DYNAMIC_ITEMS)

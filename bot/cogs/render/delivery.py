@@ -91,9 +91,9 @@ class Delivery:
         elif job.status is JobStatus.FAILED:
             text = f"Your render of “{_quote(job.prompt)}” failed. {job.error or ''}".strip()
             await self._send_private(job, text)
-            await self.edit_progress(job, "This render failed; see the message below.")
+            await self.finish_progress(job, "This render failed; see the message below.")
         else:  # cancelled: the member who cancelled was told when they clicked
-            await self.edit_progress(job, "Cancelled. Your render was refunded.")
+            await self.finish_progress(job, "Cancelled. Your render was refunded.")
         self._filesize_limits.pop(job.id, None)
         await self._jobs.mark_delivered(job.id)
 
@@ -103,10 +103,24 @@ class Delivery:
             await self._send_private(job, text)
 
     async def edit_progress(
-        self, job: JobView, content: str, view: discord.ui.View | None = None
+        self,
+        job: JobView,
+        content: str,
+        view: discord.ui.View | None = None,
+        preview: bytes | None = None,
     ) -> bool:
-        """Edit the member's private progress message; False when that is not possible."""
-        return await edit_ref(self._client, job.interaction, content, view=view)
+        """Edit the member's private progress message, with ``preview`` (a JPEG) as its one
+        attachment when given (else its attachment stays); False when that is not possible."""
+        if preview is None:
+            return await edit_ref(self._client, job.interaction, content, view=view)
+        image = discord.File(io.BytesIO(preview), filename=f"preview-{job.id}.jpg")
+        return await edit_ref(
+            self._client, job.interaction, content, view=view, attachments=[image]
+        )
+
+    async def finish_progress(self, job: JobView, content: str) -> bool:
+        """The progress message's last edit: ``content``, and no live preview left on it."""
+        return await edit_ref(self._client, job.interaction, content, view=None, attachments=[])
 
     # ------------------------------------------------------------------ internals
 
@@ -115,7 +129,7 @@ class Delivery:
         plan = delivery_plan(outputs, flagged_as)
         if not plan.posted:
             await self._tell_withheld(job, plan)
-            await self.edit_progress(job, "Finished — nothing was posted; see the message below.")
+            await self.finish_progress(job, "Finished — nothing was posted; see the message below.")
             return
         images = [png for _, png, _ in plan.posted]
         fitted = await asyncio.to_thread(fit_all, images, self._filesize_limit(job))
@@ -148,7 +162,7 @@ class Delivery:
                 await self._tell_withheld(job, plan)
             except DeliveryFailed:
                 logger.warning("job %s: could not tell the member about withheld images", job.id)
-        await self.edit_progress(job, "Done — your images are posted below.")
+        await self.finish_progress(job, "Done — your images are posted below.")
 
     async def _tell_withheld(self, job: JobView, plan: DeliveryPlan) -> None:
         """Tell the member, privately, that the output check withheld images."""

@@ -4,13 +4,17 @@
 Each job's messages are edited under a per-job lock and in order of state (queued < running <
 finished), so a late "queued" edit never overwrites "rendering", nor "rendering" a result.
 Progress arrives at most every ``Settings.jobs.progress_seconds`` per job (the worker throttles
-it at the source), so every progress event is one edit.
+it at the source), so every progress event is one edit. Live previews (small blurred JPEGs of
+the render, bot/engine_adapter.py) are attached to the same message at most as often, and the
+final edit removes the last one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 
 import discord
 
@@ -37,12 +41,21 @@ def progress_bar(fraction: float, width: int = 12) -> str:
 
 
 class RenderMessages:
-    def __init__(self, client: discord.Client, jobs: JobService, delivery: Delivery) -> None:
+    def __init__(
+        self,
+        client: discord.Client,
+        jobs: JobService,
+        delivery: Delivery,
+        preview_seconds: float,
+    ) -> None:
         self._client = client
         self._jobs = jobs
         self.delivery = delivery
+        self._preview_seconds = preview_seconds
         self._locks: dict[int, asyncio.Lock] = {}
         self._shown: dict[int, int] = {}
+        # When each running job's progress message last got a preview (time.monotonic()).
+        self._previewed: dict[int, float] = {}
 
     def _lock(self, job_id: int) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
@@ -50,6 +63,7 @@ class RenderMessages:
     def _forget(self, job_id: int) -> None:
         self._locks.pop(job_id, None)
         self._shown.pop(job_id, None)
+        self._previewed.pop(job_id, None)
 
     async def show_queued(
         self, ticket: JobTicket, ref: InteractionRef, filesize_limit: int
@@ -65,7 +79,9 @@ class RenderMessages:
 
     # ------------------------------------------------------------------ JobPresenter
 
-    async def show(self, job: JobView, event: JobEventKind | None) -> None:
+    async def show(
+        self, job: JobView, event: JobEventKind | None, preview: bytes | None = None
+    ) -> None:
         async with self._lock(job.id):
             if self._shown.get(job.id, -1) > RUNNING:
                 return
@@ -79,10 +95,21 @@ class RenderMessages:
                     )
             if job.status is not JobStatus.RUNNING:
                 return
+            image = self._due(job, preview)
+            if event is JobEventKind.PREVIEW and image is None:
+                return  # a preview too soon after the last: not worth an edit of its own
             self._shown[job.id] = RUNNING
             await self.delivery.edit_progress(
-                job, _running_text(job, job.progress), cancel_view(job.id)
+                job, _running_text(job, job.progress), cancel_view(job.id), image
             )
+
+    def _due(self, job: JobView, preview: bytes | None) -> bytes | None:
+        """``preview`` when the job's message may show a new one now, else None."""
+        now = time.monotonic()
+        if preview is None or now - self._previewed.get(job.id, -math.inf) < self._preview_seconds:
+            return None
+        self._previewed[job.id] = now
+        return preview
 
     async def deliver(self, job: JobView) -> bool:
         """Deliver a finished job exactly once (an event and a sweep may both try)."""
