@@ -38,6 +38,7 @@ from bot.services.ports import (
     EncodedFeatures,
     EngineFacts,
     OutputVerdict,
+    PreviewCallback,
     ProgressCallback,
     RenderOutput,
     RenderSpec,
@@ -99,6 +100,14 @@ class FixedTimeEngine:
         self.encodes += 1
         return EncodedFeatures(self.facts().encoder_id(personalizer), FEATURES)
 
+    async def likeness_reference(
+        self,
+        images: Sequence[Image.Image],
+        kind: SubjectKind,
+        face_embeddings: Sequence[tuple[float, ...]] = (),
+    ) -> EncodedFeatures | None:
+        return None  # it publishes no likeness methods: never asked
+
     async def render(
         self,
         spec: RenderSpec,
@@ -106,7 +115,9 @@ class FixedTimeEngine:
         progress: ProgressCallback | None = None,
         *,
         extra_subjects: Sequence[bytes] = (),
+        preview: PreviewCallback | None = None,
     ) -> RenderOutput:
+        # No latents, so no live previews (``preview`` is never called).
         await asyncio.sleep(self.render_seconds)
         if progress is not None:
             progress(1.0)
