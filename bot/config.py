@@ -59,6 +59,10 @@ class PhotoLimits(BaseModel):
 
 # What a best-of-k render costs (``Settings.best_of_charge``).
 BestOfCharge = Literal["candidates", "posted"]
+# How a result is posted (``Settings.result_layout``): "gallery", Discord's components V2 (the
+# images as a media gallery in a card with their buttons), or "classic": an embed, the images
+# attached and rows of buttons, for members whose clients do not show components V2.
+ResultLayout = Literal["gallery", "classic"]
 
 
 class QuotaDefaults(BaseModel):
@@ -252,6 +256,7 @@ class Settings(BaseSettings):
     best_of_charge: BestOfCharge = "candidates"
     # What an Upscale x2 of one image costs, in renders (a Vary costs one, like a render).
     upscale_units: int = Field(default=1, ge=1, le=100)
+    result_layout: ResultLayout = "gallery"
     engine: EngineSettings = Field(default_factory=EngineSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)

@@ -4,7 +4,7 @@ render's SimCord test calls, in the order first called, grouped by file.
     python -m scripts.render_trace            # the list, then the count of files
     python -m scripts.render_trace --files    # files only, in order
 
-It runs ``tests/bot/test_render.py::test_render_posts_images_with_embed_and_buttons`` (embedded
+It runs ``tests/bot/test_render.py::test_render_posts_a_gallery_with_its_facts_and_buttons`` (embedded
 on SQLite, the tiny engine) under a profiler on every thread, and leaves out what runs before
 the command is sent (bot start, the avatar's creation) and after the images are posted (the
 bot's shutdown): the trace starts at ``render_command`` and ends at ``mark_delivered``.
@@ -21,7 +21,7 @@ from types import FrameType
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = tuple(str(REPO / name) + "/" for name in ("bot", "engine", "db", "kinds"))
-TEST = "tests/bot/test_render.py::test_render_posts_images_with_embed_and_buttons"
+TEST = "tests/bot/test_render.py::test_render_posts_a_gallery_with_its_facts_and_buttons"
 START, END = "render_command", "mark_delivered"
 
 

@@ -3,7 +3,11 @@ Variations buttons, which stop spending the guild's quota once the member has le
 
 from __future__ import annotations
 
-from bot.cogs.render.views import result_embed, result_view
+import io
+
+import discord
+
+from bot.cogs.render.views import PostedImage, result_layout
 from tests.fixtures.discord import SIMCORD, World, button_ids, create_avatar
 
 pytestmark = SIMCORD
@@ -19,7 +23,9 @@ async def test_dm_buttons_of_a_member_who_left_the_guild_are_refused(world: Worl
     # The delivery fell back to a DM (as when the channel is gone): the same buttons there.
     view = await world.bot.services.jobs.view(job)
     dm = await (await world.bot.fetch_user(world.alice.id)).create_dm()
-    await dm.send(embed=result_embed(view), view=result_view(view))
+    [png] = await world.bot.services.jobs.outputs(job)
+    image = discord.File(io.BytesIO(png), filename="render.png")
+    await dm.send(file=image, view=result_layout(view, [PostedImage(1, "render.png")]))
     [delivered] = [m for m in world.alice.user.dm_channel.history() if m.components]
 
     # Still a member: Reroll from the DM works and spends the guild's quota.

@@ -2,7 +2,7 @@
 
 The one message the bot posts in a channel is a render's result once the interaction token
 has expired. In a channel where the bot has exactly the invite's permissions (everything else
-denied) that result is posted there, images and embed included; where it lacks one the invite
+denied) that result is posted there, its gallery card included; where it lacks one the invite
 asks for (send messages), the channel refuses it and the member gets it by direct message.
 """
 
@@ -15,7 +15,7 @@ from simcord.builders import ChannelHandle
 
 from bot.ui.jobs import MAX_POLL
 from bot.ui.permissions import bot_permissions
-from tests.fixtures.discord import SIMCORD, World, button_ids, create_avatar
+from tests.fixtures.discord import SIMCORD, World, button_ids, create_avatar, result_card
 
 pytestmark = SIMCORD
 
@@ -58,8 +58,8 @@ async def test_with_the_invites_permissions_a_late_result_is_posted_in_the_chann
     job_id = await late_result(world, channel)
 
     [message] = bot_messages(world, channel)
-    assert message.content.startswith(world.alice.mention)
-    assert len(message.attachments) == 1 and len(message.embeds) == 1
+    assert result_card(message).mention == world.alice.mention
+    assert len(message.attachments) == 1 and message.flags.components_v2
     assert direct_messages(world, world.alice) == []
     assert (await world.bot.services.jobs.view(job_id)).delivered_at is not None
 

@@ -15,7 +15,14 @@ from bot.app import AvatarBot
 from bot.config import Settings
 from bot.engine_adapter import EngineAdapter
 from db.models import Feature, JobOutput
-from tests.fixtures.discord import SIMCORD, BotFactory, World, button_ids, create_avatar
+from tests.fixtures.discord import (
+    SIMCORD,
+    BotFactory,
+    World,
+    button_ids,
+    create_avatar,
+    result_card,
+)
 from tests.fixtures.likeness import FacesForRenders, candidates, eileen_photos, png
 
 pytestmark = [SIMCORD, pytest.mark.usefixtures("faces_extra")]
@@ -46,9 +53,7 @@ def simcord_bot(face_bots: BotFactory) -> AvatarBot:
 
 
 def likeness_field(message) -> str:  # type: ignore[no-untyped-def]
-    [embed] = message.embeds
-    [value] = [f.value for f in embed.fields if f.name == "Likeness"]
-    return str(value)
+    return result_card(message).facts["Likeness"]
 
 
 def job_id_of(message) -> int:  # type: ignore[no-untyped-def]

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from PIL import Image
 
-from tests.fixtures.discord import SIMCORD, World, button_ids, create_avatar
+from tests.fixtures.discord import (
+    SIMCORD,
+    World,
+    button_ids,
+    components,
+    create_avatar,
+    result_card,
+)
 
 pytestmark = SIMCORD
 
@@ -74,9 +82,26 @@ async def test_image_buttons_work_after_a_restart(world: World, bots) -> None:
 
 async def test_four_images_get_a_row_of_buttons_each(world: World) -> None:
     posted = await rendered(world, count=4)
-    rows = posted.components
-    assert len(rows) == 5  # the job's buttons, then one row per image: Discord's most
+    assert len(result_card(posted).gallery) == 4
+    rows = [c for c in components(posted) if c["type"] == 1]
+    assert len(rows) == 5  # the job's buttons, then one row per image
+    assert len(components(posted)) <= 40  # Discord's most per components V2 message
     job = job_id_of(posted)
     assert button_ids(posted)[3:6] == [
         f"avatarbot:{a}:{job}:1" for a in ("upscale", "subtle", "strong")
     ]
+
+
+@pytest.mark.bot_settings(result_layout="classic")
+async def test_the_classic_layout_posts_an_embed_and_rows_of_buttons(world: World) -> None:
+    """The operator's fallback for clients without components V2: same buttons, same jobs."""
+    posted = await rendered(world, count=2)
+    assert not posted.flags.components_v2
+    assert posted.content == world.alice.mention
+    [embed] = posted.embeds
+    assert embed.author.name == "Avatar: Mug" and embed.description == "a mug on a desk"
+    assert len(posted.attachments) == 2 and len(posted.components) == 3  # rows: job, 1, 2
+    [upscaled] = (await world.alice.click(posted, label="Upscale 2")).followups
+    assert not upscaled.flags.components_v2 and len(upscaled.attachments) == 1
+    view = await world.bot.services.jobs.view(job_id_of(upscaled))
+    assert view.parent_job_id == job_id_of(posted)

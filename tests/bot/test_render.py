@@ -1,5 +1,6 @@
 """``/avatar render`` end to end through real discord.py on SimCord, with the tiny engine:
-queue position, progress, the result (images, embed, buttons), refusals, and the buttons."""
+queue position, progress, the result (a gallery card: images, facts, buttons), refusals, and
+the buttons."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tests.fixtures.discord import (
     create_avatar,
     edits,
     expect_errors,
+    result_card,
 )
 
 pytestmark = SIMCORD
@@ -30,7 +32,7 @@ def job_id_of(result_message) -> int:
     return int(reroll.rsplit(":", 1)[1])
 
 
-async def test_render_posts_images_with_embed_and_buttons(world: World) -> None:
+async def test_render_posts_a_gallery_with_its_facts_and_buttons(world: World) -> None:
     await create_avatar(world, world.alice)
     before = len(edits(world.env))  # the creation's own messages
     result = await render(
@@ -53,24 +55,28 @@ async def test_render_posts_images_with_embed_and_buttons(world: World) -> None:
     assert any(c.startswith("Rendering **Mug**") for c in shown)
     assert shown.index(next(c for c in shown if c.startswith("Rendering"))) < len(shown) - 1
 
-    # The result, public in the channel.
+    # The result, public in the channel: one card, the images as its media gallery.
     [posted] = result.followups
     assert not posted.ephemeral
     message = posted.message
-    assert message.content == world.alice.mention
+    card = result_card(posted)
+    assert card.mention == world.alice.mention and not message.content
     assert [u.id for u in message.mentions] == [world.alice.id]
     assert not message.mention_everyone and not message.role_mentions
     assert len(posted.attachments) == 2
     assert all(a.filename.startswith("render-") for a in posted.attachments)
-    [embed] = posted.embeds
-    assert "as an astronaut" in embed.description
-    assert embed.author.name == "Avatar: Mug"
-    fields = {f.name: f.value for f in embed.fields}
-    assert fields["Seeds"].split(", ")[0] == "7"
-    assert fields["Style"] == "Photo"
-    assert fields["Negative prompt"] == "blurry"
-    assert fields["Time"].endswith(" s")
-    width, height = (int(v) for v in fields["Size"].split("×"))
+    # Discord resolves each ``attachment://`` reference to its upload.
+    assert [item["media"]["url"] for item in card.gallery] == [a.url for a in posted.attachments]
+    assert not any(item.get("spoiler") for item in card.gallery)
+    assert not posted.embeds
+    assert card.prompt.startswith("as an astronaut")
+    assert "@\u200beveryone" in card.prompt  # shown escaped (and never pinged, above)
+    assert card.subjects == "Avatar: Mug"
+    assert card.facts["Seeds"].split(", ")[0] == "7"
+    assert card.facts["Style"] == "Photo"
+    assert card.facts["Negative prompt"] == "blurry"
+    assert card.facts["Time"].endswith(" s")
+    width, height = (int(v) for v in card.facts["Size"].split("×"))
     assert height > width  # portrait
     ids = button_ids(posted)
     job = job_id_of(posted)

@@ -12,7 +12,15 @@ from bot.ui.jobs import MAX_POLL
 from db import queue
 from db.session import Database
 from db.types import utcnow
-from tests.fixtures.discord import SIMCORD, World, button_ids, create_avatar, edits, expect_errors
+from tests.fixtures.discord import (
+    SIMCORD,
+    World,
+    button_ids,
+    create_avatar,
+    edits,
+    expect_errors,
+    result_card,
+)
 
 pytestmark = SIMCORD
 
@@ -96,11 +104,12 @@ async def test_result_after_the_token_expired_mentions_only_the_member(
     await world.env.advance_time(MAX_POLL)
     message = world.channel.last_message
     assert message.author.id == world.bot.user.id
-    assert message.content.startswith(world.alice.mention)
+    card = result_card(message)
+    assert card.mention == world.alice.mention
     assert [u.id for u in message.mentions] == [world.alice.id]
     assert not message.mention_everyone and not message.role_mentions
     assert len(message.attachments) == 1
-    assert "@everyone" in message.embeds[0].description  # shown, never pinged
+    assert "@\u200beveryone" in card.prompt  # shown (escaped), never pinged
     assert result.followups == []  # not through the dead token
     assert (await world.bot.services.jobs.view(job_id)).delivered_at is not None
 

@@ -19,6 +19,7 @@ from tests.fixtures.discord import (
     create_avatar,
     edits,
     expect_errors,
+    result_card,
 )
 from tests.fixtures.services import TINY_FLUX2
 
@@ -99,8 +100,7 @@ class TestTinyFlux2:
         assert any(e.startswith("Rendering **Mug** and **Cat**") for e in edits(world.env)[before:])
         [posted] = result.followups
         assert len(posted.attachments) == 1
-        [embed] = posted.embeds
-        assert embed.author.name == "Avatars: Mug + Cat"
+        assert result_card(posted).subjects == "Avatars: Mug + Cat"
         job = await services.jobs.view(job_id_of(posted))
         assert (job.status, job.avatar_id, job.with_avatar_id) == ("done", mug.id, cat.id)
         assert job.settings.personalizer == facts.default_personalizer
@@ -114,7 +114,7 @@ class TestTinyFlux2:
         [again] = rerolled.followups
         redo = await services.jobs.view(job_id_of(again))
         assert (redo.parent_job_id, redo.avatar_id, redo.with_avatar_id) == (job.id, mug.id, cat.id)
-        assert again.embeds[0].author.name == "Avatars: Mug + Cat"
+        assert result_card(again).subjects == "Avatars: Mug + Cat"
 
         # The same avatar twice is refused; so is another member's.
         same = await render_with(world, world.alice, **{"with": "mug"})

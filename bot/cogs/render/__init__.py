@@ -29,7 +29,7 @@ async def setup(bot: AvatarBot) -> None:
     if AVATARS_EXTENSION not in bot.extensions:
         await bot.load_extension(AVATARS_EXTENSION)
     jobs = bot.services.jobs
-    delivery = Delivery(bot, jobs, metrics=bot.services.metrics)
+    delivery = Delivery(bot, jobs, metrics=bot.services.metrics, layout=bot.settings.result_layout)
     # Previews are edits too: at most one per job as often as progress (Discord's edit limits).
     messages = RenderMessages(bot, jobs, delivery, bot.settings.jobs.progress_seconds)
     await bot.add_cog(RenderCog(bot, messages))

@@ -19,10 +19,12 @@ import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import discord
 
+from bot.config import ResultLayout
 from bot.services.jobs import JobService
 from bot.services.metrics_port import MetricsPort
 from bot.services.results import JobView
@@ -31,7 +33,7 @@ from bot.ui.images import DEFAULT_FILESIZE_LIMIT, fit_all
 from bot.ui.webhooks import edit_ref, is_transient, ref_usable, webhook
 from kinds import JobStatus
 
-from .views import result_embed, result_view
+from .views import PostedImage, result_embed, result_layout, result_view
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +58,10 @@ class Delivery:
         jobs: JobService,
         *,
         metrics: MetricsPort | None = None,
+        layout: ResultLayout = "gallery",
     ) -> None:
         self._client = client
+        self._layout = layout
         self._metrics = metrics
         self._jobs = jobs
         # The upload limit each job's interaction announced (in-memory: after a restart the
@@ -145,18 +149,22 @@ class Delivery:
                 for (index, _, spoiler), f in zip(plan.posted, fitted, strict=True)
             ]
 
-        view = result_view(job, [index + 1 for index, _, _ in plan.posted])
+        view: discord.ui.View | discord.ui.LayoutView
+        if self._layout == "gallery":
+            # The gallery names each upload (``SPOILER_`` prefixed where flagged, as uploaded).
+            posted = [
+                PostedImage(index + 1, file.filename, spoiler)
+                for (index, _, spoiler), file in zip(plan.posted, files(), strict=True)
+            ]
+            view = result_layout(job, posted)
+            message = _Message(files, view)
+        else:
+            view = result_view(job, [index + 1 for index, _, _ in plan.posted])
+            message = _Message(files, view, content=f"<@{job.user_id}>", embed=result_embed(job))
         # Its buttons are DynamicItems the bot recognises by custom_id after any restart; a
         # stopped view is not kept in memory per message as well.
         view.stop()
-        await self._send(
-            job,
-            public=True,
-            content=f"<@{job.user_id}>",
-            embed=result_embed(job),
-            files=files,
-            view=view,
-        )
+        await self._send(job, message)
         if plan.withheld:
             try:  # the images are out: a retry must not post them twice
                 await self._tell_withheld(job, plan)
@@ -210,47 +218,22 @@ class Delivery:
             to_channel=False,
         )
 
-    async def _send(
-        self,
-        job: JobView,
-        *,
-        public: bool,
-        content: str,
-        embed: discord.Embed | None = None,
-        files: Callable[[], list[discord.File]] | None = None,
-        view: discord.ui.View | None = None,
-    ) -> None:
+    async def _send(self, job: JobView, message: _Message) -> None:
         """The public result: a follow-up while the token lives, else the channel (or a DM).
         Anything meant for the member alone goes through ``_send_private`` instead."""
-        if not public:
-            # Never let a private notice reach the channel fallback below.
-            if embed is not None or files is not None or view is not None:
-                raise ValueError("a private notice is text only")
-            await self._send_private(job, content)
-            return
-
-        def kwargs() -> dict[str, Any]:
-            out: dict[str, Any] = {"content": content, "allowed_mentions": only_member(job.user_id)}
-            if embed is not None:
-                out["embed"] = embed
-            if files is not None:
-                out["files"] = files()
-            if view is not None:
-                out["view"] = view
-            return out
-
+        mentions = only_member(job.user_id)
         if job.interaction is not None and ref_usable(job.interaction):
             hook = webhook(self._client, job.interaction)
             try:
-                await hook.send(wait=True, ephemeral=not public, **kwargs())
+                await hook.send(wait=True, allowed_mentions=mentions, **message.kwargs())
                 return
             except discord.HTTPException as exc:
                 if is_transient(exc):
                     raise DeliveryFailed(str(exc)) from exc
                 logger.info("follow-up of job %s refused (%s); using the channel", job.id, exc)
-        mention = f"<@{job.user_id}>"
-        text = content if content.startswith(mention) else f"{mention} {content}"
-        await self._to_channel_or_dm(job, lambda: {**kwargs(), "content": text[:2000]})
+        await self._to_channel_or_dm(
+            job, lambda: {**message.kwargs(), "allowed_mentions": mentions}
+        )
 
     async def _to_channel_or_dm(
         self, job: JobView, kwargs: Callable[[], dict[str, Any]], *, to_channel: bool = True
@@ -282,6 +265,25 @@ class Delivery:
                 self._metrics.delivery_failed(abandoned=True)
             return
         raise DeliveryFailed(str(last))
+
+
+@dataclass(frozen=True)
+class _Message:
+    """A result message in either layout; ``kwargs`` gives fresh files per attempt. A gallery
+    (components V2) carries its mention and text in the view and may have no content or embed."""
+
+    files: Callable[[], list[discord.File]]
+    view: discord.ui.View | discord.ui.LayoutView
+    content: str | None = None
+    embed: discord.Embed | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"files": self.files(), "view": self.view}
+        if self.content is not None:
+            out["content"] = self.content
+        if self.embed is not None:
+            out["embed"] = self.embed
+        return out
 
 
 def _quote(text: str, limit: int = 80) -> str:

@@ -1,4 +1,10 @@
-"""The buttons on render messages and the embed of a result.
+"""The buttons on render messages, and a result's two layouts.
+
+A result is posted as a gallery (Discord's components V2, ``result_layout``): one card with
+the subjects and prompt, the images as a media gallery, the facts, and the buttons: Reroll,
+Variations, Delete, and Upscale / Vary (subtle) / Vary (strong) per image. The classic layout
+(``result_embed`` + ``result_view``: an embed, attachments and rows of buttons) is the
+operator's fallback, for clients that do not show components V2 (``AVATARBOT_RESULT_LAYOUT``).
 
 Buttons are ``DynamicItem``s whose custom_id carries the job id (``avatarbot:reroll:42``): the
 bot recognises them by pattern, so they keep working after a restart without any per-message
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import discord
@@ -186,19 +193,38 @@ DYNAMIC_ITEMS: tuple[type[JobButton], ...] = (
     VarySubtleButton,
     VaryStrongButton,
 )
-# Discord's rows of components after the job's buttons (row 0): one per posted image.
-MAX_ROW = 4
+# Rows of image buttons: the classic layout has Discord's five rows, the job's buttons in the
+# first; a gallery message has room for more (40 components), but a render posts at most four.
+MAX_IMAGE_ROWS = 4
+
+
+@dataclass(frozen=True)
+class PostedImage:
+    """One image of a result as uploaded: its 1-based index among the job's images, the
+    attachment's file name (a gallery refers to it) and whether it is shown as a spoiler."""
+
+    index: int
+    filename: str
+    spoiler: bool = False
+
+
+def _job_buttons(job_id: int, row: int | None) -> list[JobButton]:
+    return [button(job_id, None, row) for button in (RerollButton, VariationsButton, DeleteButton)]
+
+
+def _image_buttons(job_id: int, index: int, row: int | None) -> list[JobButton]:
+    return [b(job_id, index, row) for b in (UpscaleButton, VarySubtleButton, VaryStrongButton)]
 
 
 def result_view(job: JobView, images: Sequence[int] = ()) -> discord.ui.View:
-    """The job's buttons, and Upscale / Vary (subtle) / Vary (strong) for each of ``images``
-    (1-based: the posted ones; at most four rows of them)."""
+    """The classic layout's buttons: the job's, and Upscale / Vary (subtle) / Vary (strong)
+    for each of ``images`` (1-based: the posted ones), a row each."""
     view = discord.ui.View(timeout=None)
-    for button in (RerollButton, VariationsButton, DeleteButton):
-        view.add_item(button(job.id))
-    for row, index in enumerate(images[:MAX_ROW], start=1):
-        for image_button in (UpscaleButton, VarySubtleButton, VaryStrongButton):
-            view.add_item(image_button(job.id, index, row))
+    for item in _job_buttons(job.id, 0):
+        view.add_item(item)
+    for row, index in enumerate(images[:MAX_IMAGE_ROWS], start=1):
+        for item in _image_buttons(job.id, index, row):
+            view.add_item(item)
     return view
 
 
@@ -208,32 +234,93 @@ def cancel_view(job_id: int) -> discord.ui.View:
     return view
 
 
-def result_embed(job: JobView) -> discord.Embed:
-    prompt = discord.utils.escape_markdown(job.prompt)
-    embed = discord.Embed(description=prompt[:4000], colour=discord.Colour.blurple())
-    names = job.avatar_names
-    label = "Avatar" if len(names) == 1 else "Avatars"
-    embed.set_author(name=f"{label}: {' + '.join(names)}"[:256])
+def result_facts(job: JobView) -> list[tuple[str, str]]:
+    """What a result says besides its prompt, as (name, value): both layouts show these."""
     settings = job.settings
     seeds = ", ".join(str(s) for s in job.seeds) or str(settings.seed)
-    embed.add_field(name="Seed" if len(job.seeds) <= 1 else "Seeds", value=seeds[:1024])
+    facts = [("Seed" if len(job.seeds) <= 1 else "Seeds", seeds[:1024])]
     style = STYLE_PRESETS.get(settings.style)
     if style is not None and settings.style != "none":
-        embed.add_field(name="Style", value=style.label)
-    embed.add_field(name="Size", value=f"{settings.width}×{settings.height}")
+        facts.append(("Style", style.label))
+    facts.append(("Size", f"{settings.width}×{settings.height}"))
     total = job.timings.get("total")
     if total is None and job.started_at and job.finished_at:
         total = (job.finished_at - job.started_at).total_seconds()
     if total is not None:
-        embed.add_field(name="Time", value=f"{total:.1f} s")
+        facts.append(("Time", f"{total:.1f} s"))
     likeness = likeness_text(job.likeness)
     if likeness is not None:
-        embed.add_field(name="Likeness", value=likeness)
-    if settings.negative_prompt:
-        negative = discord.utils.escape_markdown(settings.negative_prompt)
+        facts.append(("Likeness", likeness))
+    return facts
+
+
+def _subjects(job: JobView) -> str:
+    names = job.avatar_names
+    return f"{'Avatar' if len(names) == 1 else 'Avatars'}: {' + '.join(names)}"
+
+
+def result_embed(job: JobView) -> discord.Embed:
+    """The classic layout's embed (the images are the message's attachments)."""
+    prompt = discord.utils.escape_markdown(job.prompt)
+    embed = discord.Embed(description=prompt[:4000], colour=discord.Colour.blurple())
+    embed.set_author(name=_subjects(job)[:256])
+    for name, value in result_facts(job):
+        embed.add_field(name=name, value=value)
+    if job.settings.negative_prompt:
+        negative = discord.utils.escape_markdown(job.settings.negative_prompt)
         embed.add_field(name="Negative prompt", value=negative[:1024], inline=False)
     embed.set_footer(text=f"render #{job.id}")
     return embed
+
+
+def _shown(text: str, limit: int) -> str:
+    """Member-written text inside a text display, where Discord parses markdown and mentions:
+    both escaped (``allowed_mentions`` already stops pings; this stops the look of one)."""
+    text = discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _row(buttons: Sequence[JobButton]) -> discord.ui.ActionRow[discord.ui.LayoutView]:
+    row = discord.ui.ActionRow[discord.ui.LayoutView]()
+    for button in buttons:
+        row.add_item(button)
+    return row
+
+
+def result_layout(job: JobView, images: Sequence[PostedImage]) -> discord.ui.LayoutView:
+    """The gallery layout: the member's mention, then one card with the subjects and prompt,
+    the images as a media gallery, the facts, the job's buttons and a row per image. At most
+    27 components of Discord's 40 and well under its 4,000 characters of text."""
+    if not 1 <= len(images) <= MAX_IMAGE_ROWS:
+        raise ValueError(f"a result shows 1 to {MAX_IMAGE_ROWS} images, not {len(images)}")
+    prompt = "\n".join(f"> {line}" for line in _shown(job.prompt, 1500).splitlines() or [""])
+    facts = " · ".join(f"**{name}** {value}" for name, value in result_facts(job))
+    if job.settings.negative_prompt:
+        facts += f"\n**Negative prompt** {_shown(job.settings.negative_prompt, 500)}"
+    gallery = discord.ui.MediaGallery[discord.ui.LayoutView](
+        *(
+            discord.MediaGalleryItem(
+                f"attachment://{image.filename}",
+                description=f"Image {image.index}",
+                spoiler=image.spoiler,
+            )
+            for image in images
+        )
+    )
+    card = discord.ui.Container[discord.ui.LayoutView](
+        discord.ui.TextDisplay(f"**{_shown(_subjects(job), 300)}**\n{prompt}"),
+        gallery,
+        discord.ui.TextDisplay(facts),
+        discord.ui.Separator(),
+        _row(_job_buttons(job.id, None)),
+        *(_row(_image_buttons(job.id, i.index, None)) for i in images),
+        discord.ui.TextDisplay(f"-# render #{job.id}"),
+        accent_colour=discord.Colour.blurple(),
+    )
+    view = discord.ui.LayoutView(timeout=None)
+    view.add_item(discord.ui.TextDisplay(f"<@{job.user_id}>"))
+    view.add_item(card)
+    return view
 
 
 def likeness_text(scores: Sequence[LikenessScore | None]) -> str | None:
