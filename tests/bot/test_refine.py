@@ -1,5 +1,6 @@
 """Upscale and Vary buttons on SimCord (issue 25): one row per posted image, the refined
-images posted like a render's, and the buttons still work after a restart."""
+images posted like a render's, the buttons still work after a restart, the classic layout,
+and forget-me of the refinements."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import io
 
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
+from db.models import JobOutput, RenderJob
 from tests.fixtures.discord import (
     SIMCORD,
     World,
@@ -105,3 +108,26 @@ async def test_the_classic_layout_posts_an_embed_and_rows_of_buttons(world: Worl
     assert not upscaled.flags.components_v2 and len(upscaled.attachments) == 1
     view = await world.bot.services.jobs.view(job_id_of(upscaled))
     assert view.parent_job_id == job_id_of(posted)
+
+
+async def test_forget_me_erases_the_refinements_and_their_buttons_stop(world: World) -> None:
+    """A member's upscales and varies are renders of theirs: forget-me erases them with the
+    source, and the buttons left on the posted messages find nothing to refine."""
+    posted = await rendered(world, count=1)
+    [upscaled] = (await world.alice.click(posted, label="Upscale 1")).followups
+    [varied] = (await world.alice.click(posted, label="Vary 1 (subtle)")).followups
+    services = world.bot.services
+    refined = [job_id_of(upscaled), job_id_of(varied)]
+    for job in refined:
+        assert (await services.jobs.view(job)).parent_job_id == job_id_of(posted)
+
+    asked = await world.alice.slash(world.channel, "avatar forget-me")
+    await world.alice.click(asked.response, label="Erase everything")
+    assert asked.response.content.startswith("Done. Erased 1 avatar(s), 2 photo(s), 3 render(s)")
+    async with services.database.begin(readonly=True) as session:
+        assert (await session.scalars(select(RenderJob.id))).all() == []
+        assert (await session.scalars(select(JobOutput.job_id))).all() == []
+    for message, label in ((posted, "Upscale 1"), (upscaled, "Vary 1 (strong)")):
+        pressed = await world.alice.click(message, label=label)
+        assert pressed.followups == []
+        assert pressed.response.content == "This render no longer exists."

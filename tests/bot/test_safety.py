@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from bot.config import SafetySettings
 from db.models import AuditEntry, JobOutput, RenderJob
-from tests.fixtures.discord import SIMCORD, World, age_restricted, create_avatar
+from tests.fixtures.discord import SIMCORD, World, age_restricted, create_avatar, result_card
 
 pytestmark = SIMCORD
 
@@ -118,6 +118,8 @@ async def test_age_restricted_channel_with_spoilers_posts_spoilers(
     names = [a.filename for a in posted.attachments]
     assert len(names) == 2 and all(n.startswith("SPOILER_render-") for n in names)
     assert public_attachments(world, after_dark) == names
+    # The gallery shows both as spoilers too (clients show a gallery's items, not the files).
+    assert [item["spoiler"] for item in result_card(posted).gallery] == [True, True]
     job, outputs = await last_job(world)
     assert [o.flagged for o in outputs] == [True, True]
     assert job.result["safety"]["flagged_as"] == "spoiler"
