@@ -108,6 +108,9 @@ class GuildSettings(Base):
     nsfw_policy: Mapped[str | None] = mapped_column(String(16))
     # Live previews in the progress message (migration 0008; NULL: on).
     live_previews: Mapped[bool | None] = mapped_column(Boolean)
+    # Whether members may render with another member's avatar here (migration 0009; NULL:
+    # allowed, each avatar's owner still deciding).
+    cross_member_renders: Mapped[bool | None] = mapped_column(Boolean)
     # The guild's changes to the default prompt blocklist: entries added, defaults lifted.
     blocked_terms: Mapped[list[str] | None] = mapped_column(JSONType)
     allowed_terms: Mapped[list[str] | None] = mapped_column(JSONType)
@@ -143,6 +146,11 @@ class Avatar(Base):
         nullable=False,
         default=AvatarStatus.READY,
         server_default=AvatarStatus.READY,
+    )
+    # Whether other members may ask to render with this avatar (migration 0009; off by
+    # default: the owner turns it on with ``/avatar sharing``).
+    others_may_ask: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
     )
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
@@ -306,6 +314,10 @@ class RenderJob(Base):
     reserved: Mapped[int] = mapped_column(
         Integer, nullable=False, default=0, server_default=text("0")
     )
+    # The posted result message (migration 0009), so an erasure can delete it: a joint
+    # render goes when either member erases their data or that avatar.
+    posted_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    posted_message_id: Mapped[int | None] = mapped_column(BigInteger)
 
     outputs: Mapped[list[JobOutput]] = relationship(
         back_populates="job",
@@ -314,6 +326,86 @@ class RenderJob(Base):
         passive_deletes=True,
         lazy="raise_on_sql",
     )
+
+
+class AskStatus(StrEnum):
+    """Where a request to render with another member's avatar stands (migration 0009)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+
+
+class AvatarGrant(Base):
+    """"Always allow this member": ``grantee_id`` may render with ``avatar_id`` without asking
+    (migration 0009). Revocable by either member; goes with the avatar and with either
+    member's forget-me."""
+
+    __tablename__ = "avatar_grants"
+    __table_args__ = (
+        UniqueConstraint("avatar_id", "grantee_id"),
+        Index(None, "grantee_id"),
+        Index(None, "owner_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    avatar_id: Mapped[int] = mapped_column(
+        ForeignKey("avatars.id", ondelete="CASCADE"), nullable=False
+    )
+    owner_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    grantee_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class AvatarAsk(Base):
+    """A member's request to render with another member's avatar, waiting for the owner's
+    answer (migration 0009). Holds the prompt sealed (bound to the row and the requester, as
+    a job's) and the settings the render service validated; nothing is queued or charged
+    until the owner approves. Deleted with either avatar, either member's forget-me, and by
+    the maintenance pass once expired."""
+
+    __tablename__ = "avatar_asks"
+    __table_args__ = (
+        CheckConstraint(_in("status", AskStatus), name="status"),
+        Index(None, "requester_id"),
+        Index(None, "owner_id"),
+        Index(None, "avatar_id"),
+        Index(None, "requester_avatar_id"),
+        Index(None, "expires_at"),
+        Index(None, "job_id"),
+        {"sqlite_autoincrement": True},  # ids travel in buttons' custom_ids
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    requester_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    owner_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # The owner's avatar asked for ("image 2") and the requester's own ("image 1").
+    avatar_id: Mapped[int] = mapped_column(
+        ForeignKey("avatars.id", ondelete="CASCADE"), nullable=False
+    )
+    requester_avatar_id: Mapped[int] = mapped_column(
+        ForeignKey("avatars.id", ondelete="CASCADE"), nullable=False
+    )
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    prompt: Mapped[str] = mapped_column(Text, nullable=False)
+    negative_prompt: Mapped[str] = mapped_column(
+        Text, nullable=False, default="", server_default=text("''")
+    )
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, default=AskStatus.PENDING, server_default=AskStatus.PENDING
+    )
+    # The requester's interaction, so the approved job answers it (sealed like a job's).
+    interaction_app_id: Mapped[int | None] = mapped_column(BigInteger)
+    interaction_token: Mapped[str | None] = mapped_column(Text)
+    interaction_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("render_jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class JobAttempt(Base):

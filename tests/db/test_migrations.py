@@ -28,6 +28,8 @@ from db.session import Database
 TABLES = {
     "alembic_version",
     "audit_log",
+    "avatar_asks",
+    "avatar_grants",
     "avatars",
     "bot_state",
     "consents",
