@@ -338,7 +338,7 @@ class AskStatus(StrEnum):
 
 
 class AvatarGrant(Base):
-    """"Always allow this member": ``grantee_id`` may render with ``avatar_id`` without asking
+    """Always allow this member: ``grantee_id`` may render with ``avatar_id`` without asking
     (migration 0009). Revocable by either member; goes with the avatar and with either
     member's forget-me."""
 
@@ -402,6 +402,7 @@ class AvatarAsk(Base):
     interaction_app_id: Mapped[int | None] = mapped_column(BigInteger)
     interaction_token: Mapped[str | None] = mapped_column(Text)
     interaction_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    interaction_message_id: Mapped[int | None] = mapped_column(BigInteger)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("render_jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _created()
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

@@ -39,6 +39,7 @@ from bot.services.job_settings import EncodeSettings, encode_column
 from bot.services.jobs import FEATURES_PURPOSE, PHOTO_PURPOSE, JobService
 from bot.services.names import name_key, normalize_name
 from bot.services.photo_intake import NormalizedPhoto, display_name
+from bot.services.privacy import JointErasure, erase_joint_renders
 from bot.services.quotas import QuotaService
 from bot.services.results import (
     AvatarCreated,
@@ -53,6 +54,7 @@ from bot.services.screening import NoUsablePhotos, screen_uploads
 from bot.services.workers import WorkerRegistry
 from db.models import Avatar
 from db.repositories import avatars as repo
+from db.repositories import friends as friends_repo
 from db.repositories import jobs as jobs_repo
 from db.repositories.avatars import NewPhoto
 from db.repositories.common import checkpoint, lock_scope, scrub_deletes
@@ -289,19 +291,25 @@ class AvatarService:
         except IntegrityError as exc:
             raise InvalidInput(f"You already have an avatar named “{clean}”.") from exc
 
-    async def delete(self, owner_id: int, name: str) -> None:
+    async def delete(self, owner_id: int, name: str) -> JointErasure:
         """Delete an avatar with its photos, features and consent record (bytes scrubbed).
 
-        Its past jobs stay (their ``avatar_id``, or ``with_avatar_id`` for renders it was the
-        second avatar of, becomes NULL) until their retention ends; such a job cannot be
-        rerolled, and one still queued fails, refunded, when a worker takes it.
+        Its owner's past jobs stay (their ``avatar_id``, or ``with_avatar_id`` for renders it
+        was the second avatar of, becomes NULL) until their retention ends; such a job cannot
+        be rerolled, and one still queued fails, refunded, when a worker takes it. Renders
+        other members made with it go now (bot/services/friends.py): returned with their
+        posted messages, for the bot to delete.
         """
         async with self._db.begin() as session:
             avatar = await self._require(session, owner_id, name)
             await scrub_deletes(session)
+            joint = await erase_joint_renders(
+                session, friends_repo.joint_jobs_of_avatar(avatar.id, owner_id), utcnow(), owner_id
+            )
             await repo.delete_avatar(session, avatar.id)
         await checkpoint(self._db)
         logger.info("avatar %s deleted by its owner", avatar.id)
+        return joint
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -384,6 +392,7 @@ class AvatarService:
                 updated_at=a.updated_at,
                 features_ready=bool(encoders.get(a.id, set()) & current),
                 pending=a.status == AvatarStatus.PENDING,
+                others_may_ask=a.others_may_ask,
             )
             for a in avatars
         ]

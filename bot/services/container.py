@@ -26,6 +26,7 @@ from bot.services.blocklist import BlocklistService
 from bot.services.crypto import DataCipher
 from bot.services.dispatcher import DispatcherConfig, JobDispatcher, Waker
 from bot.services.events import JobEvents
+from bot.services.friends import FriendService
 from bot.services.job_work import EncodeWork, JobWork, RenderWork
 from bot.services.jobs import JobService
 from bot.services.metrics_port import MetricsPort
@@ -55,6 +56,7 @@ class Services:
     workers: WorkerRegistry
     avatars: AvatarService
     renders: RenderService
+    friends: FriendService
     quotas: QuotaService
     jobs: JobService
     privacy: PrivacyService
@@ -173,6 +175,7 @@ async def build_services(
         workers=registry,
         avatars=avatars,
         renders=renders,
+        friends=FriendService(database, renders, cipher),
         quotas=quotas,
         jobs=jobs,
         privacy=privacy,

@@ -39,6 +39,7 @@ from db import queue
 from db.models import RenderJob
 from db.repositories import avatars as avatars_repo
 from db.repositories import counted as counted_repo
+from db.repositories import friends as friends_repo
 from db.repositories import jobs as repo
 from db.repositories import ledger as ledger_repo
 from db.repositories.common import checkpoint, scrub_deletes
@@ -191,6 +192,11 @@ class JobService:
         async with self._db.begin() as session:
             return await repo.mark_delivered(session, job_id, utcnow())
 
+    async def record_posted(self, job_id: int, channel_id: int, message_id: int) -> None:
+        """Remember the posted result message (an erasure of a joint render deletes it)."""
+        async with self._db.begin() as session:
+            await repo.record_posted(session, job_id, channel_id, message_id)
+
     async def set_progress_message(self, job_id: int, message_id: int) -> None:
         """Remember the message that shows the job's progress (edited until it finishes)."""
         async with self._db.begin() as session:
@@ -260,6 +266,8 @@ class JobService:
             await ledger_repo.expire_user_keys(session, day_bounds(now)[0])
             await counted_repo.expire_user_keys(session, day_bounds(now)[0])
             kept = await departed.erase_expired(session, now, self.audit_retention)
+            # Requests to render with another member's avatar, once expired (their prompts).
+            await friends_repo.delete_expired(session, now)
             erased = await repo.purge_finished(
                 session,
                 finished_before=cutoff,

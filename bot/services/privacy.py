@@ -4,15 +4,17 @@ Each storage module implements ``delete_user_data(session, user_id)``
 (db/repositories/{avatars,jobs,ledger}.py); ``forget_me`` runs them all in one transaction.
 
 What forget-me removes: every avatar of the member with its photos, features and consent
-records, every render job (prompt, settings, interaction token) and output image, and their
-id from the audit log (as the acting admin, or as the member an action concerned: the entries
-stay without it). What it keeps: the member's usage ledger rows **without their user id** (set
-to NULL), so a guild's usage report stays true (shown as "erased members"). The rows of the
-current UTC day carry instead a keyed hash of (guild, member, day) (bot/services/usage_keys.py),
-so what the member used today still counts against them: erasing one's data is not a fresh
-quota. The hash is meaningless to anyone without both the member id and the installation's
-secret, and it is cleared the next day (``JobService.purge_expired``), after which the rows
-keep only counts. Nothing else stores user ids.
+records, every render job (prompt, settings, interaction token) and output image, the renders
+other members made with the member's avatars (jobs, outputs, and the posted messages, which the
+bot deletes), every grant and request between the member and others (bot/services/friends.py),
+and their id from the audit log (as the acting admin, or as the member an action concerned: the
+entries stay without it). What it keeps: the member's usage ledger rows **without their user
+id** (set to NULL), so a guild's usage report stays true (shown as "erased members"). The rows
+of the current UTC day carry instead a keyed hash of (guild, member, day)
+(bot/services/usage_keys.py), so what the member used today still counts against them: erasing
+one's data is not a fresh quota. The hash is meaningless to anyone without both the member id
+and the installation's secret, and it is cleared the next day (``JobService.purge_expired``),
+after which the rows keep only counts. Nothing else stores user ids.
 
 A guild's removal erases its settings, jobs, prompts and images at once and keeps only its
 usage counts of that day and its audit log for a retention period (bot/services/departed.py).
@@ -30,7 +32,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.errors import Forbidden
 from bot.services import audit, crypto
@@ -43,6 +50,7 @@ from db.models import Feature, JobOutput, Photo, RenderJob
 from db.repositories import audit as audit_repo
 from db.repositories import avatars as avatars_repo
 from db.repositories import counted as counted_repo
+from db.repositories import friends as friends_repo
 from db.repositories import guilds as guilds_repo
 from db.repositories import jobs as jobs_repo
 from db.repositories import ledger as ledger_repo
@@ -54,6 +62,30 @@ from kinds import JobStatus
 logger = logging.getLogger(__name__)
 
 REENCRYPT_BATCH = 100
+
+
+@dataclass(frozen=True)
+class JointErasure:
+    """Joint renders erased: how many, and their posted messages (channel, message)."""
+
+    jobs: int
+    outputs: int
+    posted: tuple[tuple[int, int], ...]
+
+
+async def erase_joint_renders(
+    session: AsyncSession, condition: ColumnElement[bool], now: datetime, erasing: int
+) -> JointErasure:
+    """Delete the joint renders matching ``condition`` (their jobs, prompts and outputs);
+    one still queued gives its requester the unit back, as a delete would (``erasing``: the
+    member whose erasure this is, whose own queued jobs the caller refunds)."""
+    held = await jobs_repo.lock_matching(session, condition)
+    for job in held:
+        if job.status == JobStatus.QUEUED and job.user_id != erasing:
+            await refund(session, job, now, note="erased with the other member's avatar")
+    posted = await friends_repo.posted_messages(session, condition)
+    erased = await jobs_repo.delete_matching(session, condition)
+    return JointErasure(erased.jobs, erased.outputs, tuple(posted))
 
 
 class PrivacyService:
@@ -78,6 +110,12 @@ class PrivacyService:
             for job in held:
                 if job.status == JobStatus.QUEUED:
                     await refund(session, job, now, note="erased by forget-me")
+            # Renders of the member's avatars with another member's go too, whoever asked
+            # (bot/services/friends.py); while the avatars still say whose they are.
+            joint = await erase_joint_renders(
+                session, friends_repo.joint_jobs_of_user(user_id), now, user_id
+            )
+            friends = await friends_repo.delete_user_data(session, user_id)
             # Today's usage stays the member's under a keyed hash; first, while the jobs that
             # attribute refunds to their day still exist.
             secret = await self._keys.writing_secret(session)
@@ -109,6 +147,10 @@ class PrivacyService:
             jobs=jobs.jobs,
             outputs=jobs.outputs,
             ledger_rows_anonymised=ledger,
+            joint_jobs=joint.jobs,
+            grants=friends.grants,
+            asks=friends.asks,
+            posted=joint.posted,
         )
         # The counts only: the erased member's id does not go to the logs either.
         logger.info(

@@ -13,7 +13,8 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,7 +30,8 @@ from bot.services.names import name_key
 from bot.services.ports import EngineFacts
 from bot.services.prompt_policy import PromptPolicy
 from bot.services.prompts import clean_prompt, size_for, styled_prompt
-from bot.services.quotas import PERSONALIZERS, QuotaService
+from bot.services.quotas import QuotaService
+from bot.services.render_subjects import PreparedRender, Subject, check_subjects, require_grant
 from bot.services.results import (
     ASPECTS,
     GuildQuotas,
@@ -122,6 +124,34 @@ class RenderService:
         (renders per minute, with ``retry_at``) or ``QueueFull`` (with ``retry_at`` for the
         guild's cap). Nothing is reserved when it raises.
         """
+        prepared = await self.prepare(
+            user_id,
+            guild_id,
+            avatar_name,
+            prompt,
+            options,
+            age_restricted=age_restricted,
+            with_avatar=with_avatar,
+        )
+        return await self.enqueue(user_id, guild_id, channel_id, prepared, interaction)
+
+    async def prepare(
+        self,
+        user_id: int,
+        guild_id: int | None,
+        avatar_name: str,
+        prompt: str,
+        options: RenderOptions = RenderOptions(),
+        *,
+        age_restricted: bool = False,
+        with_avatar: str | None = None,
+        with_owner: int | None = None,
+    ) -> PreparedRender:
+        """Everything :meth:`request` checks before the quota: the avatars, the prompt (the
+        guild's policy with every subject in the picture) and the options, validated into
+        the settings a job stores. ``with_owner``: the member whose avatar ``with_avatar``
+        names when it is not the requester's (bot/services/friends.py has checked their
+        consent first)."""
         second_name = " ".join(str(with_avatar).split()) if with_avatar is not None else ""
         async with self._db.begin(readonly=True) as session:
             quotas = await self._quotas.quotas_in(session, guild_id)
@@ -132,10 +162,14 @@ class RenderService:
             if second_name:
                 second = await self._subject(
                     session,
-                    user_id,
+                    user_id if with_owner is None else with_owner,
                     second_name,
-                    f"You have no avatar named “{second_name[:40]}” to render with. "
-                    "See /avatar list.",
+                    (
+                        f"You have no avatar named “{second_name[:40]}” to render with. "
+                        "See /avatar list."
+                        if with_owner is None
+                        else f"That member has no avatar named “{second_name[:40]}”."
+                    ),
                 )
                 if second.id == avatar.id:
                     raise InvalidInput(
@@ -143,8 +177,8 @@ class RenderService:
                     )
                 subjects.append(second)
             for subject in subjects:
-                await limits.check_avatar_fits(session, quotas, subject, user_id)
-            chosen = [_Subject.of(a) for a in subjects]
+                await limits.check_avatar_fits(session, quotas, subject, subject.owner_id)
+            chosen = [Subject.of(a) for a in subjects]
         text = clean_prompt(prompt)
         negative = clean_prompt(options.negative_prompt, what="negative prompt", allow_empty=True)
         facts = await self._registry.current_facts()
@@ -160,16 +194,35 @@ class RenderService:
             ),
             age_restricted=age_restricted,
         )
+        return PreparedRender(tuple(chosen), text, settings)
+
+    async def enqueue(
+        self,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        prepared: PreparedRender,
+        interaction: InteractionRef | None = None,
+    ) -> JobTicket:
+        """Queue a prepared render, charged to ``user_id`` (the quota and queue checks)."""
         return await self._enqueue(
             user_id=user_id,
             guild_id=guild_id,
             channel_id=channel_id,
-            subjects=chosen,
-            prompt=text,
-            settings=settings,
+            subjects=prepared.subjects,
+            prompt=prepared.prompt,
+            settings=prepared.settings,
             interaction=interaction,
             parent_job_id=None,
         )
+
+    async def check_admission(
+        self, user_id: int, guild_id: int | None, prepared: PreparedRender
+    ) -> None:
+        """Raise what :meth:`enqueue` would for the quota, the limits and the queues, without
+        reserving anything (a render that waits for another member's answer)."""
+        async with self._db.begin() as session:
+            await self._admit(session, user_id, guild_id, prepared.settings, utcnow())
 
     async def reroll(
         self,
@@ -281,7 +334,7 @@ class RenderService:
         personalizer: str | None = None,
         *,
         age_restricted: bool,
-        subjects: Sequence[_Subject],
+        subjects: Sequence[Subject],
     ) -> RenderSettings:
         if options.aspect not in ASPECTS:
             raise InvalidInput(f"The aspect must be one of {', '.join(ASPECTS)}.")
@@ -328,7 +381,7 @@ class RenderService:
                 f"The render workers have no “{personalizer}” personalizer; an admin can pick "
                 f"one of {', '.join(exc.known)}."
             ) from exc
-        _check_subjects(facts, personalizer, len(subjects))
+        check_subjects(facts, personalizer, len(subjects))
         best_of = self._candidates(options, quotas, facts, subjects)
         return RenderSettings(
             negative_prompt=negative,
@@ -350,7 +403,7 @@ class RenderService:
         options: RenderOptions,
         quotas: GuildQuotas,
         facts: EngineFacts,
-        subjects: Sequence[_Subject],
+        subjects: Sequence[Subject],
     ) -> int:
         """How many images to render for ``options.count`` posted ones (best of k): the
         member's choice, else the guild's default where the workers can measure likeness."""
@@ -453,7 +506,7 @@ class RenderService:
         self,
         user_id: int,
         old: RenderJob,
-        chosen: Sequence[_Subject],
+        chosen: Sequence[Subject],
         old_view: JobView,
         settings: RenderSettings,
         interaction: InteractionRef | None,
@@ -472,7 +525,7 @@ class RenderService:
 
     async def _source(
         self, user_id: int, job_id: int, is_member: MembershipCheck | None
-    ) -> tuple[RenderJob, list[_Subject], GuildQuotas, JobView]:
+    ) -> tuple[RenderJob, list[Subject], GuildQuotas, JobView]:
         """A job of the member's to render again, its avatars (each still fitting the guild's
         limits) and the guild's quotas; ``Forbidden`` when they left the guild."""
         async with self._db.begin(readonly=True) as session:
@@ -498,18 +551,20 @@ class RenderService:
                     second = await avatars_repo.by_id(session, old.with_avatar_id)
                 if second is None:
                     raise NotFound("The second avatar of this render was deleted.")
+                # Another member's avatar again only while they always allow it.
+                await require_grant(session, second, user_id)
                 subjects.append(second)
             quotas = await self._quotas.quotas_in(session, old.guild_id)
             for subject in subjects:
-                await limits.check_avatar_fits(session, quotas, subject, user_id)
-            chosen = [_Subject.of(a) for a in subjects]
+                await limits.check_avatar_fits(session, quotas, subject, subject.owner_id)
+            chosen = [Subject.of(a) for a in subjects]
             old_view = (await self._jobs.views_in(session, [old]))[0]
         return old, chosen, quotas, old_view
 
     async def _again_settings(
         self,
         old_view: JobView,
-        chosen: Sequence[_Subject],
+        chosen: Sequence[Subject],
         quotas: GuildQuotas,
         *,
         count: int,
@@ -551,7 +606,7 @@ class RenderService:
         user_id: int,
         guild_id: int | None,
         channel_id: int | None,
-        subjects: Sequence[_Subject],
+        subjects: Sequence[Subject],
         prompt: str,
         settings: RenderSettings,
         interaction: InteractionRef | None,
@@ -561,47 +616,7 @@ class RenderService:
         second = others[0] if others else None
         now = utcnow()
         async with self._db.begin() as session:
-            # Serialise the guild's check-then-insert: the counts read below cannot change
-            # until this transaction ends.
-            await lock_scope(session, guild_id)
-            quotas = await self._quotas.quotas_in(session, guild_id)
-            usage = await self._quotas.usage_in(session, quotas, user_id)
-            units = self._units(settings)
-            if usage.remaining < units:
-                _, resets_at = day_bounds(now)
-                if usage.remaining >= UNITS_PER_RENDER and settings.refine is not None:
-                    raise QuotaExceeded(
-                        f"An upscale counts as {units} renders and you have "
-                        f"{usage.remaining} left today.",
-                        resets_at=resets_at,
-                    )
-                if usage.remaining >= UNITS_PER_RENDER:
-                    raise QuotaExceeded(
-                        f"Best of {settings.best_of} counts as {units} renders and you have "
-                        f"{usage.remaining} left today; ask for fewer candidates.",
-                        resets_at=resets_at,
-                    )
-                raise QuotaExceeded(
-                    f"You have used your {usage.limit} renders for today.", resets_at=resets_at
-                )
-            await withheld.check(
-                session, quotas, user_id, now, settings=self._safety, keys=self._quotas.keys
-            )
-            keys = await self._quotas.keys.keys_for(session, guild_id, user_id, now)
-            await limits.check_render_rate(session, quotas, user_id, now, keys)
-            mine, guild_total = await repo.active_counts(
-                session, guild_id=guild_id, user_id=user_id
-            )
-            if mine >= quotas.queued_per_member:
-                raise QueueFull(
-                    f"You already have {mine} render{'s' if mine != 1 else ''} waiting (the most "
-                    "this server allows); try again when one of them finishes."
-                )
-            if guild_total >= quotas.queued_per_guild:
-                raise QueueFull(
-                    "This server's render queue is full.",
-                    retry_at=await limits.guild_queue_retry_at(session, guild_id, now),
-                )
+            units = await self._admit(session, user_id, guild_id, settings, now)
             job = await self._jobs.insert(
                 session,
                 user_id=user_id,
@@ -633,6 +648,56 @@ class RenderService:
         logger.debug("job %s is user %s's", job_id, user_id)
         return JobTicket(job_id=job_id, position=position if position is not None else 0)
 
+    async def _admit(
+        self,
+        session: AsyncSession,
+        user_id: int,
+        guild_id: int | None,
+        settings: RenderSettings,
+        now: datetime,
+    ) -> int:
+        """The quota, withheld, rate and queue checks of a new job; the units it takes."""
+        # Serialise the guild's check-then-insert: the counts read below cannot change
+        # until this transaction ends.
+        await lock_scope(session, guild_id)
+        quotas = await self._quotas.quotas_in(session, guild_id)
+        usage = await self._quotas.usage_in(session, quotas, user_id)
+        units = self._units(settings)
+        if usage.remaining < units:
+            _, resets_at = day_bounds(now)
+            if usage.remaining >= UNITS_PER_RENDER and settings.refine is not None:
+                raise QuotaExceeded(
+                    f"An upscale counts as {units} renders and you have "
+                    f"{usage.remaining} left today.",
+                    resets_at=resets_at,
+                )
+            if usage.remaining >= UNITS_PER_RENDER:
+                raise QuotaExceeded(
+                    f"Best of {settings.best_of} counts as {units} renders and you have "
+                    f"{usage.remaining} left today; ask for fewer candidates.",
+                    resets_at=resets_at,
+                )
+            raise QuotaExceeded(
+                f"You have used your {usage.limit} renders for today.", resets_at=resets_at
+            )
+        await withheld.check(
+            session, quotas, user_id, now, settings=self._safety, keys=self._quotas.keys
+        )
+        keys = await self._quotas.keys.keys_for(session, guild_id, user_id, now)
+        await limits.check_render_rate(session, quotas, user_id, now, keys)
+        mine, guild_total = await repo.active_counts(session, guild_id=guild_id, user_id=user_id)
+        if mine >= quotas.queued_per_member:
+            raise QueueFull(
+                f"You already have {mine} render{'s' if mine != 1 else ''} waiting (the most "
+                "this server allows); try again when one of them finishes."
+            )
+        if guild_total >= quotas.queued_per_guild:
+            raise QueueFull(
+                "This server's render queue is full.",
+                retry_at=await limits.guild_queue_retry_at(session, guild_id, now),
+            )
+        return units
+
     async def _subject(
         self, session: AsyncSession, user_id: int, name: str, not_found: str
     ) -> Avatar:
@@ -652,41 +717,6 @@ class RenderService:
         if job.user_id != user_id:
             raise NotOwner("Only the member who asked for this render can do that.")
         return job
-
-
-@dataclass(frozen=True)
-class _Subject:
-    """An avatar in a render, as the checks and the job row need it."""
-
-    id: int
-    name: str
-    kind: str
-
-    @classmethod
-    def of(cls, avatar: Avatar) -> _Subject:
-        return cls(avatar.id, avatar.name, avatar.kind)
-
-
-def _check_subjects(facts: EngineFacts, personalizer: str, count: int) -> None:
-    """Refuse more avatars in one picture than the personalizer shows (before any job)."""
-    most = facts.subjects_for(personalizer)
-    if count <= most:
-        return
-    # Only what an admin can pick (``/avatar-admin quota personalizer``) is worth naming.
-    able = sorted(
-        p for p in PERSONALIZERS if p in facts.encoders and facts.subjects_for(p) >= count
-    )
-    hint = (
-        f" A server admin can switch to {' or '.join(able)} with "
-        "`/avatar-admin quota personalizer`."
-        if able
-        else ""
-    )
-    shows = "one avatar" if most == 1 else f"at most {most} avatars"
-    raise InvalidInput(
-        f"This server renders with {personalizer}, which shows {shows} per picture, so "
-        f"“with” cannot be used here. Render each avatar on its own.{hint}"
-    )
 
 
 def refunds_on_cancel(job: RenderJob) -> bool:

@@ -36,6 +36,8 @@ class AvatarView:
     features_ready: bool
     # True until its encode job (avatar creation's checks and encoding) has finished.
     pending: bool = False
+    # Other members may ask to render with it (bot/services/friends.py).
+    others_may_ask: bool = False
 
 
 @dataclass(frozen=True)
@@ -323,6 +325,13 @@ class ErasureReport:
     jobs: int = 0
     outputs: int = 0
     ledger_rows_anonymised: int = 0
+    # Renders with another member's avatar that went too (either member's erasure takes
+    # them), and the grants and requests between members.
+    joint_jobs: int = 0
+    grants: int = 0
+    asks: int = 0
+    # The posted messages of those joint renders (channel, message), for the bot to delete.
+    posted: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,28 @@ async def _delete_where(session: AsyncSession, condition: ColumnElement[bool]) -
     )
 
 
+async def lock_matching(session: AsyncSession, condition: ColumnElement[bool]) -> list[RenderJob]:
+    """Lock the jobs matching ``condition`` (the lock order: db/queue.py ``lock_jobs``)."""
+    return await lock_jobs(session, condition)
+
+
+async def delete_matching(session: AsyncSession, condition: ColumnElement[bool]) -> JobErasure:
+    """Delete the jobs matching ``condition`` with their outputs (joint renders an erasure
+    takes with it: db/repositories/friends.py)."""
+    return await _delete_where(session, condition)
+
+
+async def record_posted(
+    session: AsyncSession, job_id: int, channel_id: int, message_id: int
+) -> None:
+    """Remember where a job's result was posted, so an erasure can delete the message."""
+    await session.execute(
+        update(RenderJob)
+        .where(RenderJob.id == job_id)
+        .values(posted_channel_id=channel_id, posted_message_id=message_id)
+    )
+
+
 def _of_user(user_id: int) -> ColumnElement[bool]:
     return RenderJob.user_id == user_id
 

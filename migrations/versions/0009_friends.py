@@ -83,6 +83,7 @@ def upgrade() -> None:
         sa.Column("interaction_app_id", sa.BigInteger(), nullable=True),
         sa.Column("interaction_token", sa.Text(), nullable=True),
         sa.Column("interaction_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("interaction_message_id", sa.BigInteger(), nullable=True),
         sa.Column("job_id", ID, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),

@@ -85,6 +85,29 @@ class SafetyCommands(_CogBase):
             f"Live previews while rendering: **{'on' if chosen else 'off'}**.", ephemeral=True
         )
 
+    @safety.command(name="friends", description="Renders with another member's avatar")
+    @app_commands.describe(
+        allowed="Let members render with another member's avatar, with its owner's consent "
+        "(default on)"
+    )
+    async def safety_friends(
+        self, interaction: discord.Interaction[AvatarBot], allowed: bool
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild_id is not None
+        chosen = await self.bot.services.friends.set_cross_member_renders(
+            interaction.guild_id, allowed, actor_id=interaction.user.id, actor_is_admin=True
+        )
+        await interaction.followup.send(
+            "Renders with another member's avatar: "
+            + (
+                "**allowed** (each owner approves, or always allows a member)."
+                if chosen
+                else "**forbidden** in this server."
+            ),
+            ephemeral=True,
+        )
+
     @safety.command(name="show", description="The output check's settings and recent counts")
     @app_commands.describe(days="How many days back (renders still kept)")
     async def safety_show(

@@ -16,6 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.avatars.creation import CreationMessages
+from bot.cogs.avatars.sharing import delete_posted, grants_text
 from bot.cogs.avatars.views import CreateAvatarModal, Uploaded, avatar_embed, sheet_file
 from bot.errors import AvatarbotError
 from bot.services.container import Services
@@ -50,7 +51,9 @@ renderer can measure it.
    **Best of**: `best_of: 4` renders four and posts the one(s) most like you; it counts as \
 more renders (as the server's operator set it).
 3. `/avatar list`, `show`, `rename`, `delete` — manage your avatars. Only you can see your \
-photos or render your avatars.
+photos. Another member renders with your avatar only if you let them ask \
+(`/avatar sharing`) and approve (by DM, or `/avatar requests`); `/avatar revoke` ends an \
+“always allow”. To ask for theirs: `/avatar render friend: @them with: <their avatar>`.
 4. `/avatar usage` — renders left today and when the count resets.
 5. `/avatar forget-me` — erase everything the bot keeps about you.
 
@@ -121,18 +124,65 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
     async def list_avatars(self, interaction: discord.Interaction[AvatarBot]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         avatars = await self.services.avatars.list(interaction.user.id)
+        shared = grants_text(
+            interaction.user.id, await self.services.friends.grants(interaction.user.id)
+        )
         if not avatars:
+            text = "You have no avatar yet. Create one with `/avatar create`."
             await interaction.followup.send(
-                "You have no avatar yet. Create one with `/avatar create`.", ephemeral=True
+                "\n\n".join(t for t in (text, shared) if t),
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
             )
             return
         lines = [
             f"- **{discord.utils.escape_markdown(a.name)}** — {a.kind}, "
             f"{a.photo_count} photo{'s' if a.photo_count != 1 else ''}"
+            + (" — others may ask to render with it" if a.others_may_ask else "")
             for a in avatars
         ]
         await interaction.followup.send(
-            "Your avatars:\n" + "\n".join(lines), ephemeral=True, allowed_mentions=NO_MENTIONS
+            "\n\n".join(t for t in ("Your avatars:\n" + "\n".join(lines), shared) if t),
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    @app_commands.command(name="sharing", description="Whether others may ask for an avatar")
+    @app_commands.describe(
+        avatar="Which of your avatars",
+        others_may_ask="Let other members ask to render with it (you approve each request)",
+    )
+    @app_commands.autocomplete(avatar=avatar_name_autocomplete)
+    async def sharing(
+        self, interaction: discord.Interaction[AvatarBot], avatar: str, others_may_ask: bool
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        name = await self.services.friends.set_others_may_ask(
+            interaction.user.id, avatar, others_may_ask
+        )
+        shown = discord.utils.escape_markdown(name)
+        await interaction.followup.send(
+            f"Other members may now ask to render with **{shown}**; you approve each request."
+            if others_may_ask
+            else f"Nobody can ask for **{shown}** any more (members you always allow still "
+            "may: `/avatar revoke` ends that).",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="revoke", description="End “always allow” between you and a member")
+    @app_commands.describe(
+        member="The other member", avatar="The avatar (yours, or theirs you may use)"
+    )
+    async def revoke(
+        self, interaction: discord.Interaction[AvatarBot], member: discord.User, avatar: str
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        name = await self.services.friends.revoke(interaction.user.id, member.id, avatar)
+        await interaction.followup.send(
+            f"Revoked: renders with **{discord.utils.escape_markdown(name)}** between you and "
+            f"{member.mention} need an approval again.",
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
         )
 
     @app_commands.command(name="show", description="One of your avatars, with its photos")
@@ -180,8 +230,14 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
         )
         if not answer or message is None:
             return
-        await self.services.avatars.delete(interaction.user.id, view.name)
-        await message.edit(content=f"**{name}** is deleted, photos and all.", view=None)
+        erased = await self.services.avatars.delete(interaction.user.id, view.name)
+        await delete_posted(self.bot, erased.posted)
+        joint = (
+            f" {erased.jobs} render(s) other members made with it are deleted too."
+            if erased.jobs
+            else ""
+        )
+        await message.edit(content=f"**{name}** is deleted, photos and all.{joint}", view=None)
 
     @app_commands.command(name="forget-me", description="Erase everything the bot keeps about you")
     async def forget_me(self, interaction: discord.Interaction[AvatarBot]) -> None:
@@ -195,11 +251,20 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
         if not answer or message is None:
             return
         report = await self.services.privacy.forget_me(interaction.user.id)
+        # Renders with another member's avatar go from the channels too (both members').
+        await delete_posted(self.bot, report.posted)
         await message.edit(
             content=(
                 f"Done. Erased {report.avatars} avatar(s), {report.photos} photo(s), "
-                f"{report.jobs} render(s) and {report.outputs} image(s). Messages already "
-                "posted in channels stay until you delete them."
+                f"{report.jobs} render(s) and {report.outputs} image(s)."
+                + (
+                    f" {report.joint_jobs} render(s) with another member's avatar went too, "
+                    "their posted messages included."
+                    if report.joint_jobs
+                    else ""
+                )
+                + " Messages of your own renders already posted in channels stay until you "
+                "delete them."
             ),
             view=None,
         )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from bot.cogs.render.cog import RenderCog
 from bot.cogs.render.delivery import Delivery
+from bot.cogs.render.friends import AnswerButton
 from bot.cogs.render.progress import RenderMessages
 from bot.cogs.render.views import DYNAMIC_ITEMS
 from kinds import JobKind
@@ -34,9 +35,9 @@ async def setup(bot: AvatarBot) -> None:
     messages = RenderMessages(bot, jobs, delivery, bot.settings.jobs.progress_seconds)
     await bot.add_cog(RenderCog(bot, messages))
     # Buttons on messages posted before any restart are matched by their custom_id pattern.
-    bot.add_dynamic_items(*DYNAMIC_ITEMS)
+    bot.add_dynamic_items(*DYNAMIC_ITEMS, AnswerButton)
     bot.jobs.register(JobKind.RENDER, messages)
 
 
 async def teardown(bot: AvatarBot) -> None:
-    bot.remove_dynamic_items(*DYNAMIC_ITEMS)
+    bot.remove_dynamic_items(*DYNAMIC_ITEMS, AnswerButton)

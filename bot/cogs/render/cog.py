@@ -17,6 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.avatars.cog import GUILD_ONLY, avatar_name_autocomplete
+from bot.errors import InvalidInput
 from bot.services.prompts import MAX_PROMPT_CHARS, STYLE_PRESETS
 from bot.services.renders import MembershipCheck
 from bot.services.results import (
@@ -29,6 +30,7 @@ from bot.services.results import (
 from bot.ui.webhooks import interaction_ref
 from engine.types import MAX_SEED
 
+from .friends import ask_friend, friend_avatar_autocomplete, member_check, requests_command
 from .progress import RenderMessages
 
 if TYPE_CHECKING:
@@ -64,7 +66,9 @@ def channel_is_age_restricted(interaction: discord.Interaction[AvatarBot]) -> bo
 @app_commands.describe(
     avatar="Which of your avatars",
     prompt="The scene, e.g. “as an astronaut on the moon, film photo”",
-    with_avatar="Another of your avatars in the same picture (“image 2” in the prompt)",
+    with_avatar="Another of your avatars in the same picture (“image 2” in the prompt), or "
+    "the friend's",
+    friend="A member whose avatar you name in “with” (they approve it first)",
     negative_prompt="What to avoid, e.g. “blurry, extra fingers”",
     style="A look to add to the prompt",
     aspect="Picture shape",
@@ -74,7 +78,7 @@ def channel_is_age_restricted(interaction: discord.Interaction[AvatarBot]) -> bo
     best_of="Render this many, post the ones most like your avatar (1–4; counts as more renders)",
 )
 @app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES)
-@app_commands.autocomplete(avatar=avatar_name_autocomplete, with_avatar=avatar_name_autocomplete)
+@app_commands.autocomplete(avatar=avatar_name_autocomplete, with_avatar=friend_avatar_autocomplete)
 async def render_command(
     interaction: discord.Interaction[AvatarBot],
     avatar: str,
@@ -87,6 +91,7 @@ async def render_command(
     identity_strength: app_commands.Range[int, 0, 100] = 70,
     with_avatar: str | None = None,
     best_of: app_commands.Range[int, 1, 4] | None = None,
+    friend: discord.Member | None = None,
 ) -> None:
     if interaction.guild_id is None:
         await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
@@ -103,6 +108,21 @@ async def render_command(
         best_of=best_of,
     )
     ref = interaction_ref(interaction, response)
+    if friend is not None and friend.id != interaction.user.id:
+        if with_avatar is None:
+            raise InvalidInput(f"Name {friend.mention}'s avatar in “with”.")
+        await ask_friend(
+            cog,
+            interaction,
+            ref,
+            avatar=avatar,
+            friend=friend,
+            friend_avatar=with_avatar,
+            prompt=prompt,
+            options=options,
+            age_restricted=channel_is_age_restricted(interaction),
+        )
+        return
     ticket = await cog.bot.services.renders.request(
         interaction.user.id,
         interaction.guild_id,
@@ -137,11 +157,13 @@ class RenderCog(commands.Cog):
         if not isinstance(group, app_commands.Group):
             raise RuntimeError("the /avatar group is missing: the avatars cog did not load")
         group.add_command(render_command)
+        group.add_command(requests_command)
 
     async def cog_unload(self) -> None:
         group = self.bot.tree.get_command("avatar")
         if isinstance(group, app_commands.Group):
             group.remove_command(render_command.name)
+            group.remove_command(requests_command.name)
 
     async def again(
         self, interaction: discord.Interaction[AvatarBot], job_id: int, *, variations: bool
@@ -173,22 +195,14 @@ class RenderCog(commands.Cog):
     def _membership(self, interaction: discord.Interaction[AvatarBot]) -> MembershipCheck:
         """Whether the pressing member still belongs to a guild (asked of Discord)."""
         user_id = interaction.user.id
+        ask_discord = member_check(self.bot)
 
         async def is_member(guild_id: int) -> bool:
             # Pressed in a DM (deliveries fall back to one) or long after: ask Discord whether
             # the member still belongs to the guild whose quota the new render spends.
             if interaction.guild_id == guild_id:
                 return True
-            guild = self.bot.get_guild(guild_id)
-            if guild is None:  # the bot left it, or it is gone
-                return False
-            # Always asked, never the member cache: without the members intent a leave or a
-            # kick is never seen, so a cached member may be long gone.
-            try:
-                await guild.fetch_member(user_id)
-            except discord.NotFound:
-                return False
-            return True
+            return await ask_discord(guild_id, user_id)
 
         return is_member
 

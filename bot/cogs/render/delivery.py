@@ -164,7 +164,13 @@ class Delivery:
         # Its buttons are DynamicItems the bot recognises by custom_id after any restart; a
         # stopped view is not kept in memory per message as well.
         view.stop()
-        await self._send(job, message)
+        sent = await self._send(job, message)
+        if sent is not None:
+            # Where it is, so erasing a joint render (either member's) deletes the message.
+            try:  # the images are out: a retry must not post them twice
+                await self._jobs.record_posted(job.id, sent.channel.id, sent.id)
+            except Exception:
+                logger.warning("job %s: could not record its posted message", job.id)
         if plan.withheld:
             try:  # the images are out: a retry must not post them twice
                 await self._tell_withheld(job, plan)
@@ -218,26 +224,26 @@ class Delivery:
             to_channel=False,
         )
 
-    async def _send(self, job: JobView, message: _Message) -> None:
-        """The public result: a follow-up while the token lives, else the channel (or a DM).
-        Anything meant for the member alone goes through ``_send_private`` instead."""
+    async def _send(self, job: JobView, message: _Message) -> discord.Message | None:
+        """The public result: a follow-up while the token lives, else the channel (or a DM);
+        the message posted (None when it could be posted nowhere). Anything meant for the
+        member alone goes through ``_send_private`` instead."""
         mentions = only_member(job.user_id)
         if job.interaction is not None and ref_usable(job.interaction):
             hook = webhook(self._client, job.interaction)
             try:
-                await hook.send(wait=True, allowed_mentions=mentions, **message.kwargs())
-                return
+                return await hook.send(wait=True, allowed_mentions=mentions, **message.kwargs())
             except discord.HTTPException as exc:
                 if is_transient(exc):
                     raise DeliveryFailed(str(exc)) from exc
                 logger.info("follow-up of job %s refused (%s); using the channel", job.id, exc)
-        await self._to_channel_or_dm(
+        return await self._to_channel_or_dm(
             job, lambda: {**message.kwargs(), "allowed_mentions": mentions}
         )
 
     async def _to_channel_or_dm(
         self, job: JobView, kwargs: Callable[[], dict[str, Any]], *, to_channel: bool = True
-    ) -> None:
+    ) -> discord.Message | None:
         attempts: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         if to_channel and job.channel_id is not None:
             channel = self._client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
@@ -251,8 +257,8 @@ class Delivery:
         last: BaseException | None = None
         for where, send in attempts:
             try:
-                await send()
-                return
+                sent: discord.Message = await send()
+                return sent
             except discord.HTTPException as exc:
                 last = exc
                 if is_transient(exc):
@@ -263,7 +269,7 @@ class Delivery:
             logger.warning("job %s could not be delivered anywhere", job.id)
             if self._metrics is not None:
                 self._metrics.delivery_failed(abandoned=True)
-            return
+            return None
         raise DeliveryFailed(str(last))
 
 
