@@ -37,6 +37,10 @@ def _key(key_id: str) -> str:
     return f"{key_id}:" + base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
+# The columns that name a member (renders with another member's avatar: requester, grantee).
+MEMBER_COLUMNS = ("user_id", "owner_id", "requester_id", "grantee_id")
+
+
 def _raw_files(database: Database) -> bytes:
     """The SQLite database file and its WAL, as they are on disk."""
     path = Path(str(database.url.database))
@@ -102,7 +106,7 @@ async def test_forget_me_erases_every_row_and_byte(services: Services) -> None:
     async with services.database.begin(readonly=True) as session:
         for table in Base.metadata.sorted_tables:
             for column in table.columns:
-                if column.name in ("user_id", "owner_id"):
+                if column.name in MEMBER_COLUMNS:
                     hits = await session.scalar(
                         select(func.count()).select_from(table).where(column == 7)
                     )
@@ -141,6 +145,51 @@ async def test_forget_me_erases_two_subject_renders(two_subject_services: Servic
     assert referenced - {None} <= remaining
     assert not referenced & alices
     assert (await services.jobs.view(kept)).status == "done"
+    if services.database.dialect == "sqlite":
+        assert _found(outputs, _raw_files(services.database)) == [False]
+
+
+@pytest.mark.parametrize("erased", [7, 8])
+async def test_either_members_forget_me_erases_their_joint_render(
+    two_subject_services: Services, erased: int
+) -> None:
+    """Alice (7) renders with Bob's (8) avatar, with his approval: the render, its prompt and
+    images, the grant and the requests go with either member's forget-me; the other member's
+    own renders stay."""
+    services = two_subject_services
+    await make_avatar(services, 7, "Mia", photos=2)
+    await make_avatar(services, 8, "Rex", photos=1, kind="pet")
+    await services.friends.set_others_may_ask(8, "Rex", True)
+
+    async def members(guild_id: int, user_id: int) -> bool:
+        return True
+
+    asked = await services.friends.ask(
+        7, GUILD, CHANNEL, "Mia", 8, "Rex", "together at sea", is_member=members
+    )
+    assert asked.waiting is not None
+    approved = await services.friends.approve(8, asked.waiting.id, always=True, is_member=members)
+    assert approved.ticket is not None
+    assert await services.dispatcher.run_once() == approved.ticket.job_id
+    outputs = await services.jobs.outputs(approved.ticket.job_id)
+    other = 8 if erased == 7 else 7
+    kept = await _render_one(services, other, "Rex" if other == 8 else "Mia")
+    await services.friends.ask(7, GUILD, CHANNEL, "Mia", 8, "Rex", "queued", is_member=members)
+
+    report = await services.privacy.forget_me(erased)
+    assert (report.joint_jobs, report.grants) == (2, 1)
+    async with services.database.begin(readonly=True) as session:
+        assert list(
+            await session.scalars(select(RenderJob.id).where(RenderJob.kind == "render"))
+        ) == [kept]
+        for table in Base.metadata.sorted_tables:
+            for column in table.columns:
+                if column.name in MEMBER_COLUMNS:
+                    hits = await session.scalar(
+                        select(func.count()).select_from(table).where(column == erased)
+                    )
+                    assert hits == 0, f"{table.name}.{column.name} still names {erased}"
+    assert await services.friends.grants(other) == []
     if services.database.dialect == "sqlite":
         assert _found(outputs, _raw_files(services.database)) == [False]
 
