@@ -4,13 +4,15 @@ approves once by DM, one render is posted with both; a second request asks again
 allow" skips asking; Bob revokes and turns asking off, and Alice is refused; declined and
 expired requests charge nothing; a sexual prompt with Bob's person avatar is refused before
 Bob is asked; the guild can forbid it all; Bob's forget-me removes the joint render, its
-message included. The services' rules: tests/services/test_friends.py."""
+message included, and so does deleting his avatar; with his DMs closed the request waits in
+``/avatar requests``. The services' rules: tests/services/test_friends.py."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
+import discord
 import pytest
 from sqlalchemy import update
 
@@ -186,3 +188,48 @@ async def test_the_guild_can_forbid_cross_member_renders(friends: World) -> None
     )
     expect_errors(world.env, Forbidden)
     assert requests_to(world.bob) == []
+
+
+class _Refused:
+    """Discord's answer to a DM the member does not accept (what discord.py reads of it)."""
+
+    status = 403
+    reason = "Forbidden"
+
+
+async def test_closed_dms_then_deleting_the_avatar(
+    friends: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = friends
+    await world.bob.slash(world.channel, "avatar sharing", avatar="Cat", others_may_ask=True)
+
+    async def closed(*args: Any, **kwargs: Any) -> None:
+        raise discord.Forbidden(
+            _Refused(),  # type: ignore[arg-type]
+            {"code": 50007, "message": "Cannot send messages to this user"},
+        )
+
+    with monkeypatch.context() as patched:
+        patched.setattr(discord.User, "send", closed)
+        waiting = await ask(world)
+    assert "with `/avatar requests` (their direct messages are closed)" in (
+        waiting.response.content
+    )
+    assert requests_to(world.bob) == [] and await used(world) == 0
+
+    shown = await world.bob.slash(world.channel, "avatar requests")
+    assert shown.ephemeral and PROMPT in shown.response.content
+    await world.bob.click(shown.response, label="Approve once")
+    assert waiting.response.content.startswith("Done"), waiting.response.content
+    assert len(posted(world)) == 1 and await used(world) == 1
+    nothing = await world.bob.slash(world.channel, "avatar requests")
+    assert nothing.response.content == "No request is waiting for your answer."
+
+    # Bob deleting that avatar takes the joint render with it, its message included.
+    deleting = await world.bob.slash(world.channel, "avatar delete", avatar="Cat")
+    await world.bob.click(deleting.response, label="Delete")
+    assert deleting.response.content == (
+        "**Cat** is deleted, photos and all. 1 render(s) other members made with it are "
+        "deleted too."
+    )
+    assert posted(world) == []
