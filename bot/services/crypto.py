@@ -293,3 +293,9 @@ def output_binding(output_id: int, owner_id: int) -> Binding:
 def job_binding(purpose: bytes, job_id: int, owner_id: int) -> Binding:
     """A render job's sealed text columns (prompt, negative prompt, interaction token)."""
     return Binding(purpose, "render_jobs", job_id, owner_id)
+
+
+def ask_binding(purpose: bytes, ask_id: int, requester_id: int) -> Binding:
+    """A request to render with another member's avatar: its texts as a job's, bound to the
+    request and to the requester whose prompt it is (bot/services/friends.py)."""
+    return Binding(purpose, "avatar_asks", ask_id, requester_id)

@@ -50,8 +50,6 @@ ASK_MINUTES = 15
 # Whether a member belongs to a guild, ``(guild_id, user_id)`` (the bot asks Discord).
 MemberCheck = Callable[[int, int], Awaitable[bool]]
 
-_TABLE = "avatar_asks"  # its texts are sealed as a job's are (SEALED_JOB_TEXTS)
-
 
 @dataclass(frozen=True)
 class AskView:
@@ -178,7 +176,7 @@ class FriendService:
             )
             for name, value in texts.items():
                 if value:
-                    binding = _binding(name, row.id, requester_id)
+                    binding = crypto.ask_binding(SEALED_JOB_TEXTS[name], row.id, requester_id)
                     setattr(row, name, self._cipher.seal_text(value, binding))
             await session.flush()
             view = self._view(row, second.name, first.name)
@@ -368,12 +366,9 @@ class FriendService:
         value: str | None = getattr(row, name)
         if not value:
             return ""
-        return self._cipher.open_text(value, _binding(name, row.id, row.requester_id))
-
-
-def _binding(name: str, ask_id: int, requester_id: int) -> crypto.Binding:
-    """A request's sealed text, bound to its row and to the requester (whose prompt it is)."""
-    return crypto.Binding(SEALED_JOB_TEXTS[name], _TABLE, ask_id, requester_id)
+        return self._cipher.open_text(
+            value, crypto.ask_binding(SEALED_JOB_TEXTS[name], row.id, row.requester_id)
+        )
 
 
 def _spaced(name: str) -> str:

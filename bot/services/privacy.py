@@ -46,7 +46,7 @@ from bot.services.jobs import SEALED_JOB_TEXTS
 from bot.services.ledger import day_bounds, refund
 from bot.services.results import ErasureReport, GuildErasure, ReencryptReport
 from bot.services.usage_keys import UsageKeys, user_key
-from db.models import Feature, JobOutput, Photo, RenderJob
+from db.models import AvatarAsk, Feature, JobOutput, Photo, RenderJob
 from db.repositories import audit as audit_repo
 from db.repositories import avatars as avatars_repo
 from db.repositories import counted as counted_repo
@@ -255,7 +255,7 @@ class PrivacyService:
         if not cipher.enabled:
             raise ValueError("AVATARBOT_DATA_KEY is not set: nothing to encrypt with")
         key_id = cipher.current.key_id if cipher.current else None
-        counts = {"photos": 0, "features": 0, "outputs": 0, "jobs": 0, "unchanged": 0}
+        counts = {"photos": 0, "features": 0, "outputs": 0, "jobs": 0, "asks": 0, "unchanged": 0}
 
         def reseal_photo(row: Photo, owner: int) -> None:
             plain = cipher.open(row.data, crypto.photo_binding(row.id, owner), lenient=True)
@@ -309,6 +309,22 @@ class PrivacyService:
         await walk("features", avatars_repo.features_page, blob_stale, reseal_features)
         await walk("outputs", jobs_repo.outputs_page, blob_stale, reseal_output)
         await walk("jobs", jobs_repo.jobs_page, job_stale, reseal_job)
+
+        def ask_stale(ask: AvatarAsk) -> bool:
+            return any(
+                cipher.text_needs_reseal(getattr(ask, name) or "") for name in SEALED_JOB_TEXTS
+            )
+
+        def reseal_ask(ask: AvatarAsk) -> None:
+            # A request's texts are sealed as a job's, bound to it and its requester.
+            for name, purpose in SEALED_JOB_TEXTS.items():
+                value = getattr(ask, name)
+                if value:
+                    binding = crypto.ask_binding(purpose, ask.id, ask.requester_id)
+                    plain = cipher.open_text(value, binding, lenient=True)
+                    setattr(ask, name, cipher.seal_text(plain, binding))
+
+        await walk("asks", friends_repo.asks_page, ask_stale, reseal_ask)
         await checkpoint(self._db)
         report = ReencryptReport(**counts)
         logger.info("re-encryption under key %s: %s", key_id, report)

@@ -348,10 +348,12 @@ class GuildErasure:
 @dataclass(frozen=True)
 class ReencryptReport:
     """Blobs rewritten under the current data key (or found already sealed with it); ``jobs``
-    counts jobs whose prompts or interaction token were re-sealed."""
+    counts jobs whose prompts or interaction token were re-sealed, ``asks`` the same of
+    requests to render with another member's avatar."""
 
     photos: int = 0
     features: int = 0
     outputs: int = 0
     jobs: int = 0
+    asks: int = 0
     unchanged: int = 0

@@ -89,6 +89,14 @@ async def get_ask(session: AsyncSession, ask_id: int) -> AvatarAsk | None:
     )
 
 
+async def asks_page(session: AsyncSession, after_id: int, limit: int) -> list[AvatarAsk]:
+    """A page of requests by id (re-encryption of their prompts and interaction tokens)."""
+    rows = await session.scalars(
+        select(AvatarAsk).where(AvatarAsk.id > after_id).order_by(AvatarAsk.id).limit(limit)
+    )
+    return list(rows)
+
+
 async def pending_for(session: AsyncSession, owner_id: int, now: datetime) -> list[AvatarAsk]:
     """The requests waiting for ``owner_id``'s answer, oldest first."""
     rows = await session.scalars(

@@ -265,22 +265,43 @@ async def test_deleting_the_avatar_erases_the_joint_render(friends: Services) ->
     assert await services.friends.grants(ALICE) == []
 
 
-async def test_the_request_keeps_the_prompt_sealed(
+async def test_the_request_keeps_the_prompt_sealed_and_is_reencrypted(
     database: Database, tmp_path: Path, tiny_flux2_port: EnginePort
 ) -> None:
-    key = base64.urlsafe_b64encode(hashlib.sha256(b"friends").digest()).decode()
-    services = await build_services(
-        service_settings(tmp_path, engine=TINY_FLUX2, data_key=key), database, tiny_flux2_port
+    def key(key_id: str) -> str:
+        secret = hashlib.sha256(key_id.encode()).digest()
+        return f"{key_id}:" + base64.urlsafe_b64encode(secret).decode()
+
+    first = await build_services(
+        service_settings(tmp_path, engine=TINY_FLUX2, data_key=key("one")),
+        database,
+        tiny_flux2_port,
     )
     try:
-        await _avatar(services, ALICE, "Mug", 1)
-        await _avatar(services, BOB, "Cat", 2, "pet")
-        await services.friends.set_others_may_ask(BOB, "Cat", True)
-        waiting = (await ask(services)).waiting
+        await _avatar(first, ALICE, "Mug", 1)
+        await _avatar(first, BOB, "Cat", 2, "pet")
+        await first.friends.set_others_may_ask(BOB, "Cat", True)
+        waiting = (await ask(first)).waiting
         assert waiting is not None and waiting.prompt == PROMPT
-        async with services.database.begin(readonly=True) as session:
+        async with database.begin(readonly=True) as session:
+            sealed = await session.get(AvatarAsk, waiting.id)
+            assert sealed is not None and "beach" not in sealed.prompt
+            before = sealed.prompt
+    finally:
+        await first.aclose()
+    services = await build_services(
+        service_settings(
+            tmp_path, engine=TINY_FLUX2, data_key=key("two"), old_data_keys=key("one")
+        ),
+        database,
+        tiny_flux2_port,
+    )
+    try:
+        report = await services.privacy.reencrypt()
+        assert report.asks == 1
+        async with database.begin(readonly=True) as session:
             row = await session.get(AvatarAsk, waiting.id)
-            assert row is not None and "beach" not in row.prompt
+            assert row is not None and row.prompt != before and "beach" not in row.prompt
         answered = await services.friends.approve(
             BOB, waiting.id, always=False, is_member=everyone_is_a_member
         )
