@@ -14,18 +14,18 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
 from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import BestOfCharge, SafetySettings
-from bot.errors import Forbidden, InvalidInput, NotFound, NotOwner, QueueFull, QuotaExceeded
-from bot.services import limits, withheld
+from bot.errors import Forbidden, InvalidInput, NotFound, NotOwner
+from bot.services import limits
+from bot.services.admission import admit
 from bot.services.events import JobEventKind, JobEvents
 from bot.services.job_settings import StoredRender, render_column, two_subjects
 from bot.services.jobs import JobService, queue_position
-from bot.services.ledger import UNITS_PER_RENDER, day_bounds, refund, reserve
+from bot.services.ledger import UNITS_PER_RENDER, refund, reserve
 from bot.services.names import name_key
 from bot.services.ports import EngineFacts
 from bot.services.prompt_policy import PromptPolicy
@@ -48,7 +48,7 @@ from bot.services.workers import WorkerRegistry
 from db.models import Avatar, RenderJob
 from db.repositories import avatars as avatars_repo
 from db.repositories import jobs as repo
-from db.repositories.common import checkpoint, lock_scope, scrub_deletes
+from db.repositories.common import checkpoint, scrub_deletes
 from db.session import Database
 from db.types import utcnow
 from engine.refine import UPSCALE_FACTOR, scaled_size
@@ -222,7 +222,16 @@ class RenderService:
         """Raise what :meth:`enqueue` would for the quota, the limits and the queues, without
         reserving anything (a render that waits for another member's answer)."""
         async with self._db.begin() as session:
-            await self._admit(session, user_id, guild_id, prepared.settings, utcnow())
+            await admit(
+                session,
+                self._quotas,
+                user_id,
+                guild_id,
+                prepared.settings,
+                self._units(prepared.settings),
+                utcnow(),
+                safety=self._safety,
+            )
 
     async def reroll(
         self,
@@ -616,7 +625,10 @@ class RenderService:
         second = others[0] if others else None
         now = utcnow()
         async with self._db.begin() as session:
-            units = await self._admit(session, user_id, guild_id, settings, now)
+            units = self._units(settings)
+            await admit(
+                session, self._quotas, user_id, guild_id, settings, units, now, safety=self._safety
+            )
             job = await self._jobs.insert(
                 session,
                 user_id=user_id,
@@ -647,56 +659,6 @@ class RenderService:
         logger.info("queued job %s (position %s)", job_id, position)
         logger.debug("job %s is user %s's", job_id, user_id)
         return JobTicket(job_id=job_id, position=position if position is not None else 0)
-
-    async def _admit(
-        self,
-        session: AsyncSession,
-        user_id: int,
-        guild_id: int | None,
-        settings: RenderSettings,
-        now: datetime,
-    ) -> int:
-        """The quota, withheld, rate and queue checks of a new job; the units it takes."""
-        # Serialise the guild's check-then-insert: the counts read below cannot change
-        # until this transaction ends.
-        await lock_scope(session, guild_id)
-        quotas = await self._quotas.quotas_in(session, guild_id)
-        usage = await self._quotas.usage_in(session, quotas, user_id)
-        units = self._units(settings)
-        if usage.remaining < units:
-            _, resets_at = day_bounds(now)
-            if usage.remaining >= UNITS_PER_RENDER and settings.refine is not None:
-                raise QuotaExceeded(
-                    f"An upscale counts as {units} renders and you have "
-                    f"{usage.remaining} left today.",
-                    resets_at=resets_at,
-                )
-            if usage.remaining >= UNITS_PER_RENDER:
-                raise QuotaExceeded(
-                    f"Best of {settings.best_of} counts as {units} renders and you have "
-                    f"{usage.remaining} left today; ask for fewer candidates.",
-                    resets_at=resets_at,
-                )
-            raise QuotaExceeded(
-                f"You have used your {usage.limit} renders for today.", resets_at=resets_at
-            )
-        await withheld.check(
-            session, quotas, user_id, now, settings=self._safety, keys=self._quotas.keys
-        )
-        keys = await self._quotas.keys.keys_for(session, guild_id, user_id, now)
-        await limits.check_render_rate(session, quotas, user_id, now, keys)
-        mine, guild_total = await repo.active_counts(session, guild_id=guild_id, user_id=user_id)
-        if mine >= quotas.queued_per_member:
-            raise QueueFull(
-                f"You already have {mine} render{'s' if mine != 1 else ''} waiting (the most "
-                "this server allows); try again when one of them finishes."
-            )
-        if guild_total >= quotas.queued_per_guild:
-            raise QueueFull(
-                "This server's render queue is full.",
-                retry_at=await limits.guild_queue_retry_at(session, guild_id, now),
-            )
-        return units
 
     async def _subject(
         self, session: AsyncSession, user_id: int, name: str, not_found: str
