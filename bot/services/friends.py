@@ -195,8 +195,7 @@ class FriendService:
             await _require_guild_allows(session, row.guild_id)
             row.status = AskStatus.APPROVED
             row.decided_at = now
-            if always:
-                await repo.add_grant(session, row.avatar_id, owner_id, row.requester_id, now)
+            avatar_id = row.avatar_id
             theirs = await avatars_repo.by_id(session, row.avatar_id)
             mine = await avatars_repo.by_id(session, row.requester_avatar_id)
             if theirs is None or mine is None:  # cascades delete the row first; belt and braces
@@ -223,6 +222,8 @@ class FriendService:
             again = await repo.get_ask(session, ask_id)
             if again is not None:
                 again.job_id = ticket.job_id
+            if always:  # once the render is queued: a refused approval grants nothing
+                await repo.add_grant(session, avatar_id, owner_id, view.requester_id, now)
         logger.info(
             "ask %s approved (%s): job %s", ask_id, "always" if always else "once", ticket.job_id
         )

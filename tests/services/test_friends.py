@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from bot.errors import Forbidden, InvalidInput, NotFound, NotOwner, PromptRefused
+from bot.errors import Forbidden, InvalidInput, NotFound, NotOwner, PromptRefused, QuotaExceeded
 from bot.services.container import Services, build_services
 from bot.services.ports import EnginePort
 from db.models import AvatarAsk, AvatarGrant, RenderJob
@@ -169,6 +169,27 @@ async def test_declined_and_expired_requests_charge_nothing(friends: Services) -
         await services.friends.approve(
             BOB, expired.id, always=False, is_member=everyone_is_a_member
         )
+
+
+async def test_an_approval_the_requesters_quota_refuses_leaves_the_request_open(
+    friends: Services,
+) -> None:
+    services = friends
+    await services.friends.set_others_may_ask(BOB, "Cat", True)
+    waiting = (await ask(services)).waiting
+    assert waiting is not None
+    await services.quotas.set(GUILD, actor_is_admin=True, renders_per_day=1)
+    await services.renders.request(ALICE, GUILD, CHANNEL, "Mug", "alone")  # the day's one
+    with pytest.raises(QuotaExceeded):
+        await services.friends.approve(BOB, waiting.id, always=True, is_member=everyone_is_a_member)
+    # Nothing queued, charged or granted; Bob can still answer once Alice has room again.
+    assert [a.id for a in await services.friends.pending(BOB)] == [waiting.id]
+    assert await used(services) == 1 and await services.friends.grants(BOB) == []
+    await services.quotas.set(GUILD, actor_is_admin=True, renders_per_day=2)
+    answered = await services.friends.approve(
+        BOB, waiting.id, always=False, is_member=everyone_is_a_member
+    )
+    assert answered.ticket is not None and await used(services) == 2
 
 
 async def test_the_prompt_policy_sees_both_subjects_before_anyone_is_asked(

@@ -20,7 +20,7 @@ import discord
 from discord import app_commands
 
 from bot.cogs.interactions import is_avatarbot
-from bot.errors import AvatarbotError
+from bot.errors import AvatarbotError, QueueFull, QuotaExceeded, RateLimited
 from bot.services.friends import AskView, MemberCheck
 from bot.services.results import InteractionRef, JobTicket, RenderOptions
 from bot.ui.errors import NO_MENTIONS, discord_time, report_error
@@ -211,9 +211,18 @@ async def answer(interaction: discord.Interaction[AvatarBot], ask_id: int, choic
             f"**{_escape(declined.ask.avatar_name)}**. Nothing was counted.",
         )
         return
-    approved = await friends.approve(
-        interaction.user.id, ask_id, always=choice == "always", is_member=member_check(bot)
-    )
+    try:
+        approved = await friends.approve(
+            interaction.user.id, ask_id, always=choice == "always", is_member=member_check(bot)
+        )
+    except (QuotaExceeded, QueueFull, RateLimited):
+        # The requester's limits, not the owner's doing: said so, and the request stays open.
+        await interaction.followup.send(
+            "The render cannot be queued right now: the member who asked has reached their "
+            "renders or queue limit. The request stays open until it expires; try again later.",
+            ephemeral=True,
+        )
+        return
     ask, ticket = approved.ask, approved.ticket
     assert ticket is not None
     always = (
