@@ -256,6 +256,9 @@ class Settings(BaseSettings):
     best_of_charge: BestOfCharge = "candidates"
     # What an Upscale x2 of one image costs, in renders (a Vary costs one, like a render).
     upscale_units: int = Field(default=1, ge=1, le=100)
+    # How long a request to render with another member's avatar waits for its owner's answer
+    # (bot/services/friends.py); expired requests charge nothing and are deleted.
+    friend_request_minutes: int = Field(default=15, ge=1, le=1440)
     result_layout: ResultLayout = "gallery"
     engine: EngineSettings = Field(default_factory=EngineSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)

@@ -175,7 +175,9 @@ async def build_services(
         workers=registry,
         avatars=avatars,
         renders=renders,
-        friends=FriendService(database, renders, cipher),
+        friends=FriendService(
+            database, renders, cipher, ask_minutes=settings.friend_request_minutes
+        ),
         quotas=quotas,
         jobs=jobs,
         privacy=privacy,

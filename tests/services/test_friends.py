@@ -139,6 +139,8 @@ async def test_approve_once_then_ask_again_then_always_allow_then_revoke(
 
 async def test_declined_and_expired_requests_charge_nothing(friends: Services) -> None:
     services = friends
+    # The operator's setting (AVATARBOT_FRIEND_REQUEST_MINUTES), 15 minutes by default.
+    assert services.settings.friend_request_minutes == 15
     await services.friends.set_others_may_ask(BOB, "Cat", True)
     declined = (await ask(services)).waiting
     assert declined is not None
@@ -150,6 +152,9 @@ async def test_declined_and_expired_requests_charge_nothing(friends: Services) -
 
     expired = (await ask(services)).waiting
     assert expired is not None
+    async with services.database.begin(readonly=True) as session:
+        row = await session.get(AvatarAsk, expired.id)
+        assert row is not None and row.expires_at - row.created_at == timedelta(minutes=15)
     async with services.database.begin() as session:
         await session.execute(
             update(AvatarAsk)
