@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from bot.errors import NotFound
 from db.models import JobOutput, RenderJob
 from tests.fixtures.discord import (
     SIMCORD,
@@ -78,9 +79,21 @@ async def test_image_buttons_work_after_a_restart(world: World, bots) -> None:
     await old_bot.close()
     assert world.bot is not old_bot
 
-    [upscaled] = (await world.alice.click(posted, label="Upscale 1")).followups
-    assert job_id_of(upscaled) != job_id_of(posted)
-    assert len(upscaled.attachments) == 1
+    # Every button of the gallery card posted before the restart, the image's and the job's.
+    for label, images in (
+        ("Upscale 1", 1),
+        ("Vary 1 (subtle)", 1),
+        ("Vary 1 (strong)", 1),
+        ("Reroll", 1),
+        ("Variations", 4),
+    ):
+        [new] = (await world.alice.click(posted, label=label)).followups
+        assert job_id_of(new) != job_id_of(posted), label
+        assert len(new.attachments) == len(result_card(new).gallery) == images, label
+    deleted = await world.alice.click(posted, label="Delete")
+    assert deleted.followups[-1].content == "Deleted: the images and the prompt."
+    with pytest.raises(NotFound):
+        await world.bot.services.jobs.view(job_id_of(posted))
 
 
 async def test_four_images_get_a_row_of_buttons_each(world: World) -> None:
