@@ -7,6 +7,10 @@ lock; creations: ``AvatarService.create`` under the member's lock), so concurren
 cannot slip past them. A refusal (``RateLimited``) carries the moment the oldest request
 counted leaves the window: retrying then succeeds unless something else refuses.
 
+The personal scope (guild None: DMs with the bot and a member's own install elsewhere,
+bot/services/quotas.py) has the same limits from ``Settings.personal_quotas``; its
+``queued_per_guild`` caps the queue of that whole scope, every member outside servers together.
+
 What is counted:
 - renders (requests, rerolls, variations) in the guild during the last minute, from the usage
   ledger's reservations: deleting the job does not remove its reservation, and a forget-me
