@@ -166,15 +166,20 @@ async def check_avatar_fits(
     photos = (await avatars_repo.photo_counts(session, [avatar.id])).get(avatar.id, 0)
     if photos > quotas.photos_per_avatar:
         raise InvalidInput(
-            f"“{avatar.name}” has {photos} photos; this server allows at most "
+            f"“{avatar.name}” has {photos} photos; {allowing(quotas)} at most "
             f"{quotas.photos_per_avatar} per avatar."
         )
     owned = await avatars_repo.count_for_owner(session, owner_id)
     if owned > quotas.avatars_per_member:
         raise QuotaExceeded(
-            f"You have {owned} avatars; this server allows {quotas.avatars_per_member}. "
+            f"You have {owned} avatars; {allowing(quotas)} {quotas.avatars_per_member}. "
             "Delete some to render here."
         )
+
+
+def allowing(quotas: GuildQuotas) -> str:
+    """Who sets the limits a refusal names: the server, or the operator outside servers."""
+    return "this server allows" if quotas.guild_id is not None else "outside servers I allow"
 
 
 async def guild_queue_retry_at(

@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 
 from bot.config import QuotaDefaults, Settings
-from bot.errors import InvalidInput, QuotaExceeded
+from bot.errors import InvalidInput, QueueFull, QuotaExceeded
 from bot.services.container import Services
 from bot.services.results import RenderOptions
 from db.repositories import ledger as ledger_repo
 from db.types import utcnow
 from tests.fixtures.services import CHANNEL, GUILD, make_avatar, service_settings
 
-PERSONAL = QuotaDefaults(renders_per_day=2, images_per_render=1, renders_per_minute=60)
+PERSONAL = QuotaDefaults(
+    renders_per_day=2, images_per_render=1, queued_per_member=1, renders_per_minute=60
+)
 
 
 @pytest.fixture
@@ -55,6 +57,9 @@ async def test_personal_renders_count_apart_from_every_guild(services: Services)
     assert (await services.quotas.usage(GUILD, 7)).used == 1
     assert (await services.quotas.usage(None, 8)).used == 0  # per member
 
+    with pytest.raises(QueueFull, match="the most outside servers I allow"):
+        await services.renders.request(7, None, None, "Mia", "waits for one")
+    await _run_all(services)
     await services.renders.request(7, None, None, "Mia", "two")
     with pytest.raises(QuotaExceeded, match="used your 2 renders"):
         await services.renders.request(7, None, None, "Mia", "three")
@@ -76,8 +81,9 @@ async def test_the_personal_scope_has_the_operators_bounds(services: Services) -
 async def test_forget_me_keeps_the_personal_days_usage(services: Services) -> None:
     await make_avatar(services, 7, "Mia")
     await services.renders.request(7, None, None, "Mia", "one")
-    await services.renders.request(7, None, None, "Mia", "two")
     await _run_all(services)  # rendered: forget-me refunds only what is still queued
+    await services.renders.request(7, None, None, "Mia", "two")
+    await _run_all(services)
     await services.privacy.forget_me(7)
 
     usage = await services.quotas.usage(None, 7)
