@@ -16,7 +16,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.avatars.cog import GUILD_ONLY, avatar_name_autocomplete
+from bot.cogs.avatars.cog import avatar_name_autocomplete
+from bot.cogs.place import place_of
 from bot.services.prompts import MAX_PROMPT_CHARS, STYLE_PRESETS
 from bot.services.renders import MembershipCheck
 from bot.services.results import (
@@ -88,9 +89,9 @@ async def render_command(
     with_avatar: str | None = None,
     best_of: app_commands.Range[int, 1, 4] | None = None,
 ) -> None:
-    if interaction.guild_id is None:
-        await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
-        return
+    # Outside a guild the bot is in: the personal quota, the operator's policy, a private
+    # result (bot/cogs/place.py).
+    place = place_of(interaction)
     response = await interaction.response.defer(ephemeral=True, thinking=True)
     cog = RenderCog.of(interaction)
     options = RenderOptions(
@@ -105,13 +106,13 @@ async def render_command(
     ref = interaction_ref(interaction, response)
     ticket = await cog.bot.services.renders.request(
         interaction.user.id,
-        interaction.guild_id,
-        interaction.channel_id,
+        place.guild_id,
+        place.channel_id,
         avatar,
         prompt,
         options,
         ref,
-        age_restricted=channel_is_age_restricted(interaction),
+        age_restricted=not place.personal and channel_is_age_restricted(interaction),
         with_avatar=with_avatar,
     )
     await cog.queued(interaction, ticket, ref)

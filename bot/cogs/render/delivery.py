@@ -11,6 +11,10 @@ Output safety (bot/services/safety.py): only images the output check passed are 
 where the job's record says so (an age-restricted channel of a guild that chose it), flagged
 ones as spoilers. When images are withheld the member alone is told: an ephemeral follow-up
 while the token lives, else a direct message; never the channel.
+
+A private result (``private_result``: asked for where the bot cannot post, through the
+member's own install; bot/cogs/place.py) is an ephemeral follow-up while the token lives, else
+a direct message: only the member ever sees it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ def only_member(user_id: int) -> discord.AllowedMentions:
     return discord.AllowedMentions(
         everyone=False, roles=False, users=[discord.Object(user_id)], replied_user=False
     )
+
+
+def private_result(job: JobView) -> bool:
+    """Whether the job's result is for its member's eyes only: asked for outside the guilds
+    the bot is in and outside a DM with it, so the job keeps neither (bot/cogs/place.py)."""
+    return job.guild_id is None and job.channel_id is None
 
 
 class DeliveryFailed(Exception):
@@ -219,13 +229,19 @@ class Delivery:
         )
 
     async def _send(self, job: JobView, message: _Message) -> None:
-        """The public result: a follow-up while the token lives, else the channel (or a DM).
-        Anything meant for the member alone goes through ``_send_private`` instead."""
+        """The result: a follow-up while the token lives, else the channel (or a DM); a
+        private result's follow-up is ephemeral and it has no channel. Anything meant for the
+        member alone goes through ``_send_private`` instead."""
         mentions = only_member(job.user_id)
         if job.interaction is not None and ref_usable(job.interaction):
             hook = webhook(self._client, job.interaction)
             try:
-                await hook.send(wait=True, allowed_mentions=mentions, **message.kwargs())
+                await hook.send(
+                    wait=True,
+                    allowed_mentions=mentions,
+                    ephemeral=private_result(job),
+                    **message.kwargs(),
+                )
                 return
             except discord.HTTPException as exc:
                 if is_transient(exc):
