@@ -70,8 +70,8 @@ DEFAULT_REFERENCE_SIZE = 512
 DEFAULT_MAX_REFERENCES = 4
 # Output pixels per latent token side: the VAE downsamples 8x, the transformer reads 2x2.
 SIZE_MULTIPLE = 16
-# The stock pipeline shrinks a reference image above this area (1024 tokens per 512 px square):
-# the chosen image of an Upscale is encoded at the output's size up to it.
+# The stock pipeline shrinks a reference image above this area (4096 tokens): the chosen
+# image of an Upscale is encoded at the output's size up to it.
 MAX_REFERENCE_PIXELS = 1024 * 1024
 # An Upscale's photos per subject after the chosen image. The chosen image already shows the
 # subject(s); one photo each brings back the identity detail a small image lost. Every
@@ -227,6 +227,7 @@ class Flux2KleinPersonalizer(Personalizer):
             return subjects
         size = chosen_reference_size(request.width, request.height)
         chosen = self.encode_reference(request.reference_image.convert("RGB"), size)
+        # Next to the cached (CPU) latents: prepare_references moves them all at once.
         return [chosen[0].to("cpu"), *subjects]
 
     def _subject_references(self, request: RenderRequest) -> list[torch.Tensor]:
@@ -338,7 +339,13 @@ class Flux2KleinPersonalizer(Personalizer):
         """Packed reference tokens, one row per sample (B, tokens, channels), and their
         positions (1, tokens, 4): reference i sits at time coordinate 10 + 10 i, as the stock
         pipeline places its images."""
-        per_sample = [self.references(s) for s in samples]
+        # A request appears once per image it asks for and again as bucket padding: its
+        # references (an Upscale's encoded at render time) are made once.
+        made: dict[int, list[torch.Tensor]] = {}
+        for sample in samples:
+            if id(sample) not in made:
+                made[id(sample)] = self.references(sample)
+        per_sample = [made[id(s)] for s in samples]
         rows = [
             torch.cat([pipe._pack_latents(ref[None]).squeeze(0) for ref in refs])
             for refs in per_sample

@@ -177,6 +177,35 @@ def test_an_upscale_is_the_same_alone_or_batched(
     assert np.array_equal(_pixels(alone.images[0]), _pixels(batched[1].images[0]))
 
 
+def test_bucket_padding_encodes_each_chosen_image_once(
+    engine: DiffusionEngine, pet: ConceptFeatures, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    personalizer, model = _personalizer(engine), engine.model
+    samples = [upscale_request(_source(s), _base(pet), engine.profile, seed=s) for s in range(3)]
+    encoded: list[tuple[int, int]] = []
+    encode = personalizer.encode_reference
+
+    def counted(image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+        encoded.append(image.size)
+        return encode(image, size)
+
+    monkeypatch.setattr(personalizer, "encode_reference", counted)
+
+    def work() -> Any:
+        with torch.inference_mode():
+            return personalizer.run_batch(
+                model.pipe,
+                samples,
+                [1, 2, 3],
+                scheduler_config=model.scheduler_config,
+                buckets=(1, 2, 4),
+            )
+
+    outcome = asyncio.run(engine.call(work))
+    assert outcome.kept == [0, 1, 2] and len(outcome.images) == 3
+    assert encoded == [(64, 64)] * 3  # the padding row reuses the last sample's references
+
+
 def test_vary_is_refused_with_its_reason(engine: DiffusionEngine, pet: ConceptFeatures) -> None:
     assert engine.refines("flux2-klein") == {Refinement.UPSCALE}
     request = vary_request(_source(0), _base(pet), engine.profile, Variation.SUBTLE, seed=1)
