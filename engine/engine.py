@@ -38,7 +38,7 @@ from engine.pipeline import (
     make_pipeline_batch_invariant,
 )
 from engine.profiles import Profile, default_guidance, resolve_profile
-from engine.types import ConceptFeatures, ConceptKind, RenderRequest, RenderResult
+from engine.types import ConceptFeatures, ConceptKind, Refinement, RenderRequest, RenderResult
 from engine.worker import Preview, Progress, Worker
 
 if TYPE_CHECKING:
@@ -404,9 +404,9 @@ class DiffusionEngine:
         """How many subjects one render with ``personalizer`` may show."""
         return self._runner.personalizer(personalizer or self.default_personalizer).max_subjects
 
-    def refines(self, personalizer: str | None = None) -> bool:
-        """Whether ``personalizer`` re-renders a source image (Upscale, Vary: engine/refine.py)."""
-        return self._runner.personalizer(personalizer or self.default_personalizer).image_to_image
+    def refines(self, personalizer: str | None = None) -> frozenset[Refinement]:
+        """What ``personalizer`` can do with a chosen image (Upscale, Vary: engine/refine.py)."""
+        return self._runner.personalizer(personalizer or self.default_personalizer).refinements
 
     @property
     def is_noise(self) -> bool:
