@@ -14,6 +14,7 @@ the pipeline's previews arriving per sample, unaffected by batch mates, never fo
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -241,10 +242,12 @@ def _req(seed: int, **kw: Any) -> RenderRequest:
     return RenderRequest(personalizer="none", scheduler="ddim", seed=seed, **values)
 
 
-async def test_pipeline_previews_each_sample_alone_or_batched(
-    tiny_engine: DiffusionEngine,
+async def record_previews(
+    engine: DiffusionEngine, batches: Sequence[tuple[Sequence[RenderRequest], Recorder]]
 ) -> None:
-    model = tiny_engine.model
+    """Render each batch through the pipeline's own loop, padded to 4 rows (padding rows must
+    get no previews), its recorder taking the steps and previews."""
+    model = engine.model
     personalizer = model.personalizers["none"]
 
     def run(samples: Sequence[RenderRequest], on_step: StepCallback) -> BatchOutcome:
@@ -255,22 +258,40 @@ async def test_pipeline_previews_each_sample_alone_or_batched(
                 [s.seed for s in samples],
                 scheduler_config=model.scheduler_config,
                 on_step=on_step,
-                buckets=(4,),  # pads the batch: padding rows get no previews
+                buckets=(4,),
             )
 
-    target = _req(1)
-    alone, batched, quiet = Recorder(1), Recorder(2), Recorder(2, due=False)
-    await tiny_engine.call(lambda: run([target], alone))
-    await tiny_engine.call(lambda: run([_req(2, prompt="a dog"), target], batched))
-    await tiny_engine.call(lambda: run([_req(2), target], quiet))
-    assert isinstance(alone, PreviewingStepCallback)
-    # Every step but the last (the result follows it); the tiny VAE halves: 32 x 48 cells.
+    for samples, recorder in batches:
+        await engine.call(functools.partial(run, samples, recorder))
+
+
+def assert_alone_equals_batched(alone: Recorder, batched: Recorder) -> None:
+    """Previews of every step but the last (the result follows it), per sample: the target's
+    the same alone as next to a batch mate, whose own differ."""
     assert [sorted(p) for p in alone.previews] == [[0]] * 3
     assert [sorted(p) for p in batched.previews] == [[0, 1]] * 3
-    assert all(im.size == (32, 48) for p in batched.previews for im in p.values())
     for solo, mates in zip(alone.previews, batched.previews, strict=True):
         assert np.array_equal(np.asarray(solo[0]), np.asarray(mates[1]))
     assert not np.array_equal(np.asarray(batched.previews[0][0]), np.asarray(alone.previews[0][0]))
+
+
+async def test_pipeline_previews_each_sample_alone_or_batched(
+    tiny_engine: DiffusionEngine,
+) -> None:
+    target = _req(1)
+    alone, batched, quiet = Recorder(1), Recorder(2), Recorder(2, due=False)
+    await record_previews(
+        tiny_engine,
+        [
+            ([target], alone),
+            ([_req(2, prompt="a dog"), target], batched),
+            ([_req(2), target], quiet),
+        ],
+    )
+    assert isinstance(alone, PreviewingStepCallback)
+    assert_alone_equals_batched(alone, batched)
+    # Projected: one pixel per latent cell; the tiny VAE halves, 32 x 48 cells.
+    assert all(im.size == (32, 48) for p in batched.previews for im in p.values())
     assert quiet.previews == []
 
 
