@@ -24,7 +24,9 @@ from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny
 from engine import DiffusionEngine, EngineSettings, MissingWeights, create_engine
 from engine.loading import load_preview_decoder
 from engine.preview import PREVIEW_MAX_SIDE, DecoderPreview, previewer_for
+from engine.profiles import get_profile
 from engine.tiny import tiny_components
+from engine.weights import HubSource, weights_plan
 from tests.engine.test_preview import Recorder, _req, assert_alone_equals_batched, record_previews
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,6 +135,23 @@ def test_a_decoder_for_other_latents_is_refused(tmp_path: Path) -> None:
     tiny_decoder(latent_channels=16).save_pretrained(tmp_path / "wide")
     with pytest.raises(MissingWeights, match="decodes 16-channel latents, this model makes 4"):
         _load(str(tmp_path / "wide"))
+
+
+def test_weights_download_fetches_a_hub_decoder_and_notes_a_local_one() -> None:
+    sd15 = get_profile("sd15-ip-adapter-plus-face")
+    plan = weights_plan(sd15, preview_decoder="madebyollin/taesd")
+    assert plan.sources[-1] == HubSource(
+        "preview decoder",
+        "madebyollin/taesd",
+        "engine.preview_decoder",
+        "files",
+        ("config.json", "diffusion_pytorch_model.safetensors"),
+    )
+    local = weights_plan(sd15, preview_decoder="/srv/taesd")
+    assert local.sources == weights_plan(sd15).sources
+    assert any("/srv/taesd" in note for note in local.notes)
+    tiny = weights_plan(get_profile("tiny"), preview_decoder="madebyollin/taesd")
+    assert [s.repo for s in tiny.sources] == ["madebyollin/taesd"]
 
 
 def test_the_worker_says_so_in_one_line(tmp_path: Path) -> None:
