@@ -61,8 +61,8 @@ def test_projection_colours_and_layout_on_known_latents() -> None:
 COLOUR_STEPS = 150
 COLOUR_BATCH = 8
 COLOUR_SIDE = 16  # pixels; the tiny VAE halves: 8 x 8 latent cells
-# Measured (a loaded 2-core CPU): training 11.7-15.5 s; held-out reconstruction error 15.2
-# of 255 per pixel; mean-colour error of the fitted projection 5.45 of 255, of its
+# Measured (a shared 2-core CPU): training 9.3-25 s with the load; held-out reconstruction
+# error 15.2 of 255 per pixel; mean-colour error of the fitted projection 5.45 of 255, of its
 # RGB-permuted copy 26.2, of SD1's coefficients 25.9; per-cell error 17.6 vs 43.8 for the
 # training decodes' mean colour. Tolerances: about twice the measurement, under half the
 # controls'.
