@@ -6,9 +6,12 @@ benchmark's small ones) is the unit; each refinement of its first image goes thr
 rounds, the order rotating each round, so a busy machine slows all alike; the figures are the
 ratios of the medians to the render's. The upscale runs both ways: as the profile's budget
 (``max_untiled_pixels``) decides, and the other way (tiled if the budget keeps it whole,
-whole if it tiles), so the cost of tiling shows too.
+whole if it tiles), so the cost of tiling shows too. On FLUX.2 [klein] (its personalizer,
+``flux2-klein``) the upscale is a render at twice the side with the image as its first
+reference, untiled, and Vary is not offered (no image-to-image there), so only the upscale runs.
 
     python -m bench.refine --profile tiny
+    python -m bench.refine --profile tiny-flux2 --steps 4
     python -m bench.refine --profile sd15-shaped --steps 10
 """
 
@@ -57,11 +60,14 @@ def settings(ctx: BenchContext, args: argparse.Namespace) -> tuple[int, int, int
 
 
 def cases(engine: Any, render: Any, source: Any) -> dict[str, Any]:
-    """The requests timed, by label: the render and its refinements of ``source``."""
+    """The requests timed, by label: the render and its refinements of ``source`` (those its
+    personalizer runs)."""
     from engine.refine import Variation, tile_side, upscale_request, vary_request
 
     profile = engine.profile
     upscale = upscale_request(source, render, profile, seed=render.seed + 100)
+    if upscale.reference_image is not None:  # FLUX.2 [klein]: no tiles, no Vary
+        return {"render": render, "upscale x2, image as reference": upscale}
     if upscale.tile:
         other, other_label = dataclasses.replace(upscale, tile=0), "upscale x2, untiled"
     else:
@@ -94,7 +100,7 @@ async def measure(
         seed=1234,
         identity_strength=IDENTITY_STRENGTH,
         scheduler=args.scheduler,
-        personalizer="ip-adapter",
+        personalizer=engine.default_personalizer,
         features=features,
     )
     source = (await engine.render(render)).images[0]
@@ -140,6 +146,8 @@ async def measure(
             "Image-to-image re-runs the last strength x steps of the schedule (at least one) "
             "after one VAE encode of the source; the upscale does so at twice the side (4x "
             "the pixels). Tiled, each step runs the UNet once per overlapping tile.",
+            "FLUX.2 [klein]'s upscale renders the whole schedule at twice the side, with the "
+            "image encoded once as a reference (its tokens join the joint attention).",
             f"Profile budget: max_untiled_pixels = {engine.profile.max_untiled_pixels}.",
         ],
         "table": table,
@@ -164,7 +172,8 @@ def result_stem(profile: str, device: str) -> str:
 
 
 async def run(args: argparse.Namespace) -> Path:
-    return await run_on_engine(args, NAME, measure, "ip-adapter", result_stem)
+    # The engine's default personalizer: ip-adapter on Stable Diffusion, flux2-klein on FLUX.2.
+    return await run_on_engine(args, NAME, measure, None, result_stem)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,6 +90,10 @@ class QuotaDefaults(BaseModel):
     best_of: int = Field(default=1, ge=1, le=4)
 
 
+# Outside servers: a few renders a day per member; the rest as in a server by default.
+PERSONAL_QUOTAS = QuotaDefaults(renders_per_day=5)
+
+
 class QuotaCeilings(BaseModel):
     """The operator's ceilings above every guild's quotas: ``/avatar-admin quota set`` refuses
     a value above its ceiling, and an override stored before a ceiling was lowered is read as
@@ -248,6 +252,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     photos: PhotoLimits = Field(default_factory=PhotoLimits)
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
+    # The quotas outside every server the bot is in: DMs with it, and servers or group DMs
+    # where a member installed the app to their own account (``AVATARBOT_PERSONAL_QUOTAS__*``).
+    # One scope for all of them, per member; no admin can raise it, so the defaults are lower.
+    # Its ``queued_per_guild`` caps that scope's queue, all members outside servers together.
+    personal_quotas: QuotaDefaults = Field(default_factory=lambda: PERSONAL_QUOTAS)
     # Upper bounds on what guild admins may set (``AVATARBOT_QUOTA_CEILINGS__*``).
     quota_ceilings: QuotaCeilings = Field(default_factory=QuotaCeilings)
     # What a best-of-k render costs: "candidates" (default) counts each `count` images rendered

@@ -21,6 +21,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import discord
+
 from bot.app import create_bot
 from bot.config import Settings
 from bot.ui.transcript import Shown, Step, write_transcript
@@ -165,14 +167,23 @@ class _Recorder:
             path.write_bytes(await attachment.read())
             self.images.append(path)
             images.append(f"images/{name}")
-        buttons = []
-        for row in getattr(message, "components", []) or []:
-            children = row["components"] if isinstance(row, dict) else row.children
-            for child in children:
-                buttons.append(child["label"] if isinstance(child, dict) else child.label)
+        # Components as Discord's payload dicts, nested ones (a V2 card's rows) included.
+        pending = [
+            c if isinstance(c, dict) else c.to_dict()
+            for c in getattr(message, "components", []) or []
+        ]
+        buttons, texts = [], []
+        while pending:
+            component = pending.pop(0)
+            if component["type"] == discord.ComponentType.button.value:
+                buttons.append(component.get("label"))
+            elif component["type"] == discord.ComponentType.text_display.value:
+                texts.append(component["content"])
+            pending[:0] = component.get("components", [])
         embeds = [embed.to_dict() for embed in getattr(message, "embeds", [])]
         return Shown(
-            content=getattr(message, "content", "") or "",
+            # A components V2 message has no content: its text is in its text displays.
+            content=getattr(message, "content", "") or "\n".join(texts),
             ephemeral=ephemeral,
             embeds=embeds,
             images=images,

@@ -98,7 +98,9 @@ class EngineAdapter:
                 default_guidance=float(engine.default_guidance),
                 size_multiple=engine.size_multiple,
                 likeness=engine.likeness_methods(),
-                refines={p: engine.refines(p) for p in engine.personalizers},
+                refines={
+                    p: frozenset(str(r) for r in engine.refines(p)) for p in engine.personalizers
+                },
             )
         return self._facts
 

@@ -68,6 +68,10 @@ class EngineSettings(BaseModel):
     gather_window_ms: int = Field(default=30, ge=0, le=5000)
     # Live previews: at most one every this many seconds, a Discord edit's worth (0: every step).
     preview_interval_s: float = Field(default=3.0, ge=0.0, le=600.0)
+    # A tiny VAE decoder for those previews instead of the fixed latent-to-RGB projection: a
+    # hub id (madebyollin/taesd for SD1.x) or a local folder in diffusers' AutoencoderTiny
+    # layout (config.json + diffusion_pytorch_model.safetensors). SD1.x profiles only.
+    preview_decoder: str | None = None
     # None: the profile's own (25 on SD1.5 profiles, 4 on tiny, whose images are noise anyway).
     default_steps: int | None = Field(default=None, ge=1, le=150)
     default_guidance: float = Field(default=6.0, ge=0.0, le=30.0)

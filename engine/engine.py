@@ -25,6 +25,7 @@ from engine.errors import UnknownPersonalizer
 from engine.loading import (
     is_offline,
     load_base_pipeline,
+    load_preview_decoder,
     pick_device,
     pick_dtype,
     quiet_progress_bars,
@@ -37,8 +38,9 @@ from engine.pipeline import (
     avatar_pipeline,
     make_pipeline_batch_invariant,
 )
+from engine.preview import DecoderPreview, attach_decoder
 from engine.profiles import Profile, default_guidance, resolve_profile
-from engine.types import ConceptFeatures, ConceptKind, RenderRequest, RenderResult
+from engine.types import ConceptFeatures, ConceptKind, Refinement, RenderRequest, RenderResult
 from engine.worker import Preview, Progress, Worker
 
 if TYPE_CHECKING:
@@ -105,6 +107,16 @@ def load_model(settings: EngineSettings, profile: Profile) -> LoadedModel:
         raise
     personalizers: dict[str, Personalizer] = {}
     try:
+        if settings.preview_decoder is not None:
+            _attach_preview_decoder(
+                settings.preview_decoder,
+                profile,
+                pipe,
+                device=device,
+                dtype=dtype,
+                offline=offline,
+                cache_dir=cache_dir,
+            )
         # Random-weight profiles write adapters to a temp folder and read them back: progress
         # bars for that say nothing and clutter the demo. Real weights keep theirs.
         with quiet_progress_bars(profile.is_noise):
@@ -200,6 +212,36 @@ def _build_pipeline(
         _realign(pipe)
         make_pipeline_batch_invariant(pipe)
     return pipe
+
+
+def _attach_preview_decoder(
+    location: str,
+    profile: Profile,
+    pipe: Any,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    offline: bool,
+    cache_dir: str | None,
+) -> None:
+    """The operator's tiny VAE decoder for live previews, where previews are shown (SD1.x)."""
+    if profile.pipeline_family != "stable-diffusion":
+        logger.warning(
+            "engine.preview_decoder %s ignored: profile %s shows no live previews",
+            location,
+            profile.name,
+        )
+        return
+    decoder = load_preview_decoder(
+        location,
+        latent_channels=int(pipe.vae.config.latent_channels),
+        device=device,
+        dtype=dtype,
+        offline=offline,
+        cache_dir=cache_dir,
+    )
+    attach_decoder(pipe, DecoderPreview(decoder))
+    logger.info("live previews decoded by %s", location)
 
 
 def _realign(pipe: Any) -> None:
@@ -404,9 +446,9 @@ class DiffusionEngine:
         """How many subjects one render with ``personalizer`` may show."""
         return self._runner.personalizer(personalizer or self.default_personalizer).max_subjects
 
-    def refines(self, personalizer: str | None = None) -> bool:
-        """Whether ``personalizer`` re-renders a source image (Upscale, Vary: engine/refine.py)."""
-        return self._runner.personalizer(personalizer or self.default_personalizer).image_to_image
+    def refines(self, personalizer: str | None = None) -> frozenset[Refinement]:
+        """What ``personalizer`` can do with a chosen image (Upscale, Vary: engine/refine.py)."""
+        return self._runner.personalizer(personalizer or self.default_personalizer).refinements
 
     @property
     def is_noise(self) -> bool:

@@ -68,13 +68,16 @@ def is_single_file(location: str) -> bool:
     return location.lower().endswith(SINGLE_FILE_SUFFIXES)
 
 
-def how_to_get(location: str, *, what_setting: str, files: tuple[str, ...] = ()) -> str:
-    """The sentence that tells an operator how to make ``location`` available."""
+ANY_LAYOUT = "an existing local diffusers folder, a single .safetensors/.ckpt file, or a hub id"
+
+
+def how_to_get(
+    location: str, *, what_setting: str, files: tuple[str, ...] = (), layout: str = ANY_LAYOUT
+) -> str:
+    """The sentence that tells an operator how to make ``location`` available (``layout``:
+    what a local copy may be)."""
     if looks_local(location):
-        return (
-            f"Check the path, or point {what_setting} at an existing local diffusers folder, "
-            "a single .safetensors/.ckpt file, or a hub id."
-        )
+        return f"Check the path, or point {what_setting} at {layout}."
     download = f"hf download {location}" + "".join(f" {f}" for f in files)
     return (
         f"Download it once with `{download}` (it lands in the Hugging Face cache), allow "
@@ -90,13 +93,13 @@ def load_or_explain(
     *,
     what_setting: str,
     files: tuple[str, ...] = (),
+    layout: str = ANY_LAYOUT,
 ) -> T:
     """Run ``load``; turn the many ways weights can be missing into one ``MissingWeights``."""
     local = Path(location).expanduser()
     if looks_local(location) and not local.exists():
-        raise MissingWeights(
-            what, location, how_to_get(location, what_setting=what_setting), reason="no such path"
-        )
+        how = how_to_get(location, what_setting=what_setting, layout=layout)
+        raise MissingWeights(what, location, how, reason="no such path")
     try:
         return load()
     except MissingWeights:
@@ -108,7 +111,7 @@ def load_or_explain(
         raise MissingWeights(
             what,
             location,
-            how_to_get(location, what_setting=what_setting, files=files),
+            how_to_get(location, what_setting=what_setting, files=files, layout=layout),
             reason=first_line(exc),
         ) from exc
 
@@ -203,6 +206,61 @@ def load_base_pipeline(
         what = "base model"
     with hub_offline(offline):
         return load_or_explain(what, location, load, what_setting="engine.base_model")
+
+
+PREVIEW_DECODER_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+
+
+def load_preview_decoder(
+    location: str,
+    *,
+    latent_channels: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    offline: bool,
+    cache_dir: str | None,
+) -> Any:
+    """An ``AutoencoderTiny`` (TAESD's layout) from a hub id or a local folder, on ``device``
+    in ``dtype``, checked to decode ``latent_channels``-channel latents."""
+    from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny
+
+    source = str(Path(location).expanduser()) if looks_local(location) else location
+    common: dict[str, Any] = {
+        "cache_dir": cache_dir,
+        "local_files_only": offline or looks_local(location),
+    }
+
+    def load() -> Any:
+        # Another model's folder (an AutoencoderKL's, say) would load with random weights
+        # and a warning: refuse it by its config's class first.
+        config = AutoencoderTiny.load_config(source, **common)
+        kind = config.get("_class_name") if isinstance(config, dict) else None
+        if kind != "AutoencoderTiny":
+            raise ValueError(
+                f"its config.json describes {kind or 'no model class'}, not an AutoencoderTiny"
+            )
+        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtype, **common)
+
+    with hub_offline(offline):
+        decoder = load_or_explain(
+            "preview decoder",
+            location,
+            load,
+            what_setting="engine.preview_decoder",
+            files=PREVIEW_DECODER_FILES,
+            layout="a folder in diffusers' AutoencoderTiny layout (config.json and "
+            "diffusion_pytorch_model.safetensors) or a hub id such as madebyollin/taesd",
+        )
+    channels = int(decoder.config.latent_channels)
+    if channels != latent_channels:
+        raise MissingWeights(
+            "preview decoder",
+            location,
+            "Point engine.preview_decoder at the tiny decoder of this model's VAE "
+            "(madebyollin/taesd for SD1.x), or unset it.",
+            reason=f"it decodes {channels}-channel latents, this model makes {latent_channels}",
+        )
+    return decoder.to(device).eval()
 
 
 def stable_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from engine.personalizers.base import (
     PreviewingStepCallback,
     StepCallback,
 )
-from engine.preview import projection_for
+from engine.preview import previewer_for
 from engine.types import SCHEDULER_NAMES, RenderRequest
 
 if TYPE_CHECKING:
@@ -391,18 +391,21 @@ def preview_sink(
     pipe: StableDiffusionPipeline, on_step: StepCallback | None
 ) -> Callable[[torch.Tensor, Sequence[int], int], None] | None:
     """Where live previews of a batch go: ``(latents, batch positions, real samples)``;
-    None when the caller takes none or this VAE family has no latent-to-RGB projection."""
+    None when the caller takes none or this pipeline has no way to make them (neither a
+    tiny decoder nor a latent-to-RGB projection for its VAE family). Padding rows (positions
+    from ``real`` on) are never previewed."""
     if not isinstance(on_step, PreviewingStepCallback):
         return None
-    projection = projection_for(pipe.vae)
-    if projection is None:
+    previewer = previewer_for(pipe)
+    if previewer is None:
         return None
 
     def sink(latents: torch.Tensor, positions: Sequence[int], real: int) -> None:
         if not on_step.preview_due():
             return
-        images = projection.images(latents)
-        on_step.preview({p: im for p, im in zip(positions, images, strict=True) if p < real})
+        rows = [j for j, position in enumerate(positions) if position < real]
+        images = previewer.images(latents[rows])
+        on_step.preview({positions[j]: image for j, image in zip(rows, images, strict=True)})
 
     return sink
 

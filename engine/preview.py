@@ -17,6 +17,14 @@ Families:
 ``fit_projection`` fits a projection by least squares from latents and their decodes: what
 an operator would do for a VAE without published coefficients, and how the tests check that
 a projection and the VAE's decode agree in colour (tests/engine/test_preview.py).
+``projection_for`` fits none at load for a VAE without published factors: the VAEs that reach
+the SD1.x denoising loop are SD1's latent space (published factors), and the random-weight
+profiles' decode carries no colour to fit (a fit predicts it no better than a constant), so
+a fitted projection would show a flat colour while claiming to match.
+
+Where the operator names a tiny VAE decoder (``engine.preview_decoder``: an
+``AutoencoderTiny`` such as madebyollin/taesd), ``DecoderPreview`` decodes previews with it
+instead: real detail and colour, at the cost of a small network's pass per image.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 
 if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny
     from PIL.Image import Image
 
 PREVIEW_MAX_SIDE = 128
@@ -57,14 +66,61 @@ class LatentProjection:
 
     def images(self, latents: torch.Tensor, max_side: int = PREVIEW_MAX_SIDE) -> list[Image]:
         """One small RGB image per latent, at most ``max_side`` pixels a side."""
-        colours = ((self.rgb(latents) + 1.0) / 2.0).clamp(0.0, 1.0)
-        pixels = (colours * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        images = []
-        for array in pixels:
-            image = PILImage.fromarray(array, mode="RGB")
-            image.thumbnail((max_side, max_side), PILImage.Resampling.BILINEAR)
-            images.append(image)
-        return images
+        return _small_images(self.rgb(latents), max_side)
+
+
+@dataclass(frozen=True)
+class DecoderPreview:
+    """Previews decoded by a tiny VAE decoder (diffusers' ``AutoencoderTiny``, TAESD's layout),
+    loaded on the pipeline's device and dtype."""
+
+    decoder: AutoencoderTiny
+
+    def images(self, latents: torch.Tensor, max_side: int = PREVIEW_MAX_SIDE) -> list[Image]:
+        """One small RGB image per latent, at most ``max_side`` pixels a side.
+
+        ``latents`` are the UNet's (scaled by the VAE's scaling factor); the decoder reads
+        them divided by its own ``scaling_factor`` (1.0 for TAESD: it was trained on SD's
+        scaled latents) and returns RGB in [-1, 1]. Latents are area-averaged first so the
+        decode comes out at most ``max_side`` a side, and decoded one at a time, so a
+        preview never depends on its batch mates.
+        """
+        config = self.decoder.config
+        # DecoderTiny upsamples after every block but the last.
+        upscale = int(config["upsampling_scaling_factor"]) ** (
+            len(config["num_decoder_blocks"]) - 1
+        )
+        scaling = float(config["scaling_factor"])
+        parameter = next(self.decoder.parameters())
+        decoded = []
+        with torch.inference_mode():
+            for row in latents.split(1):
+                small = _shrink(row, max(1, max_side // upscale))
+                small = small.to(parameter.device, parameter.dtype) / scaling
+                decoded.append(self.decoder.decode(small).sample.float().cpu())
+        return [image for rgb in decoded for image in _small_images(rgb, max_side)]
+
+
+def _shrink(latents: torch.Tensor, max_cells: int) -> torch.Tensor:
+    """(1, C, h, w) latents area-averaged to at most ``max_cells`` a side, aspect kept."""
+    height, width = latents.shape[-2:]
+    scale = min(1.0, max_cells / max(height, width))
+    if scale == 1.0:
+        return latents
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(latents, size=size, mode="area")
+
+
+def _small_images(rgb: torch.Tensor, max_side: int) -> list[Image]:
+    """(B, 3, h, w) colours in [-1, 1] → one RGB image each, at most ``max_side`` a side."""
+    colours = ((rgb + 1.0) / 2.0).clamp(0.0, 1.0)
+    pixels = (colours * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = []
+    for array in pixels:
+        image = PILImage.fromarray(array, mode="RGB")
+        image.thumbnail((max_side, max_side), PILImage.Resampling.BILINEAR)
+        images.append(image)
+    return images
 
 
 SD1_PROJECTION = LatentProjection(
@@ -99,3 +155,23 @@ def fit_projection(latents: torch.Tensor, pixels: torch.Tensor) -> LatentProject
     solution = torch.linalg.lstsq(inputs, outputs).solution
     rows = [(float(r), float(g), float(b)) for r, g, b in solution.tolist()]
     return LatentProjection(factors=tuple(rows[:-1]), bias=rows[-1])
+
+
+Previewer = LatentProjection | DecoderPreview
+# The pipeline attribute that holds an operator's decoder (engine/engine.py sets it at load).
+_DECODER_ATTRIBUTE = "preview_decoder"
+
+
+def attach_decoder(pipe: object, decoder: DecoderPreview) -> None:
+    """Make ``previewer_for(pipe)`` decode this pipeline's previews with ``decoder``."""
+    setattr(pipe, _DECODER_ATTRIBUTE, decoder)
+
+
+def previewer_for(pipe: object) -> Previewer | None:
+    """How this pipeline's previews are made: its attached decoder, else its VAE family's
+    projection, else None (no previews)."""
+    decoder = getattr(pipe, _DECODER_ATTRIBUTE, None)
+    if isinstance(decoder, DecoderPreview):
+        return decoder
+    vae = getattr(pipe, "vae", None)
+    return projection_for(vae) if isinstance(vae, torch.nn.Module) else None

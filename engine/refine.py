@@ -1,9 +1,9 @@
 """Refining one chosen image: Upscale x2 and Vary (subtle / strong), as render requests.
 
-Both are image-to-image renders of the chosen image with the original request's prompt,
-subject(s), personalizer and identity strength (engine/pipeline.py runs them through the
-same denoising loop as any render; batching keeps working: requests of the same kind,
-strength and size share a batch):
+On the Stable Diffusion profiles both are image-to-image renders of the chosen image with the
+original request's prompt, subject(s), personalizer and identity strength (engine/pipeline.py
+runs them through the same denoising loop as any render; batching keeps working: requests of
+the same kind, strength and size share a batch):
 
 - Upscale x2 is the "hires fix": the image resized to twice its side (Lanczos), then
   denoised again over the last ``UPSCALE_STRENGTH`` of the schedule, which redraws detail
@@ -12,14 +12,24 @@ strength and size share a batch):
 - Vary re-runs a larger share of the schedule from the image at its own size: subtle keeps
   the composition and changes details, strong keeps the layout and colours loosely.
 
-The caller picks the new seeds. FLUX.2 [klein] refuses image-to-image (its personalizer's
-``check``), so these requests are for the Stable Diffusion profiles.
+On FLUX.2 [klein] (``pipeline_family`` "flux2"), whose pipeline reads images only as
+references, Upscale x2 is a render at twice the side with the same prompt and subject(s) and
+the chosen image as the FIRST reference (``RenderRequest.reference_image``; the personalizer
+encodes it at the output's size and adds one photo per subject). BFL's multi-reference
+prompts name references by position ("the person from image 1"), so the prompt's image
+numbers move up by one and ``REFERENCE_UPSCALE_PREFIX`` says what image 1 is. No tiling: the
+transformer attends over the whole image and its references at once, and ``MAX_SIDE`` caps the
+size. Vary is refused there (its personalizer's ``check``): with no strength, nothing says how
+much of the source to keep.
+
+The caller picks the new seeds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -40,6 +50,12 @@ VARY_STRONG_STRENGTH = 0.7
 # Tiles are whole UNet inputs: Stable Diffusion's UNet halves a latent three times, so a tile
 # side is a multiple of 8 latent cells, 64 pixels.
 TILE_MULTIPLE = 64
+# Profiles whose Upscale passes the chosen image as a reference, not as init latents.
+REFERENCE_FAMILIES = frozenset({"flux2"})
+REFERENCE_UPSCALE_PREFIX = (
+    "Image 1 redrawn at a higher resolution with finer detail, the same picture: "
+)
+_IMAGE_NUMBER = re.compile(r"\b(image\s+)(\d+)\b", re.IGNORECASE)
 
 
 class Variation(StrEnum):
@@ -54,9 +70,27 @@ class Variation(StrEnum):
 def upscale_request(
     source: Image, base: RenderRequest, profile: Profile, *, seed: int
 ) -> RenderRequest:
-    """An Upscale x2 of ``source`` (one image of ``base``'s render) with ``seed``."""
+    """An Upscale x2 of ``source`` (one image of ``base``'s render) with ``seed``: the hires
+    fix, or on FLUX.2 a render with ``source`` as its first reference."""
     width, height = scaled_size(source.size, UPSCALE_FACTOR, profile.size_multiple)
+    if profile.pipeline_family in REFERENCE_FAMILIES:
+        return dataclasses.replace(
+            base,
+            prompt=reference_upscale_prompt(base.prompt),
+            width=width,
+            height=height,
+            seed=seed,
+            count=1,
+            reference_image=source.convert("RGB"),
+        )
     return _image_to_image(source, base, profile, width, height, UPSCALE_STRENGTH, seed, 1)
+
+
+def reference_upscale_prompt(prompt: str) -> str:
+    """``prompt`` for a render whose image 1 is the chosen image: its own "image N" become
+    "image N+1" (the subjects' references come after it), behind a prefix that names image 1."""
+    renumbered = _IMAGE_NUMBER.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + 1}", prompt)
+    return REFERENCE_UPSCALE_PREFIX + renumbered
 
 
 def vary_request(

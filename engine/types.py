@@ -10,6 +10,7 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,13 @@ MAX_EXTRA_SUBJECTS = 1
 # seed+count-1, and every layer must carry them exactly. Torch takes up to 2**63-1; Discord's
 # integer options and JSON numbers only up to 2**53-1, the narrowest, so that is the bound.
 MAX_SEED = 2**53 - 1 - MAX_COUNT
+
+
+class Refinement(StrEnum):
+    """What a personalizer can do with one chosen image of a render (engine/refine.py)."""
+
+    UPSCALE = "upscale"  # the image at twice its side
+    VARY = "vary"  # the image re-rendered from part of its schedule (needs image-to-image)
 
 
 # The kind of subject a concept shows: the one enum all layers share (kinds/), by the name the
@@ -171,6 +179,10 @@ class RenderRequest:
     # Denoise in overlapping tiles of this many pixels a side (0: in one piece), for outputs
     # above the profile's ``max_untiled_pixels`` (engine/refine.py sets it).
     tile: int = 0
+    # A picture the model reads as one more reference, before the subjects' own (FLUX.2
+    # [klein]'s Upscale x2: the chosen image, encoded at render time to fit width x height).
+    # Only personalizers that take one (``Personalizer.takes_reference_image``) accept it.
+    reference_image: Image | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -213,6 +225,8 @@ class RenderRequest:
             problems.append("a strength below 1 needs an init image")
         if self.init_image is not None and not hasattr(self.init_image, "convert"):
             problems.append("init_image must be a PIL image")
+        if self.reference_image is not None and not hasattr(self.reference_image, "convert"):
+            problems.append("reference_image must be a PIL image")
         if self.tile and not (MIN_SIDE <= self.tile <= MAX_SIDE and self.tile % 8 == 0):
             problems.append(f"tile must be 0 or a multiple of 8 in {MIN_SIDE}..{MAX_SIDE}")
         return problems
@@ -229,7 +243,8 @@ class RenderRequest:
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can be denoised together (personalizers may add to it):
         image-to-image ones only with the same strength (it picks the schedule's start) and
-        tiling, never with text-to-image ones."""
+        tiling, never with text-to-image ones; a reference image only with others that have
+        one (the personalizer's key adds its encoded shape)."""
         return (
             self.width,
             self.height,
@@ -240,6 +255,7 @@ class RenderRequest:
             self.is_image_to_image,
             self.strength,
             self.tile,
+            self.reference_image is not None,
         )
 
 

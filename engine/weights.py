@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from engine.errors import MissingWeights
-from engine.loading import looks_local
+from engine.loading import PREVIEW_DECODER_FILES, looks_local
 from engine.profiles import PersonalizerSpec, Profile
 
 logger = logging.getLogger(__name__)
@@ -78,14 +78,30 @@ def missing_line(exc: MissingWeights, profile: str) -> str:
     )
 
 
-def weights_plan(profile: Profile) -> WeightsPlan:
-    """The hub sources ``profile`` (already resolved with the settings' overrides) loads."""
+def weights_plan(profile: Profile, *, preview_decoder: str | None = None) -> WeightsPlan:
+    """The hub sources ``profile`` (already resolved with the settings' overrides) loads, and
+    the operator's tiny preview decoder (``engine.preview_decoder``) where it loads one."""
     sources: list[HubSource] = []
     notes: list[str] = []
     if profile.base_model is not None:
         _base_sources(profile, sources, notes)
     for spec in profile.personalizers:
         _personalizer_sources(spec, sources, notes)
+    if preview_decoder is not None and profile.pipeline_family == "stable-diffusion":
+        if looks_local(preview_decoder):
+            notes.append(
+                f"preview decoder: local {preview_decoder} (engine.preview_decoder), not downloaded"
+            )
+        else:
+            sources.append(
+                HubSource(
+                    "preview decoder",
+                    preview_decoder,
+                    "engine.preview_decoder",
+                    "files",
+                    PREVIEW_DECODER_FILES,
+                )
+            )
     return WeightsPlan(profile.name, tuple(sources), tuple(notes))
 
 

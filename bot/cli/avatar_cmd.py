@@ -159,7 +159,12 @@ def _refined(parser: argparse.ArgumentParser) -> None:
 
 def _user(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", type=int, required=True, metavar="ID", help="Discord user id")
-    parser.add_argument("--guild", type=int, metavar="ID", help="act as in this guild")
+    parser.add_argument(
+        "--guild",
+        type=int,
+        metavar="ID",
+        help="act as in this guild (default: outside servers, on the personal quotas)",
+    )
 
 
 Action = Callable[[argparse.Namespace, "Services"], Awaitable[int]]

@@ -4,6 +4,11 @@ Scopes ``bot`` and ``applications.commands`` (its slash commands) and exactly th
 permissions the bot uses (``bot/ui/permissions.py``). The link names the application: its id
 comes from ``--application-id`` or, when a token is configured and Discord answers, from the
 token's application. Offline without the id it says so in one line and exits 2.
+
+``--user``: the link that installs the app to a member's own account instead (a user install:
+scope ``applications.commands`` only, ``integration_type=1``), so ``/avatar`` follows them
+into DMs and servers without the bot. The application must allow user installs (developer
+portal → Installation → Installation Contexts → User Install).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from bot.config import Settings
 from engine.errors import first_line
 
 SCOPES = ("bot", "applications.commands")
+# A user install has commands only: no bot joins anything (Discord's integration type 1).
+USER_INSTALL = "&integration_type=1"
 WHERE_THE_ID_IS = "developer portal → your application → General Information → Application ID"
 
 
@@ -28,6 +35,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         metavar="ID",
         help="the application's id (default: looked up with AVATARBOT_DISCORD_TOKEN)",
+    )
+    parser.add_argument(
+        "--user",
+        action="store_true",
+        help="the link that installs the app to your own account (DMs, servers without it)",
     )
     parser.set_defaults(handler=run)
 
@@ -65,7 +77,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 2
-    print(discord.utils.oauth_url(application_id, permissions=bot_permissions(), scopes=SCOPES))
+    if args.user:
+        print(discord.utils.oauth_url(application_id, scopes=SCOPES[1:]) + USER_INSTALL)
+    else:
+        print(discord.utils.oauth_url(application_id, permissions=bot_permissions(), scopes=SCOPES))
     return 0
 
 

@@ -60,7 +60,7 @@ def run_download(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    plan = weights_plan(profile)
+    plan = weights_plan(profile, preview_decoder=settings.engine.preview_decoder)
     for note in plan.notes:
         print(note)
     if not plan.sources:

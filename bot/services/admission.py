@@ -60,10 +60,12 @@ async def admit(
     if mine >= quotas.queued_per_member:
         raise QueueFull(
             f"You already have {mine} render{'s' if mine != 1 else ''} waiting (the most "
-            "this server allows); try again when one of them finishes."
+            f"{limits.allowing(quotas)}); try again when one of them finishes."
         )
     if guild_total >= quotas.queued_per_guild:
         raise QueueFull(
-            "This server's render queue is full.",
+            "This server's render queue is full."
+            if guild_id is not None
+            else "The queue of renders outside servers is full.",
             retry_at=await limits.guild_queue_retry_at(session, guild_id, now),
         )

@@ -118,7 +118,13 @@ async def build_services(
     events = JobEvents(database)
     registry = WorkerRegistry(database, engine.facts() if engine is not None else None)
     usage_keys = UsageKeys(cipher)  # one secret for forget-me's keys and usage counting
-    quotas = QuotaService(database, settings.quotas, usage_keys, settings.quota_ceilings)
+    quotas = QuotaService(
+        database,
+        settings.quotas,
+        usage_keys,
+        settings.quota_ceilings,
+        personal=settings.personal_quotas,
+    )
     jobs = JobService(
         database,
         cipher,

@@ -7,6 +7,10 @@ lock; creations: ``AvatarService.create`` under the member's lock), so concurren
 cannot slip past them. A refusal (``RateLimited``) carries the moment the oldest request
 counted leaves the window: retrying then succeeds unless something else refuses.
 
+The personal scope (guild None: DMs with the bot and a member's own install elsewhere,
+bot/services/quotas.py) has the same limits from ``Settings.personal_quotas``; its
+``queued_per_guild`` caps the queue of that whole scope, every member outside servers together.
+
 What is counted:
 - renders (requests, rerolls, variations) in the guild during the last minute, from the usage
   ledger's reservations: deleting the job does not remove its reservation, and a forget-me
@@ -162,15 +166,20 @@ async def check_avatar_fits(
     photos = (await avatars_repo.photo_counts(session, [avatar.id])).get(avatar.id, 0)
     if photos > quotas.photos_per_avatar:
         raise InvalidInput(
-            f"“{avatar.name}” has {photos} photos; this server allows at most "
+            f"“{avatar.name}” has {photos} photos; {allowing(quotas)} at most "
             f"{quotas.photos_per_avatar} per avatar."
         )
     owned = await avatars_repo.count_for_owner(session, owner_id)
     if owned > quotas.avatars_per_member:
         raise QuotaExceeded(
-            f"You have {owned} avatars; this server allows {quotas.avatars_per_member}. "
+            f"You have {owned} avatars; {allowing(quotas)} {quotas.avatars_per_member}. "
             "Delete some to render here."
         )
+
+
+def allowing(quotas: GuildQuotas) -> str:
+    """Who sets the limits a refusal names: the server, or the operator outside servers."""
+    return "this server allows" if quotas.guild_id is not None else "outside servers I allow"
 
 
 async def guild_queue_retry_at(

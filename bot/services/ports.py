@@ -159,13 +159,14 @@ class EngineFacts:
     # subject kind -> how the workers measure a render's likeness to such an avatar
     # (engine/likeness.py); a kind missing is not measured (no face model, no image encoder).
     likeness: Mapping[str, str] = field(default_factory=dict)
-    # personalizer name -> whether it re-renders a source image (Upscale, Vary); missing
-    # (facts of workers older than refinement, which cannot run one): no.
-    refines: Mapping[str, bool] = field(default_factory=dict)
+    # personalizer name -> the refinements (``REFINEMENTS``) it runs on a chosen image;
+    # missing (facts of workers older than refinement, which cannot run one): none.
+    refines: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
-    def refines_with(self, personalizer: str) -> bool:
-        """Whether the workers can upscale or vary an image rendered with ``personalizer``."""
-        return self.refines.get(personalizer, False)
+    def refines_with(self, personalizer: str, refinement: str) -> bool:
+        """Whether the workers can run ``refinement`` ("upscale", "vary") on an image
+        rendered with ``personalizer``."""
+        return refinement in self.refines.get(personalizer, frozenset())
 
     def likeness_method(self, kind: str) -> str | None:
         """How a render of a ``kind`` avatar is scored, or None when it is not."""
@@ -202,7 +203,7 @@ class EngineFacts:
             "default_guidance": self.default_guidance,
             "size_multiple": self.size_multiple,
             "likeness": dict(self.likeness),
-            "refines": dict(self.refines),
+            "refines": {p: sorted(kinds) for p, kinds in self.refines.items()},
         }
 
     @classmethod
@@ -235,8 +236,23 @@ class EngineFacts:
             # Absent from rows of Stable Diffusion days: the VAE's factor.
             size_multiple=_int(data.get("size_multiple", 8)),
             likeness={str(k): str(v) for k, v in likeness.items()},
-            refines={str(k): v is True for k, v in refines.items()},
+            refines={str(k): _refinements(v) for k, v in refines.items()},
         )
+
+
+# What a chosen image can get (engine.types.Refinement's values).
+REFINEMENTS = frozenset({"upscale", "vary"})
+
+
+def _refinements(value: object) -> frozenset[str]:
+    """A personalizer's refinements as stored: a list of names, or the bool of workers from
+    before refinements were per kind (True: it ran both, through image-to-image). Names this
+    bot does not know (from newer workers) are left out."""
+    if isinstance(value, bool):
+        return REFINEMENTS if value else frozenset()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"engine facts: refinements must be a list of names: {value!r}")
+    return frozenset(value) & REFINEMENTS
 
 
 def _int(value: object) -> int:

@@ -2,8 +2,13 @@
 
 Quotas are guild settings with defaults (``Settings.quotas``); a guild row stores only the
 overrides (NULL = default). Usage comes from the ledger (see bot/services/ledger.py for the
-UTC-day semantics). A guild id of None stands for "no guild" (the CLI, direct use): the
-defaults apply and usage is counted apart from every guild.
+UTC-day semantics). A guild id of None stands for "no guild": the personal scope of renders
+outside every server the bot is in (DMs with it, and servers or group DMs where a member
+installed the app to their own account; also the CLI without ``--guild``). There the
+operator's personal quotas apply (``Settings.personal_quotas``), no admin can change them, and
+usage is counted per member apart from every guild (the usage ledger's rows with a NULL guild;
+avatar creations count across guilds in ``counted_events`` instead, so nothing else means
+NULL there).
 
 A member's usage of today survives their forget-me through a keyed hash of (guild, member,
 day) on their ledger rows of today (bot/services/usage_keys.py). Admin changes (``set``,
@@ -58,9 +63,11 @@ class QuotaService:
         defaults: QuotaDefaults,
         keys: UsageKeys | None = None,
         ceilings: QuotaCeilings | None = None,
+        personal: QuotaDefaults | None = None,
     ) -> None:
         self._db = database
         self._defaults = defaults
+        self._personal = personal or defaults
         self.keys = keys or UsageKeys()
         # The most a guild may set per field: the operator's ceiling, or the operator's own
         # default when that is higher (the operator chose it).
@@ -76,8 +83,11 @@ class QuotaService:
         return dict(self._ceilings)
 
     async def quotas_in(self, session: AsyncSession, guild_id: int | None) -> GuildQuotas:
-        """The effective quotas of a guild, read in the caller's transaction."""
-        row = await guilds_repo.get(session, guild_id) if guild_id is not None else None
+        """The effective quotas of a guild (None: the personal scope), read in the caller's
+        transaction."""
+        if guild_id is None:
+            return GuildQuotas(guild_id=None, personalizer=None, **self._personal.model_dump())
+        row = await guilds_repo.get(session, guild_id)
         values: dict[str, Any] = {}
         for name in QUOTA_FIELDS:
             override = getattr(row, name) if row is not None else None
@@ -181,7 +191,10 @@ class QuotaService:
         )
         # Grants never lift a member's day above the operator's ceiling (``grant`` refuses
         # more; this also binds grants made before that rule).
-        limit = min(quotas.renders_per_day + granted, self._day_ceiling()) * UNITS_PER_RENDER
+        # The personal scope's own setting may exceed the guilds' ceiling (the operator chose
+        # it; nobody can grant there).
+        ceiling = max(self._day_ceiling(), quotas.renders_per_day)
+        limit = min(quotas.renders_per_day + granted, ceiling) * UNITS_PER_RENDER
         _, resets_at = day_bounds(now)
         return UsageView(
             used=max(used, 0), limit=limit, remaining=max(limit - used, 0), resets_at=resets_at

@@ -490,12 +490,9 @@ class RenderService:
             )
         facts = await self._registry.current_facts()
         personalizer = old_view.settings.personalizer
-        if not facts.refines_with(personalizer):
-            raise InvalidInput(
-                f"The render workers' {personalizer} personalizer cannot re-render an image, "
-                "so Upscale and Vary are not available for this render."
-            )
         upscale = kind == "upscale"
+        if not facts.refines_with(personalizer, "upscale" if upscale else "vary"):
+            raise InvalidInput(_cannot_refine(facts, personalizer, upscale))
         count = 1 if upscale else old_view.settings.count
         settings = await self._again_settings(old_view, chosen, quotas, count=count, best_of=1)
         width, height = scaled_size(
@@ -679,6 +676,21 @@ class RenderService:
         if job.user_id != user_id:
             raise NotOwner("Only the member who asked for this render can do that.")
         return job
+
+
+def _cannot_refine(facts: EngineFacts, personalizer: str, upscale: bool) -> str:
+    """Why the workers refuse this refinement of a ``personalizer`` render."""
+    if not upscale and facts.refines_with(personalizer, "upscale"):
+        # FLUX.2 [klein]: its pipeline reads images only as references, with no strength.
+        return (
+            f"The render workers' {personalizer} personalizer cannot vary an image: it reads "
+            "images only as references, with no image-to-image strength to say how much of "
+            "the image to keep. Upscale works on this render."
+        )
+    return (
+        f"The render workers' {personalizer} personalizer cannot re-render an image, so "
+        "Upscale and Vary are not available for this render."
+    )
 
 
 def refunds_on_cancel(job: RenderJob) -> bool:

@@ -170,6 +170,7 @@ class SafetySummary:
     images_flagged: int
     images_withheld: int
     renders_refunded: int
+    live_previews: bool = True
 
 
 def _require_admin(actor_is_admin: bool) -> None:
@@ -230,6 +231,7 @@ class SafetyService:
         since = utcnow() - timedelta(days=days)
         async with self._db.begin(readonly=True) as session:
             policy = await guild_nsfw_policy(session, guild_id)
+            previews = await guild_live_previews(session, guild_id)
             results = await session.scalars(
                 select(RenderJob.result).where(
                     RenderJob.guild_id == guild_id,
@@ -251,4 +253,5 @@ class SafetyService:
             images_flagged=sum(1 for i in images if i.get("flagged")),
             images_withheld=sum(len(r.get("withheld", [])) for r in checked),
             renders_refunded=sum(1 for r in checked if r.get("refunded")),
+            live_previews=previews,
         )

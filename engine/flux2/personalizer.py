@@ -5,7 +5,7 @@ denoises. ``encode`` does once, per photo, what the stock pipeline does on every
 (persons: around the face, with margin), resize to a square reference, VAE-encode
 deterministically (``argmax``), 2x2-patchify and normalise with the VAE's batch-norm
 statistics. Renders feed those cached latents through ``AvatarFlux2Pipeline``; the VAE encoder
-never runs during a render.
+never runs during a render, except on an Upscale's chosen image (below).
 
 - Identity strength = how many of the avatar's reference photos the model sees:
   ``ceil(strength x min(photos, max_references))``, at least 1. More photos give it more views
@@ -17,8 +17,12 @@ never runs during a render.
   for its own flow-matching Euler schedule, which the pipeline sets from the image size.
 - ``request.guidance`` is ignored by the distilled [klein] models (diffusers says so too);
   a non-distilled ("base") checkpoint uses it for classifier-free guidance.
-- Image-to-image requests (``init_image``: Upscale, Vary) are refused: the pipeline has no
-  init-latents/strength path, only references.
+- Upscale x2 (``reference_image``, engine/refine.py): the chosen image is one more reference,
+  FIRST, VAE-encoded at render time at the output's size (its area capped at 1024x1024 px, as
+  the stock pipeline caps a reference), followed by one photo of each subject (see
+  ``UPSCALE_SUBJECT_REFERENCES``); the model redraws it at the larger size.
+- Image-to-image requests (``init_image``, ``tile``: Vary) are refused: the pipeline has no
+  init-latents/strength path, only references, so nothing says how much of a source to keep.
 """
 
 from __future__ import annotations
@@ -66,13 +70,23 @@ DEFAULT_REFERENCE_SIZE = 512
 DEFAULT_MAX_REFERENCES = 4
 # Output pixels per latent token side: the VAE downsamples 8x, the transformer reads 2x2.
 SIZE_MULTIPLE = 16
+# The stock pipeline shrinks a reference image above this area (4096 tokens): the chosen
+# image of an Upscale is encoded at the output's size up to it.
+MAX_REFERENCE_PIXELS = 1024 * 1024
+# An Upscale's photos per subject after the chosen image. The chosen image already shows the
+# subject(s); one photo each brings back the identity detail a small image lost. Every
+# reference adds its tokens to the joint attention (a 512 px photo: 1024 tokens; the chosen
+# image up to 4096; a 1536 px output 9216), so one keeps the cost near a plain render's at
+# that size; more photos would add attention cost for little the chosen image lacks.
+UPSCALE_SUBJECT_REFERENCES = 1
 
 
 class Flux2KleinPersonalizer(Personalizer):
     name = "flux2-klein"
     max_subjects = 2
-    # Its pipeline reads images only as references (see ``check``).
+    # Its pipeline reads images only as references (see ``check``): Upscale, not Vary.
     image_to_image = False
+    takes_reference_image = True
 
     def __init__(
         self,
@@ -146,13 +160,21 @@ class Flux2KleinPersonalizer(Personalizer):
         size = (self.reference_size, self.reference_size)
         return image.resize(size, PILImage.Resampling.LANCZOS)
 
-    def encode_reference(self, image: Image) -> torch.Tensor:
+    def encode_reference(self, image: Image, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The pipeline's own encoding of one reference image: (1, channels, h/16, w/16),
-        patchified and normalised, as ``prepare_image_latents`` makes them."""
+        patchified and normalised, as ``prepare_image_latents`` makes them. ``size`` (width,
+        height; default the square ``reference_size``) is resized to and centre-cropped as
+        the stock pipeline prepares its references."""
         pipe = self._pipe
-        pixels = pipe.image_processor.preprocess(
-            image, height=self.reference_size, width=self.reference_size
-        )
+        if size is None:
+            pixels = pipe.image_processor.preprocess(
+                image, height=self.reference_size, width=self.reference_size
+            )
+        else:
+            width, height = size
+            pixels = pipe.image_processor.preprocess(
+                image, height=height, width=width, resize_mode="crop"
+            )
         pixels = pixels.to(device=self._vae_device, dtype=self._vae_dtype)
         return pipe._encode_vae_image(pixels, generator=None)
 
@@ -162,10 +184,12 @@ class Flux2KleinPersonalizer(Personalizer):
         super().check(request)
         if request.init_image is not None or request.tile:
             # diffusers' FLUX.2 [klein] pipeline takes images only as references (extra
-            # tokens), with no init latents or strength: Upscale and Vary are not offered here.
+            # tokens), with no init latents or strength: Vary is not offered here, and
+            # Upscale passes its image as a reference (``reference_image``).
             raise InvalidRequest(
-                "FLUX.2 [klein] does not re-render a source image (image-to-image: Upscale, "
-                "Vary); its pipeline reads images only as references"
+                "FLUX.2 [klein] does not re-render a source image at a strength (image-to-"
+                "image: Vary); its pipeline reads images only as references, which is how it "
+                "upscales"
             )
         for side in (request.width, request.height):
             if side % SIZE_MULTIPLE:
@@ -186,6 +210,8 @@ class Flux2KleinPersonalizer(Personalizer):
 
     def reference_count(self, request: RenderRequest) -> int:
         """How many of the first subject's photos a render uses (see the module docstring)."""
+        if request.reference_image is not None:
+            return UPSCALE_SUBJECT_REFERENCES
         if request.extra_subjects:
             return 1
         assert request.features is not None
@@ -194,13 +220,28 @@ class Flux2KleinPersonalizer(Personalizer):
         return max(1, math.ceil(request.identity_strength * available - 1e-9))
 
     def references(self, request: RenderRequest) -> list[torch.Tensor]:
-        """The reference latents of a request, in image order: (channels, h, w) each."""
+        """The reference latents of a request, in image order: (channels, h, w) each. A
+        ``reference_image`` comes first, encoded here (the only VAE encoding of a render)."""
+        subjects = self._subject_references(request)
+        if request.reference_image is None:
+            return subjects
+        size = chosen_reference_size(request.width, request.height)
+        chosen = self.encode_reference(request.reference_image.convert("RGB"), size)
+        # Next to the cached (CPU) latents: prepare_references moves them all at once.
+        return [chosen[0].to("cpu"), *subjects]
+
+    def _subject_references(self, request: RenderRequest) -> list[torch.Tensor]:
         count = self.reference_count(request)
         return [ref for s in _subjects(request) for ref in s.tensors[FEATURE_KEY][:count]]
 
     def batch_key(self, request: RenderRequest) -> Hashable:
-        # Each reference adds h*w tokens: samples of a batch need the same layout.
-        return tuple(tuple(ref.shape) for ref in self.references(request))
+        # Each reference adds h*w tokens: samples of a batch need the same layout. The
+        # reference image's shape follows from the output size, without encoding it.
+        shapes = [tuple(ref.shape) for ref in self._subject_references(request)]
+        if request.reference_image is not None:
+            width, height = chosen_reference_size(request.width, request.height)
+            shapes.insert(0, (self._channels, height // SIZE_MULTIPLE, width // SIZE_MULTIPLE))
+        return tuple(shapes)
 
     def prepare(self, pipe: Any, batch: DenoiseBatch) -> PreparedConditioning:
         raise InvalidRequest(
@@ -298,7 +339,13 @@ class Flux2KleinPersonalizer(Personalizer):
         """Packed reference tokens, one row per sample (B, tokens, channels), and their
         positions (1, tokens, 4): reference i sits at time coordinate 10 + 10 i, as the stock
         pipeline places its images."""
-        per_sample = [self.references(s) for s in samples]
+        # A request appears once per image it asks for and again as bucket padding: its
+        # references (an Upscale's encoded at render time) are made once.
+        made: dict[int, list[torch.Tensor]] = {}
+        for sample in samples:
+            if id(sample) not in made:
+                made[id(sample)] = self.references(sample)
+        per_sample = [made[id(s)] for s in samples]
         rows = [
             torch.cat([pipe._pack_latents(ref[None]).squeeze(0) for ref in refs])
             for refs in per_sample
@@ -328,6 +375,18 @@ def _check_text_layers(pipe: Any, layers: tuple[int, ...]) -> None:
             f"text_encoder_out_layers {layers}: {len(layers)} x {encoder.hidden_size} features, "
             f"but the transformer reads {needed}"
         )
+
+
+def chosen_reference_size(width: int, height: int) -> tuple[int, int]:
+    """The size an Upscale's chosen image is encoded at for a ``width`` x ``height`` output:
+    that size, shrunk (keeping the aspect) to at most ``MAX_REFERENCE_PIXELS``, each side a
+    multiple of ``SIZE_MULTIPLE``."""
+    shrink = min(1.0, math.sqrt(MAX_REFERENCE_PIXELS / (width * height)))
+
+    def fit(side: int) -> int:
+        return max(SIZE_MULTIPLE, int(side * shrink) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+    return fit(width), fit(height)
 
 
 def _subjects(request: RenderRequest) -> list[ConceptFeatures]:

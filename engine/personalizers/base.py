@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 
 from engine.errors import InvalidRequest
-from engine.types import ConceptFeatures, ConceptKind, RenderRequest
+from engine.types import ConceptFeatures, ConceptKind, Refinement, RenderRequest
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -133,11 +133,27 @@ class Personalizer(ABC):
     needs_features: bool = True
     # How many subjects (the request's features + its extra_subjects) one render may show.
     max_subjects: int = 1
-    # Whether it re-renders a source image (``RenderRequest.init_image``: Upscale, Vary).
+    # Whether it re-renders a source image at a strength (``RenderRequest.init_image``: the
+    # Stable Diffusion family's Upscale and Vary).
     image_to_image: bool = True
+    # Whether it reads ``RenderRequest.reference_image`` as one more reference (FLUX.2
+    # [klein]'s Upscale).
+    takes_reference_image: bool = False
     # Photo counts whose features cover every tensor shape this personalizer feeds a compiled
     # denoiser (the warm-up encodes one avatar of each count).
     warmup_photo_counts: tuple[int, ...] = (1,)
+
+    @property
+    def refinements(self) -> frozenset[Refinement]:
+        """What it can do with a chosen image (engine/refine.py): Upscale through either
+        image-to-image or a reference image; Vary only through image-to-image (it needs a
+        strength: how much of the source to keep)."""
+        kinds: set[Refinement] = set()
+        if self.image_to_image or self.takes_reference_image:
+            kinds.add(Refinement.UPSCALE)
+        if self.image_to_image:
+            kinds.add(Refinement.VARY)
+        return frozenset(kinds)
 
     @abstractmethod
     def encode(
@@ -159,6 +175,11 @@ class Personalizer(ABC):
             raise InvalidRequest(
                 f"the {self.name} personalizer renders one subject at a time; "
                 "several subjects in one render need a personalizer that takes them"
+            )
+        if request.reference_image is not None and not self.takes_reference_image:
+            raise InvalidRequest(
+                f"the {self.name} personalizer does not read reference images; its Upscale "
+                "re-renders the image itself (init_image)"
             )
         if not self.needs_features:
             return

@@ -151,3 +151,29 @@ async def test_the_cogs_load_in_any_order_to_the_same_tree(world: World, order) 
     rendered = await world.alice.slash(world.channel, "avatar render", avatar="Nobody", prompt="x")
     assert rendered.response.content == "You have no avatar by that name. See /avatar list."
     expect_errors(world.env, NotFound)
+
+
+async def test_commands_sync_for_servers_only_when_user_install_is_off(
+    world: World, bots, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Discord refuses commands offering a user install when the application has it off: the
+    bot syncs them again for server installs and says so in one line, not a failed start."""
+    await CommandTreeHashes(world.bot.database).forget(world.bot.application_id)
+    world.env.inject_error(
+        "PUT", "/applications/*/commands", status=400, code=50035, message="Invalid Form Body"
+    )  # the first try only
+    old = world.bot
+    with caplog.at_level(logging.WARNING, logger="bot.ui.sync"):
+        await world.env.restart_bot(bots())
+    await old.close()
+    assert syncs(world.env) == 3  # the first start, then the refused try and the retry
+    [line] = [r.getMessage() for r in caplog.records if r.name == "bot.ui.sync"]
+    assert "Turn on User Install" in line
+    [avatar] = [c for c in world.bot.tree.get_commands() if c.name == "avatar"]
+    assert avatar.allowed_installs is not None and not avatar.allowed_installs.user
+    listed = await world.alice.slash(world.channel, "avatar list")  # registered in servers
+    assert listed.response.content.startswith("You have no avatar")
+    # The full tree's hash was not stored: the next start offers the user install again.
+    assert await CommandTreeHashes(world.bot.database).stored(world.bot.application_id) != (
+        tree_hash(old.tree)
+    )

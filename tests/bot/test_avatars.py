@@ -158,11 +158,13 @@ async def test_usage_help_and_a_bad_new_name(world: World) -> None:
 
 
 async def test_direct_messages_get_clear_answers(world: World) -> None:
+    # /avatar works in DMs, on the personal quota (tests/bot/test_user_install.py).
     alice = world.alice.user
     render = await alice.slash("avatar render", avatar="Mug", prompt="a hat")
-    assert render.ephemeral and "works in a server" in render.response.content
+    expect_errors(world.env, NotFound)
+    assert render.ephemeral and "no avatar by that name" in render.response.content
     usage = await alice.slash("avatar usage")
-    assert "works in a server" in usage.response.content
+    assert usage.response.content.startswith("You have used 0 of 5 renders today outside servers")
     listed = await alice.slash("avatar list")
     assert listed.response.content.startswith("You have no avatar yet")
     assert "avatar-admin quota show" not in alice.available_commands()

@@ -56,8 +56,12 @@ async def test_previews_show_while_rendering_and_go_at_the_result(world: World) 
 
 
 async def test_a_guild_can_turn_previews_off(world: World) -> None:
+    shown = await world.admin.slash(world.channel, "avatar-admin safety show")
+    assert "Live previews while rendering: **on**" in str(shown.response.content)
     chosen = await world.admin.slash(world.channel, "avatar-admin safety previews", on=False)
     assert chosen.ephemeral and "off" in chosen.response.content
+    shown = await world.admin.slash(world.channel, "avatar-admin safety show")
+    assert "Live previews while rendering: **off**" in str(shown.response.content)
     await create_avatar(world, world.alice)
     result = await render(world)
 

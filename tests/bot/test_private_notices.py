@@ -16,7 +16,7 @@ from bot.cogs.render.progress import REQUEUED_TEXT
 from bot.ui.jobs import MAX_POLL
 from db import queue
 from db.types import utcnow
-from tests.fixtures.discord import SIMCORD, World, button_ids, create_avatar
+from tests.fixtures.discord import SIMCORD, World, button_ids, create_avatar, result_card
 
 pytestmark = SIMCORD
 
@@ -90,7 +90,8 @@ async def test_a_requeue_after_the_token_expired_is_a_dm_and_only_the_result_is_
     dms = direct_messages(world, world.alice)
     assert [m.content for m in dms] == [REQUEUED_TEXT]
     [posted] = bot_messages_in_channel(world)  # the result, and nothing else
-    assert posted.content == world.alice.mention
+    card = result_card(posted)
+    assert card.mention == world.alice.mention and not posted.content
     assert len(posted.attachments) == 1
-    assert REQUEUED_TEXT not in posted.content
+    assert REQUEUED_TEXT not in f"{card.prompt} {card.facts}"
     assert result.followups == []

@@ -1,6 +1,7 @@
 """Upscale and Vary buttons on SimCord (issue 25): one row per posted image, the refined
 images posted like a render's, the buttons still work after a restart, the classic layout,
-and forget-me of the refinements."""
+forget-me of the refinements, and FLUX.2 [klein] (tiny-flux2): Upscale works, Vary says why
+not."""
 
 from __future__ import annotations
 
@@ -10,15 +11,21 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from bot.app import AvatarBot
+from bot.config import Settings
+from bot.errors import NotFound
+from bot.services.ports import EnginePort
 from db.models import JobOutput, RenderJob
 from tests.fixtures.discord import (
     SIMCORD,
+    BotFactory,
     World,
     button_ids,
     components,
     create_avatar,
     result_card,
 )
+from tests.fixtures.services import TINY_FLUX2
 
 pytestmark = SIMCORD
 
@@ -78,9 +85,21 @@ async def test_image_buttons_work_after_a_restart(world: World, bots) -> None:
     await old_bot.close()
     assert world.bot is not old_bot
 
-    [upscaled] = (await world.alice.click(posted, label="Upscale 1")).followups
-    assert job_id_of(upscaled) != job_id_of(posted)
-    assert len(upscaled.attachments) == 1
+    # Every button of the gallery card posted before the restart, the image's and the job's.
+    for label, images in (
+        ("Upscale 1", 1),
+        ("Vary 1 (subtle)", 1),
+        ("Vary 1 (strong)", 1),
+        ("Reroll", 1),
+        ("Variations", 4),
+    ):
+        [new] = (await world.alice.click(posted, label=label)).followups
+        assert job_id_of(new) != job_id_of(posted), label
+        assert len(new.attachments) == len(result_card(new).gallery) == images, label
+    deleted = await world.alice.click(posted, label="Delete")
+    assert deleted.followups[-1].content == "Deleted: the images and the prompt."
+    with pytest.raises(NotFound):
+        await world.bot.services.jobs.view(job_id_of(posted))
 
 
 async def test_four_images_get_a_row_of_buttons_each(world: World) -> None:
@@ -131,3 +150,32 @@ async def test_forget_me_erases_the_refinements_and_their_buttons_stop(world: Wo
         pressed = await world.alice.click(message, label=label)
         assert pressed.followups == []
         assert pressed.response.content == "This render no longer exists."
+
+
+@pytest.fixture
+def flux2_bots(bot_settings: Settings, tiny_flux2_port: EnginePort) -> BotFactory:
+    """Bots on the session's ``tiny-flux2`` engine (tests/fixtures/services.py)."""
+    return BotFactory(bot_settings.model_copy(update={"engine": TINY_FLUX2}), tiny_flux2_port)
+
+
+class TestTinyFlux2:
+    @pytest.fixture
+    def simcord_bot(self, flux2_bots: BotFactory) -> AvatarBot:
+        return flux2_bots()
+
+    async def test_upscale_posts_twice_the_side_and_vary_says_why_not(self, world: World) -> None:
+        posted = await rendered(world, count=1)
+        source = job_id_of(posted)
+        [upscaled] = (await world.alice.click(posted, label="Upscale 1")).followups
+        assert len(upscaled.attachments) == 1
+        [(w, h)] = await sizes(world, source)
+        assert await sizes(world, job_id_of(upscaled)) == [(2 * w, 2 * h)]
+        view = await world.bot.services.jobs.view(job_id_of(upscaled))
+        assert view.parent_job_id == source and view.settings.refine is not None
+
+        refused = await world.alice.click(posted, label="Vary 1 (subtle)")
+        assert refused.followups == []
+        assert "cannot vary an image: it reads images only as references" in (
+            refused.response.content
+        )
+        assert "Upscale works" in refused.response.content

@@ -108,7 +108,8 @@ def test_avatar_session(
     # Each file's likeness on stderr (an object: the tiny CLIP's image similarity).
     assert re.search(r"^job2-seed7\.png: likeness \d{1,3} %$", err, re.MULTILINE), err
     code, out, _ = run("usage", "--user", "42")
-    assert code == 0 and out.startswith("1 of 25 renders used today; 24 left")
+    # No --guild: the personal scope (Settings.personal_quotas, 5 a day by default).
+    assert code == 0 and out.startswith("1 of 5 renders used today; 4 left")
 
     # The job's history, as an operator reads it.
     code = main(["--log-level", "WARNING", "job", "show", "2"])
@@ -137,7 +138,7 @@ def test_avatar_session(
     [kept] = out.split()
     assert kept in (str(out_dir / "job3-seed3.png"), str(out_dir / "job3-seed4.png"))
     code, out, _ = run("usage", "--user", "42")
-    assert out.startswith("3 of 25 renders used today")
+    assert out.startswith("3 of 5 renders used today")
 
     # Two avatars in one picture: the same one twice is refused before loading an engine;
     # the tiny profile's IP-Adapter shows one avatar, so ``--with`` is refused, uncounted.
@@ -156,7 +157,7 @@ def test_avatar_session(
     )  # fmt: skip
     assert code == 1 and "shows one avatar per picture" in err
     code, out, _ = run("usage", "--user", "42")
-    assert out.startswith("3 of 25 renders used today")
+    assert out.startswith("3 of 5 renders used today")
 
     code, _, err = run("render", "--user", "43", "--avatar", "Mia", "--prompt", "a cat")
     assert code == 1 and "no avatar" in err  # another user's avatar does not exist for them

@@ -120,7 +120,7 @@ async def test_the_cli_waits_for_a_live_worker(
         assert {who for _, who in attempts} <= workers  # the worker's registered loop
 
         code, out, _ = await cli("usage", "--user", "42")
-        assert code == 0 and out.startswith("1 of 25 renders used today")
+        assert code == 0 and out.startswith("1 of 5 renders used today")
 
         code, out, err = await cli(
             "render", "--user", "42", "--avatar", "Mia", "--prompt", "a cup", "--no-wait"

@@ -64,7 +64,7 @@ def test_upscale_and_vary(
     assert code == 0, err
     assert sizes(out.split()) == [(64, 64)] * 2
     code, out, _ = run("usage", "--user", "42")
-    assert out.startswith("4 of 25 renders used today")  # 1 + the upscale's 2 + 1
+    assert out.startswith("4 of 5 renders used today")  # personal scope: 1 + the upscale's 2 + 1
 
     code, _, err = run("upscale", "--user", "43", "--job", "2", "--index", "1")
     assert code == 1 and "Only the member who asked" in err

@@ -23,6 +23,7 @@ FACTS = EngineFacts(
     max_subjects={"flux2-klein": 2, "none": 1},
     default_guidance=1.0,
     size_multiple=16,
+    refines={"flux2-klein": frozenset({"upscale"}), "none": frozenset({"upscale", "vary"})},
 )
 
 # A facts row as workers wrote it before two-subject renders.
@@ -40,7 +41,11 @@ def test_json_round_trip() -> None:
     data = FACTS.to_json()
     assert data["max_subjects"] == {"flux2-klein": 2, "none": 1}
     assert data["default_guidance"] == 1.0
+    assert data["refines"] == {"flux2-klein": ["upscale"], "none": ["upscale", "vary"]}
     assert EngineFacts.from_json(data, None) == FACTS
+    assert FACTS.refines_with("flux2-klein", "upscale")
+    assert not FACTS.refines_with("flux2-klein", "vary")
+    assert not FACTS.refines_with("ip-adapter", "upscale")  # not published: none
     assert FACTS.subjects_for("flux2-klein") == 2
     assert FACTS.subjects_for("none") == 1
 
@@ -51,6 +56,18 @@ def test_rows_written_before_still_parse() -> None:
     assert old.default_guidance is None
     assert old.size_multiple == 8  # Stable Diffusion's VAE factor
     assert EngineFacts.from_json({**OLD_ROW, "max_subjects": None}, None).max_subjects == {}
+    assert old.refines == {}
+
+
+def test_a_worker_of_one_bool_per_personalizer_meant_both_refinements() -> None:
+    row = {**OLD_ROW, "refines": {"ip-adapter": True, "flux2-klein": False}}
+    facts = EngineFacts.from_json(row, None)
+    assert facts.refines == {"ip-adapter": {"upscale", "vary"}, "flux2-klein": frozenset()}
+    assert facts.refines_with("ip-adapter", "vary")
+    assert not facts.refines_with("flux2-klein", "upscale")
+    # A newer worker's refinement this bot does not know is left out.
+    newer = EngineFacts.from_json({**OLD_ROW, "refines": {"x": ["upscale", "remix"]}}, None)
+    assert newer.refines == {"x": {"upscale"}}
 
 
 @pytest.mark.parametrize(
@@ -62,6 +79,9 @@ def test_rows_written_before_still_parse() -> None:
         {"default_guidance": True},
         {"default_guidance": [1.0]},
         {"size_multiple": "sixteen"},
+        {"refines": ["upscale"]},
+        {"refines": {"flux2-klein": "upscale"}},
+        {"refines": {"flux2-klein": [1]}},
     ],
 )
 def test_unreadable_values_are_refused(bad: dict[str, object]) -> None:
@@ -74,6 +94,7 @@ def test_the_real_engine_publishes_subjects_and_guidance(tiny_engine_port: Engin
     assert facts.max_subjects == {name: 1 for name in facts.encoders}
     assert facts.default_guidance == 6.0  # the SD1.5 profiles' guidance
     assert facts.size_multiple == 8
+    assert facts.refines["ip-adapter"] == {"upscale", "vary"}  # both through image-to-image
     assert EngineFacts.from_json(facts.to_json(), facts.tokenizer_json) == facts
 
 
@@ -83,6 +104,7 @@ def test_a_two_subject_engine_publishes_it(tiny_flux2_port: EnginePort) -> None:
     assert facts.subjects_for("flux2-klein") == 2
     assert facts.default_guidance == 1.0  # FLUX.2 [klein] is distilled: no real CFG
     assert facts.size_multiple == 16  # the VAE's 8, then 2x2 patches
+    assert facts.refines == {"flux2-klein": {"upscale"}}  # no Vary: no image-to-image
     assert EngineFacts.from_json(facts.to_json(), facts.tokenizer_json) == facts
 
 

@@ -116,13 +116,32 @@ async def test_the_source_deleted_meanwhile_fails_and_refunds(services: Services
     assert (await services.quotas.usage(GUILD, 7)).used == 1  # the first render only
 
 
-async def test_flux2_klein_cannot_refine(two_subject_services: Services) -> None:
+async def test_flux2_klein_upscales_but_cannot_vary(two_subject_services: Services) -> None:
     services = two_subject_services
     source = await rendered(services, count=1)
-    with pytest.raises(InvalidInput, match="cannot re-render"):
-        await services.renders.upscale(7, source, 1)
-    with pytest.raises(InvalidInput, match="cannot re-render"):
+    with pytest.raises(InvalidInput, match="cannot vary an image: it reads images only as"):
         await services.renders.vary(7, source, 1, "subtle")
+    ticket = await services.renders.upscale(7, source, 1)
+    assert await services.dispatcher.run_once() == ticket.job_id
+    job = await services.jobs.view(ticket.job_id)
+    assert job.status == "done" and job.parent_job_id == source
+    [png] = await services.jobs.outputs(ticket.job_id)
+    [chosen] = await services.jobs.outputs(source)
+    assert size(png) == (2 * size(chosen)[0], 2 * size(chosen)[1])
+
+
+async def test_workers_without_the_refinement_refuse_it(services: Services) -> None:
+    source = await rendered(services, count=1)
+    facts = await services.workers.current_facts()
+    personalizer = facts.default_personalizer
+    # Workers that upscale only (as on FLUX.2 [klein]), then workers that refine nothing.
+    services.workers.local = replace(facts, refines={personalizer: frozenset({"upscale"})})
+    with pytest.raises(InvalidInput, match="cannot vary an image"):
+        await services.renders.vary(7, source, 1, "strong")
+    services.workers.local = replace(facts, refines={personalizer: frozenset()})
+    with pytest.raises(InvalidInput, match="cannot re-render an image"):
+        await services.renders.upscale(7, source, 1)
+    assert (await services.quotas.usage(GUILD, 7)).used == 1  # nothing charged
 
 
 async def test_forget_me_removes_the_refinements(services: Services, database: Database) -> None:

@@ -93,9 +93,11 @@ def usage_chart_png(report: UsageReport, name_of: Callable[[int], str]) -> bytes
     return png_bytes(usage_chart(report.rows, report.days, today, name_of))
 
 
-# Hidden from members without Manage Server, and never offered in DMs.
+# Hidden from members without Manage Server, never offered in DMs, and only ever installed
+# with the bot in a server (a member's own install has no server to manage).
 @app_commands.default_permissions(manage_guild=True)
 @app_commands.guild_only()
+@app_commands.allowed_installs(guilds=True, users=False)
 class AdminCog(
     SafetyCommands,
     BlocklistCommands,

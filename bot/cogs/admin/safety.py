@@ -44,6 +44,12 @@ def safety_text(summary: SafetySummary) -> str:
             f"- Last {summary.days} day(s): {summary.images_checked} image(s) checked in "
             f"{summary.renders_checked} render(s), {summary.images_flagged} flagged, "
             f"{summary.images_withheld} withheld, {summary.renders_refunded} render(s) refunded",
+            "- Live previews while rendering: "
+            + (
+                "**on** (small and blurred, never stored; `/avatar-admin safety previews`)"
+                if summary.live_previews
+                else "**off**"
+            ),
         ]
     )
 

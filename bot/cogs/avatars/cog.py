@@ -18,6 +18,7 @@ from discord.ext import commands
 from bot.cogs.avatars.creation import CreationMessages
 from bot.cogs.avatars.sharing import delete_posted, grants_text
 from bot.cogs.avatars.views import CreateAvatarModal, Uploaded, avatar_embed, sheet_file
+from bot.cogs.place import place_of
 from bot.errors import AvatarbotError
 from bot.services.container import Services
 from bot.services.results import InteractionRef
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-GUILD_ONLY = "This works in a server, where quotas apply. Try it in a channel of a server I'm in."
+# The personal quota's scope, as members read it (bot/cogs/place.py).
+OUTSIDE_SERVERS = "outside servers I'm in (DMs, and where you installed me yourself)"
+
 
 HELP_TEXT = """\
 **avatarbot** renders pictures of a person, pet or object from a few photos.
@@ -50,12 +53,15 @@ face. Pets and objects show how similar the picture is to their photos, where th
 renderer can measure it.
    **Best of**: `best_of: 4` renders four and posts the one(s) most like you; it counts as \
 more renders (as the server's operator set it).
-3. `/avatar list`, `show`, `rename`, `delete` — manage your avatars. Only you can see your \
-photos. Another member renders with your avatar only if you let them ask \
-(`/avatar sharing`) and approve (by DM, or `/avatar requests`); `/avatar revoke` ends an \
-“always allow”. To ask for theirs: `/avatar render friend: @them with: <their avatar>`.
+3. `/avatar list`, `show`, `rename`, `delete` — manage your avatars. Only you see your \
+photos. Others render with your avatar only if you let them ask (`/avatar sharing`) and \
+approve (DM or `/avatar requests`); `/avatar revoke` ends “always allow”. Ask for theirs: \
+`/avatar render friend: @them with: <avatar>`.
 4. `/avatar usage` — renders left today and when the count resets.
 5. `/avatar forget-me` — erase everything the bot keeps about you.
+
+In a DM with me, and anywhere once you add me to your own account (Add App → Add to My Apps), \
+`/avatar` works too: renders there count against your personal quota, and only you see them.
 
 Server managers: `/avatar-admin quota show|set`, `/avatar-admin usage`, `/avatar-admin purge`."""
 
@@ -73,6 +79,10 @@ async def avatar_name_autocomplete(
     return [app_commands.Choice(name=n, value=n) for n in names]
 
 
+# Installable to a server and to a member's own account, usable in servers, in DMs with the
+# bot and in other private channels (bot/cogs/place.py says which scope applies where).
+@app_commands.allowed_installs(guilds=True, users=True)
+@app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
 class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your avatars"):
     def __init__(self, bot: AvatarBot, creations: CreationMessages) -> None:
         self.bot = bot
@@ -106,14 +116,15 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
     ) -> None:
         # Intake here; the subject checks and the encoding are a job a worker runs. The same
         # private message then shows the summary (creation.py).
+        place = place_of(interaction)
         ticket = await self.services.avatars.create(
             interaction.user.id,
-            interaction.guild_id,
+            place.guild_id,
             name,
             kind,
             files,
             consent,
-            channel_id=interaction.channel_id,
+            channel_id=place.channel_id,
             interaction=ref,
         )
         await self.creations.checking(ticket, ref)
@@ -273,13 +284,12 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
 
     @app_commands.command(name="usage", description="Your renders left today")
     async def usage(self, interaction: discord.Interaction[AvatarBot]) -> None:
-        if interaction.guild_id is None:
-            await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
-            return
+        place = place_of(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        usage = await self.services.quotas.usage(interaction.guild_id, interaction.user.id)
+        usage = await self.services.quotas.usage(place.guild_id, interaction.user.id)
+        here = OUTSIDE_SERVERS if place.personal else "in this server"
         await interaction.followup.send(
-            f"You have used {usage.used} of {usage.limit} renders today in this server; "
+            f"You have used {usage.used} of {usage.limit} renders today {here}; "
             f"{usage.remaining} left. The count resets {discord_time(usage.resets_at)}.",
             ephemeral=True,
         )

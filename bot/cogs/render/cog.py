@@ -16,7 +16,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.avatars.cog import GUILD_ONLY, avatar_name_autocomplete
+from bot.cogs.avatars.cog import avatar_name_autocomplete
+from bot.cogs.place import place_of
 from bot.errors import InvalidInput
 from bot.services.prompts import MAX_PROMPT_CHARS, STYLE_PRESETS
 from bot.services.renders import MembershipCheck
@@ -93,9 +94,9 @@ async def render_command(
     best_of: app_commands.Range[int, 1, 4] | None = None,
     friend: discord.Member | None = None,
 ) -> None:
-    if interaction.guild_id is None:
-        await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
-        return
+    # Outside a guild the bot is in: the personal quota, the operator's policy, a private
+    # result (bot/cogs/place.py).
+    place = place_of(interaction)
     response = await interaction.response.defer(ephemeral=True, thinking=True)
     cog = RenderCog.of(interaction)
     options = RenderOptions(
@@ -109,6 +110,10 @@ async def render_command(
     )
     ref = interaction_ref(interaction, response)
     if friend is not None and friend.id != interaction.user.id:
+        if place.guild_id is None:
+            raise InvalidInput(
+                "Renders with another member's avatar work in a server the bot is in."
+            )
         if with_avatar is None:
             raise InvalidInput(f"Name {friend.mention}'s avatar in “with”.")
         await ask_friend(
@@ -125,13 +130,13 @@ async def render_command(
         return
     ticket = await cog.bot.services.renders.request(
         interaction.user.id,
-        interaction.guild_id,
-        interaction.channel_id,
+        place.guild_id,
+        place.channel_id,
         avatar,
         prompt,
         options,
         ref,
-        age_restricted=channel_is_age_restricted(interaction),
+        age_restricted=not place.personal and channel_is_age_restricted(interaction),
         with_avatar=with_avatar,
     )
     await cog.queued(interaction, ticket, ref)

@@ -11,6 +11,10 @@ Output safety (bot/services/safety.py): only images the output check passed are 
 where the job's record says so (an age-restricted channel of a guild that chose it), flagged
 ones as spoilers. When images are withheld the member alone is told: an ephemeral follow-up
 while the token lives, else a direct message; never the channel.
+
+A private result (``private_result``: asked for where the bot cannot post, through the
+member's own install; bot/cogs/place.py) is an ephemeral follow-up while the token lives, else
+a direct message: only the member ever sees it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ def only_member(user_id: int) -> discord.AllowedMentions:
     return discord.AllowedMentions(
         everyone=False, roles=False, users=[discord.Object(user_id)], replied_user=False
     )
+
+
+def private_result(job: JobView) -> bool:
+    """Whether the job's result is for its member's eyes only: asked for outside the guilds
+    the bot is in and outside a DM with it, so the job keeps neither (bot/cogs/place.py)."""
+    return job.guild_id is None and job.channel_id is None
 
 
 class DeliveryFailed(Exception):
@@ -165,8 +175,9 @@ class Delivery:
         # stopped view is not kept in memory per message as well.
         view.stop()
         sent = await self._send(job, message)
-        if sent is not None:
-            # Where it is, so erasing a joint render (either member's) deletes the message.
+        if sent is not None and not private_result(job):
+            # Where it is, so erasing a joint render (either member's) deletes the message
+            # (a private result is an ephemeral follow-up: nobody else sees it).
             try:  # the images are out: a retry must not post them twice
                 await self._jobs.record_posted(job.id, sent.channel.id, sent.id)
             except Exception:
@@ -225,14 +236,20 @@ class Delivery:
         )
 
     async def _send(self, job: JobView, message: _Message) -> discord.Message | None:
-        """The public result: a follow-up while the token lives, else the channel (or a DM);
-        the message posted (None when it could be posted nowhere). Anything meant for the
+        """The result: a follow-up while the token lives, else the channel (or a DM); a
+        private result's follow-up is ephemeral and it has no channel. Returns the message
+        posted (None when it could be posted nowhere). Anything meant for the
         member alone goes through ``_send_private`` instead."""
         mentions = only_member(job.user_id)
         if job.interaction is not None and ref_usable(job.interaction):
             hook = webhook(self._client, job.interaction)
             try:
-                return await hook.send(wait=True, allowed_mentions=mentions, **message.kwargs())
+                return await hook.send(
+                    wait=True,
+                    allowed_mentions=mentions,
+                    ephemeral=private_result(job),
+                    **message.kwargs(),
+                )
             except discord.HTTPException as exc:
                 if is_transient(exc):
                     raise DeliveryFailed(str(exc)) from exc
