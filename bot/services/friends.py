@@ -39,13 +39,15 @@ from db.repositories import avatars as avatars_repo
 from db.repositories import friends as repo
 from db.repositories import guilds as guilds_repo
 from db.repositories.common import checkpoint, lock_scope, scrub_deletes
-from db.repositories.friends import GrantRow
+from db.repositories.friends import GrantRow, JointRender
 from db.session import Database
 from db.types import utcnow
 
 logger = logging.getLogger(__name__)
 
 ASK_MINUTES = 15
+# How many joint renders ``/avatar usage`` lists (the newest).
+HISTORY_LIMIT = 10
 
 # Whether a member belongs to a guild, ``(guild_id, user_id)`` (the bot asks Discord).
 MemberCheck = Callable[[int, int], Awaitable[bool]]
@@ -271,6 +273,12 @@ class FriendService:
         async with self._db.begin(readonly=True) as session:
             return await repo.grants_involving(session, user_id)
 
+    async def history(self, user_id: int, limit: int = HISTORY_LIMIT) -> list[JointRender]:
+        """The member's newest renders with another member's avatar and others' renders with
+        theirs, while kept (``output_retention_hours``): both members see each one."""
+        async with self._db.begin(readonly=True) as session:
+            return await repo.joint_history(session, user_id, limit)
+
     async def revoke(self, user_id: int, other_id: int, avatar_name: str) -> str:
         """End "always allow" between the two members on the avatar named ``avatar_name``
         (the member's own, or the other's that the member may use); returns its name."""
@@ -412,5 +420,6 @@ __all__ = [
     "Asked",
     "FriendService",
     "GrantRow",
+    "JointRender",
     "MemberCheck",
 ]

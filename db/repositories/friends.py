@@ -173,6 +173,42 @@ def joint_jobs_of_avatar(avatar_id: int, owner_id: int) -> ColumnElement[bool]:
     )
 
 
+@dataclass(frozen=True)
+class JointRender:
+    """One render of a member's with another member's avatar, as either of them lists it."""
+
+    job_id: int
+    requester_id: int
+    owner_id: int  # of ``avatar_name``, the avatar the requester borrowed
+    avatar_name: str
+    status: str
+    created_at: datetime
+
+
+async def joint_history(session: AsyncSession, user_id: int, limit: int) -> list[JointRender]:
+    """The newest renders (still kept) that ``user_id`` made with another member's avatar, or
+    that another member made with one of theirs."""
+    borrowed = aliased(Avatar)
+    rows = await session.execute(
+        select(
+            RenderJob.id,
+            RenderJob.user_id,
+            borrowed.owner_id,
+            borrowed.name,
+            RenderJob.status,
+            RenderJob.created_at,
+        )
+        .join(borrowed, borrowed.id == RenderJob.with_avatar_id)
+        .where(
+            borrowed.owner_id != RenderJob.user_id,
+            or_(RenderJob.user_id == user_id, borrowed.owner_id == user_id),
+        )
+        .order_by(RenderJob.created_at.desc(), RenderJob.id.desc())
+        .limit(limit)
+    )
+    return [JointRender(*row) for row in rows.all()]
+
+
 async def posted_messages(
     session: AsyncSession, condition: ColumnElement[bool]
 ) -> list[tuple[int, int]]:

@@ -139,10 +139,21 @@ async def test_ask_approve_once_always_allow_revoke(friends: World) -> None:
     expect_errors(world.env, Forbidden)
     assert await used(world) == 3
 
+    # Both see the joint renders in their history, charged to Alice.
+    mine = (await world.alice.slash(world.channel, "avatar usage")).response.content
+    theirs = (await world.bob.slash(world.channel, "avatar usage")).response.content
+    assert mine.startswith("You have used 3 of") and theirs.startswith("You have used 0 of")
+    for text in (mine, theirs):
+        assert "Renders with another member's avatar" in text
+    assert mine.count(f"you with **Cat** of <@{world.bob.id}> (charged to you)") == 3
+    assert theirs.count(f"<@{world.alice.id}> with your **Cat**") == 3
+
     # Bob's forget-me removes the joint renders, their messages included: Alice sees them go.
     erase = await world.bob.slash(world.channel, "avatar forget-me")
     await world.bob.click(erase.response, label="Erase everything")
     assert posted(world) == []
+    mine = (await world.alice.slash(world.channel, "avatar usage")).response.content
+    assert "Renders with another member's avatar" not in mine
     assert [a.name for a in await services.avatars.list(world.alice.id)] == ["Mug"]
     assert await services.friends.grants(world.alice.id) == []
 

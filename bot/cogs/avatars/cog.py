@@ -16,7 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.avatars.creation import CreationMessages
-from bot.cogs.avatars.sharing import delete_posted, grants_text
+from bot.cogs.avatars.sharing import delete_posted, grants_text, history_text
 from bot.cogs.avatars.views import CreateAvatarModal, Uploaded, avatar_embed, sheet_file
 from bot.cogs.place import place_of
 from bot.errors import AvatarbotError
@@ -288,10 +288,17 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
         await interaction.response.defer(ephemeral=True, thinking=True)
         usage = await self.services.quotas.usage(place.guild_id, interaction.user.id)
         here = OUTSIDE_SERVERS if place.personal else "in this server"
-        await interaction.followup.send(
+        joint = history_text(
+            interaction.user.id, await self.services.friends.history(interaction.user.id)
+        )
+        text = (
             f"You have used {usage.used} of {usage.limit} renders today {here}; "
-            f"{usage.remaining} left. The count resets {discord_time(usage.resets_at)}.",
+            f"{usage.remaining} left. The count resets {discord_time(usage.resets_at)}."
+        )
+        await interaction.followup.send(
+            f"{text}\n\n{joint}"[:2000] if joint else text,
             ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
         )
 
     @app_commands.command(name="help", description="How avatarbot works")

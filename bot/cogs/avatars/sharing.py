@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.services.friends import GrantRow
+from bot.services.friends import GrantRow, JointRender
+from bot.ui.errors import discord_time
 
 if TYPE_CHECKING:
     from bot.app import AvatarBot
@@ -31,6 +32,22 @@ def grants_text(user_id: int, grants: Sequence[GrantRow]) -> str:
         lines += [f"- **{_escape(g.avatar_name)}** of <@{g.owner_id}>" for g in received]
     if lines:
         lines.append("Either member ends one with `/avatar revoke`.")
+    return "\n".join(lines)
+
+
+def history_text(user_id: int, renders: Sequence[JointRender]) -> str:
+    """``/avatar usage``'s list of joint renders: each shows to both members (charged to
+    the one who asked)."""
+    if not renders:
+        return ""
+    lines = ["Renders with another member's avatar (while kept):"]
+    for r in renders:
+        name = _escape(r.avatar_name)
+        if r.requester_id == user_id:
+            who = f"you with **{name}** of <@{r.owner_id}> (charged to you)"
+        else:
+            who = f"<@{r.requester_id}> with your **{name}**"
+        lines.append(f"- render #{r.job_id}: {who}, {r.status}, {discord_time(r.created_at)}")
     return "\n".join(lines)
 
 
