@@ -104,17 +104,19 @@ class PrivacyService:
             # The member's jobs first (the lock order: db/queue.py ``lock_jobs``): a worker
             # finishing one has committed, and what it wrote is keyed or erased below, or it
             # waits and then finds the job gone.
-            held = await jobs_repo.lock_user_jobs(session, user_id)
+            # Joint renders others asked for with the member's avatars are locked in the same
+            # id-ordered statement: two members erasing at once would otherwise each hold their
+            # own jobs and wait for the other's (a deadlock on PostgreSQL).
+            joint_jobs = friends_repo.joint_jobs_of_user(user_id)
+            held = await jobs_repo.lock_user_jobs(session, user_id, also=joint_jobs)
             # A job that never started gives its unit back, as deleting it would; keyed below
             # with the rest, so the day's usage counts net of it.
             for job in held:
-                if job.status == JobStatus.QUEUED:
+                if job.status == JobStatus.QUEUED and job.user_id == user_id:
                     await refund(session, job, now, note="erased by forget-me")
             # Renders of the member's avatars with another member's go too, whoever asked
             # (bot/services/friends.py); while the avatars still say whose they are.
-            joint = await erase_joint_renders(
-                session, friends_repo.joint_jobs_of_user(user_id), now, user_id
-            )
+            joint = await erase_joint_renders(session, joint_jobs, now, user_id)
             friends = await friends_repo.delete_user_data(session, user_id)
             # Today's usage stays the member's under a keyed hash; first, while the jobs that
             # attribute refunds to their day still exist.

@@ -326,11 +326,15 @@ def _of_user(user_id: int) -> ColumnElement[bool]:
     return RenderJob.user_id == user_id
 
 
-async def lock_user_jobs(session: AsyncSession, user_id: int) -> list[RenderJob]:
-    """Forget-me's first step: lock every job of ``user_id`` (the lock order: db/queue.py
-    ``lock_jobs``), so a worker finishing one either committed before (its writes are then
-    erased or anonymised with the rest) or finds it gone (it writes nothing)."""
-    return await lock_jobs(session, _of_user(user_id))
+async def lock_user_jobs(
+    session: AsyncSession, user_id: int, *, also: ColumnElement[bool] | None = None
+) -> list[RenderJob]:
+    """Forget-me's first step: lock every job of ``user_id``, and those matching ``also``, in
+    one statement (the lock order: db/queue.py ``lock_jobs``), so a worker finishing one either
+    committed before (its writes are then erased or anonymised with the rest) or finds it gone
+    (it writes nothing)."""
+    condition = _of_user(user_id)
+    return await lock_jobs(session, condition if also is None else or_(condition, also))
 
 
 async def lock_guild_jobs(session: AsyncSession, guild_id: int) -> list[RenderJob]:
