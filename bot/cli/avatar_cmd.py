@@ -555,7 +555,8 @@ async def _reencrypt(args: argparse.Namespace, services: Services) -> int:
         return 2
     print(
         f"re-sealed {report.photos} photo(s), {report.features} feature set(s), "
-        f"{report.outputs} output(s), {report.jobs} job(s)' prompts; "
+        f"{report.outputs} output(s), {report.jobs} job(s)' prompts, "
+        f"{report.asks} friend request(s)' prompts; "
         f"{report.unchanged} already under the current key"
     )
     if not services.cipher.strict:
