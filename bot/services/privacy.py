@@ -294,39 +294,32 @@ class PrivacyService:
         def blob_stale(item: tuple[Photo | Feature | JobOutput, int]) -> bool:
             return cipher.needs_reseal(item[0].data)
 
-        def job_stale(job: RenderJob) -> bool:
+        def texts_stale(row: RenderJob | AvatarAsk) -> bool:
             return any(
-                cipher.text_needs_reseal(getattr(job, name) or "") for name in SEALED_JOB_TEXTS
+                cipher.text_needs_reseal(getattr(row, name) or "") for name in SEALED_JOB_TEXTS
             )
 
-        def reseal_job(job: RenderJob) -> None:
+        def reseal_texts(
+            row: RenderJob | AvatarAsk, binding: Callable[[bytes], crypto.Binding]
+        ) -> None:
             for name, purpose in SEALED_JOB_TEXTS.items():
-                value = getattr(job, name)
+                value = getattr(row, name)
                 if value:
-                    binding = crypto.job_binding(purpose, job.id, job.user_id)
-                    plain = cipher.open_text(value, binding, lenient=True)
-                    setattr(job, name, cipher.seal_text(plain, binding))
+                    plain = cipher.open_text(value, binding(purpose), lenient=True)
+                    setattr(row, name, cipher.seal_text(plain, binding(purpose)))
+
+        def reseal_job(job: RenderJob) -> None:
+            reseal_texts(job, lambda purpose: crypto.job_binding(purpose, job.id, job.user_id))
+
+        def reseal_ask(ask: AvatarAsk) -> None:
+            # A request's texts are sealed as a job's, bound to it and its requester.
+            reseal_texts(ask, lambda purpose: crypto.ask_binding(purpose, ask.id, ask.requester_id))
 
         await walk("photos", avatars_repo.photos_page, blob_stale, reseal_photo)
         await walk("features", avatars_repo.features_page, blob_stale, reseal_features)
         await walk("outputs", jobs_repo.outputs_page, blob_stale, reseal_output)
-        await walk("jobs", jobs_repo.jobs_page, job_stale, reseal_job)
-
-        def ask_stale(ask: AvatarAsk) -> bool:
-            return any(
-                cipher.text_needs_reseal(getattr(ask, name) or "") for name in SEALED_JOB_TEXTS
-            )
-
-        def reseal_ask(ask: AvatarAsk) -> None:
-            # A request's texts are sealed as a job's, bound to it and its requester.
-            for name, purpose in SEALED_JOB_TEXTS.items():
-                value = getattr(ask, name)
-                if value:
-                    binding = crypto.ask_binding(purpose, ask.id, ask.requester_id)
-                    plain = cipher.open_text(value, binding, lenient=True)
-                    setattr(ask, name, cipher.seal_text(plain, binding))
-
-        await walk("asks", friends_repo.asks_page, ask_stale, reseal_ask)
+        await walk("jobs", jobs_repo.jobs_page, texts_stale, reseal_job)
+        await walk("asks", friends_repo.asks_page, texts_stale, reseal_ask)
         await checkpoint(self._db)
         report = ReencryptReport(**counts)
         logger.info("re-encryption under key %s: %s", key_id, report)
