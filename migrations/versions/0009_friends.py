@@ -37,15 +37,16 @@ JSON = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("avatars") as batch:
-        batch.add_column(
-            sa.Column("others_may_ask", sa.Boolean(), server_default=sa.false(), nullable=False)
-        )
-    with op.batch_alter_table("guild_settings") as batch:
-        batch.add_column(sa.Column("cross_member_renders", sa.Boolean(), nullable=True))
-    with op.batch_alter_table("render_jobs") as batch:
-        batch.add_column(sa.Column("posted_channel_id", sa.BigInteger(), nullable=True))
-        batch.add_column(sa.Column("posted_message_id", sa.BigInteger(), nullable=True))
+    # Plain ADD COLUMNs, never a batch rebuild: SQLite would rebuild ``avatars`` and
+    # ``render_jobs`` without AUTOINCREMENT (SQLAlchemy does not reflect it: 0004), and they
+    # would hand out the newest deleted ids again.
+    op.add_column(
+        "avatars",
+        sa.Column("others_may_ask", sa.Boolean(), server_default=sa.false(), nullable=False),
+    )
+    op.add_column("guild_settings", sa.Column("cross_member_renders", sa.Boolean(), nullable=True))
+    op.add_column("render_jobs", sa.Column("posted_channel_id", sa.BigInteger(), nullable=True))
+    op.add_column("render_jobs", sa.Column("posted_message_id", sa.BigInteger(), nullable=True))
     op.create_table(
         "avatar_grants",
         sa.Column("id", ID, nullable=False),
@@ -122,10 +123,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("avatar_asks")
     op.drop_table("avatar_grants")
-    with op.batch_alter_table("render_jobs") as batch:
-        batch.drop_column("posted_message_id")
-        batch.drop_column("posted_channel_id")
-    with op.batch_alter_table("guild_settings") as batch:
-        batch.drop_column("cross_member_renders")
-    with op.batch_alter_table("avatars") as batch:
-        batch.drop_column("others_may_ask")
+    # Plain DROP COLUMNs (SQLite 3.35+), for the same reason as the upgrade's ADD COLUMNs.
+    op.drop_column("render_jobs", "posted_message_id")
+    op.drop_column("render_jobs", "posted_channel_id")
+    op.drop_column("guild_settings", "cross_member_renders")
+    op.drop_column("avatars", "others_may_ask")
