@@ -26,7 +26,9 @@ class Plan:
     """Every size of a run. ``QUICK`` shrinks all of them for the tests."""
 
     size: int = 64
-    n_subjects: int = 120  # subjects 0..n-1 of the world; n_heldout of them never trained on
+    # Training subjects (none has the unseen shape or colour pairs) and held-out ones (each has
+    # at least one of them): avatarbot_research.toyworld.unseen_split.
+    n_train: int = 112
     n_heldout: int = 8
     n_images: int = 4000
     vae_steps: int = 900
@@ -63,7 +65,7 @@ class Plan:
 
 QUICK = Plan(
     size=64,  # the engine renders 64 px at least
-    n_subjects=12,
+    n_train=10,
     n_heldout=2,
     n_images=24,
     vae_steps=3,
@@ -135,9 +137,17 @@ class Paths:
 
 
 def stage_data(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
-    from avatarbot_research.toyworld import split_subjects, subjects, write_dataset
+    from avatarbot_research.toyworld import (
+        UNSEEN_PAIRS,
+        UNSEEN_SHAPES,
+        subject,
+        subjects,
+        unseen_group,
+        unseen_split,
+        write_dataset,
+    )
 
-    train_ids, heldout_ids = split_subjects(plan.n_subjects, plan.n_heldout, seed)
+    train_ids, heldout_ids = unseen_split(plan.n_train, plan.n_heldout, seed)
     tmp = paths.data.with_name("data.tmp")
     if tmp.exists():
         import shutil
@@ -149,7 +159,14 @@ def stage_data(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
 
         shutil.rmtree(paths.data)
     tmp.rename(paths.data)
-    split = {"train": train_ids, "heldout": heldout_ids, "size": plan.size}
+    split = {
+        "train": train_ids,
+        "heldout": heldout_ids,
+        "groups": {str(i): unseen_group(subject(i)) for i in heldout_ids},
+        "unseen_shapes": list(UNSEEN_SHAPES),
+        "unseen_pairs": [sorted(pair) for pair in UNSEEN_PAIRS],
+        "size": plan.size,
+    }
     paths.split.write_text(json.dumps(split) + "\n")
     return {"images": plan.n_images, "train_subjects": len(train_ids), "heldout": heldout_ids}
 

@@ -19,6 +19,9 @@ from avatarbot_research.toyworld.world import (
     PLACES,
     POSITIONS,
     SIZES,
+    UNSEEN_GROUPS,
+    UNSEEN_PAIRS,
+    UNSEEN_SHAPES,
     Scene,
     Subject,
     caption,
@@ -29,6 +32,8 @@ from avatarbot_research.toyworld.world import (
     split_subjects,
     subject,
     subjects,
+    unseen_group,
+    unseen_split,
 )
 
 __all__ = [
@@ -36,6 +41,9 @@ __all__ = [
     "PLACES",
     "POSITIONS",
     "SIZES",
+    "UNSEEN_GROUPS",
+    "UNSEEN_PAIRS",
+    "UNSEEN_SHAPES",
     "Scene",
     "Subject",
     "ToyIdentity",
@@ -51,5 +59,7 @@ __all__ = [
     "split_subjects",
     "subject",
     "subjects",
+    "unseen_group",
+    "unseen_split",
     "write_dataset",
 ]

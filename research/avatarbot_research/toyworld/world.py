@@ -109,6 +109,49 @@ def split_subjects(n_total: int, n_heldout: int, seed: int) -> tuple[list[int], 
     return sorted(int(i) for i in ids[n_heldout:]), sorted(int(i) for i in ids[:n_heldout])
 
 
+# What no training stage ever sees (issue 27): one whole shape and two whole colour pairs (in
+# either order). A held-out subject has the unseen shape, an unseen pair, or both, so "held
+# out" means new to the model, not merely a new combination of things it was trained on.
+UNSEEN_SHAPES: tuple[str, ...] = ("diamond",)
+UNSEEN_PAIRS: tuple[frozenset[str], ...] = (
+    frozenset({"blue", "yellow"}),
+    frozenset({"red", "cyan"}),
+)
+NEW_PAIR, NEW_SHAPE, NEW_BOTH = "new colour pair", "new shape", "new shape and pair"
+UNSEEN_GROUPS = (NEW_PAIR, NEW_SHAPE, NEW_BOTH)
+
+
+def unseen_group(subj: Subject) -> str | None:
+    """Which unseen part a subject has (``UNSEEN_GROUPS``), or None if training may use it."""
+    shape = subj.shape in UNSEEN_SHAPES
+    pair = frozenset({subj.body, subj.accent}) in UNSEEN_PAIRS
+    if shape and pair:
+        return NEW_BOTH
+    return NEW_SHAPE if shape else NEW_PAIR if pair else None
+
+
+def unseen_split(n_train: int, n_heldout: int, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) subject ids, both sorted: the first ``n_train`` subjects of the
+    catalogue that have no unseen part, and ``n_heldout`` subjects drawn (seeded) from the
+    unseen groups in turn (new pair, new shape, both), so every group is represented."""
+    catalogue = _catalogue()
+    seen = [s.id for s in catalogue if unseen_group(s) is None]
+    if not 1 <= n_train <= len(seen):
+        raise ValueError(f"need 1 <= n_train <= {len(seen)} (subjects without an unseen part)")
+    pools = {g: [s.id for s in catalogue if unseen_group(s) == g] for g in UNSEEN_GROUPS}
+    if not 0 <= n_heldout <= sum(map(len, pools.values())):
+        raise ValueError("n_heldout is more than the unseen subjects")
+    rng = np.random.default_rng(seed)
+    for ids in pools.values():
+        rng.shuffle(ids)
+    heldout: list[int] = []
+    while len(heldout) < n_heldout:
+        for group in UNSEEN_GROUPS:
+            if pools[group] and len(heldout) < n_heldout:
+                heldout.append(pools[group].pop())
+    return sorted(seen[:n_train]), sorted(heldout)
+
+
 def random_scene(rng: np.random.Generator) -> Scene:
     return Scene(str(rng.choice(list(PLACES))), str(rng.choice(POSITIONS)), str(rng.choice(SIZES)))
 
