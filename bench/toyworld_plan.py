@@ -85,6 +85,19 @@ QUICK = Plan(
 )
 
 
+@dataclass
+class BaselineResult:
+    """One comparison arm's renders of the held-out subjects (issue 27's table), made outside
+    the main InstantBooth evaluation: keyed by (subject id, place, seed), each image
+    ``plan.size`` square; ``seconds_per_subject`` is the wall time to personalise each new
+    subject (training or encoding, not rendering) on this machine."""
+
+    arm: str
+    images: dict[tuple[int, str, int], Any]  # PIL images
+    seconds_per_subject: dict[int, float]
+    notes: dict[str, Any]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
