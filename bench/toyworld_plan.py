@@ -98,6 +98,56 @@ class BaselineResult:
     notes: dict[str, Any]
 
 
+_BASELINE_INDEX = "baseline.json"
+
+
+def save_baseline(result: BaselineResult, folder: Path) -> Path:
+    """The arm's renders as PNGs plus an index, written whole or not at all (a stage that
+    stops half way leaves no folder that looks done)."""
+    import shutil
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    images = []
+    for (sid, place, seed), image in sorted(result.images.items()):
+        name = f"{sid}-{place}-{seed}.png"
+        image.save(tmp / name)
+        images.append({"subject": sid, "place": place, "seed": seed, "file": name})
+    index = {
+        "arm": result.arm,
+        "images": images,
+        "seconds_per_subject": {str(k): v for k, v in result.seconds_per_subject.items()},
+        "notes": result.notes,
+    }
+    (tmp / _BASELINE_INDEX).write_text(json.dumps(index, indent=2, default=str) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def baseline_saved(folder: Path) -> bool:
+    return (folder / _BASELINE_INDEX).is_file()
+
+
+def load_baseline(folder: Path) -> BaselineResult:
+    from PIL import Image
+
+    index = json.loads((folder / _BASELINE_INDEX).read_text())
+    images = {}
+    for row in index["images"]:
+        with Image.open(folder / row["file"]) as image:
+            images[(int(row["subject"]), str(row["place"]), int(row["seed"]))] = image.convert(
+                "RGB"
+            )
+    return BaselineResult(
+        arm=index["arm"],
+        images=images,
+        seconds_per_subject={int(k): float(v) for k, v in index["seconds_per_subject"].items()},
+        notes=index["notes"],
+    )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
