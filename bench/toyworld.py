@@ -1,15 +1,16 @@
-"""Train the whole stack small on the synthetic toy world, then evaluate InstantBooth on it
-(issue 15, part 2).
+"""Train the whole stack small on the synthetic toy world, then compare InstantBooth with the
+other ways to personalise on it (issues 15 and 27).
 
-    python -m bench.toyworld                     # the result, ~40 min on a 2-core CPU
-    python -m bench.toyworld --stages ablations  # then the training-choice ablations, ~15 min
+    python -m bench.toyworld                     # the comparison table, under an hour on 2 cores
+    python -m bench.toyworld --stages ablations  # then the training-choice ablations (3 seeds)
     python -m bench.toyworld --quick             # seconds: checks that it runs, not quality
     python -m bench.toyworld --stages eval       # one stage (earlier ones must have run)
 
 Stages, each skipped when its output exists (``--force`` redoes them), all seeded:
 
 1. ``data``: training-split subjects written in the trainer's format (avatarbot_research.toyworld);
-   held-out subjects are never written.
+   held-out subjects have a shape or a colour pair that no training subject has
+   (``unseen_split``) and are never written.
 2. ``vae`` (bench.toyworld_base): a small AutoencoderKL (f = 4) trained on the images (MSE +
    small KL).
 3. ``unet`` (bench.toyworld_base): a small text-to-image UNet and a tiny CLIP text encoder
@@ -17,11 +18,16 @@ Stages, each skipped when its output exists (``--force`` redoes them), all seede
    latents; saved with the VAE, tokenizer and scheduler as a diffusers
    StableDiffusionPipeline folder: the base.
 4. ``instantbooth``: our trainer (avatarbot_research.instantbooth.trainer) on that base.
-5. ``eval`` (bench.toyworld_eval, bench.toyworld_diagnostics): held-out subjects rendered
-   through the real engine (profile ``toyworld-instantbooth`` over the trained base and
-   weights); results under ``--out``.
-6. ``ablations`` (only when asked for): InstantBooth retrained with one training choice
-   changed (bench.toyworld_ablations).
+5. ``ipadapter`` (bench.toyworld_baselines): IP-Adapter trained the same way on the same base,
+   the held-out subjects rendered through the engine.
+6. ``finetune`` (bench.toyworld_baselines): Textual Inversion and DreamBooth-LoRA trained per
+   subject on a few held-out subjects.
+7. ``eval`` (bench.toyworld_eval, bench.toyworld_identity, bench.toyworld_report): held-out
+   subjects rendered through the real engine (profile ``toyworld-instantbooth`` over the
+   trained base and weights), every method scored by render-level identity margins; results
+   under ``--out``.
+8. ``ablations`` (only when asked for): InstantBooth retrained with one training choice
+   changed, from several seeds (bench.toyworld_ablations).
 
 Long stages checkpoint every ``--save-every`` steps and resume from the last checkpoint.
 """
@@ -40,6 +46,12 @@ from typing import Any
 import torch
 
 from bench.common import RESULTS_DIR
+from bench.toyworld_baselines import (
+    finetune_done,
+    ipadapter_done,
+    stage_finetune,
+    stage_ipadapter,
+)
 from bench.toyworld_plan import (
     QUICK,
     Paths,
@@ -51,8 +63,8 @@ from bench.toyworld_plan import (
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("data", "vae", "unet", "instantbooth", "eval", "ablations")
-# The result (about 40 min); the ablations take one more command (about 15 min).
+STAGES = ("data", "vae", "unet", "instantbooth", "ipadapter", "finetune", "eval", "ablations")
+# The comparison; the ablations take one more command.
 DEFAULT_STAGES = STAGES[:-1]
 DEFAULT_WORKDIR = Path(".toyworld")
 TIMINGS = "timings.json"
@@ -69,6 +81,8 @@ def stage_done(stage: str, paths: Paths, timings: dict[str, Any]) -> bool:
         "vae": (paths.vae / "final" / "config.json").is_file(),
         "unet": (paths.base / "model_index.json").is_file(),
         "instantbooth": (paths.weights / "config.json").is_file(),
+        "ipadapter": ipadapter_done(paths),
+        "finetune": finetune_done(paths),
         "eval": "eval" in timings,
         "ablations": "ablations" in timings,
     }[stage]
@@ -119,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
             info = stage_unet(plan, paths, args.seed)
         elif stage == "instantbooth":
             info = stage_instantbooth(plan, paths, args.seed, resume=not args.force)
+        elif stage == "ipadapter":
+            info = stage_ipadapter(plan, paths, args.seed)
+        elif stage == "finetune":
+            info = stage_finetune(plan, paths, args.seed)
         elif stage == "eval":
             from bench.toyworld_eval import stage_eval
 

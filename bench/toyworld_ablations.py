@@ -1,147 +1,140 @@
-"""The toy world's ablations (issue 15): InstantBooth retrained with one training choice
-changed (the adapters' learning rate, a fine-tuned image encoder) and rendered beside the main
-recipe; ``python -m bench.toyworld --stages ablations``."""
+"""The toy world's ablations (issues 15 and 27): InstantBooth retrained with one training
+choice changed, each from ``plan.ablation_seeds`` training seeds at the same step budget
+(``plan.ablation_steps``), rendered for the held-out subjects and scored by the render-level
+identity margins (bench.toyworld_identity); ``python -m bench.toyworld --stages ablations``.
+
+The adapters' learning rate is a sweep at that equal budget (with Adam a weight moves by at most
+about the learning rate per step, so a rate too small for the budget leaves the gates shut
+whatever it would do over the paper's 320k steps)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.toyworld_eval import STEM, Arm, Render, _evaluate, _fmt, summarise
+from bench.toyworld_eval import Arm, _evaluate
+from bench.toyworld_identity import Margins
 from bench.toyworld_plan import Paths, Plan, seed_everything, snapshot_weights, stage_instantbooth
+from bench.toyworld_report import _fmt, _interval
 
-# -- training -------------------------------------------------------------------------
+ABLATION_STEM = "toyworld-ablations-cpu"
+BETA_1, TOKEN = "β=1.0", "β=0 (token only)"
 
 
 @dataclass(frozen=True)
 class Variant:
-    """InstantBooth trained once more with one training choice changed (issue 15's list)."""
+    """The main recipe with ``changes`` (fields of ``Plan``) applied."""
 
     name: str
     slug: str
-    lr_adapter: float | None = None
-    train_encoder: bool | None = None
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 def variants(plan: Plan) -> list[Variant]:
-    return [
-        Variant("adapters at 1e-6 (the paper's rate)", "lr-adapter-1e-6", lr_adapter=1e-6),
-        Variant("adapters at 1e-4 (the heads' rate)", "lr-adapter-1e-4", lr_adapter=1e-4),
+    """The main recipe, the adapters' learning-rate sweep around it, the other image-encoder
+    choice."""
+    out = [Variant("main recipe", "main")]
+    for lr in plan.ablation_lr_sweep:
+        if lr != plan.ib_lr_adapter:
+            out.append(Variant(f"adapters at {lr:g}", f"lr-adapter-{lr:g}", {"ib_lr_adapter": lr}))
+    encoder = not plan.ib_train_encoder
+    out.append(
         Variant(
-            "image encoder frozen" if plan.ib_train_encoder else "image encoder fine-tuned",
-            "encoder-frozen" if plan.ib_train_encoder else "encoder-trained",
-            train_encoder=not plan.ib_train_encoder,
-        ),
-    ]
-
-
-def stage_ablations(plan: Plan, paths: Paths, out: Path, seed: int) -> dict[str, Any]:
-    trained = []
-    for variant in variants(plan):
-        folder = paths.root / "ablations" / variant.slug
-        vplan = replace(
-            plan,
-            ib_steps=plan.ablation_steps,
-            ib_lr_adapter=variant.lr_adapter
-            if variant.lr_adapter is not None
-            else plan.ib_lr_adapter,
-            ib_train_encoder=(
-                variant.train_encoder
-                if variant.train_encoder is not None
-                else plan.ib_train_encoder
-            ),
+            "image encoder fine-tuned" if encoder else "image encoder frozen",
+            "encoder-trained" if encoder else "encoder-frozen",
+            {"ib_train_encoder": encoder},
         )
-        seed_everything(seed)
-        started = time.monotonic()
-        info = stage_instantbooth(vplan, paths, seed, resume=True, out=folder)
-        info["seconds"] = round(time.monotonic() - started, 1)
-        trained.append((variant.name, vplan, folder / "weights", info))
-    return write_ablations(plan, paths, out, seed, trained)
+    )
+    return out
 
 
-# -- rendering and reporting --------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    """One training seed of a variant, scored."""
 
-ABLATION_STEM = "toyworld-ablations-cpu"
+    seed: int
+    train_seconds: float
+    gate_mean: float
+    arms: dict[str, Margins]
 
 
 def ablation_arms() -> list[Arm]:
     return [
-        Arm("InstantBooth α=0.4 β=0.3", "instantbooth", 0.4, 0.3),
-        Arm("InstantBooth α=0.4 β=1.0", "instantbooth", 0.4, 1.0),
+        Arm(BETA_1, "instantbooth", 0.4, 1.0),
+        Arm(TOKEN, "instantbooth", 0.4, 0.0),
     ]
 
 
-def _main_rows(out: Path, names: list[str]) -> dict[str, dict[str, Any]]:
-    """The main run's figures for the same arms on seed 0 only (what the ablations render)."""
-    document = json.loads((out / f"{STEM}.json").read_text())
-    renders = [
-        Render(r["arm"], r["subject"], r["place"], r["seed"], r["identity"], r["scene_ok"])
-        for r in document["renders"]
-        if r["seed"] == 0
-    ]
-    return {row["arm"]: row for row in summarise(renders, names)}
+def _weights(plan: Plan, paths: Paths, variant: Variant, seed: int, base_seed: int) -> Path:
+    """The variant's weights for one training seed; the main recipe's first seed is the main
+    run's own snapshot at the ablations' step count when it exists."""
+    snapshot = snapshot_weights(paths.instantbooth, plan.ablation_steps)
+    if not variant.changes and seed == base_seed and snapshot.is_dir():
+        return snapshot
+    folder = paths.root / "ablations" / f"{variant.slug}-seed-{seed}"
+    vplan = replace(plan, ib_steps=plan.ablation_steps, **variant.changes)
+    seed_everything(seed)
+    stage_instantbooth(vplan, paths, seed, resume=True, out=folder)
+    return folder / "weights"
 
 
-def write_ablations(
-    plan: Plan,
-    paths: Paths,
-    out: Path,
-    seed: int,
-    trained: list[tuple[str, Plan, Path, dict[str, Any]]],
-) -> dict[str, Any]:
-    """The main recipe's weights at ``plan.ablation_steps`` (kept by the instantbooth stage)
-    and each variant's, rendered like the main run but on seed 0 only (to keep the time), and
-    the main run's own seed-0 figures; written as ``toyworld-ablations-cpu.{json,md}``."""
-    from bench.common import machine_info
+def stage_ablations(plan: Plan, paths: Paths, out: Path, seed: int) -> dict[str, Any]:
+    from bench.toyworld_identity import bootstrap_interval, margins
     from engine.personalizers.instantbooth.model import InstantBoothModel
     from engine.tiny import tiny_image_encoder
 
-    arms_list = ablation_arms()
-    names = [a.name for a in arms_list]
     one_seed = replace(plan, eval_seeds=1)
-    timings_path = paths.root / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    main_info = timings.get("instantbooth", {})
-
-    def row(name: str, vplan: Plan, steps: int, info: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "variant": name,
-            "steps": steps,
-            "lr_adapter": vplan.ib_lr_adapter,
-            "image_encoder": "fine-tuned" if vplan.ib_train_encoder else "frozen",
-            "gate_mean": info.get("gate_mean"),
-            "loss_last": info.get("loss_last"),
-            "train_seconds": info.get("seconds"),
-        }
-
-    runs = list(trained)
-    snapshot = snapshot_weights(paths.instantbooth, plan.ablation_steps)
-    if snapshot.is_dir():
-        gates = InstantBoothModel.from_pretrained(snapshot, tiny_image_encoder(0)).gates()
-        info = {"gate_mean": statistics.fmean(gates.values())}
-        runs.insert(0, ("main recipe", plan, snapshot, info))
-    rows: list[dict[str, Any]] = []
-    for name, vplan, weights, info in runs:
-        evaluation = asyncio.run(_evaluate(one_seed, paths, seed, weights.resolve(), arms_list))
+    split = json.loads(paths.split.read_text())
+    groups = {int(k): str(v) for k, v in split.get("groups", {}).items()}
+    rows = []
+    for variant in variants(plan):
+        runs = []
+        for seed_i in range(seed, seed + plan.ablation_seeds):
+            started = time.monotonic()
+            weights = _weights(plan, paths, variant, seed_i, seed)
+            trained = round(time.monotonic() - started, 1)
+            # Same subjects, places and render seed for every training seed: only training varies.
+            evaluation = asyncio.run(
+                _evaluate(one_seed, paths, seed, weights.resolve(), ablation_arms())
+            )
+            refs = evaluation["references"]
+            gates = InstantBoothModel.from_pretrained(weights, tiny_image_encoder(0)).gates()
+            arms = {}
+            for arm in ablation_arms():
+                mine = [r for r in evaluation["renders"] if r.arm == arm.name]
+                arms[arm.name] = margins(arm.name, mine, refs, seed=seed, groups=groups)
+            runs.append(Run(seed_i, trained, sum(gates.values()) / len(gates), arms))
+        summary: dict[str, Any] = {}
+        for arm in ablation_arms():
+            summary[arm.name] = {}
+            for component in ("overall", "colour", "pattern", "shape"):
+                # Per subject: the mean over training seeds; the interval resamples subjects.
+                per_subject: dict[int, list[float]] = {}
+                for run in runs:
+                    for s in run.arms[arm.name].subjects:
+                        per_subject.setdefault(s.subject, []).append(s.margin(component))
+                values = [sum(v) / len(v) for v in per_subject.values()]
+                summary[arm.name][component] = {
+                    **bootstrap_interval(values, seed).__dict__,
+                    "per_seed": [run.arms[arm.name].margin[component].mean for run in runs],
+                }
         rows.append(
             {
-                **row(name, vplan, plan.ablation_steps, info),
-                "arms": summarise(evaluation["renders"], names),
+                "variant": variant.name,
+                "changes": variant.changes,
+                "steps": plan.ablation_steps,
+                "seeds": [run.seed for run in runs],
+                "gate_mean": [run.gate_mean for run in runs],
+                "train_seconds": [run.train_seconds for run in runs],
+                "arms": summary,
             }
         )
-    if (out / f"{STEM}.json").is_file():
-        main = _main_rows(out, names)
-        rows.append(
-            {
-                **row("main recipe (the main run)", plan, plan.ib_steps, main_info),
-                "arms": [main.get(n) for n in names],
-            }
-        )
+    from bench.common import machine_info
+
     document = {
         "benchmark": "toyworld-ablations",
         "machine": machine_info("cpu"),
@@ -150,40 +143,55 @@ def write_ablations(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{ABLATION_STEM}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
-    (out / f"{ABLATION_STEM}.md").write_text(ablations_markdown(document, names))
-    return {"variants": len(trained), "results": str(out / f"{ABLATION_STEM}.json")}
+    (out / f"{ABLATION_STEM}.md").write_text(ablations_markdown(document))
+    return {"variants": len(rows), "results": str(out / f"{ABLATION_STEM}.json")}
 
 
-def _gate(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.4f}" if abs(value) >= 1e-3 else f"{value:.1e}"
+def _gate(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    return f"{mean:.4f}" if abs(mean) >= 1e-3 else f"{mean:.1e}"
 
 
-def ablations_markdown(document: dict[str, Any], names: list[str]) -> str:
+def ablations_markdown(document: dict[str, Any]) -> str:
     plan = document["plan"]
     lines = [
         "# Toy world: InstantBooth's training choices (CPU)",
         "",
-        "Generated by `python -m bench.toyworld` (stage `ablations`, issue 15): InstantBooth "
-        "trained again with one choice changed, on the same base and data, rendered for "
-        f"{plan['eval_subjects']} held-out subjects × 5 places, seed 0. Identity / scene "
-        "accuracy per arm; `tanh(gate)` is the adapters' mean gate after training."
+        "Generated by `python -m bench.toyworld --stages ablations` (issues 15 and 27): "
+        "InstantBooth trained again with one choice changed, on the same base and data, at the "
+        f"same budget ({plan['ablation_steps']} steps), from {plan['ablation_seeds']} training "
+        f"seeds each; rendered for {plan['eval_subjects']} held-out subjects × 5 places, render "
+        "seed 0. Identity margin as in `toyworld-cpu.md` (own − other at render level); per "
+        "subject the mean over training seeds, then the mean over subjects with a 95 % "
+        "subject-bootstrap interval; the per-seed means show the spread between training runs. "
+        "`tanh(gate)`: the adapters' mean gate after training (mean over seeds)."
         + (" **Quick run: sizes shrunk, numbers meaningless.**" if plan["quick"] else ""),
         "",
-        "| variant | steps | adapters' lr | image encoder | tanh(gate) | "
-        + " | ".join(f"{n}: identity | scene" for n in names)
-        + " |",
-        "|---|---:|---:|---|---:|" + "---:|---:|" * len(names),
+        "| variant | tanh(gate) | "
+        + " | ".join(f"{arm}: {c} margin" for arm in (BETA_1, TOKEN) for c in ("overall", "shape"))
+        + f" | {BETA_1}: overall per seed | {TOKEN}: overall per seed |",
+        "|---|---:|" + "---:|" * 6,
     ]
     for row in document["variants"]:
-        cells = []
-        for arm in row["arms"]:
-            cells += ["–", "–"] if arm is None else [
-                _fmt(arm["identity_mean"]), _fmt(arm["scene_accuracy"], True)
-            ]  # fmt: skip
+        shown = [row["arms"][a][c] for a in (BETA_1, TOKEN) for c in ("overall", "shape")]
+        cells = [_interval(cell) for cell in shown]
+        seeds = [
+            ", ".join(f"{v:+.3f}" for v in row["arms"][a]["overall"]["per_seed"])
+            for a in (BETA_1, TOKEN)
+        ]
         lines.append(
-            f"| {row['variant']} | {row['steps']} | {row['lr_adapter']:g} | "
-            f"{row['image_encoder']} | {_gate(row['gate_mean'])} | " + " | ".join(cells) + " |"
+            f"| {row['variant']} | {_gate(row['gate_mean'])} | " + " | ".join(cells + seeds) + " |"
         )
+    lines += [
+        "",
+        "Colour and pattern margins, and each run's training time: "
+        f"`{ABLATION_STEM}.json` (train seconds, median: "
+        f"{_fmt(_median([t for r in document['variants'] for t in r['train_seconds']]))}).",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _median(values: list[float]) -> float | None:
+    import statistics
+
+    return statistics.median(values) if values else None

@@ -54,7 +54,11 @@ class Plan:
     guidance: float = 4.0
     references: int = 3
     sweep: bool = True
-    ablation_steps: int = 1000  # the ablations' InstantBooth runs (and the main run's snapshot)
+    # The ablations (bench.toyworld_ablations): each variant trained from this many seeds at
+    # this budget (also the main run's snapshot), the adapters' learning rates swept.
+    ablation_steps: int = 500
+    ablation_seeds: int = 3
+    ablation_lr_sweep: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     feature_samples: int = 64  # training samples of the feature-use check
     save_every: int = 200
     quick: bool = False
@@ -75,6 +79,8 @@ QUICK = Plan(
     ib_steps=3,
     ib_batch=2,
     ablation_steps=2,
+    ablation_seeds=2,
+    ablation_lr_sweep=(1e-3, 1e-2),
     feature_samples=4,
     eval_subjects=2,
     eval_seeds=1,
@@ -96,6 +102,20 @@ class BaselineResult:
     images: dict[tuple[int, str, int], Any]  # PIL images
     seconds_per_subject: dict[int, float]
     notes: dict[str, Any]
+
+
+def comparison_subjects(split: dict[str, Any], k: int) -> list[int]:
+    """The ``k`` held-out subjects the per-subject baselines train on (they cost minutes per
+    subject): taken from the unseen groups in turn, so each group stays represented."""
+    groups: dict[str, list[int]] = {}
+    for sid in split["heldout"]:
+        groups.setdefault(split.get("groups", {}).get(str(sid), ""), []).append(int(sid))
+    chosen: list[int] = []
+    while len(chosen) < min(k, len(split["heldout"])):
+        for ids in groups.values():
+            if ids and len(chosen) < k:
+                chosen.append(ids.pop(0))
+    return sorted(chosen)
 
 
 _BASELINE_INDEX = "baseline.json"
