@@ -56,7 +56,7 @@ class Plan:
     sweep: bool = True
     # The ablations (bench.toyworld_ablations): each variant trained from this many seeds at
     # this budget (also the main run's snapshot), the adapters' learning rates swept.
-    ablation_steps: int = 500
+    ablation_steps: int = 400
     ablation_seeds: int = 3
     ablation_lr_sweep: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     feature_samples: int = 64  # training samples of the feature-use check

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from bench import toyworld, toyworld_plan
-from bench.toyworld_ablations import ABLATION_STEM, variants
+from bench.toyworld_ablations import ABLATION_STEM, BETA_1, TOKEN, variants
 from bench.toyworld_eval import STEM
+from bench.toyworld_identity import FAKES
 
 
 @pytest.fixture(autouse=True)
@@ -64,12 +65,37 @@ def test_quick_run_writes_results(quick_run: tuple[Path, Path]) -> None:
         assert [r["t"] for r in rows] == [100, 300, 500, 700, 900]
         assert all(r[k] > 0 for r in rows for k in ("base", "token", "full", "shuffled"))
     assert (out / f"{STEM}-sheet.png").stat().st_size > 0
+    # The comparison: every method and the fakes on the same subjects, each with its margins.
+    compared = document["comparison"]
+    assert len(compared["subjects"]) >= 2
+    names = [row["arm"] for row in compared["rows"]]
+    methods = [
+        "no personalization",
+        "IP-Adapter (trained here)",
+        "DreamBooth-LoRA (per subject)",
+        "Textual Inversion (per subject)",
+        "InstantBooth α=0.4 β=0.3",
+        "InstantBooth β=0 (token only)",
+    ]
+    assert set(methods) <= set(names)
+    assert {f"fake: {f}" for f in FAKES} <= set(names)
+    for row in compared["rows"]:
+        assert [s["subject"] for s in row["subjects"]] == compared["subjects"]
+        for component in ("overall", "colour", "pattern", "shape"):
+            cell = row["margin"][component]
+            assert cell["low"] <= cell["mean"] <= cell["high"]
+        if row["kind"] == "method":
+            assert row["seconds_per_subject"] is not None
+    # Renders that ignore the subject have a margin of exactly 0.
+    none = next(r for r in compared["rows"] if r["arm"] == "no personalization")
+    assert all(none["margin"][c]["mean"] == 0.0 for c in ("overall", "colour", "pattern", "shape"))
+    assert {row["arm"] for row in document["identity"]} >= {"no personalization", *FAKES}
     split = json.loads((work / "split.json").read_text())
     assert not set(split["train"]) & set(split["heldout"])
     assert set(document["heldout"]) <= set(split["heldout"])
 
 
-def test_ablations_train_each_variant_and_report_it(quick_run: tuple[Path, Path]) -> None:
+def test_ablations_train_each_variant_from_several_seeds(quick_run: tuple[Path, Path]) -> None:
     from engine.personalizers.instantbooth.model import InstantBoothModel
     from engine.tiny import tiny_image_encoder
 
@@ -77,20 +103,25 @@ def test_ablations_train_each_variant_and_report_it(quick_run: tuple[Path, Path]
     document = json.loads((out / f"{ABLATION_STEM}.json").read_text())
     rows = document["variants"]
     plan = toyworld.QUICK
-    names = [v.name for v in variants(plan)]
-    # The main recipe's snapshot at the ablations' step count, each variant, the main run.
-    assert [r["variant"] for r in rows] == ["main recipe", *names, "main recipe (the main run)"]
-    assert [r["steps"] for r in rows] == [plan.ablation_steps] * 4 + [plan.ib_steps]
-    for row in rows[:-1]:
-        assert row["gate_mean"] is not None
-        for arm in row["arms"]:
-            assert arm["renders"] == plan.eval_subjects * 5  # one seed, 5 places
-    assert {r["lr_adapter"] for r in rows[1:3]} == {1e-6, 1e-4}
+    assert [r["variant"] for r in rows] == [v.name for v in variants(plan)]
+    # The main recipe, the learning-rate sweep without the main recipe's own rate, the other
+    # image-encoder choice.
+    assert rows[0]["changes"] == {}
+    swept = [r["changes"]["ib_lr_adapter"] for r in rows if "ib_lr_adapter" in r["changes"]]
+    assert sorted(swept) == sorted(set(plan.ablation_lr_sweep) - {plan.ib_lr_adapter})
+    for row in rows:
+        assert row["steps"] == plan.ablation_steps
+        assert len(row["seeds"]) == len(set(row["seeds"])) == plan.ablation_seeds
+        assert set(row["arms"]) == {BETA_1, TOKEN}
+        for arm in row["arms"].values():
+            for cell in arm.values():
+                assert len(cell["per_seed"]) == plan.ablation_seeds
+                assert cell["low"] <= cell["mean"] <= cell["high"]
     snapshot = toyworld_plan.snapshot_weights(work / "instantbooth", plan.ablation_steps)
     assert (snapshot / "config.json").is_file()
     # The fine-tuned encoder is saved with the weights, so they load only over its
     # architecture and its weights differ from the random one it started from.
-    tuned_dir = work / "ablations" / "encoder-trained" / "weights"
+    tuned_dir = work / "ablations" / "encoder-trained-seed-1" / "weights"
     tuned = InstantBoothModel.from_pretrained(tuned_dir, tiny_image_encoder(0))
     assert tuned.config.image_encoder_trained and tuned.backbone is not None
     start = tiny_image_encoder(0).state_dict()
