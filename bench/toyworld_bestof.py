@@ -38,7 +38,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ import numpy as np
 from bench.common import RESULTS_DIR, setup_logging
 from bench.toyworld import DEFAULT_WORKDIR, TIMINGS, stage_done
 from bench.toyworld_eval import Arm, Render, _evaluate
+from bench.toyworld_identity import BOOTSTRAP, bootstrap_interval
 from bench.toyworld_plan import QUICK, Paths, Plan, seed_everything, stage_data, stage_instantbooth
 
 if TYPE_CHECKING:
@@ -63,7 +64,6 @@ ARM = Arm("InstantBooth α=0.4 β=1.0", "instantbooth", 0.4, 1.0)
 # for the full plan on the same CPU when idle (docs/instantbooth.md).
 SMALL = replace(Plan(), vae_steps=300, unet_steps=350, ib_steps=400, ablation_steps=0)
 PLANS = {"small": SMALL, "full": Plan(), "quick": QUICK}
-BOOTSTRAP = 2000
 HELD_OUT_SEED = 1  # reference shots drawn with this seed offset: other photos of the subject
 # What each posted image is scored by: its identity against the encoded photos (what chose it),
 # against held-out photos, and its shape against held-out photos when chosen by colours and
@@ -142,18 +142,14 @@ def posted(
 
 def split_similarity(found: ToyFeatures | None, refs: list[ToyFeatures]) -> dict[str, float]:
     """The two halves of ``ToyIdentity`` apart, each 0..1, mean over the references (0 without
-    a subject): "colours" (palette histograms, weight 0.5) and "form" (pattern and shape, 0.25
-    each). Taken from ``feature_similarity`` itself: a reference given the render's own pattern
-    and shape differs from it only in colours, one given its colours only in form."""
-    from avatarbot_research.toyworld.metrics import feature_similarity
+    a subject): "colours" (the colour component, weight 0.5) and "form" (the mean of the
+    pattern and shape components, 0.25 each)."""
+    from avatarbot_research.toyworld.metrics import feature_components, mean_components
 
     if found is None or not refs:
         return {"colours": 0.0, "form": 0.0}
-    f = found
-    colours = [feature_similarity(f, replace(r, pattern=f.pattern, shape=f.shape)) for r in refs]
-    form = [feature_similarity(f, replace(r, colours=f.colours, edge=f.edge, core=f.core))
-            for r in refs]  # fmt: skip
-    return {"colours": 2 * float(np.mean(colours)) - 1, "form": 2 * float(np.mean(form)) - 1}
+    parts = mean_components([feature_components(found, r) for r in refs])
+    return {"colours": parts.colour, "form": (parts.pattern + parts.shape) / 2}
 
 
 Parts = dict[
@@ -167,11 +163,7 @@ def _part(parts: Parts, name: str, steps: int, r: Render) -> float:
 
 def bootstrap(per_subject: np.ndarray, seed: int) -> dict[str, float]:
     """Mean over subjects with a 95 % interval from resampling subjects ([S] or paired [S])."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(per_subject), size=(BOOTSTRAP, len(per_subject)))
-    means = per_subject[draws].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(per_subject.mean()), "low": float(low), "high": float(high)}
+    return asdict(bootstrap_interval(per_subject, seed))
 
 
 def measure(plan: Plan, paths: Paths, seed: int, budget: int, k: int) -> dict[str, Any]:

@@ -8,7 +8,9 @@ Issue 15: show that InstantBooth personalises, on a world small enough to train 
 
 from avatarbot_research.toyworld.export import write_dataset
 from avatarbot_research.toyworld.metrics import (
+    Components,
     ToyIdentity,
+    identity_components,
     identity_features,
     scene_accuracy,
     scene_class,
@@ -44,10 +46,12 @@ __all__ = [
     "UNSEEN_GROUPS",
     "UNSEEN_PAIRS",
     "UNSEEN_SHAPES",
+    "Components",
     "Scene",
     "Subject",
     "ToyIdentity",
     "caption",
+    "identity_components",
     "identity_features",
     "random_scene",
     "reference_photos",

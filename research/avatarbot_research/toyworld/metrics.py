@@ -3,9 +3,10 @@
 - ``segment``: the subject is whatever is nearer to a subject colour than to any background
   colour, the world's (places, plain reference backgrounds) or this image's border's; gaps are
   closed, the largest blob kept and its small pockets filled.
-- ``ToyIdentity``: the world's identity is a shape, two colours and a pattern, so it compares
-  palette histograms (whole subject, its outer layer, its core), whether colour changes run
-  one way (stripes) and rotation-invariant shape descriptors.
+- ``ToyIdentity`` / ``identity_components``: the world's identity is a shape, two colours and a
+  pattern, measured as three components each from its own features only (issue 27): colour
+  (palette histogram), pattern (where the two main colours are, whatever they are: layers,
+  areas, blobs, stripe anisotropy) and shape (rotation-invariant outline descriptors).
 - ``scene_class``: the place whose sky and ground colours are nearest to the image's.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 from PIL import Image
@@ -135,9 +136,7 @@ def _histogram(weights: np.ndarray, where: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class ToyFeatures:
     colours: np.ndarray  # palette histogram [K] over the whole subject
-    edge: np.ndarray  # ... over its outer layer (a rim pattern lives here)
-    core: np.ndarray  # ... over its inner part (a spot pattern lives here)
-    pattern: np.ndarray  # anisotropy of colour changes (stripes)
+    pattern: np.ndarray  # colour-agnostic layout of its two colours (``_pattern_features``)
     shape: np.ndarray  # scale- and rotation-invariant moments, roundness, hole
 
 
@@ -162,6 +161,61 @@ def _shape_features(mask: np.ndarray, depth: np.ndarray) -> np.ndarray:
     return np.array([h1, np.sqrt(h2), np.sqrt(h3), roundness, holes])
 
 
+_SECOND_COLOUR = 0.05  # of the subject: less of a second palette colour is noise, not a pattern
+_MIN_BLOB = 3  # pixels: a smaller patch of one colour is noise or a blend, not a dot
+_ONE_COLOUR = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0])  # no second colour: no pattern
+
+
+def _swap(pattern: np.ndarray) -> np.ndarray:
+    """The same layout described from the other colour's side."""
+    shares, anisotropy, (mine, theirs) = pattern[:4], pattern[4], pattern[5:]
+    return np.array([*(1 - shares), anisotropy, theirs, mine])
+
+
+def _pattern_features(
+    d2: np.ndarray, weights: np.ndarray, mask: np.ndarray, depth: np.ndarray
+) -> np.ndarray:
+    """Where the subject's two main colours are, whatever they are, from the side of one of
+    them (which one is arbitrary: ``pattern_similarity`` compares both ways): its share of the
+    outer layer, of the middle layer, of the core and of the whole subject, the anisotropy of
+    colour changes, and how many blobs each colour makes (log2(1 + n)).
+
+    Rim: one colour owns the outer layer, the other the middle and core (about half the area
+    each). Spot: one colour owns the outer and middle layers, the other is one small blob in
+    the core. Stripes: changes run one way, each colour in a few bands. Dots: one colour in
+    many small blobs, changes in both directions. One colour only: ``_ONE_COLOUR``.
+    """
+    histogram = weights[mask].sum(0)
+    first, second = np.argsort(histogram)[::-1][:2]
+    if histogram[second] < _SECOND_COLOUR * histogram.sum():
+        return _ONE_COLOUR.copy()
+    # Each pixel as the nearer of the two colours, kept when clearly nearer (blends skipped).
+    near, far = d2[..., first], d2[..., second]
+    is_first = near < far
+    ratio = np.sqrt(np.minimum(near, far) / np.maximum(np.maximum(near, far), 1e-6))
+    rel = depth / depth.max()
+    known = (depth >= (2 if depth.max() >= 4 else 1)) & (ratio < 0.7)  # outermost: blended
+    layers = (rel <= 0.35, (rel > 0.35) & (rel < 0.55), rel >= 0.55, mask)
+    shares = [float(is_first[known & w].mean()) if (known & w).any() else 0.5 for w in layers]
+    label = np.where(known, is_first.astype(np.int32), -1)
+    changes = []
+    for a, b in ((label[:, 2:], label[:, :-2]), (label[2:], label[:-2])):
+        both = (a >= 0) & (b >= 0)
+        changes.append(float((a != b)[both].mean()) if both.any() else 0.0)
+    tx, ty = changes
+    # Blobs over the whole subject, the outermost layer included (a thin rim lives there).
+    loose = mask & (ratio < 0.85)
+
+    def blobs(where: np.ndarray) -> float:
+        if not where.any():
+            return 0.0
+        _, sizes = np.unique(_labels(where)[where], return_counts=True)
+        return float(np.log2(1 + (sizes >= _MIN_BLOB).sum()))
+
+    anisotropy = abs(tx - ty) / (tx + ty + 0.02)
+    return np.array([*shares, anisotropy, blobs(loose & is_first), blobs(loose & ~is_first)])
+
+
 def identity_features(image: Image.Image) -> ToyFeatures | None:
     """The subject's identity statistics, or None when no subject is found."""
     mask = segment(image)
@@ -177,25 +231,9 @@ def identity_features(image: Image.Image) -> ToyFeatures | None:
     clear = np.clip((0.7 - first / np.maximum(second, 1e-6)) / 0.4, 0, 1)
     weights = soft * clear[..., None]
     depth = _depth(mask)
-    rel = depth / depth.max()
-    inner = depth >= (2 if depth.max() >= 4 else 1)  # the outermost layer is blended
-    edge = inner & (rel <= 0.35)
-    core = rel >= 0.55
-    # Colour changes between pixels two apart, both clearly one palette colour: the blends
-    # between them are skipped rather than counted as extra colours.
-    label = np.where(inner & (clear > 0.5), d2.argmin(-1), -1)
-    changes = []
-    for a, b in ((label[:, 2:], label[:, :-2]), (label[2:], label[:-2])):
-        both = (a >= 0) & (b >= 0)
-        changes.append(float((a != b)[both].mean()) if both.any() else 0.0)
-    tx, ty = changes
-    # Stripes change colour along one direction only; rims, spots and dots along both.
-    pattern = np.array([abs(tx - ty) / (tx + ty + 0.02)])
     return ToyFeatures(
         colours=_histogram(weights, mask),
-        edge=_histogram(weights, edge if edge.any() else mask),
-        core=_histogram(weights, core if core.any() else mask),
-        pattern=pattern,
+        pattern=_pattern_features(d2, weights, mask, depth),
         shape=_shape_features(mask, depth),
     )
 
@@ -203,21 +241,61 @@ def identity_features(image: Image.Image) -> ToyFeatures | None:
 # Per-feature scales of the shape descriptors (h1, √h2, √h3, roundness, holes): about the
 # smallest difference between two shapes, measured on the world's renders.
 _SHAPE_SCALE = np.array([0.03, 0.02, 0.02, 0.08, 0.15])
-_PATTERN_SCALE = 0.25
+# Per-feature scales of the pattern descriptors (four shares, anisotropy, two blob counts):
+# chosen on the world's renders so that the same pattern in other colours and shapes scores
+# about 0.8 and another pattern under 0.05 (pattern_similarity).
+_PATTERN_SCALE = np.array([0.3, 0.5, 0.5, 0.24, 0.5, 1.0, 1.0])
 
 
-def feature_similarity(a: ToyFeatures, b: ToyFeatures) -> float:
-    """In [0, 1]: colours weigh half, pattern and shape a quarter each."""
+def _gaussian(a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> float:
+    return float(np.exp(-0.5 * np.square((a - b) / scale).sum()))
 
-    def overlap(p: np.ndarray, q: np.ndarray) -> float:
-        return float(np.minimum(p, q).sum())
 
-    colour = (
-        2 * overlap(a.colours, b.colours) + overlap(a.edge, b.edge) + overlap(a.core, b.core)
-    ) / 4
-    pattern = float(np.exp(-0.5 * np.square((a.pattern - b.pattern) / _PATTERN_SCALE).sum()))
-    shape = float(np.exp(-0.5 * np.square((a.shape - b.shape) / _SHAPE_SCALE).sum()))
-    return 0.5 * colour + 0.25 * pattern + 0.25 * shape
+def shape_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """In [0, 1]: how alike two outlines' descriptors are."""
+    return _gaussian(a, b, _SHAPE_SCALE)
+
+
+def pattern_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """In [0, 1]: the two layouts compared both ways round (which colour is which is not
+    part of the pattern), the better kept."""
+    return max(_gaussian(a, b, _PATTERN_SCALE), _gaussian(a, _swap(b), _PATTERN_SCALE))
+
+
+WEIGHTS = {"colour": 0.5, "pattern": 0.25, "shape": 0.25}  # the overall score's, since issue 15
+
+
+@dataclass(frozen=True)
+class Components:
+    """Identity similarity in parts, each in [0, 1] and each from its own features only:
+    colour (palette histograms), pattern (where the two colours are, whatever they are) and
+    shape (outline); ``overall`` is their weighted mean (``WEIGHTS``)."""
+
+    colour: float
+    pattern: float
+    shape: float
+    overall: float
+
+
+ZERO = Components(0.0, 0.0, 0.0, 0.0)
+
+
+def feature_components(a: ToyFeatures, b: ToyFeatures) -> Components:
+    """Each component from its own features only. Colour is the overlap of the whole
+    subject's palette histograms: until issue 27 it also compared the outer layer's and the
+    core's histograms, which say where the colours are, i.e. the pattern."""
+    colour = float(np.minimum(a.colours, b.colours).sum())
+    pattern = pattern_similarity(a.pattern, b.pattern)
+    shape = shape_similarity(a.shape, b.shape)
+    overall = WEIGHTS["colour"] * colour + WEIGHTS["pattern"] * pattern + WEIGHTS["shape"] * shape
+    return Components(colour, pattern, shape, overall)
+
+
+def mean_components(parts: Sequence[Components]) -> Components:
+    """Component-wise mean (``ZERO`` for none)."""
+    if not parts:
+        return ZERO
+    return Components(*(float(np.mean(v)) for v in zip(*(astuple(p) for p in parts), strict=True)))
 
 
 class ToyIdentity:
@@ -242,13 +320,30 @@ class ToyIdentity:
             self._features[key] = identity_features(rgb)
         return self._features[key]
 
-    def similarity(self, image: Image.Image, references: Sequence[Image.Image]) -> float | None:
-        """Mean similarity of the image's subject to each reference's; None without one."""
+    def components(
+        self, image: Image.Image, references: Sequence[Image.Image]
+    ) -> Components | None:
+        """Mean components of the image's subject against each reference's; None without one
+        (no subject in the image, or in none of the references)."""
         found = identity_features(image)
         refs = [f for f in map(self._reference, references) if f is not None]
         if found is None or not refs:
             return None
-        return float(np.mean([feature_similarity(found, r) for r in refs]))
+        return mean_components([feature_components(found, r) for r in refs])
+
+    def similarity(self, image: Image.Image, references: Sequence[Image.Image]) -> float | None:
+        """Mean similarity of the image's subject to each reference's; None without one."""
+        parts = self.components(image, references)
+        return None if parts is None else parts.overall
+
+
+_SHARED = ToyIdentity()
+
+
+def identity_components(image: Image.Image, references: Sequence[Image.Image]) -> Components | None:
+    """Colour, pattern, shape and overall similarity of the image's subject to the references'
+    (mean over the references); None when the image, or every reference, has no subject."""
+    return _SHARED.components(image, references)
 
 
 _TOP, _BOTTOM = 0.3, 0.2  # bands of the frame: sky (and what stands in it), and ground
