@@ -112,7 +112,8 @@ def markdown(document: dict[str, Any]) -> str:
                         f"{parts[c]['mean']:+.3f}" for c in ("overall", "colour", "shape")
                     )
                 )  # fmt: skip
-            lines.append(f"| {row['arm']} | " + " | ".join(cells) + " |")
+            name = row["arm"] if row["arm"] in by_arm else f"fake: {row['arm']}"
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Does the model use its features?",
