@@ -66,9 +66,9 @@ def test_pattern_and_shape_classified_by_the_nearest_reference() -> None:
     rng = np.random.default_rng(7)
     ids = [int(i) for i in rng.permutation(N_SUBJECTS)]
     refs = [
-        (subject(i), _features(reference_photos(subject(i), 1, 64, seed=0)[0])) for i in ids[:32]
+        (subject(i), _features(reference_photos(subject(i), 1, 64, seed=0)[0])) for i in ids[:24]
     ]
-    tests = [subject(i) for i in ids[32:72]]
+    tests = [subject(i) for i in ids[24:48]]
     hits = {"pattern": 0, "shape": 0}
     for subj in tests:
         found = _features(render_scene(subj, random_scene(rng), 64, rng)[0])
