@@ -123,5 +123,5 @@ class ConceptMLP(nn.Module):
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.net[1].weight
-        return cast(torch.Tensor, self.net(pooled_patches(hidden.to(weight.dtype))))
+        dtype = next(self.net.parameters()).dtype
+        return cast(torch.Tensor, self.net(pooled_patches(hidden.to(dtype))))
