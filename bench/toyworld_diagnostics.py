@@ -97,7 +97,7 @@ def feature_use(paths: Paths, weights: Path, samples: int, seed: int) -> list[di
             text = frozen.text_encoder(ids)[0]
             image = encoder(pixel_values=batch["subject_pixels"])
             concepts, patches = (
-                model.concept(image.image_embeds),
+                model.concepts(image.image_embeds, image.last_hidden_state),
                 model.patch(image.last_hidden_state),
             )
             where = identifier_positions(

@@ -48,6 +48,8 @@ class Plan:
     ib_lr_adapter: float = 1e-3  # 1e-4 left the gates shut (first run, docs)
     ib_train_encoder: bool = False  # fine-tune the (random tiny) CLIP image encoder too
     ib_lr_encoder: float = 1e-4  # a random encoder has everything to learn: not 1e-5
+    # stage instantbooth (issue 27): the concept token's source (InstantBoothConfig.concept_source)
+    ib_concept_source: str = "image_embeds"
     eval_subjects: int = 8
     eval_seeds: int = 2
     eval_steps: int = 20
@@ -313,6 +315,7 @@ def stage_instantbooth(
         lr_adapter=plan.ib_lr_adapter,
         train_image_encoder=plan.ib_train_encoder,
         lr_image_encoder=plan.ib_lr_encoder,
+        concept_source=plan.ib_concept_source,
         resume=resume,
         save_every=plan.save_every,
         keep_checkpoints=2,

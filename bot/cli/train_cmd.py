@@ -38,6 +38,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="fine-tune the CLIP image encoder too (the paper's recipe; saved with the weights)",
     )
     ib.add_argument("--lr-image-encoder", type=float, default=1e-5, help="with the above")
+    ib.add_argument(
+        "--concept-source",
+        choices=["image_embeds", "patches"],
+        default="image_embeds",
+        help="the concept token from the global image embedding (the paper's) or from the "
+        "pooled patch tokens through an MLP",
+    )
     ib.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     ib.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     ib.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

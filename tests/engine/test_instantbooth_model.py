@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from avatarbot_research.instantbooth.validation import validation_pipeline
 from engine.personalizers.instantbooth.adapters import AdapterState
 from engine.personalizers.instantbooth.conditioning import Concept, build_conditioning, knobs
 from engine.personalizers.instantbooth.config import InstantBoothConfig
+from engine.personalizers.instantbooth.encoders import ConceptMLP, Head, pooled_patches
 from engine.personalizers.instantbooth.frozen import FrozenModels, load_frozen
 from engine.personalizers.instantbooth.model import InstantBoothModel, concept_features
 from engine.personalizers.instantbooth.prompts import (
@@ -177,6 +179,57 @@ def test_encoder_ids_of_published_configs_do_not_change() -> None:
     tuned = config.model_copy(update={"image_encoder_trained": True})
     assert '"image_encoder_trained":true' in tuned.canonical_json()
     assert tuned.encoder_id("d") != config.encoder_id("d")
+    # So did concept_source (issue 27): the default config's id is the one published before.
+    assert "concept_source" not in config.canonical_json()
+    assert config.encoder_id("d") == "instantbooth-v1-ede9adbff6c07a40"
+    patches = config.model_copy(update={"concept_source": "patches"})
+    assert '"concept_source":"patches"' in patches.canonical_json()
+    assert patches.encoder_id("d") != config.encoder_id("d")
+
+
+def test_concept_source_round_trips_and_old_configs_load(tmp_path: Path) -> None:
+    config = InstantBoothConfig(concept_source="patches")
+    config.save(tmp_path / "new")
+    assert InstantBoothConfig.load(tmp_path / "new") == config
+    # A config.json written before the field existed reads as the global image embedding.
+    data = json.loads(InstantBoothConfig().save(tmp_path / "old").read_text())
+    del data["concept_source"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(data))
+    assert InstantBoothConfig.load(tmp_path / "old").concept_source == "image_embeds"
+    with pytest.raises(ValueError, match="concept_source"):
+        InstantBoothConfig(concept_source="cls")  # type: ignore[arg-type]
+
+
+def test_old_weights_load_with_their_encoder_id(tmp_path: Path, frozen: FrozenModels) -> None:
+    model = _model(frozen, seed=4)
+    model.save_pretrained(tmp_path / "w")
+    config = tmp_path / "w" / "config.json"
+    data = json.loads(config.read_text())
+    del data["concept_source"]  # as saved before issue 27
+    config.write_text(json.dumps(data))
+    loaded = InstantBoothModel.from_pretrained(tmp_path / "w")
+    assert isinstance(loaded.concept, Head)
+    assert loaded.encoder_id == model.encoder_id
+
+
+def test_patch_concept_head_pools_the_patch_tokens(frozen: FrozenModels) -> None:
+    torch.manual_seed(0)
+    model = InstantBoothModel.for_unet(
+        frozen.unet, frozen.image_encoder, concept_source="patches"
+    ).eval()
+    assert isinstance(model.concept, ConceptMLP)
+    hidden = torch.randn(2, model.config.num_patch_tokens, model.config.image_hidden_size)
+    pooled = pooled_patches(hidden)
+    assert pooled.shape == (2, 2 * model.config.image_hidden_size)
+    assert torch.allclose(pooled[0, : hidden.shape[-1]], hidden[0, 1:].mean(dim=0))
+    assert torch.equal(pooled[1, hidden.shape[-1] :], hidden[1, 0])
+    # The global embedding is not used: only the patch tokens decide the token.
+    embeds = torch.randn(2, model.config.image_embed_dim)
+    with torch.no_grad():
+        token = model.concepts(embeds, hidden)
+        assert token.shape == (2, model.config.text_hidden_size)
+        assert torch.equal(token, model.concepts(torch.zeros_like(embeds), hidden))
+        assert not torch.allclose(token, model.concepts(embeds, hidden.flip(0)))
 
 
 def test_more_photos_average_the_token_and_concatenate_patches(frozen: FrozenModels) -> None:

@@ -104,6 +104,33 @@ def test_fine_tuned_image_encoder_trains_saves_and_loads(tmp_path: Path) -> None
     )
 
 
+def test_patch_concept_head_trains_saves_and_loads(tmp_path: Path) -> None:
+    from engine.personalizers.instantbooth.encoders import ConceptMLP
+    from engine.tiny import tiny_image_encoder
+
+    frozen = load_frozen("tiny")
+    options = TrainOptions(
+        data=make_shapes_dataset(tmp_path / "data", count=4),
+        out=tmp_path / "out",
+        kind="object",
+        steps=1,
+        batch_size=2,
+        resolution=32,
+        concept_source="patches",
+        save_every=0,
+        validation_samples=0,
+    )
+    result = train(options, frozen=frozen)
+    loaded = InstantBoothModel.from_pretrained(result.weights, tiny_image_encoder(0))
+    assert loaded.config.concept_source == "patches"
+    assert isinstance(loaded.concept, ConceptMLP)
+    saved = load_file(str(result.weights / "instantbooth.safetensors"))
+    torch.manual_seed(0)
+    fresh = InstantBoothModel.for_unet(frozen.unet, frozen.image_encoder, concept_source="patches")
+    concept = [k for k in saved if k.startswith("concept.")]
+    assert concept and all(not torch.equal(saved[k], fresh.state_dict()[k]) for k in concept)
+
+
 def _cli(data: Path, out: Path, steps: int, *extra: str) -> int:
     return main(
         [
@@ -137,3 +164,10 @@ def test_cli_trains_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
 def test_cli_reports_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli(tmp_path / "nothing", tmp_path / "out", 1) == 1
     assert "training data not found" in capsys.readouterr().err
+
+
+def test_cli_concept_source_reaches_the_weights(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "data", count=2)
+    assert _cli(data, tmp_path / "out", 1, "--concept-source", "patches") == 0
+    config = json.loads((tmp_path / "out/weights/config.json").read_text())
+    assert config["concept_source"] == "patches"

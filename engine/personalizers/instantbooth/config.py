@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,6 +64,11 @@ class InstantBoothConfig(BaseModel):
     # encoders; TrainOptions.train_image_encoder): the weights file then also carries the
     # encoder's weights (``backbone.*``), loaded over the architecture ``image_encoder`` names.
     image_encoder_trained: bool = False
+    # Where the concept token comes from: "image_embeds", the backbone's global embedding through
+    # a linear layer (the paper's); "patches", its patch tokens mean-pooled, with the CLS token,
+    # through a small MLP (encoders.ConceptMLP). A random or generic backbone's global embedding
+    # can barely differ between subjects; the pooled patches keep what they look like.
+    concept_source: Literal["image_embeds", "patches"] = "image_embeds"
     # Image backbone: input side, hidden size (patch tokens), projection size (global
     # embedding) and the number of tokens of its last hidden state (CLS + patches).
     image_size: int = Field(default=224, ge=8)
@@ -100,7 +105,11 @@ class InstantBoothConfig(BaseModel):
     def canonical_json(self) -> str:
         # A field added after weights were published stays out while at its default, so their
         # encoder ids (and every avatar's cached features) do not change.
-        later = set() if self.image_encoder_trained else {"image_encoder_trained"}
+        later = {
+            name
+            for name in ("image_encoder_trained", "concept_source")
+            if getattr(self, name) == type(self).model_fields[name].default
+        }
         data = self.model_dump(mode="json", exclude=later)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 

@@ -2,14 +2,17 @@
 
 Concept encoder: the backbone's global image embedding (``image_embeds``, CLIP's projected
 joint-space vector) → a trainable linear layer to the text encoder's width; one vector per
-photo. Patch encoder: the backbone's last hidden state (every token, CLS included: 257 for
-ViT-L/14 at 224 px) → a trainable linear layer to the adapters' input width.
+photo. Or (``concept_source = "patches"``) the patch tokens' mean and the CLS token → a small
+MLP (``ConceptMLP``) to that width. Patch encoder: the backbone's last hidden state (every
+token, CLS included: 257 for ViT-L/14 at 224 px) → a trainable linear layer to the adapters'
+input width.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from PIL import Image
@@ -97,3 +100,28 @@ class Head(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.linear(inputs.to(self.linear.weight.dtype))
+
+
+def pooled_patches(hidden: torch.Tensor) -> torch.Tensor:
+    """The backbone's last hidden state [N, 1 + P, H] (CLS first) as one vector per photo:
+    the patch tokens' mean beside the CLS token, [N, 2·H]."""
+    return torch.cat([hidden[:, 1:].mean(dim=1), hidden[:, 0]], dim=-1)
+
+
+class ConceptMLP(nn.Module):
+    """The concept head over pooled patch tokens (``pooled_patches``): LayerNorm (a backbone's
+    hidden states are not normalised), Linear, GELU, Linear to the text encoder's width."""
+
+    def __init__(self, image_hidden_size: int, out_features: int) -> None:
+        super().__init__()
+        width = 2 * image_hidden_size
+        self.net = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, width),
+            nn.GELU(),
+            nn.Linear(width, out_features),
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.net.parameters()).dtype
+        return cast(torch.Tensor, self.net(pooled_patches(hidden.to(dtype))))

@@ -29,7 +29,7 @@ from engine.personalizers.instantbooth.config import (
     InstantBoothConfig,
     adapter_key,
 )
-from engine.personalizers.instantbooth.encoders import Head, run_backbone
+from engine.personalizers.instantbooth.encoders import ConceptMLP, Head, run_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,11 @@ class InstantBoothModel(nn.Module):
             )
         self.config = config
         self.backbone = backbone if config.image_encoder_trained else None
-        self.concept = Head(config.image_embed_dim, config.text_hidden_size)
+        self.concept: Head | ConceptMLP = (
+            ConceptMLP(config.image_hidden_size, config.text_hidden_size)
+            if config.concept_source == "patches"
+            else Head(config.image_embed_dim, config.text_hidden_size)
+        )
         self.patch = Head(config.image_hidden_size, config.patch_dim)
         self.adapters = nn.ModuleDict(
             {
@@ -158,12 +162,19 @@ class InstantBoothModel(nn.Module):
         """Per image: concept vector [N, D] and patch tokens [N, P, D']. A fine-tuned
         ``backbone`` stands in for ``image_encoder``."""
         out = run_backbone(self.backbone if self.backbone is not None else image_encoder, pixels)
-        return self.concept(out.image_embeds), self.patch(out.hidden)
+        return self.concepts(out.image_embeds, out.hidden), self.patch(out.hidden)
+
+    def concepts(self, image_embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """One concept vector per photo [N, D] from the backbone's outputs (global embedding
+        [N, E], last hidden state [N, P, H]), from the source the config names."""
+        if self.config.concept_source == "patches":
+            return self.concept(hidden)
+        return self.concept(image_embeds)
 
     def trainable_groups(
         self,
     ) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
-        """(linear heads, adapters, image encoder): each trains at its own learning rate. The
+        """(heads, adapters, image encoder): each trains at its own learning rate. The
         last is empty unless the image encoder is fine-tuned."""
         heads = [*self.concept.parameters(), *self.patch.parameters()]
         backbone = list(self.backbone.parameters()) if self.backbone is not None else []

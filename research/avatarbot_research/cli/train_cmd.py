@@ -36,6 +36,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         lr_adapter=args.lr_adapter,
         train_image_encoder=args.train_image_encoder,
         lr_image_encoder=args.lr_image_encoder,
+        concept_source=args.concept_source,
         grad_accum=args.grad_accum,
         mixed_precision=args.mixed_precision,
         resume=args.resume,

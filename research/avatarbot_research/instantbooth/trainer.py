@@ -1,10 +1,11 @@
 """The InstantBooth trainer: accelerate (multi-GPU, mixed precision, gradient accumulation),
 checkpoints with resume, loss logging and validation renders.
 
-Only the concept head, the patch head and the adapters train; the UNet, VAE, text encoder and
-image backbone are frozen (``requires_grad_(False)``). The loss is the standard noise-prediction
-MSE (or v-prediction when the scheduler says so) on the whole target image, with the concept
-token injected raw (no renormalisation) and β = 1, as in the paper.
+Only the concept head (linear, or an MLP over pooled patches), the patch head and the adapters
+train; the UNet, VAE, text encoder and image backbone are frozen (``requires_grad_(False)``). The
+loss is the standard noise-prediction MSE (or v-prediction when the scheduler says so) on the
+whole target image, with the concept token injected raw (no renormalisation) and β = 1, as in
+the paper.
 
 Layout of ``--out``: ``weights/`` (config.json + instantbooth.safetensors: what the
 ``sd15-instantbooth`` profile loads), ``checkpoints/step-N/`` (accelerate state + step),
@@ -68,6 +69,9 @@ class TrainOptions:
     # (the weights then carry it); off by default: frozen, only the heads adapt it.
     train_image_encoder: bool = False
     lr_image_encoder: float = 1e-5
+    # The concept token's source (InstantBoothConfig.concept_source): the paper's global image
+    # embedding, or the pooled patch tokens through an MLP.
+    concept_source: str = "image_embeds"
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | fp16 | bf16
     resume: bool = False
@@ -173,7 +177,7 @@ class TrainingStep(nn.Module):
         steps = f.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (latents.shape[0],), generator=g).to(latents.device)
         noisy = f.noise_scheduler.add_noise(latents, noise, t)
-        concepts = self.model.concept(image.image_embeds)
+        concepts = self.model.concepts(image.image_embeds, image.last_hidden_state)
         patches = self.model.patch(image.last_hidden_state)
         positions = identifier_positions(input_ids, self.ident)
         embeds = inject_concept(text, positions, concepts, alpha=None)
@@ -253,6 +257,8 @@ def train(options: TrainOptions, frozen: FrozenModels | None = None) -> TrainRes
         overrides = dict(options.config_overrides)
         if options.train_image_encoder:
             overrides["image_encoder_trained"] = True
+        if options.concept_source != "image_embeds":
+            overrides["concept_source"] = options.concept_source
         model = InstantBoothModel.for_unet(
             frozen.unet,
             frozen.image_encoder,
