@@ -35,12 +35,16 @@ class Variant:
 
 
 def variants(plan: Plan) -> list[Variant]:
-    """The main recipe, the adapters' learning-rate sweep around it, the other image-encoder
-    choice."""
+    """The main recipe, the adapters' learning-rate sweep around it, the concept token's other
+    source, the other image-encoder choice."""
     out = [Variant("main recipe", "main")]
     for lr in plan.ablation_lr_sweep:
         if lr != plan.ib_lr_adapter:
             out.append(Variant(f"adapters at {lr:g}", f"lr-adapter-{lr:g}", {"ib_lr_adapter": lr}))
+    other = "image_embeds" if plan.ib_concept_source == "patches" else "patches"
+    out.append(
+        Variant(f"concept token from {other}", f"concept-{other}", {"ib_concept_source": other})
+    )
     encoder = not plan.ib_train_encoder
     out.append(
         Variant(
