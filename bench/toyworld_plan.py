@@ -48,6 +48,11 @@ class Plan:
     ib_lr_adapter: float = 1e-3  # 1e-4 left the gates shut (first run, docs)
     ib_train_encoder: bool = False  # fine-tune the (random tiny) CLIP image encoder too
     ib_lr_encoder: float = 1e-4  # a random encoder has everything to learn: not 1e-5
+    # IP-Adapter baseline (bench.toyworld_ipadapter, issue 27): trained like InstantBooth.
+    ip_steps: int = 2000
+    ip_batch: int = 8
+    ip_lr: float = 1e-3
+    ip_drop: float = 0.05  # the paper's text / image / both dropout, each
     eval_subjects: int = 8
     eval_seeds: int = 2
     eval_steps: int = 20
@@ -74,6 +79,8 @@ QUICK = Plan(
     unet_batch=4,
     ib_steps=3,
     ib_batch=2,
+    ip_steps=3,
+    ip_batch=2,
     ablation_steps=2,
     feature_samples=4,
     eval_subjects=2,
