@@ -64,7 +64,8 @@ def finetune_done(paths: Paths) -> bool:
 
 
 def stage_ipadapter(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
-    from bench.toyworld_ipadapter import render_ipadapter, train_ipadapter
+    from bench.toyworld_ipadapter import render_ipadapter
+    from bench.toyworld_ipadapter import stage_ipadapter as train_ipadapter
 
     info = train_ipadapter(plan, paths, seed)
     subjects = _heldout(paths)["heldout"][: plan.eval_subjects]

@@ -52,6 +52,11 @@ class Plan:
     # CLIP's patch tokens differ twice as much between subjects as its global embedding does
     # (12.3 % against 6.6 % of the norm); the ablations train the other source too.
     ib_concept_source: str = "patches"
+    # IP-Adapter baseline (bench.toyworld_ipadapter, issue 27): trained like InstantBooth.
+    ip_steps: int = 2000
+    ip_batch: int = 8
+    ip_lr: float = 1e-3
+    ip_drop: float = 0.05  # the paper's text / image / both dropout, each
     eval_subjects: int = 8
     eval_seeds: int = 2
     eval_steps: int = 20
@@ -82,6 +87,8 @@ QUICK = Plan(
     unet_batch=4,
     ib_steps=3,
     ib_batch=2,
+    ip_steps=3,
+    ip_batch=2,
     ablation_steps=2,
     ablation_seeds=2,
     ablation_lr_sweep=(1e-3, 1e-2),
