@@ -57,6 +57,13 @@ class Plan:
     ablation_steps: int = 1000  # the ablations' InstantBooth runs (and the main run's snapshot)
     feature_samples: int = 64  # training samples of the feature-use check
     save_every: int = 200
+    # bench.toyworld_finetune (issue 27): the per-subject baselines, Textual Inversion and
+    # DreamBooth-LoRA, each trained from the pristine base on the first few held-out subjects.
+    finetune_subjects: int = 4
+    ti_steps: int = 300
+    ti_lr: float = 5e-3
+    lora_steps: int = 300
+    lora_lr: float = 1e-3
     quick: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -81,6 +88,9 @@ QUICK = Plan(
     eval_steps=2,
     sweep=False,
     save_every=2,
+    finetune_subjects=2,
+    ti_steps=2,
+    lora_steps=2,
     quick=True,
 )
 
