@@ -105,9 +105,13 @@ def train_dreambooth_lora(
     warmup_steps: int,
     device: str,
     seed: int = 0,
+    prompt: str = INSTANCE_PROMPT,
+    learning_rate: float = LEARNING_RATE,
 ) -> TrainingTimes:
     """Run ``warmup_steps + steps`` DreamBooth-LoRA steps (batch size 1, cycling through the
-    photos) and time each one; setup (LoRA injection, optimizer) is timed apart."""
+    photos) and time each one; setup (LoRA injection, optimizer) is timed apart. ``prompt``
+    and ``learning_rate`` default to the script's; the toy world's objects take their own
+    (bench.toyworld_finetune)."""
     from diffusers import DDPMScheduler
     from peft import LoraConfig
 
@@ -136,11 +140,11 @@ def train_dreambooth_lora(
     for param in lora_params:
         param.data = param.data.float()
     optimizer = torch.optim.AdamW(
-        lora_params, lr=LEARNING_RATE, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
+        lora_params, lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
     )
     pixels = [_pixels(photo, resolution) for photo in photos]
     tokens = tokenizer(
-        INSTANCE_PROMPT,
+        prompt,
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,

@@ -70,6 +70,15 @@ class Plan:
     ablation_lr_sweep: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     feature_samples: int = 64  # training samples of the feature-use check
     save_every: int = 200
+    # bench.toyworld_finetune (issue 27): the per-subject baselines, Textual Inversion and
+    # DreamBooth-LoRA, each trained from the pristine base on the first few held-out subjects.
+    # 300 steps each: ~20 s (TI) and ~25 s (LoRA) per subject on this CPU, ~5 min for the
+    # stage with its renders; LoRA's own-vs-other margin was clear at 300 steps, TI's small.
+    finetune_subjects: int = 4
+    ti_steps: int = 300
+    ti_lr: float = 5e-3
+    lora_steps: int = 300
+    lora_lr: float = 1e-3
     quick: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -98,6 +107,9 @@ QUICK = Plan(
     eval_steps=2,
     sweep=False,
     save_every=2,
+    finetune_subjects=2,
+    ti_steps=2,
+    lora_steps=2,
     quick=True,
 )
 
