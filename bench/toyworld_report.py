@@ -28,7 +28,9 @@ def _interval(cell: dict[str, float] | None) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.3f}"  # an encode: ms
 
 
 def _margin_header(extra: list[str]) -> list[str]:
