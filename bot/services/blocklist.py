@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from bot.errors import Forbidden, InvalidInput
-from bot.services.audit import record
+from bot.errors import InvalidInput
+from bot.services.audit import record, require_admin
 from bot.services.prompt_policy import (
     ALWAYS,
     CATEGORIES,
@@ -58,7 +58,7 @@ class BlocklistService:
         self._policy = policy
 
     async def show(self, guild_id: int, *, actor_is_admin: bool) -> BlocklistView:
-        _require_admin(actor_is_admin)
+        require_admin(actor_is_admin)
         async with self._db.begin(readonly=True) as session:
             quotas = await self._quotas.quotas_in(session, guild_id)
         return self._view(quotas.blocked_terms, quotas.allowed_terms)
@@ -67,7 +67,7 @@ class BlocklistService:
         self, guild_id: int, term: str, *, actor_id: int | None, actor_is_admin: bool
     ) -> BlocklistChange:
         """Block ``term`` in the guild; a lifted default entry is restored instead."""
-        _require_admin(actor_is_admin)
+        require_admin(actor_is_admin)
         key = validate_term(term)
         async with self._db.begin() as session:
             await lock_scope(session, guild_id)
@@ -99,7 +99,7 @@ class BlocklistService:
         self, guild_id: int, term: str, *, actor_id: int | None, actor_is_admin: bool
     ) -> BlocklistChange:
         """Take back one of the guild's entries, or lift a default ``[sexual]`` entry."""
-        _require_admin(actor_is_admin)
+        require_admin(actor_is_admin)
         key = term_key(str(term))
         if not key:
             raise InvalidInput("The word or pattern cannot be empty.")
@@ -156,11 +156,6 @@ class BlocklistService:
             defaults={c: len(self._policy.defaults.entries(c)) for c in CATEGORIES},
             operator=len(self._policy.operator),
         )
-
-
-def _require_admin(actor_is_admin: bool) -> None:
-    if not actor_is_admin:
-        raise Forbidden("Only server managers can do that.")
 
 
 __all__ = ["BlocklistChange", "BlocklistService", "BlocklistView"]

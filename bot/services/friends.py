@@ -38,7 +38,7 @@ from db.models import AskStatus, Avatar, AvatarAsk
 from db.repositories import avatars as avatars_repo
 from db.repositories import friends as repo
 from db.repositories import guilds as guilds_repo
-from db.repositories.common import checkpoint, lock_scope, scrub_deletes
+from db.repositories.common import checkpoint, scrub_deletes
 from db.repositories.friends import GrantRow, JointRender
 from db.session import Database
 from db.types import utcnow
@@ -309,20 +309,17 @@ class FriendService:
     ) -> bool:
         """Allow or forbid renders with another member's avatar in the guild (admins only;
         audited). Requests waiting then are refused when approved."""
-        if not actor_is_admin:
-            raise Forbidden("Only server managers can do that.")
-        async with self._db.begin() as session:
-            await lock_scope(session, guild_id)
-            row = await guilds_repo.get(session, guild_id)
-            before = row is None or row.cross_member_renders is not False
-            await guilds_repo.update_settings(session, guild_id, {"cross_member_renders": allowed})
-            await audit.record(
-                session,
-                guild_id,
-                actor_id,
-                "cross_member_renders",
-                {"allowed": allowed, "before": before},
-            )
+        audit.require_admin(actor_is_admin)
+        await audit.set_guild_setting(
+            self._db,
+            guild_id,
+            "cross_member_renders",
+            allowed,
+            current=guild_cross_member_renders,
+            actor_id=actor_id,
+            action="cross_member_renders",
+            detail_key="allowed",
+        )
         logger.info("guild %s: cross-member renders %s", guild_id, allowed)
         return allowed
 
@@ -401,9 +398,15 @@ async def _shared_avatar(
     return avatar
 
 
+async def guild_cross_member_renders(session: AsyncSession, guild_id: int | None) -> bool:
+    """Whether the guild allows renders with another member's avatar (yes unless its admins
+    turned that off)."""
+    row = await guilds_repo.get(session, guild_id) if guild_id is not None else None
+    return row is None or row.cross_member_renders is not False
+
+
 async def _require_guild_allows(session: AsyncSession, guild_id: int | None) -> None:
-    settings = await guilds_repo.get(session, guild_id) if guild_id is not None else None
-    if settings is not None and settings.cross_member_renders is False:
+    if not await guild_cross_member_renders(session, guild_id):
         raise Forbidden("This server does not allow renders with another member's avatar.")
 
 

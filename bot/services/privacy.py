@@ -39,7 +39,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.errors import Forbidden
 from bot.services import audit, crypto
 from bot.services.crypto import DataCipher
 from bot.services.jobs import SEALED_JOB_TEXTS
@@ -169,8 +168,7 @@ class PrivacyService:
         """An admin removes a member's renders in their guild (jobs, prompts, images; active
         ones are stopped, unrefunded). The member's avatars are theirs and are not touched.
         The purge goes to the audit log (``member.purge``: member and counts)."""
-        if not actor_is_admin:
-            raise Forbidden("Only server managers can do that.")
+        audit.require_admin(actor_is_admin)
         async with self._db.begin() as session:
             await scrub_deletes(session)
             jobs = await jobs_repo.delete_member_in_guild(session, guild_id, user_id)

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import QuotaCeilings, QuotaDefaults
-from bot.errors import Forbidden, InvalidInput
+from bot.errors import InvalidInput
 from bot.services import audit
 from bot.services.ledger import UNITS_PER_RENDER, day_bounds, used_today
 from bot.services.results import GuildQuotas, UsageReport, UsageRow, UsageView
@@ -49,11 +49,6 @@ QUOTA_FIELDS: tuple[str, ...] = tuple(QuotaDefaults.model_fields)
 PERSONALIZERS: tuple[str, ...] = get_args(PersonalizerName)
 MAX_REPORT_DAYS = 90
 MAX_GRANT = 1000
-
-
-def _require_admin(actor_is_admin: bool) -> None:
-    if not actor_is_admin:
-        raise Forbidden("Only server managers can do that.")
 
 
 class QuotaService:
@@ -127,7 +122,7 @@ class QuotaService:
         cannot buy more GPU time than the operator allows. The change (old → new values)
         goes to the audit log as ``quota.set``.
         """
-        _require_admin(actor_is_admin)
+        audit.require_admin(actor_is_admin)
         unknown = sorted(set(changes) - set(QUOTA_FIELDS) - {"personalizer"})
         if unknown:
             raise InvalidInput(f"Unknown setting(s): {', '.join(unknown)}.")
@@ -217,7 +212,7 @@ class QuotaService:
         ``days`` counts today: 1 is today only. Rows of members who used forget-me have
         ``user_id`` None.
         """
-        _require_admin(actor_is_admin)
+        audit.require_admin(actor_is_admin)
         if not 1 <= days <= MAX_REPORT_DAYS:
             raise InvalidInput(f"days must be between 1 and {MAX_REPORT_DAYS}.")
         start, _ = day_bounds(utcnow())
@@ -272,7 +267,7 @@ class QuotaService:
         many renders can still be granted today. The ledger row says only "admin grant" (or
         ``note``); who granted it goes to the audit log (``quota.grant``), where an admin's
         forget-me can erase it."""
-        _require_admin(actor_is_admin)
+        audit.require_admin(actor_is_admin)
         if not 1 <= amount <= MAX_GRANT:
             raise InvalidInput(f"amount must be between 1 and {MAX_GRANT}.")
         async with self._db.begin() as session:

@@ -40,12 +40,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import SafetySettings
-from bot.errors import Forbidden, InvalidInput
+from bot.errors import InvalidInput
 from bot.services import audit
 from bot.services.ports import OutputPolicy, OutputVerdict
 from db.models import Avatar, RenderJob
 from db.repositories import guilds as guilds_repo
-from db.repositories.common import lock_scope
 from db.session import Database
 from db.types import utcnow
 from kinds import JobKind, SubjectKind
@@ -173,11 +172,6 @@ class SafetySummary:
     live_previews: bool = True
 
 
-def _require_admin(actor_is_admin: bool) -> None:
-    if not actor_is_admin:
-        raise Forbidden("Only server managers can do that.")
-
-
 class SafetyService:
     def __init__(self, database: Database, settings: SafetySettings) -> None:
         self._db = database
@@ -192,20 +186,19 @@ class SafetyService:
     ) -> str:
         """Choose what happens to flagged images in age-restricted channels (admins only);
         recorded in the audit log in the same transaction."""
-        _require_admin(actor_is_admin)
+        audit.require_admin(actor_is_admin)
         if policy not in NSFW_POLICIES:
             raise InvalidInput(f"The policy must be one of {', '.join(NSFW_POLICIES)}.")
-        async with self._db.begin() as session:
-            await lock_scope(session, guild_id)
-            before = await guild_nsfw_policy(session, guild_id)
-            await guilds_repo.update_settings(session, guild_id, {"nsfw_policy": policy})
-            await audit.record(
-                session,
-                guild_id,
-                actor_id,
-                "safety_policy",
-                {"nsfw_policy": policy, "before": before},
-            )
+        await audit.set_guild_setting(
+            self._db,
+            guild_id,
+            "nsfw_policy",
+            policy,
+            current=guild_nsfw_policy,
+            actor_id=actor_id,
+            action="safety_policy",
+            detail_key="nsfw_policy",
+        )
         logger.info("guild %s: flagged images in age-restricted channels: %s", guild_id, policy)
         return policy
 
@@ -213,19 +206,22 @@ class SafetyService:
         self, guild_id: int, on: bool, *, actor_id: int | None, actor_is_admin: bool
     ) -> bool:
         """Turn live previews in progress messages on or off (admins only; audited)."""
-        _require_admin(actor_is_admin)
-        async with self._db.begin() as session:
-            await lock_scope(session, guild_id)
-            before = await guild_live_previews(session, guild_id)
-            await guilds_repo.update_settings(session, guild_id, {"live_previews": on})
-            await audit.record(
-                session, guild_id, actor_id, "live_previews", {"on": on, "before": before}
-            )
+        audit.require_admin(actor_is_admin)
+        await audit.set_guild_setting(
+            self._db,
+            guild_id,
+            "live_previews",
+            on,
+            current=guild_live_previews,
+            actor_id=actor_id,
+            action="live_previews",
+            detail_key="on",
+        )
         logger.info("guild %s: live previews %s", guild_id, "on" if on else "off")
         return on
 
     async def summary(self, guild_id: int, *, actor_is_admin: bool, days: int = 7) -> SafetySummary:
-        _require_admin(actor_is_admin)
+        audit.require_admin(actor_is_admin)
         if not 1 <= days <= MAX_SUMMARY_DAYS:
             raise InvalidInput(f"days must be between 1 and {MAX_SUMMARY_DAYS}.")
         since = utcnow() - timedelta(days=days)

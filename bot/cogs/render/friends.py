@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import discord
 from discord import app_commands
 
-from bot.cogs.interactions import is_avatarbot
+from bot.cogs.interactions import BotButton
 from bot.errors import AvatarbotError, QueueFull, QuotaExceeded, RateLimited
 from bot.services.friends import AskView, MemberCheck
 from bot.services.results import InteractionRef, JobTicket, RenderOptions
-from bot.ui.errors import NO_MENTIONS, discord_time, report_error
+from bot.ui.errors import NO_MENTIONS, discord_time
 from bot.ui.images import DEFAULT_FILESIZE_LIMIT
 from bot.ui.webhooks import edit_ref
 
@@ -154,7 +154,7 @@ async def send_request(bot: AvatarBot, ask: AskView, requester_name: str) -> boo
 
 
 class AnswerButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    BotButton,
     template=r"avatarbot:ask:(?P<answer>once|always|decline):(?P<ask>[0-9]+)",
 ):
     """The owner's answer to one request (``avatarbot:ask:once:12``)."""
@@ -182,15 +182,8 @@ class AnswerButton(
     ) -> AnswerButton:
         return cls(int(match["ask"]), match["answer"])
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            if not is_avatarbot(interaction):
-                raise RuntimeError("an answer button reached a client that is not avatarbot's")
-            await answer(
-                cast("discord.Interaction[AvatarBot]", interaction), self.ask_id, self.answer
-            )
-        except Exception as exc:
-            await report_error(interaction, exc)
+    async def press(self, interaction: discord.Interaction[AvatarBot]) -> None:
+        await answer(interaction, self.ask_id, self.answer)
 
 
 async def answer(interaction: discord.Interaction[AvatarBot], ask_id: int, choice: str) -> None:

@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import discord
 
-from bot.cogs.interactions import is_avatarbot
+from bot.cogs.interactions import BotButton
 from bot.services import likeness
 from bot.services.prompts import STYLE_PRESETS
 from bot.services.results import JobView, RefineKind
-from bot.ui.errors import report_error
 from kinds import LikenessScore
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 class JobButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    BotButton,
     # The base is never registered; each subclass matches its own action only.
     template=r"avatarbot:(?P<action>[a-z]+):(?P<job>[0-9]+)",
 ):
@@ -73,13 +72,8 @@ class JobButton(
         index = match.groupdict().get("index")
         return cls(int(match["job"]), None if index is None else int(index))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            if not is_avatarbot(interaction):
-                raise RuntimeError("a render button reached a client that is not avatarbot's bot")
-            await self.run(interaction, interaction.client)
-        except Exception as exc:
-            await report_error(interaction, exc)
+    async def press(self, interaction: discord.Interaction[AvatarBot]) -> None:
+        await self.run(interaction, interaction.client)
 
     async def run(self, interaction: discord.Interaction[AvatarBot], bot: AvatarBot) -> None:
         raise NotImplementedError
