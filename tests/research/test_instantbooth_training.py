@@ -171,3 +171,21 @@ def test_cli_concept_source_reaches_the_weights(tmp_path: Path) -> None:
     assert _cli(data, tmp_path / "out", 1, "--concept-source", "patches") == 0
     config = json.loads((tmp_path / "out/weights/config.json").read_text())
     assert config["concept_source"] == "patches"
+
+
+def test_resume_reindexes_a_moved_dataset(tmp_path: Path) -> None:
+    """The cached index names images by path: after the data folder moved, resuming indexes
+    the folder it is given again instead of failing on the first missing image."""
+    from avatarbot_research.instantbooth.trainer import prepare_samples
+
+    data = make_shapes_dataset(tmp_path / "old", count=4)
+    options = TrainOptions(data=data, out=tmp_path / "out", kind="object", resume=True)
+    first = prepare_samples(options)
+    moved = data.rename(tmp_path / "new")
+
+    again = prepare_samples(TrainOptions(data=moved, out=options.out, kind="object", resume=True))
+
+    assert [s.image.name for s in again] == [s.image.name for s in first]
+    assert all(s.image.is_file() and s.image.parent == moved for s in again)
+    cached = [json.loads(line)["image"] for line in (options.out / "samples.jsonl").open()]
+    assert cached == [str(s.image) for s in again]

@@ -194,16 +194,27 @@ class TrainingStep(nn.Module):
 
 
 def prepare_samples(options: TrainOptions) -> list[Sample]:
-    """The filtered dataset index, computed once and cached in ``out/samples.jsonl``."""
+    """The filtered dataset index, computed once and cached in ``out/samples.jsonl``.
+
+    A cached index whose images are gone (the data folder was moved or renamed since) is
+    rebuilt: resuming must not crash on a stale cache, and the same data gives the same order.
+    """
     index = options.out / "samples.jsonl"
     if options.resume and index.is_file():
         rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
-        return [
+        cached = [
             Sample(
                 Path(r["image"]), r["caption"], Path(r["mask"]) if r["mask"] else None, r["kind"]
             )
             for r in rows
         ]
+        missing = [s.image for s in cached if not s.image.is_file()]
+        if not missing:
+            return cached
+        logger.warning(
+            "%s lists %d images that are gone (e.g. %s); indexing %s again",
+            index, len(missing), missing[0], options.data,
+        )  # fmt: skip
     found = find_samples(options.data, options.kind)
     if options.max_images is not None:
         found = found[: options.max_images]
