@@ -151,6 +151,11 @@ def stage_ablations(plan: Plan, paths: Paths, out: Path, seed: int) -> dict[str,
     return {"variants": len(rows), "results": str(out / f"{ABLATION_STEM}.json")}
 
 
+# Identity lives in pattern and shape as much as in colour (issue 27), so the adapters' arm shows
+# every component; the token-only arm's overall margin says whether the token carries anything.
+_SHOWN = [(BETA_1, c) for c in ("overall", "colour", "pattern", "shape")] + [(TOKEN, "overall")]
+
+
 def _gate(values: list[float]) -> str:
     mean = sum(values) / len(values)
     return f"{mean:.4f}" if abs(mean) >= 1e-3 else f"{mean:.1e}"
@@ -172,12 +177,12 @@ def ablations_markdown(document: dict[str, Any]) -> str:
         + (" **Quick run: sizes shrunk, numbers meaningless.**" if plan["quick"] else ""),
         "",
         "| variant | tanh(gate) | "
-        + " | ".join(f"{arm}: {c} margin" for arm in (BETA_1, TOKEN) for c in ("overall", "shape"))
+        + " | ".join(f"{arm}: {c} margin" for arm, c in _SHOWN)
         + f" | {BETA_1}: overall per seed | {TOKEN}: overall per seed |",
-        "|---|---:|" + "---:|" * 6,
+        "|---|---:|" + "---:|" * (len(_SHOWN) + 2),
     ]
     for row in document["variants"]:
-        shown = [row["arms"][a][c] for a in (BETA_1, TOKEN) for c in ("overall", "shape")]
+        shown = [row["arms"][a][c] for a, c in _SHOWN]
         cells = [_interval(cell) for cell in shown]
         seeds = [
             ", ".join(f"{v:+.3f}" for v in row["arms"][a]["overall"]["per_seed"])
@@ -188,7 +193,7 @@ def ablations_markdown(document: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Colour and pattern margins, and each run's training time: "
+        "Each run's margins and training time: "
         f"`{ABLATION_STEM}.json` (train seconds, median: "
         f"{_fmt(_median([t for r in document['variants'] for t in r['train_seconds']]))}).",
     ]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.toyworld_plan import Paths, Plan, _summary, tqdm_bar
+from bench.toyworld_plan import Paths, Plan, _summary, onednn, tqdm_bar
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def train_loop(
 # -- stage: vae -------------------------------------------------------------------------------
 
 
+@onednn(True)
 def stage_vae(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
     from bench.toyworld_models import ModelSizes, make_vae
 
@@ -158,6 +159,7 @@ def _identifier_caption(text: str) -> str:
     return subject_prompt(text, InstantBoothConfig(), "object", prefix=TRAIN_PREFIX)
 
 
+@onednn(True)
 def stage_unet(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
     from diffusers import AutoencoderKL
     from diffusers.training_utils import compute_snr

@@ -17,7 +17,9 @@ differ from the other arms' only by the weights.
   InstantBooth's prompts use, "a photo of sks object". The tiny tokenizer keeps "sks" whole
   (one token, ``sks</w>``): ``identifier_tokens`` says so at run time.
 
-``seconds_per_subject`` is the wall time of loading the base and training (not rendering).
+``seconds_per_subject`` is the wall time of loading the base and training (not rendering),
+with torch's default CPU kernels (oneDNN on, as a member's fine-tune would run); the renders run
+with oneDNN off, as the engine's do (``bench.toyworld_plan.onednn``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from bench.toyworld_plan import BaselineResult, Paths, Plan
+from bench.toyworld_plan import BaselineResult, Paths, Plan, onednn
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -162,18 +164,20 @@ def _per_subject(
     seconds: dict[int, float] = {}
     losses: dict[str, dict[str, float]] = {}
     for sid in subjects:
-        started = time.monotonic()
-        components = load_base(paths.base)
-        words, curve = personalise(components, references[sid], sid)
-        seconds[sid] = time.monotonic() - started
+        with onednn(True):
+            started = time.monotonic()
+            components = load_base(paths.base)
+            words, curve = personalise(components, references[sid], sid)
+            seconds[sid] = time.monotonic() - started
         tail = max(1, len(curve) // 10)
         losses[str(sid)] = {
             "first": sum(curve[:tail]) / tail,
             "last": sum(curve[-tail:]) / tail,
         }
         prompts = {place: place_prompt(words, place) for place in places}
-        for (place, seed), image in render(components, prompts, seeds, plan).items():
-            images[(sid, place, seed)] = image
+        with onednn(False):
+            for (place, seed), image in render(components, prompts, seeds, plan).items():
+                images[(sid, place, seed)] = image
         logger.info("%s: subject %d trained in %.1f s", arm, sid, seconds[sid])
     return BaselineResult(
         arm=arm,

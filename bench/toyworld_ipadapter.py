@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.toyworld_plan import BaselineResult, _summary, frozen_base
+from bench.toyworld_plan import BaselineResult, _summary, frozen_base, onednn
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -43,6 +43,7 @@ def ipadapter_weights(paths: Paths) -> Path:
     return paths.root / "ipadapter" / "weights" / WEIGHT_NAME
 
 
+@onednn(True)
 def stage_ipadapter(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
     """Train the adapter on the base (skipped when its weights exist)."""
     from avatarbot_research.ipadapter import IPAdapterOptions, train_ip_adapter

@@ -11,6 +11,8 @@ import logging
 import random
 import statistics
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -197,6 +199,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def onednn(enabled: bool) -> Iterator[None]:
+    """torch's oneDNN CPU kernels on or off for a block (or a decorated function), as before
+    afterwards. The engine turns them off for the whole process when it loads (bit-exact
+    batching, engine.pipeline), so without this every training after the first render in a
+    process would run slower (a handicap on the per-subject baselines' seconds) and numbers
+    would depend on which stages shared a process. Trainings run with torch's default (on);
+    renders outside the engine run as the engine's do (off)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before  # type: ignore[assignment]
+
+
 def tqdm_bar(total: int, desc: str, initial: int = 0) -> Any:
     from tqdm import tqdm
 
@@ -311,6 +329,7 @@ def frozen_base(base: Path) -> Any:
     )
 
 
+@onednn(True)
 def stage_instantbooth(
     plan: Plan, paths: Paths, seed: int, *, resume: bool, out: Path | None = None
 ) -> dict[str, Any]:

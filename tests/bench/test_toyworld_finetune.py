@@ -101,3 +101,47 @@ def test_textual_inversion_learns_only_the_new_token(quick_base: Paths) -> None:
 
 def test_the_tiny_tokenizer_keeps_the_identifier_whole(quick_base: Paths) -> None:
     assert toyworld_finetune.identifier_tokens(quick_base.base) == ["sks</w>"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_trainings_run_with_onednn_after_the_engine_turned_it_off(
+    quick_base: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine turns oneDNN off for the whole process when it loads; a fine-tune trained
+    later in the same process must not be timed on the slower kernels, and its renders run as
+    the engine's do. Both settings are put back afterwards."""
+    from avatarbot_research.instantbooth import trainer
+
+    from bench import toyworld_plan
+
+    seen: dict[str, bool] = {}
+
+    def personalise(components: object, refs: object, sid: int) -> tuple[str, list[float]]:
+        seen["train"] = bool(torch.backends.mkldnn.enabled)
+        return "toy", [0.0]
+
+    def render(*args: object) -> dict[tuple[str, int], object]:
+        seen["render"] = bool(torch.backends.mkldnn.enabled)
+        return {}
+
+    def train(*args: object, **kwargs: object) -> None:
+        seen["instantbooth"] = bool(torch.backends.mkldnn.enabled)
+        raise _Stop
+
+    monkeypatch.setattr(toyworld_finetune, "render", render)
+    monkeypatch.setattr(trainer, "train", train)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    subjects = json.loads(quick_base.split.read_text())["heldout"][:1]
+    toyworld_finetune._per_subject(
+        "arm", QUICK, quick_base, subjects, {subjects[0]: []}, PLACES, SEEDS, personalise, {}
+    )
+    with pytest.raises(_Stop):
+        toyworld_plan.stage_instantbooth(
+            QUICK, quick_base, 0, resume=True, out=quick_base.root / "probe"
+        )
+
+    assert seen == {"train": True, "render": False, "instantbooth": True}
+    assert torch.backends.mkldnn.enabled is False
