@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import replace
@@ -146,7 +147,14 @@ def run(args: argparse.Namespace) -> int:
 
             info = stage_ablations(plan, paths, out, args.seed)
         seconds = time.monotonic() - started
-        timings[stage] = {"seconds": round(seconds, 1), **info}
+        # When and under what load: stages resumed across invocations ran on different days,
+        # and the shared CPU's speed and load vary (docs/instantbooth.md).
+        timings[stage] = {
+            "seconds": round(seconds, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_1m": round(os.getloadavg()[0], 2),
+            **info,
+        }
         timings_path.write_text(json.dumps(timings, indent=2, default=str) + "\n")
         logger.info("stage %s took %.1f s", stage, seconds)
     return 0

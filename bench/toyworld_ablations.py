@@ -19,7 +19,7 @@ from typing import Any
 from bench.toyworld_eval import Arm, _evaluate
 from bench.toyworld_identity import Margins
 from bench.toyworld_plan import Paths, Plan, seed_everything, snapshot_weights, stage_instantbooth
-from bench.toyworld_report import _fmt, _interval
+from bench.toyworld_report import _interval, _seconds
 
 ABLATION_STEM = "toyworld-ablations-cpu"
 BETA_1, TOKEN = "β=1.0", "β=0 (token only)"
@@ -191,11 +191,12 @@ def ablations_markdown(document: dict[str, Any]) -> str:
         lines.append(
             f"| {row['variant']} | {_gate(row['gate_mean'])} | " + " | ".join(cells + seeds) + " |"
         )
+    trained = [t for r in document["variants"] for t in r["train_seconds"]]
     lines += [
         "",
         "Each run's margins and training time: "
-        f"`{ABLATION_STEM}.json` (train seconds, median: "
-        f"{_fmt(_median([t for r in document['variants'] for t in r['train_seconds']]))}).",
+        f"`{ABLATION_STEM}.json` (median {_seconds(_median(trained))} s per training run; a run "
+        "kept from an earlier invocation counts only its loading time).",
     ]
     return "\n".join(lines) + "\n"
 

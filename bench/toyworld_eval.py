@@ -394,7 +394,12 @@ def stage_eval(
         "renders": [
             {k: v for k, v in r.__dict__.items() if k != "image"} for r in evaluation["renders"]
         ],
-        "timings": {**timings, "eval": {"seconds": seconds, "images": evaluation["images"]}},
+        # The default command's stages only: the ablations are a command of their own, with
+        # their own results file.
+        "timings": {
+            **{stage: info for stage, info in timings.items() if stage != "ablations"},
+            "eval": {"seconds": seconds, "images": evaluation["images"]},
+        },
     }
     (out / f"{STEM}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     from bench.toyworld_report import markdown, sheet

@@ -163,9 +163,16 @@ def test_evaluations_run_in_a_new_workdir_even_when_results_exist(
     results = tmp_path / "out" / f"{STEM}.json"
     results.write_text("{}")  # stands for an earlier run's results
     argv = ["--quick", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert "ablations" in timings  # ran after the first evaluation, before this one
     assert toyworld.main([*argv, "--stages", "eval"]) == 0
-    assert json.loads(results.read_text())["benchmark"] == "toyworld"
-    assert "eval" in json.loads(timings_path.read_text())
+    document = json.loads(results.read_text())
+    assert document["benchmark"] == "toyworld"
+    # The default command's stages only (the ablations have their own results), each with
+    # when it finished and under what load.
+    assert set(document["timings"]) == set(toyworld.STAGES) - {"ablations"}
+    recorded = json.loads(timings_path.read_text())
+    assert "eval" in recorded
+    assert all({"finished", "load_1m"} <= set(info) for info in recorded.values())
     results.write_text("{}")
     assert toyworld.main([*argv, "--stages", "eval"]) == 0  # recorded now: skipped
     assert results.read_text() == "{}"
