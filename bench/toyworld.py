@@ -97,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         plan = replace(plan, ib_lr_adapter=args.ib_lr_adapter)
     if args.ib_train_encoder is not None:
         plan = replace(plan, ib_train_encoder=args.ib_train_encoder == "on")
+    if args.ablation_steps is not None:
+        plan = replace(plan, ablation_steps=args.ablation_steps)
+    if args.ablation_seeds is not None:
+        plan = replace(plan, ablation_seeds=args.ablation_seeds)
     paths = Paths(args.workdir)
     paths.root.mkdir(parents=True, exist_ok=True)
     out: Path = args.out
@@ -145,7 +149,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             from bench.toyworld_ablations import stage_ablations
 
-            info = stage_ablations(plan, paths, out, args.seed)
+            only = (
+                [v.strip() for v in args.ablation_variants.split(",")]
+                if args.ablation_variants
+                else None
+            )
+            try:
+                tag = "" if args.ablation_steps is None else f"-{args.ablation_steps}"
+                info = stage_ablations(plan, paths, out, args.seed, only=only, tag=tag)
+            except ValueError as exc:  # an unknown variant: the operator's typo
+                print(exc, file=sys.stderr)
+                return 2
         seconds = time.monotonic() - started
         # When and under what load: stages resumed across invocations ran on different days,
         # and the shared CPU's speed and load vary (docs/instantbooth.md).
@@ -181,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         choices=["on", "off"],
         default=None,
         help="fine-tune InstantBooth's image encoder (the ablations train the other way too)",
+    )
+    parser.add_argument(
+        "--ablation-steps",
+        type=int,
+        default=None,
+        help="the ablations' training budget (default: the plan's; another budget writes "
+        "results of its own, toyworld-ablations-<steps>-cpu.*)",
+    )
+    parser.add_argument("--ablation-seeds", type=int, default=None, help="seeds per variant")
+    parser.add_argument(
+        "--ablation-variants", default=None, help="comma-separated variant slugs (default: all)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("-v", "--verbose", action="store_true")

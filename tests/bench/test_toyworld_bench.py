@@ -254,3 +254,36 @@ def test_avatarbot_eval_on_the_toyworld_profile(
         assert render["identity"] is None or 0.0 <= render["identity"] <= 1.0
         assert render["scene"] in ("beach", "snow", "forest", "night", "city")
     assert (out / "results.md").is_file() and (out / "contact_sheet.png").stat().st_size > 0
+
+
+def test_ablations_at_another_budget_write_their_own_files(
+    quick_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--ablation-steps`` at the main run's budget: the main recipe is the main run's own
+    final weights, the chosen variants train in folders of their own, and the results go to
+    files of their own, leaving the default budget's untouched; an unknown variant is refused."""
+    import shutil
+
+    work, out = quick_run
+    shutil.copytree(work, tmp_path / "work")
+    shutil.copytree(out, tmp_path / "out")
+    default = (tmp_path / "out" / f"{ABLATION_STEM}.json").read_bytes()
+    argv = ["--quick", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    argv += ["--stages", "ablations", "--force", "--threads", "1"]
+    steps = toyworld_plan.QUICK.ib_steps
+    swept = next(v.slug for v in variants(toyworld_plan.QUICK) if v.slug.startswith("lr-"))
+    budget = ["--ablation-steps", str(steps), "--ablation-seeds", "1"]
+
+    assert toyworld.main([*argv, *budget, "--ablation-variants", "main,nope"]) == 2
+    assert toyworld.main([*argv, *budget, "--ablation-variants", f"main,{swept}"]) == 0
+
+    document = json.loads((tmp_path / "out" / f"toyworld-ablations-{steps}-cpu.json").read_text())
+    assert [row["seeds"] for row in document["variants"]] == [[0], [0]]
+    assert all(row["steps"] == steps for row in document["variants"])
+    trained = sorted(
+        p.name for p in (tmp_path / "work" / "ablations").iterdir() if f"-{steps}-" in p.name
+    )
+    assert trained == [f"{swept}-{steps}-seed-0"]  # the main recipe: the main run's weights
+    assert (tmp_path / "out" / f"{ABLATION_STEM}.json").read_bytes() == default
+    md = (tmp_path / "out" / f"toyworld-ablations-{steps}-cpu.md").read_text()
+    assert f"--ablation-steps {steps}" in md
