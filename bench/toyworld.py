@@ -109,6 +109,16 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown stage(s) {unknown} (known: {', '.join(STAGES)})", file=sys.stderr)
         return 2
+    wanted: str | None = args.ablation_variants
+    only = [v.strip() for v in wanted.split(",")] if wanted else None
+    if "ablations" in stages:
+        from bench.toyworld_ablations import chosen_variants
+
+        try:  # before any stage runs: an operator's typo costs nothing
+            chosen_variants(plan, only)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     timings_path = paths.root / TIMINGS
     timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     if args.threads:
@@ -149,17 +159,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             from bench.toyworld_ablations import stage_ablations
 
-            only = (
-                [v.strip() for v in args.ablation_variants.split(",")]
-                if args.ablation_variants
-                else None
-            )
-            try:
-                tag = "" if args.ablation_steps is None else f"-{args.ablation_steps}"
-                info = stage_ablations(plan, paths, out, args.seed, only=only, tag=tag)
-            except ValueError as exc:  # an unknown variant: the operator's typo
-                print(exc, file=sys.stderr)
-                return 2
+            tag = "" if args.ablation_steps is None else f"-{args.ablation_steps}"
+            info = stage_ablations(plan, paths, out, args.seed, only=only, tag=tag)
         seconds = time.monotonic() - started
         # When and under what load: stages resumed across invocations ran on different days,
         # and the shared CPU's speed and load vary (docs/instantbooth.md).

@@ -56,6 +56,19 @@ def variants(plan: Plan) -> list[Variant]:
     return out
 
 
+def chosen_variants(plan: Plan, only: list[str] | None) -> list[Variant]:
+    """Every variant, or those whose slugs ``only`` names; ValueError naming the known slugs
+    for an unknown one."""
+    every = variants(plan)
+    if only is None:
+        return every
+    known = [v.slug for v in every]
+    unknown = [slug for slug in only if slug not in known]
+    if unknown:
+        raise ValueError(f"unknown ablation variant(s) {unknown} (known: {', '.join(known)})")
+    return [v for v in every if v.slug in only]
+
+
 @dataclass(frozen=True)
 class Run:
     """One training seed of a variant, scored."""
@@ -118,15 +131,8 @@ def stage_ablations(
     one_seed = replace(plan, eval_seeds=1)
     split = json.loads(paths.split.read_text())
     groups = {int(k): str(v) for k, v in split.get("groups", {}).items()}
-    chosen = variants(plan)
-    if only is not None:
-        known = [v.slug for v in chosen]
-        unknown = [slug for slug in only if slug not in known]
-        if unknown:
-            raise ValueError(f"unknown ablation variant(s) {unknown} (known: {', '.join(known)})")
-        chosen = [v for v in chosen if v.slug in only]
     rows = []
-    for variant in chosen:
+    for variant in chosen_variants(plan, only):
         runs = []
         for seed_i in range(seed, seed + plan.ablation_seeds):
             started = time.monotonic()
