@@ -5,6 +5,7 @@ other ways to personalise on it (issues 15 and 27).
     python -m bench.toyworld --stages ablations  # then the training-choice ablations (3 seeds)
     python -m bench.toyworld --quick             # seconds: checks that it runs, not quality
     python -m bench.toyworld --stages eval       # one stage (earlier ones must have run)
+    python -m bench.toyworld --stages eval --force --diagnostics  # plus the diagnostic arms
 
 Stages, each skipped when its output exists (``--force`` redoes them), all seeded:
 
@@ -91,6 +92,8 @@ def stage_done(stage: str, paths: Paths, timings: dict[str, Any]) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else Plan()
+    if args.diagnostics:
+        plan = replace(plan, diagnostics=True)
     if args.eval_subjects is not None:
         plan = replace(plan, eval_subjects=args.eval_subjects)
     if args.ib_lr_adapter is not None:
@@ -187,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument("--force", action="store_true", help="redo stages whose output exists")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="eval also renders the α/β sweep and the inference-side diagnostics (5 more arms)",
+    )
     parser.add_argument("--eval-subjects", type=int, default=None, help="held-out subjects")
     parser.add_argument(
         "--ib-lr-adapter", type=float, default=None, help="InstantBooth adapters' learning rate"

@@ -1,10 +1,10 @@
 """The toy world's evaluation stage: held-out subjects rendered through the real engine.
 
 Arms (same prompts, same seeds): no personalization (the ``none`` personalizer), InstantBooth
-at the paper's α/β, InstantBooth with β = 0 (concept token only), a small α/β sweep, and the
-inference-side choices issue 15 asks about: one reference photo instead of several, the
-references as masked subject crops (as the encoders see them in training) and the concept token
-without α's renormalisation (as in training).
+at the paper's α/β and at β = 1.0, and InstantBooth with β = 0 (concept token only). With
+``--diagnostics`` also a small α/β sweep and the inference-side choices issue 15 asks about:
+one reference photo instead of several, the references as masked subject crops (as the encoders
+see them in training) and the concept token without α's renormalisation (as in training).
 References: the subject's own photos scored against each other (leave one out: the upper
 bound) and another held-out subject's photos scored against them (the control). A ceiling a
 render can reach: the subject drawn by the world itself in each prompt's place, passed through
@@ -64,17 +64,19 @@ class Arm:
         return out
 
 
-def arms(sweep: bool) -> list[Arm]:
+def arms(diagnostics: bool) -> list[Arm]:
+    """The comparison table's arms; with ``diagnostics`` also the α/β sweep and the
+    inference-side choices issue 15 asks about."""
     ib = "instantbooth"
     out = [
         Arm("no personalization", "none"),
         Arm("InstantBooth α=0.4 β=0.3", ib, 0.4, 0.3),
+        Arm("InstantBooth α=0.4 β=1.0", ib, 0.4, 1.0),
         Arm("InstantBooth β=0 (token only)", ib, 0.4, 0.0),
     ]
-    if sweep:
+    if diagnostics:
         out += [
             Arm("InstantBooth α=0.4 β=0.6", ib, 0.4, 0.6),
-            Arm("InstantBooth α=0.4 β=1.0", ib, 0.4, 1.0),
             Arm("InstantBooth α=1.0 β=1.0", ib, 1.0, 1.0),
             Arm("InstantBooth β=1.0, one photo", ib, 0.4, 1.0, references=ONE_PHOTO),
             Arm("InstantBooth β=1.0, masked crops", ib, 0.4, 1.0, references=MASKED),
@@ -321,7 +323,7 @@ def stage_eval(
 
     started = time.monotonic()
     evaluation = asyncio.run(
-        _evaluate(plan, paths, seed, paths.weights.resolve(), arms(plan.sweep))
+        _evaluate(plan, paths, seed, paths.weights.resolve(), arms(plan.diagnostics))
     )
     from bench.toyworld_diagnostics import feature_use
     from bench.toyworld_plan import snapshot_weights

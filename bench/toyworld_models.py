@@ -37,6 +37,10 @@ class ModelSizes:
     vae_channels: tuple[int, ...] = (32, 64, 64)  # three levels: f = 4
     unet_channels: tuple[int, ...] = (64, 128)
     unet_layers: int = 1
+    # 4 attention heads (head width 16 and 32), not SD's 8: torch's CPU flash attention is
+    # slow at head width 8, and 4 heads made a UNet training step 20 % and a render step 19 %
+    # faster here with the same parameters (issue 27: the default command's hour).
+    unet_heads: int = 4
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +88,7 @@ def make_unet(sizes: ModelSizes, latent_size: int, seed: int) -> Any:  # a UNet2
         down_block_types=("CrossAttnDownBlock2D",) * levels,
         up_block_types=("CrossAttnUpBlock2D",) * levels,
         cross_attention_dim=TEXT_DIM,
-        attention_head_dim=8,
+        attention_head_dim=sizes.unet_heads,  # diffusers' legacy name: the head count
         norm_num_groups=32,
     )
 

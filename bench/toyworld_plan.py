@@ -37,7 +37,9 @@ class Plan:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl: float = 1e-4
-    unet_steps: int = 1800
+    # 1500 steps, not issue 15's 1800, to fit the default command in an hour (issue 27): the
+    # last 300 steps lowered the loss only from 0.0476 to 0.0465 in the 1800-step run.
+    unet_steps: int = 1500
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 100
@@ -64,7 +66,9 @@ class Plan:
     eval_steps: int = 20
     guidance: float = 4.0
     references: int = 3
-    sweep: bool = True
+    # The diagnostic arms (an α/β sweep, one photo, masked crops, the raw token): off by
+    # default, since they add 5 arms to the 4 the comparison table needs (``--diagnostics``).
+    diagnostics: bool = False
     # The ablations (bench.toyworld_ablations): each variant trained from this many seeds at
     # this budget (also the main run's snapshot), the adapters' learning rates swept.
     ablation_steps: int = 400
@@ -107,7 +111,6 @@ QUICK = Plan(
     eval_subjects=2,
     eval_seeds=1,
     eval_steps=2,
-    sweep=False,
     save_every=2,
     finetune_subjects=2,
     ti_steps=2,

@@ -15,7 +15,7 @@ import torch
 
 from bench import toyworld, toyworld_plan
 from bench.toyworld_ablations import ABLATION_STEM, BETA_1, TOKEN, variants
-from bench.toyworld_eval import STEM
+from bench.toyworld_eval import COMPARED, STEM, arms
 from bench.toyworld_identity import FAKES
 
 
@@ -74,8 +74,7 @@ def test_quick_run_writes_results(quick_run: tuple[Path, Path]) -> None:
         "IP-Adapter (trained here)",
         "DreamBooth-LoRA (per subject)",
         "Textual Inversion (per subject)",
-        "InstantBooth α=0.4 β=0.3",
-        "InstantBooth β=0 (token only)",
+        *COMPARED,  # the default arms hold every InstantBooth arm the table shows
     ]
     assert set(methods) <= set(names)
     assert {f"fake: {f}" for f in FAKES} <= set(names)
@@ -93,6 +92,17 @@ def test_quick_run_writes_results(quick_run: tuple[Path, Path]) -> None:
     split = json.loads((work / "split.json").read_text())
     assert not set(split["train"]) & set(split["heldout"])
     assert set(document["heldout"]) <= set(split["heldout"])
+
+
+def test_diagnostic_arms_are_extra_to_the_tables_arms() -> None:
+    default = [a.name for a in arms(diagnostics=False)]
+    full = [a.name for a in arms(diagnostics=True)]
+    assert set(COMPARED) <= set(default)
+    assert full[: len(default)] == default
+    extra = set(full) - set(default)
+    assert len(extra) == 5
+    assert not extra & set(COMPARED)
+    assert any("one photo" in name for name in extra)
 
 
 def test_ablations_train_each_variant_from_several_seeds(quick_run: tuple[Path, Path]) -> None:
