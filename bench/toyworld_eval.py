@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.toyworld_plan import BaselineResult, _mean
+from bench.toyworld_plan import BaselineResult, _mean, toy_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 PROFILE = "toyworld-instantbooth"
 STEM = "toyworld-cpu"
+DIAGNOSTICS_STEM = "toyworld-diagnostics-cpu"  # ``--diagnostics``: the table plus 5 arms
 SHEET_PLACES = 5  # places shown per arm on the contact sheet
 
 
@@ -147,7 +148,7 @@ async def _evaluate(
 
     from engine.config import EngineSettings
     from engine.engine import create_engine
-    from engine.types import ConceptFeatures, RenderRequest
+    from engine.types import ConceptFeatures
 
     split = json.loads(paths.split.read_text())
     heldout: list[int] = split["heldout"][: plan.eval_subjects]
@@ -191,19 +192,15 @@ async def _evaluate(
                 jobs = []
                 for arm in all_arms:
                     for place in places:
-                        request = RenderRequest(
-                            prompt=prompt_for(place),
-                            width=plan.size,
-                            height=plan.size,
-                            steps=plan.eval_steps,
-                            guidance=plan.guidance,
-                            seed=0,
+                        personal = arm.personalizer != "none"
+                        request = toy_request(
+                            plan,
+                            prompt_for(place),
+                            0,
+                            arm.personalizer,
                             count=plan.eval_seeds,
-                            identity_strength=0.0 if arm.personalizer == "none" else 0.7,
-                            personalizer=arm.personalizer,
-                            features=features.get(arm.references)
-                            if arm.personalizer != "none"
-                            else None,
+                            identity_strength=0.7 if personal else 0.0,
+                            features=features.get(arm.references) if personal else None,
                             extra=arm.extra,
                         )
                         jobs.append((arm, place, asyncio.ensure_future(engine.render(request))))
@@ -403,20 +400,25 @@ def stage_eval(
             "eval": {"seconds": seconds, "images": evaluation["images"]},
         },
     }
-    (out / f"{STEM}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+    # With the diagnostic arms the results go to files of their own: the default command's
+    # table and its timings stay what that command measured.
+    stem = DIAGNOSTICS_STEM if plan.diagnostics else STEM
+    (out / f"{stem}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     from bench.toyworld_report import markdown, sheet
 
-    (out / f"{STEM}.md").write_text(markdown(document))
-    # A 256-colour palette keeps the committed sheet at a few hundred KB (renders are noisy
-    # and compress badly as truecolour); it is for looking at, the metrics use the renders.
-    from PIL import Image as PILImage
+    (out / f"{stem}.md").write_text(markdown(document))
+    if not plan.diagnostics:  # the sheet shows the table's arms only: the same either way
+        # A 256-colour palette keeps the committed sheet at a few hundred KB (renders are
+        # noisy and compress badly as truecolour); it is for looking at, the metrics use the
+        # renders.
+        from PIL import Image as PILImage
 
-    image = sheet(evaluation, baselines, plan)
-    image.quantize(colors=256, dither=PILImage.Dither.NONE).save(
-        out / f"{STEM}-sheet.png", optimize=True
-    )
+        image = sheet(evaluation, baselines, plan)
+        image.quantize(colors=256, dither=PILImage.Dither.NONE).save(
+            out / f"{STEM}-sheet.png", optimize=True
+        )
     return {
         "images": evaluation["images"],
         "render_seconds": round(evaluation["render_seconds"], 1),
-        "results": str(out / f"{STEM}.json"),
+        "results": str(out / f"{stem}.json"),
     }

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from bench.toyworld_plan import BaselineResult, Paths, Plan, onednn
+from bench.toyworld_plan import BaselineResult, Paths, Plan, onednn, toy_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -110,7 +110,6 @@ def render(
     docstring); keyed by (place, seed)."""
     from engine.personalizers.plain import PlainPersonalizer
     from engine.pipeline import AvatarPipeline, run_batch
-    from engine.types import RenderRequest
 
     pipe = AvatarPipeline(
         vae=components["vae"],
@@ -128,18 +127,7 @@ def render(
         k: v for k, v in dict(components["scheduler"].config).items() if k != "_use_default_values"
     }
     keys = [(place, seed) for place in prompts for seed in seeds]
-    samples = [
-        RenderRequest(
-            prompt=prompts[place],
-            width=plan.size,
-            height=plan.size,
-            steps=plan.eval_steps,
-            guidance=plan.guidance,
-            seed=seed,
-            personalizer="none",
-        )
-        for place, seed in keys
-    ]
+    samples = [toy_request(plan, prompts[place], seed, "none") for place, seed in keys]
     with torch.inference_mode():
         outcome = run_batch(
             pipe, PlainPersonalizer(), samples, [s for _, s in keys], scheduler_config=config

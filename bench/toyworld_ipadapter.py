@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.toyworld_plan import BaselineResult, _summary, frozen_base, onednn
+from bench.toyworld_plan import BaselineResult, _summary, frozen_base, onednn, toy_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -135,7 +135,6 @@ async def _render(
     strengths: Sequence[float],
 ) -> list[BaselineResult]:
     from engine.engine import create_engine
-    from engine.types import RenderRequest
 
     engine = await create_engine(engine_settings(paths))
     images: dict[float, dict[tuple[int, str, int], Any]] = {s: {} for s in strengths}
@@ -150,15 +149,12 @@ async def _render(
             for strength in strengths:
                 for place in places:
                     for seed in seeds:
-                        request = RenderRequest(
-                            prompt=prompt_for(place),
-                            width=plan.size,
-                            height=plan.size,
-                            steps=plan.eval_steps,
-                            guidance=plan.guidance,
-                            seed=seed,
+                        request = toy_request(
+                            plan,
+                            prompt_for(place),
+                            seed,
+                            "ip-adapter",
                             identity_strength=strength,
-                            personalizer="ip-adapter",
                             features=features,
                         )
                         key = (sid, place, seed)

@@ -15,10 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from engine.types import ConceptFeatures, RenderRequest
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +135,36 @@ class BaselineResult:
     images: dict[tuple[int, str, int], Any]  # PIL images
     seconds_per_subject: dict[int, float]
     notes: dict[str, Any]
+
+
+def toy_request(
+    plan: Plan,
+    prompt: str,
+    seed: int,
+    personalizer: str,
+    *,
+    count: int = 1,
+    identity_strength: float = 0.7,
+    features: ConceptFeatures | None = None,
+    extra: Mapping[str, float] | None = None,
+) -> RenderRequest:
+    """A render at the evaluation's size, steps and guidance: every arm of the comparison
+    (InstantBooth, IP-Adapter, the per-subject fine-tunes) renders alike."""
+    from engine.types import RenderRequest
+
+    return RenderRequest(
+        prompt=prompt,
+        width=plan.size,
+        height=plan.size,
+        steps=plan.eval_steps,
+        guidance=plan.guidance,
+        seed=seed,
+        count=count,
+        identity_strength=identity_strength,
+        personalizer=personalizer,
+        features=features,
+        extra=dict(extra or {}),
+    )
 
 
 def comparison_subjects(split: dict[str, Any], k: int) -> list[int]:

@@ -57,7 +57,14 @@ def markdown(document: dict[str, Any]) -> str:
         + ", ".join(f"{sid} {g}" for sid, g in groups.items())
         + f"); 5 places × {plan['eval_seeds']} seed(s), {plan['eval_steps']} denoising steps, "
         f"guidance {plan['guidance']}."
-        + (" **Quick run: sizes shrunk, numbers meaningless.**" if plan["quick"] else ""),
+        + (" **Quick run: sizes shrunk, numbers meaningless.**" if plan["quick"] else "")
+        + (
+            " With `--diagnostics` (`python -m bench.toyworld --stages eval --force "
+            "--diagnostics`, after the default command): InstantBooth's arms also include an "
+            "α/β sweep and three inference-side choices."
+            if plan.get("diagnostics")
+            else ""
+        ),
         "",
         "**Identity margin**: for subject A at place p and seed s, own = similarity of A's "
         "render to A's reference photos, other = mean similarity of the other subjects' renders "

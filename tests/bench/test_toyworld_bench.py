@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 
 from bench import toyworld, toyworld_plan
 from bench.toyworld_ablations import ABLATION_STEM, BETA_1, TOKEN, variants
-from bench.toyworld_eval import COMPARED, STEM, arms
+from bench.toyworld_eval import COMPARED, DIAGNOSTICS_STEM, STEM, arms
 from bench.toyworld_identity import FAKES
 
 
@@ -103,6 +104,24 @@ def test_diagnostic_arms_are_extra_to_the_tables_arms() -> None:
     assert len(extra) == 5
     assert not extra & set(COMPARED)
     assert any("one photo" in name for name in extra)
+
+
+def test_diagnostics_write_files_of_their_own(quick_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """``--diagnostics`` renders the 5 extra arms into toyworld-diagnostics-cpu.*, leaving the
+    default command's table (and its timings) as that command wrote them."""
+    work, out = quick_run
+    shutil.copytree(work, tmp_path / "work")
+    shutil.copytree(out, tmp_path / "out")
+    table = (tmp_path / "out" / f"{STEM}.json").read_bytes()
+    argv = ["--quick", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    argv += ["--threads", "1", "--stages", "eval", "--force", "--diagnostics"]
+    assert toyworld.main(argv) == 0
+    assert (tmp_path / "out" / f"{STEM}.json").read_bytes() == table
+    document = json.loads((tmp_path / "out" / f"{DIAGNOSTICS_STEM}.json").read_text())
+    assert [row["arm"] for row in document["arms"]] == [a.name for a in arms(diagnostics=True)]
+    assert document["plan"]["diagnostics"] is True
+    assert (tmp_path / "out" / f"{DIAGNOSTICS_STEM}.md").is_file()
+    assert not (tmp_path / "out" / f"{DIAGNOSTICS_STEM}-sheet.png").exists()
 
 
 def test_ablations_train_each_variant_from_several_seeds(quick_run: tuple[Path, Path]) -> None:
