@@ -24,7 +24,7 @@ choose). Means come with subject-bootstrap 95 % intervals, and each arm's differ
 of 1 with a paired one.
 
 Toy models: ``--plan small`` (the default) trains a shortened toy world into
-``.toyworld/small`` when it is missing (the full one takes ~40 min on a 2-core CPU): the same
+``.toyworld/small`` when it is missing (the full one took 48 min on a 2-core CPU): the same
 stages and sizes as ``bench.toyworld`` with fewer steps (``SMALL``); ``--plan full`` uses
 ``.toyworld``. Results: ``results/toyworld-bestof-cpu.{json,md}``.
 """
@@ -59,9 +59,10 @@ logger = logging.getLogger(__name__)
 
 STEM = "toyworld-bestof-cpu"
 ARM = Arm("InstantBooth α=0.4 β=1.0", "instantbooth", 0.4, 1.0)
-# The toy world's stages with fewer steps (VAE a third of the full plan's, UNet a fifth,
-# InstantBooth a sixth): 37 min on a 2-core CPU shared with other work, against about 40 min
-# for the full plan on the same CPU when idle (docs/instantbooth.md).
+# The toy world's stages with fewer steps (VAE a third of the full plan's, UNet about a
+# quarter, InstantBooth a sixth): 37 min on a 2-core CPU shared with other work (with the
+# earlier 8-head UNet), against 48 min for the full plan on the same CPU when idle
+# (docs/instantbooth.md).
 SMALL = replace(Plan(), vae_steps=300, unet_steps=350, ib_steps=400, ablation_steps=0)
 PLANS = {"small": SMALL, "full": Plan(), "quick": QUICK}
 HELD_OUT_SEED = 1  # reference shots drawn with this seed offset: other photos of the subject
