@@ -65,10 +65,6 @@ class Listener:
         self._closing = False
         self._reconnect: asyncio.Task[None] | None = None
 
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
-
     async def start(self) -> None:
         """Connect and LISTEN (raises if the database cannot be reached now)."""
         self._closing = False

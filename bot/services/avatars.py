@@ -48,7 +48,6 @@ from bot.services.results import (
     InteractionRef,
     PhotoRefusal,
     PhotoWarning,
-    interaction_columns,
 )
 from bot.services.screening import NoUsablePhotos, screen_uploads
 from bot.services.workers import WorkerRegistry
@@ -227,8 +226,8 @@ class AvatarService:
                     ),
                     seed=0,
                     reserved=0,
-                    created_at=now,
-                    **interaction_columns(interaction),
+                    now=now,
+                    interaction=interaction,
                 )
                 await limits.record_creation(session, owner_id, job.id, now)
                 await self._events.publish(session, JobEventKind.ENQUEUED, job.id)

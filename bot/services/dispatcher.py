@@ -201,10 +201,6 @@ class JobDispatcher:
     def started(self) -> bool:
         return self._loop_task is not None and not self._loop_task.done()
 
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
     def pause(self) -> None:
         """Claim nothing new (running jobs finish); requests still queue. For maintenance, and
         for the demo, which shows a job waiting in line."""

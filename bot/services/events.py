@@ -168,10 +168,6 @@ class JobEvents:
         except Exception:  # a lost preview is harmless: the next one follows
             logger.warning("a live preview was not sent", exc_info=True)
 
-    def deliver_local(self, job_event: JobEvent) -> None:
-        """Hand an event to this process's subscribers only (nothing was committed)."""
-        self._deliver(job_event)
-
     def _on_payload(self, payload: str) -> None:
         parsed = JobEvent.parse(payload)
         if parsed is None:

@@ -33,7 +33,7 @@ from bot.services.jobs import SEALED_JOB_TEXTS
 from bot.services.names import name_key
 from bot.services.render_subjects import PreparedRender, Subject
 from bot.services.renders import RenderService
-from bot.services.results import InteractionRef, JobTicket, RenderOptions, interaction_columns
+from bot.services.results import InteractionRef, JobTicket, RenderOptions
 from db.models import AskStatus, Avatar, AvatarAsk
 from db.repositories import avatars as avatars_repo
 from db.repositories import friends as repo
@@ -158,10 +158,7 @@ class FriendService:
                 "negative_prompt": prepared.settings.negative_prompt,
                 "interaction_token": interaction.token if interaction is not None else None,
             }
-            columns = interaction_columns(interaction)
-            columns["interaction_message_id"] = columns.pop("progress_message_id", None)
-            row = await repo.insert_ask(
-                session,
+            row = AvatarAsk(
                 requester_id=requester_id,
                 owner_id=friend_id,
                 avatar_id=second.id,
@@ -174,8 +171,12 @@ class FriendService:
                 seed=prepared.settings.seed,
                 created_at=now,
                 expires_at=now + self._ttl,
-                **{**columns, "interaction_token": None},
             )
+            if interaction is not None:
+                row.interaction_app_id = interaction.application_id
+                row.interaction_expires_at = interaction.expires_at
+                row.interaction_message_id = interaction.message_id
+            await repo.add_ask(session, row)
             for name, value in texts.items():
                 if value:
                     binding = crypto.ask_binding(SEALED_JOB_TEXTS[name], row.id, requester_id)

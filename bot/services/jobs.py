@@ -18,7 +18,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -298,14 +297,49 @@ class JobService:
         """The job's prompt, negative prompt and interaction token, opened."""
         return job_texts(self._cipher, job)
 
-    async def insert(self, session: AsyncSession, **fields: Any) -> RenderJob:
+    async def insert(
+        self,
+        session: AsyncSession,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        avatar_id: int,
+        settings: dict[str, object],
+        seed: int,
+        reserved: int,
+        now: datetime,
+        interaction: InteractionRef | None,
+        kind: JobKind = JobKind.RENDER,
+        prompt: str = "",
+        negative_prompt: str | None = None,
+        with_avatar_id: int | None = None,
+        parent_job_id: int | None = None,
+    ) -> RenderJob:
         """Insert a job row with its prompt, negative prompt and interaction token sealed
         (bound to the row's id and owner): the row is inserted with empty placeholders, then
         sealed once its id is known, in the caller's transaction."""
-        texts = {name: fields.pop(name, None) for name in SEALED_JOB_TEXTS}
-        placeholders = {name: "" for name, value in texts.items() if value is not None}
-        placeholders.setdefault("prompt", "")
-        job = await repo.insert(session, **placeholders, **fields)
+        job = RenderJob(
+            kind=kind,
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            avatar_id=avatar_id,
+            with_avatar_id=with_avatar_id,
+            parent_job_id=parent_job_id,
+            prompt="",
+            settings=settings,
+            seed=seed,
+            reserved=reserved,
+            created_at=now,
+        )
+        texts = {"prompt": prompt, "negative_prompt": negative_prompt, "interaction_token": None}
+        if interaction is not None:
+            job.interaction_app_id = interaction.application_id
+            job.interaction_expires_at = interaction.expires_at
+            job.progress_message_id = interaction.message_id
+            texts["interaction_token"] = interaction.token
+        await repo.add(session, job)
         for name, value in texts.items():
             if value is not None:
                 binding = crypto.job_binding(SEALED_JOB_TEXTS[name], job.id, job.user_id)

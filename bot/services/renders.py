@@ -42,7 +42,6 @@ from bot.services.results import (
     RefineKind,
     RenderOptions,
     RenderSettings,
-    interaction_columns,
 )
 from bot.services.workers import WorkerRegistry
 from db.models import Avatar, RenderJob
@@ -645,8 +644,8 @@ class RenderService:
                 ),
                 seed=settings.seed,
                 reserved=units,
-                created_at=now,
-                **interaction_columns(interaction),
+                now=now,
+                interaction=interaction,
             )
             await reserve(session, job, now)
             await self._events.publish(session, JobEventKind.ENQUEUED, job.id)

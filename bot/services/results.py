@@ -6,7 +6,7 @@ The bot and the CLI only ever see these, so a change of schema stays inside the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Literal
 
 from kinds import FINAL_STATUSES, JobKind, JobStatus, LikenessScore, SubjectKind
@@ -108,23 +108,6 @@ class InteractionRef:
     expires_at: datetime
     # The message showing the job's progress, when the bot posted one.
     message_id: int | None = None
-
-    @property
-    def usable(self) -> bool:
-        """True while follow-ups and edits through the token still work (with a margin)."""
-        return datetime.now(UTC) < self.expires_at - timedelta(seconds=30)
-
-
-def interaction_columns(interaction: InteractionRef | None) -> dict[str, object]:
-    """The job row's columns that remember the interaction to answer."""
-    if interaction is None:
-        return {}
-    return {
-        "interaction_app_id": interaction.application_id,
-        "interaction_token": interaction.token,
-        "interaction_expires_at": interaction.expires_at,
-        "progress_message_id": interaction.message_id,
-    }
 
 
 RefineKind = Literal["upscale", "vary_subtle", "vary_strong"]

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Avatar, Consent, Feature, Photo
@@ -198,12 +198,6 @@ async def add_features(
     await session.flush()
     row.data = seal(row.id, data)
     await session.flush()
-
-
-async def touch(session: AsyncSession, avatar_id: int, now: datetime | None = None) -> None:
-    await session.execute(
-        update(Avatar).where(Avatar.id == avatar_id).values(updated_at=now or utcnow())
-    )
 
 
 async def add_consent(

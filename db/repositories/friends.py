@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
@@ -72,11 +71,10 @@ async def delete_grant(session: AsyncSession, user_id: int, avatar_id: int, othe
     return affected(result)
 
 
-async def insert_ask(session: AsyncSession, **fields: Any) -> AvatarAsk:
-    ask = AvatarAsk(**fields)
+async def add_ask(session: AsyncSession, ask: AvatarAsk) -> None:
+    """Insert ``ask``; its id is set when this returns."""
     session.add(ask)
     await session.flush()
-    return ask
 
 
 async def get_ask(session: AsyncSession, ask_id: int) -> AvatarAsk | None:
@@ -115,14 +113,6 @@ async def delete_expired(session: AsyncSession, now: datetime) -> int:
     """Requests past their expiry, answered or not: the prompt they hold goes."""
     result = await session.execute(delete(AvatarAsk).where(AvatarAsk.expires_at <= now))
     return affected(result)
-
-
-async def expire(session: AsyncSession, ask_id: int, now: datetime) -> None:
-    await session.execute(
-        update(AvatarAsk)
-        .where(AvatarAsk.id == ask_id, AvatarAsk.status == AskStatus.PENDING)
-        .values(status=AskStatus.EXPIRED, decided_at=now)
-    )
 
 
 @dataclass(frozen=True)

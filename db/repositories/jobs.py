@@ -20,11 +20,10 @@ from kinds import FINAL_STATUSES, JobKind, JobStatus, LikenessKind, LikenessScor
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-async def insert(session: AsyncSession, **fields: Any) -> RenderJob:
-    job = RenderJob(**fields)
+async def add(session: AsyncSession, job: RenderJob) -> None:
+    """Insert ``job``; its id is set when this returns."""
     session.add(job)
     await session.flush()
-    return job
 
 
 async def get(session: AsyncSession, job_id: int, *, fresh: bool = False) -> RenderJob | None:
@@ -258,14 +257,6 @@ async def attempts_of(session: AsyncSession, job_id: int) -> list[JobAttempt]:
 
 async def set_result(session: AsyncSession, job_id: int, result: dict[str, Any]) -> None:
     await session.execute(update(RenderJob).where(RenderJob.id == job_id).values(result=result))
-
-
-async def set_progress(session: AsyncSession, job_id: int, progress: float) -> None:
-    await session.execute(
-        update(RenderJob)
-        .where(RenderJob.id == job_id, RenderJob.status == JobStatus.RUNNING)
-        .values(progress=min(max(progress, 0.0), 1.0))
-    )
 
 
 async def delete_job(session: AsyncSession, job_id: int) -> int:

@@ -38,18 +38,11 @@ async def _enqueue(database: Database, user_id: int, count: int) -> list[int]:
     now = utcnow()
     async with database.begin() as session:
         jobs = [
-            await jobs_repo.insert(
-                session,
-                user_id=user_id,
-                guild_id=GUILD,
-                prompt="p",
-                seed=i,
-                settings={},
-                reserved=1,
-            )
+            RenderJob(user_id=user_id, guild_id=GUILD, prompt="p", seed=i, settings={}, reserved=1)
             for i in range(count)
         ]
         for job in jobs:
+            await jobs_repo.add(session, job)
             await reserve(session, job, now)
         return [job.id for job in jobs]
 
