@@ -135,7 +135,10 @@ class AvatarBot(commands.Bot):
         engine: EnginePort | None = None
         if self.settings.run_worker:
             if self._engine_port is None:
-                self._engine_port = await _build_engine_port(self.settings)
+                # Imported here: only a bot that renders itself loads torch.
+                from bot.engine_adapter import build_engine_port
+
+                self._engine_port = await build_engine_port(self.settings)
             engine = self._engine_port
         self._services = await build_services(
             self.settings,
@@ -254,13 +257,6 @@ def _freeze_heap() -> None:
     logger.info("froze %d objects out of garbage collection", gc.get_freeze_count())
 
 
-async def _build_engine_port(settings: Settings) -> EnginePort:
-    # Imported here: only a bot that renders itself loads torch.
-    from bot.engine_adapter import build_engine_port
-
-    return await build_engine_port(settings)
-
-
 async def wait_for_discord(token: str) -> None:
     """Return once Discord accepts ``token``, waiting as long as Discord is unreachable.
 
@@ -326,21 +322,13 @@ def create_bot(
     ``/healthz``, ``/readyz`` and ``/metrics`` endpoint on ``settings.ops.listen``
     (``avatarbot run``; tests with port 0).
     """
-    if settings.shard_count is not None:
-        return ShardedAvatarBot(
-            settings,
-            database=database,
-            engine_port=engine_port,
-            sync_commands=sync_commands,
-            freeze_gc=freeze_gc,
-            serve_ops=serve_ops,
-            shard_count=settings.shard_count,
-        )
-    return AvatarBot(
+    cls = AvatarBot if settings.shard_count is None else ShardedAvatarBot
+    return cls(
         settings,
         database=database,
         engine_port=engine_port,
         sync_commands=sync_commands,
         freeze_gc=freeze_gc,
         serve_ops=serve_ops,
+        shard_count=settings.shard_count,
     )

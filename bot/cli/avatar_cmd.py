@@ -66,13 +66,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="confirm these are photos of the user, or ones they may use (required)",
     )
     _waiting(create)
-    create.set_defaults(
-        handler=_handler(_create, engine=True, precheck=_check_create), needs_engine=True
-    )
+    create.set_defaults(handler=with_services(_create, _check_create), needs_engine=True)
 
     listing = actions.add_parser("list", help="list the user's avatars")
     _user(listing)
-    listing.set_defaults(handler=_handler(_list, engine=False))
+    listing.set_defaults(handler=with_services(_list))
 
     render = actions.add_parser("render", help="render an avatar and write the PNGs")
     _user(render)
@@ -100,9 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     render.add_argument("--out", type=Path, default=Path("renders"), metavar="DIR")
     _waiting(render)
-    render.set_defaults(
-        handler=_handler(_render, engine=True, precheck=_check_render), needs_engine=True
-    )
+    render.set_defaults(handler=with_services(_render, _check_render), needs_engine=True)
 
     upscale = actions.add_parser(
         "upscale", help="upscale one image of a finished render x2 and write the PNG"
@@ -115,23 +111,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     delete = actions.add_parser("delete", help="delete one of the user's avatars")
     _user(delete)
     delete.add_argument("--avatar", required=True, metavar="NAME")
-    delete.set_defaults(handler=_handler(_delete, engine=False))
+    delete.set_defaults(handler=with_services(_delete))
 
     forget = actions.add_parser("forget-me", help="erase everything stored about the user")
     _user(forget)
     _yes(forget)
-    forget.set_defaults(
-        handler=_handler(_forget, engine=False, precheck=_confirm_forget), needs_engine=False
-    )
+    forget.set_defaults(handler=with_services(_forget, _confirm_forget))
 
     usage = actions.add_parser("usage", help="the user's renders today and when they reset")
     _user(usage)
-    usage.set_defaults(handler=_handler(_usage, engine=False))
+    usage.set_defaults(handler=with_services(_usage))
 
     reencrypt = actions.add_parser(
         "reencrypt", help="re-seal every stored photo, feature and output with the current key"
     )
-    reencrypt.set_defaults(handler=_handler(_reencrypt, engine=False))
+    reencrypt.set_defaults(handler=with_services(_reencrypt))
 
 
 def _waiting(parser: argparse.ArgumentParser) -> None:
@@ -152,9 +146,7 @@ def _refined(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("renders"), metavar="DIR")
     _waiting(parser)
-    parser.set_defaults(
-        handler=_handler(_refine, engine=True, precheck=_check_refine), needs_engine=True
-    )
+    parser.set_defaults(handler=with_services(_refine, _check_refine), needs_engine=True)
 
 
 def _user(parser: argparse.ArgumentParser) -> None:
@@ -170,12 +162,13 @@ def _user(parser: argparse.ArgumentParser) -> None:
 Action = Callable[[argparse.Namespace, "Services"], Awaitable[int]]
 
 
-def _handler(
-    action: Action,
-    *,
-    engine: bool,
-    precheck: Callable[[argparse.Namespace], int | None] | None = None,
+def with_services(
+    action: Action, precheck: Callable[[argparse.Namespace], int | None] | None = None
 ) -> Callable[[argparse.Namespace, Settings], int]:
+    """A command's handler: ``precheck`` (None: go on), then ``action`` with the services on
+    the configured database (upgraded to head), and the engine when the command sets
+    ``needs_engine`` and may run its job here."""
+
     def run(args: argparse.Namespace, settings: Settings) -> int:
         # Refuse what can be refused before loading a model (seconds to minutes).
         status = precheck(args) if precheck is not None else None
@@ -183,7 +176,7 @@ def _handler(
             return status
 
         # No engine for a job that this process will not run (``--no-wait``).
-        with_engine = engine and not getattr(args, "no_wait", False)
+        with_engine = getattr(args, "needs_engine", False) and not getattr(args, "no_wait", False)
 
         async def main() -> int:
             async with _services(settings, with_engine=with_engine) as services:

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     down.set_defaults(handler=run_downgrade)
 
 
-async def _migrate(url: str, action: str, revision: str | None) -> str | None:
+async def db_migrate(url: str, action: str, revision: str | None) -> str | None:
+    """Run ``action`` (upgrade, downgrade or current) on the database; its revision after."""
     # db.migrate pulls in alembic: imported here so `avatarbot --help` stays instant.
     from db import migrate
     from db.session import Database
@@ -51,13 +52,13 @@ def _describe(revision: str | None) -> str:
 
 
 def run_upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    revision = asyncio.run(_migrate(settings.effective_database_url, "upgrade", args.revision))
+    revision = asyncio.run(db_migrate(settings.effective_database_url, "upgrade", args.revision))
     print(f"database at {_describe(revision)}")
     return 0
 
 
 def run_current(args: argparse.Namespace, settings: Settings) -> int:
-    print(_describe(asyncio.run(_migrate(settings.effective_database_url, "current", None))))
+    print(_describe(asyncio.run(db_migrate(settings.effective_database_url, "current", None))))
     return 0
 
 
@@ -72,6 +73,6 @@ def run_downgrade(args: argparse.Namespace, settings: Settings) -> int:
     )
     if status is not None:
         return status
-    revision = asyncio.run(_migrate(settings.effective_database_url, "downgrade", args.revision))
+    revision = asyncio.run(db_migrate(settings.effective_database_url, "downgrade", args.revision))
     print(f"database at {_describe(revision)}")
     return 0

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import SecretStr
-
 from bot.config import Settings
 
 Status = Literal["ok", "warn", "fail"]
@@ -453,6 +451,7 @@ def check_screen(settings: Settings) -> list[Check]:
 def check_database(settings: Settings) -> list[Check]:
     from sqlalchemy.engine import make_url
 
+    from bot.cli.db_cmd import db_migrate
     from bot.config import _mask_url_password
 
     url = settings.effective_database_url
@@ -480,7 +479,9 @@ def check_database(settings: Settings) -> list[Check]:
                     )
                 ]
     try:
-        revision = asyncio.run(asyncio.wait_for(_revision(url), DB_TIMEOUT_SECONDS))
+        revision = asyncio.run(
+            asyncio.wait_for(db_migrate(url, "current", None), DB_TIMEOUT_SECONDS)
+        )
     except Exception as exc:
         from bot.errors import AvatarbotError
 
@@ -531,17 +532,6 @@ def check_database(settings: Settings) -> list[Check]:
     ]
 
 
-async def _revision(url: str) -> str | None:
-    from db.migrate import current_revision
-    from db.session import Database
-
-    database = Database.from_url(url)
-    try:
-        return await current_revision(database)
-    finally:
-        await database.dispose()
-
-
 def check_data_key(settings: Settings) -> list[Check]:
     from bot.services.crypto import DataCipher, KeyConfigError
     from engine.profiles import resolve_profile
@@ -582,14 +572,17 @@ def check_token(settings: Settings) -> list[Check]:
         return [
             Check("token", "warn", "not set (needed by `avatarbot run`, not by workers)", TOKEN_FIX)
         ]
-    return _token_shape(settings.discord_token)
+    problem = token_problem(settings.discord_token.get_secret_value())
+    if problem:
+        return [Check("token", "fail", f"does not look like a bot token: {problem}", TOKEN_FIX)]
+    return [Check("token", "ok", "set, shaped like a bot token")]
 
 
 def check_token_needed(settings: Settings) -> list[Check]:
     """``--role bot``: the bot cannot start without its token."""
     if settings.discord_token is None:
         return [Check("token", "fail", "not set: `avatarbot run` needs it", TOKEN_FIX)]
-    return _token_shape(settings.discord_token)
+    return check_token(settings)
 
 
 def check_no_token(settings: Settings) -> list[Check]:
@@ -605,13 +598,6 @@ def check_no_token(settings: Settings) -> list[Check]:
             "(deploy/worker.env.example)",
         )
     ]
-
-
-def _token_shape(token: SecretStr) -> list[Check]:
-    problem = token_problem(token.get_secret_value())
-    if problem:
-        return [Check("token", "fail", f"does not look like a bot token: {problem}", TOKEN_FIX)]
-    return [Check("token", "ok", "set, shaped like a bot token")]
 
 
 def token_problem(token: str) -> str | None:

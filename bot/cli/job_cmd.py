@@ -10,12 +10,10 @@ Reads the configured database only (no engine, no Discord).
 from __future__ import annotations
 
 import argparse
-import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from bot.config import Settings
+from bot.cli.avatar_cmd import with_services
 
 if TYPE_CHECKING:
     from bot.services.container import Services
@@ -26,32 +24,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = parser.add_subparsers(dest="job_command", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="a job's state and every attempt")
     show.add_argument("job_id", type=int, metavar="JOB")
-    show.set_defaults(handler=_handler(_show))
+    show.set_defaults(handler=with_services(_show))
     workers = actions.add_parser("workers", help="the processes running the job loop")
     workers.add_argument("--all", action="store_true", help="include stopped ones")
-    workers.set_defaults(handler=_handler(_workers))
-
-
-def _handler(
-    action: Callable[[argparse.Namespace, Services], Awaitable[int]],
-) -> Callable[[argparse.Namespace, Settings], int]:
-    def run(args: argparse.Namespace, settings: Settings) -> int:
-        async def main() -> int:
-            from bot.services.container import build_services
-            from db.migrate import upgrade
-            from db.session import Database
-
-            database = Database.from_url(settings.effective_database_url)
-            try:
-                await upgrade(database)
-                services = await build_services(settings, database, None)
-                return await action(args, services)
-            finally:
-                await database.dispose()
-
-        return asyncio.run(main())
-
-    return run
+    workers.set_defaults(handler=with_services(_workers))
 
 
 def _when(value: datetime | None) -> str:

@@ -113,10 +113,8 @@ class OpsServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         await self.metrics.refresh(self._database(), self._gpu)
-        body = self.metrics.exposition()
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = CONTENT_TYPE
-        return response
+        # As a header: aiohttp's ``content_type`` argument refuses one with a charset.
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def start_ops_server(

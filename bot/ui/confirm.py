@@ -1,8 +1,9 @@
 """A yes/no question in an ephemeral message, answered by the member who asked.
 
-The command awaits ``ask`` and gets True, False, or None when nobody answered in time. The
-answer is acknowledged by editing the question (the view's buttons vanish), so a second click
-is impossible and the member sees what they chose.
+The command awaits ``ask`` and gets the question's message when the member confirmed, None
+when they cancelled or nobody answered in time. The answer is acknowledged by editing the
+question (the view's buttons vanish), so a second click is impossible and the member sees what
+they chose.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ async def ask(
     *,
     confirm_label: str,
     seconds: float = DEFAULT_TIMEOUT,
-) -> tuple[bool | None, discord.WebhookMessage | None]:
+) -> discord.WebhookMessage | None:
     """Ask ``question`` as an ephemeral follow-up (the interaction must be acknowledged).
 
-    Returns the answer and the question's message, which the caller edits with the outcome.
+    Returns the question's message when the member confirmed (the caller edits it with the
+    outcome), None otherwise.
     """
     view = ConfirmView(interaction.user.id, confirm_label=confirm_label, timeout=seconds)
     message = await interaction.followup.send(
@@ -63,11 +65,10 @@ async def ask(
         wait=True,
         allowed_mentions=discord.AllowedMentions.none(),
     )
-    timed_out = await view.wait()
-    if timed_out:
+    if await view.wait():  # timed out
         try:
             await message.edit(content="No answer in time, nothing changed.", view=None)
         except discord.HTTPException as exc:
             logger.info("could not close an unanswered question: %s", exc)
-        return None, message
-    return view.value, message
+        return None
+    return message if view.value else None

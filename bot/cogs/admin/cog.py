@@ -238,13 +238,13 @@ class AdminCog(
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
-        answer, message = await ask(
+        message = await ask(
             interaction,
             f"Remove every render of {member.mention} in this server (prompts and images; "
             "running ones are stopped)? Their avatars are theirs and stay.",
             confirm_label="Remove",
         )
-        if not answer or message is None:
+        if message is None:
             return
         report = await self.bot.services.privacy.purge_member(
             interaction.guild_id, member.id, actor_is_admin=True, actor_id=interaction.user.id

@@ -203,9 +203,9 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
         await interaction.response.defer(ephemeral=True, thinking=True)
         view = await self.services.avatars.get(interaction.user.id, avatar)
         photos = await self.services.avatars.photos(interaction.user.id, view.name)
-        captions = [str(i + 1) for i in range(len(photos))]
         limit = getattr(interaction, "filesize_limit", DEFAULT_FILESIZE_LIMIT)
-        sheet = await asyncio.to_thread(sheet_file, photos, captions, limit)
+        # Numbered 1, 2, ... (contact_sheet's default captions).
+        sheet = await asyncio.to_thread(sheet_file, photos, None, limit)
         await interaction.followup.send(embed=avatar_embed(view, sheet), file=sheet, ephemeral=True)
 
     # -------------------------------------------------------------------- changing
@@ -234,12 +234,12 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
         await interaction.response.defer(ephemeral=True, thinking=True)
         view = await self.services.avatars.get(interaction.user.id, avatar)
         name = discord.utils.escape_markdown(view.name)
-        answer, message = await ask(
+        message = await ask(
             interaction,
             f"Delete **{name}** and its {view.photo_count} photos? This cannot be undone.",
             confirm_label="Delete",
         )
-        if not answer or message is None:
+        if message is None:
             return
         erased = await self.services.avatars.delete(interaction.user.id, view.name)
         await delete_posted(self.bot, erased.posted)
@@ -253,13 +253,13 @@ class AvatarsCog(commands.GroupCog, group_name="avatar", group_description="Your
     @app_commands.command(name="forget-me", description="Erase everything the bot keeps about you")
     async def forget_me(self, interaction: discord.Interaction[AvatarBot]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        answer, message = await ask(
+        message = await ask(
             interaction,
             "Erase **everything** the bot keeps about you — every avatar, photo, consent, "
             "prompt and rendered image, in every server? This cannot be undone.",
             confirm_label="Erase everything",
         )
-        if not answer or message is None:
+        if message is None:
             return
         report = await self.services.privacy.forget_me(interaction.user.id)
         # Renders with another member's avatar go from the channels too (both members').

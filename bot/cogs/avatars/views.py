@@ -136,7 +136,7 @@ def creation_summary(created: AvatarCreated) -> str:
     return "\n".join(lines)[:2000]
 
 
-def sheet_file(photos: list[bytes], captions: list[str], limit: int) -> discord.File:
+def sheet_file(photos: list[bytes], captions: list[str] | None, limit: int) -> discord.File:
     fitted = fit_to_filesize(contact_sheet(photos, captions), limit)
     return discord.File(io.BytesIO(fitted.data), filename=f"photos.{fitted.extension}")
 
