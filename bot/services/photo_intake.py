@@ -172,14 +172,6 @@ class NormalizedPhoto:
     original_width: int  # as the file's header states (before orientation and downscaling)
     original_height: int
 
-    @property
-    def media_type(self) -> str:
-        return "image/png" if self.format == "PNG" else "image/jpeg"
-
-    @property
-    def extension(self) -> str:
-        return ".png" if self.format == "PNG" else ".jpg"
-
 
 def display_name(filename: str | None) -> str:
     """A user-supplied filename made safe to show in a message (Discord or a terminal).

@@ -46,6 +46,7 @@ from bot.services.ledger import day_bounds, refund
 from bot.services.results import ErasureReport, GuildErasure, ReencryptReport
 from bot.services.usage_keys import UsageKeys, user_key
 from db.models import AvatarAsk, Feature, JobOutput, Photo, RenderJob
+from db.queue import lock_jobs
 from db.repositories import audit as audit_repo
 from db.repositories import avatars as avatars_repo
 from db.repositories import counted as counted_repo
@@ -78,7 +79,7 @@ async def erase_joint_renders(
     """Delete the joint renders matching ``condition`` (their jobs, prompts and outputs);
     one still queued gives its requester the unit back, as a delete would (``erasing``: the
     member whose erasure this is, whose own queued jobs the caller refunds)."""
-    held = await jobs_repo.lock_matching(session, condition)
+    held = await lock_jobs(session, condition)
     for job in held:
         if job.status == JobStatus.QUEUED and job.user_id != erasing:
             await refund(session, job, now, note="erased with the other member's avatar")
@@ -120,19 +121,16 @@ class PrivacyService:
             # Today's usage stays the member's under a keyed hash; first, while the jobs that
             # attribute refunds to their day still exist.
             secret = await self._keys.writing_secret(session)
+            start = day_bounds(now)[0]
+
+            def key_for(guild_id: int | None) -> str:
+                return user_key(secret, guild_id, user_id, now)
+
             keyed = await ledger_repo.key_rows_of_day(
-                session,
-                user_id,
-                start=day_bounds(now)[0],
-                key_for=lambda guild_id: user_key(secret, guild_id, user_id, now),
+                session, user_id, start=start, key_for=key_for
             )
             # The same for what the abuse limits count (withheld renders, creations).
-            await counted_repo.key_rows_of_day(
-                session,
-                user_id,
-                start=day_bounds(now)[0],
-                key_for=lambda guild_id: user_key(secret, guild_id, user_id, now),
-            )
+            await counted_repo.key_rows_of_day(session, user_id, start=start, key_for=key_for)
             await counted_repo.delete_user_data(session, user_id)
             jobs = await jobs_repo.delete_user_data(session, user_id)
             avatars = await avatars_repo.delete_user_data(session, user_id)

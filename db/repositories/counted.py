@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import CountedEvent, CountedKind
 from db.repositories import ledger
-from db.repositories.common import affected, eq_or_null
+from db.repositories.common import eq_or_null
 from db.repositories.ledger import member_rows, set_keys, utc_day
 
 
@@ -137,11 +137,4 @@ async def delete_guilds_before(
 ) -> int:
     """A removed guild's rows written before ``before`` (at its removal: earlier days; in the
     maintenance pass: once the day is over)."""
-    if not guild_ids:
-        return 0
-    result = await session.execute(
-        delete(CountedEvent).where(
-            CountedEvent.guild_id.in_(list(guild_ids)), CountedEvent.created_at < before
-        )
-    )
-    return affected(result)
+    return await ledger.delete_guilds_before(session, guild_ids, before, CountedEvent)

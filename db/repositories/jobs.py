@@ -274,7 +274,9 @@ class JobErasure:
     outputs: int
 
 
-async def _delete_where(session: AsyncSession, condition: ColumnElement[bool]) -> JobErasure:
+async def delete_matching(session: AsyncSession, condition: ColumnElement[bool]) -> JobErasure:
+    """Delete the jobs matching ``condition`` with their outputs (joint renders an erasure
+    takes with it: db/repositories/friends.py)."""
     # The jobs first, then their attempts and outputs (the lock order: db/queue.py lock_jobs).
     job_ids = [job.id for job in await lock_jobs(session, condition)]
     # Attempts cascade in the database; deleted explicitly too, like outputs, so the delete
@@ -291,17 +293,6 @@ async def _delete_where(session: AsyncSession, condition: ColumnElement[bool]) -
     )
 
 
-async def lock_matching(session: AsyncSession, condition: ColumnElement[bool]) -> list[RenderJob]:
-    """Lock the jobs matching ``condition`` (the lock order: db/queue.py ``lock_jobs``)."""
-    return await lock_jobs(session, condition)
-
-
-async def delete_matching(session: AsyncSession, condition: ColumnElement[bool]) -> JobErasure:
-    """Delete the jobs matching ``condition`` with their outputs (joint renders an erasure
-    takes with it: db/repositories/friends.py)."""
-    return await _delete_where(session, condition)
-
-
 async def record_posted(
     session: AsyncSession, job_id: int, channel_id: int, message_id: int
 ) -> None:
@@ -313,10 +304,6 @@ async def record_posted(
     )
 
 
-def _of_user(user_id: int) -> ColumnElement[bool]:
-    return RenderJob.user_id == user_id
-
-
 async def lock_user_jobs(
     session: AsyncSession, user_id: int, *, also: ColumnElement[bool] | None = None
 ) -> list[RenderJob]:
@@ -324,17 +311,13 @@ async def lock_user_jobs(
     one statement (the lock order: db/queue.py ``lock_jobs``), so a worker finishing one either
     committed before (its writes are then erased or anonymised with the rest) or finds it gone
     (it writes nothing)."""
-    condition = _of_user(user_id)
+    condition = RenderJob.user_id == user_id
     return await lock_jobs(session, condition if also is None else or_(condition, also))
 
 
 async def lock_guild_jobs(session: AsyncSession, guild_id: int) -> list[RenderJob]:
     """A guild's removal locks its jobs first, as forget-me does the member's."""
-    return await lock_jobs(session, _of_guild(guild_id))
-
-
-def _of_guild(guild_id: int) -> ColumnElement[bool]:
-    return RenderJob.guild_id == guild_id
+    return await lock_jobs(session, RenderJob.guild_id == guild_id)
 
 
 async def delete_user_data(session: AsyncSession, user_id: int) -> JobErasure:
@@ -343,17 +326,17 @@ async def delete_user_data(session: AsyncSession, user_id: int) -> JobErasure:
     Jobs running right now lose their row; their worker's lease renewal and final update then
     match nothing, so nothing of theirs is written back.
     """
-    return await _delete_where(session, _of_user(user_id))
+    return await delete_matching(session, RenderJob.user_id == user_id)
 
 
 async def delete_member_in_guild(session: AsyncSession, guild_id: int, user_id: int) -> JobErasure:
-    return await _delete_where(
+    return await delete_matching(
         session, and_(RenderJob.guild_id == guild_id, RenderJob.user_id == user_id)
     )
 
 
 async def delete_guild(session: AsyncSession, guild_id: int) -> JobErasure:
-    return await _delete_where(session, _of_guild(guild_id))
+    return await delete_matching(session, RenderJob.guild_id == guild_id)
 
 
 async def purge_finished(
@@ -376,7 +359,7 @@ async def purge_finished(
         RenderJob.created_at < created_before,
         or_(RenderJob.delivered_at.is_not(None), RenderJob.finished_at < undelivered_before),
     )
-    return await _delete_where(session, condition)
+    return await delete_matching(session, condition)
 
 
 async def outputs_page(

@@ -269,15 +269,16 @@ async def delete_guild_before(session: AsyncSession, guild_id: int, start: datet
 
 
 async def delete_guilds_before(
-    session: AsyncSession, guild_ids: Sequence[int], before: datetime
+    session: AsyncSession,
+    guild_ids: Sequence[int],
+    before: datetime,
+    model: KeyedTable = UsageLedger,
 ) -> int:
     """Erase the ledger rows of departed guilds written before ``before`` (the start of the
     current UTC day): the maintenance pass once their day is over."""
     if not guild_ids:
         return 0
     result = await session.execute(
-        delete(UsageLedger).where(
-            UsageLedger.guild_id.in_(list(guild_ids)), UsageLedger.created_at < before
-        )
+        delete(model).where(model.guild_id.in_(list(guild_ids)), model.created_at < before)
     )
     return affected(result)
