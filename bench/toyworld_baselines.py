@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.toyworld_plan import (
+    BaselineInputs,
     Paths,
     Plan,
     baseline_saved,
@@ -34,17 +35,15 @@ def baseline_folder(paths: Paths, slug: str) -> Path:
     return paths.root / "baselines" / slug
 
 
-def _inputs(
-    plan: Plan, paths: Paths, seed: int, subjects: list[int]
-) -> tuple[dict[int, list[Any]], list[str], list[int]]:
-    """The subjects' reference photos (the very ones InstantBooth's evaluation encodes), the
-    places and the seeds every method renders."""
+def _inputs(plan: Plan, seed: int, subjects: list[int]) -> BaselineInputs:
+    """The subjects with their reference photos (the very ones InstantBooth's evaluation
+    encodes), the places and the seeds every method renders."""
     from avatarbot_research.toyworld import PLACES, reference_photos, subject
 
     refs = {
         sid: reference_photos(subject(sid), plan.references, plan.size, seed) for sid in subjects
     }
-    return refs, list(PLACES), list(range(plan.eval_seeds))
+    return BaselineInputs(subjects, refs, list(PLACES), list(range(plan.eval_seeds)))
 
 
 def _heldout(paths: Paths) -> dict[str, Any]:
@@ -69,8 +68,7 @@ def stage_ipadapter(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
 
     info = train_ipadapter(plan, paths, seed)
     subjects = _heldout(paths)["heldout"][: plan.eval_subjects]
-    refs, places, seeds = _inputs(plan, paths, seed, subjects)
-    result = render_ipadapter(plan, paths, subjects, refs, places, seeds)
+    result = render_ipadapter(plan, paths, _inputs(plan, seed, subjects))
     save_baseline(result, baseline_folder(paths, IP_ADAPTER))
     return {**info, "renders": len(result.images)}
 
@@ -79,7 +77,7 @@ def stage_finetune(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
     from bench.toyworld_finetune import dreambooth_lora, textual_inversion
 
     subjects = comparison_subjects(_heldout(paths), plan.finetune_subjects)
-    refs, places, seeds = _inputs(plan, paths, seed, subjects)
+    inputs = _inputs(plan, seed, subjects)
     info: dict[str, Any] = {"subjects": subjects}
     for slug, method in (
         (TEXTUAL_INVERSION, textual_inversion),
@@ -88,7 +86,7 @@ def stage_finetune(plan: Plan, paths: Paths, seed: int) -> dict[str, Any]:
         folder = baseline_folder(paths, slug)
         if baseline_saved(folder):
             continue  # resumable per method: each costs minutes
-        result = method(plan, paths, subjects, refs, places, seeds)
+        result = method(plan, paths, inputs)
         save_baseline(result, folder)
         per = result.seconds_per_subject.values()
         info[f"{slug}_seconds_per_subject"] = round(sum(per) / max(1, len(per)), 1)

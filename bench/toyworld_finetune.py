@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from bench.toyworld_plan import BaselineResult, Paths, Plan, onednn, toy_request
+from bench.toyworld_plan import BaselineInputs, BaselineResult, Paths, Plan, onednn, toy_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -139,10 +139,7 @@ def _per_subject(
     arm: str,
     plan: Plan,
     paths: Paths,
-    subjects: Sequence[int],
-    references: Mapping[int, Sequence[Image]],
-    places: Sequence[str],
-    seeds: Sequence[int],
+    inputs: BaselineInputs,
     personalise: Callable[[Components, Sequence[Image], int], tuple[str, list[float]]],
     notes: dict[str, Any],
 ) -> BaselineResult:
@@ -151,20 +148,20 @@ def _per_subject(
     images: dict[tuple[int, str, int], Any] = {}
     seconds: dict[int, float] = {}
     losses: dict[str, dict[str, float]] = {}
-    for sid in subjects:
+    for sid in inputs.subjects:
         with onednn(True):
             started = time.monotonic()
             components = load_base(paths.base)
-            words, curve = personalise(components, references[sid], sid)
+            words, curve = personalise(components, inputs.references[sid], sid)
             seconds[sid] = time.monotonic() - started
         tail = max(1, len(curve) // 10)
         losses[str(sid)] = {
             "first": sum(curve[:tail]) / tail,
             "last": sum(curve[-tail:]) / tail,
         }
-        prompts = {place: place_prompt(words, place) for place in places}
+        prompts = {place: place_prompt(words, place) for place in inputs.places}
         with onednn(False):
-            for (place, seed), image in render(components, prompts, seeds, plan).items():
+            for (place, seed), image in render(components, prompts, inputs.seeds, plan).items():
                 images[(sid, place, seed)] = image
         logger.info("%s: subject %d trained in %.1f s", arm, sid, seconds[sid])
     return BaselineResult(
@@ -243,14 +240,7 @@ def train_textual_inversion(
     return losses
 
 
-def textual_inversion(
-    plan: Plan,
-    paths: Paths,
-    subjects: Sequence[int],
-    references: Mapping[int, Sequence[Image]],
-    places: Sequence[str],
-    seeds: Sequence[int],
-) -> BaselineResult:
+def textual_inversion(plan: Plan, paths: Paths, inputs: BaselineInputs) -> BaselineResult:
     """Textual Inversion per subject (``plan.ti_steps`` at ``plan.ti_lr``), rendered with
     "a photo of <toy-subject> {place}" at every place and seed."""
 
@@ -273,19 +263,10 @@ def textual_inversion(
         "initializer": INITIALIZER,
         "prompt": f"a photo of {PLACEHOLDER} {{place}}",
     }
-    return _per_subject(
-        TI_ARM, plan, paths, subjects, references, places, seeds, personalise, notes
-    )
+    return _per_subject(TI_ARM, plan, paths, inputs, personalise, notes)
 
 
-def dreambooth_lora(
-    plan: Plan,
-    paths: Paths,
-    subjects: Sequence[int],
-    references: Mapping[int, Sequence[Image]],
-    places: Sequence[str],
-    seeds: Sequence[int],
-) -> BaselineResult:
+def dreambooth_lora(plan: Plan, paths: Paths, inputs: BaselineInputs) -> BaselineResult:
     """DreamBooth-LoRA per subject (``plan.lora_steps`` at ``plan.lora_lr``, the rest of the
     recipe bench.dreambooth's), rendered with "a photo of sks object {place}"."""
     from bench.dreambooth import LORA_RANK, LORA_TARGETS, train_dreambooth_lora
@@ -315,6 +296,4 @@ def dreambooth_lora(
         "identifier_tokens": identifier_tokens(paths.base),
         "prompt": f"a photo of {IDENTIFIER} object {{place}}",
     }
-    return _per_subject(
-        LORA_ARM, plan, paths, subjects, references, places, seeds, personalise, notes
-    )
+    return _per_subject(LORA_ARM, plan, paths, inputs, personalise, notes)

@@ -24,11 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.toyworld_plan import BaselineResult, _summary, frozen_base, onednn, toy_request
+from bench.toyworld_plan import (
+    BaselineInputs,
+    BaselineResult,
+    _summary,
+    frozen_base,
+    onednn,
+    toy_request,
+)
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
-
     from bench.toyworld_plan import Paths, Plan
     from engine.config import EngineSettings
 
@@ -95,44 +100,26 @@ def engine_settings(paths: Paths) -> EngineSettings:
 
 
 def render_ipadapter(
-    plan: Plan,
-    paths: Paths,
-    subjects: Sequence[int],
-    references: dict[int, list[Image]],
-    places: Sequence[str],
-    seeds: Sequence[int],
-    strength: float = 1.0,
+    plan: Plan, paths: Paths, inputs: BaselineInputs, strength: float = 1.0
 ) -> BaselineResult:
     """Every (subject, place, seed) rendered at one identity strength (the adapter's scale)."""
-    return render_ipadapter_arms(plan, paths, subjects, references, places, seeds, (strength,))[0]
+    return render_ipadapter_arms(plan, paths, inputs, (strength,))[0]
 
 
 def render_ipadapter_arms(
-    plan: Plan,
-    paths: Paths,
-    subjects: Sequence[int],
-    references: dict[int, list[Image]],
-    places: Sequence[str],
-    seeds: Sequence[int],
-    strengths: Sequence[float],
+    plan: Plan, paths: Paths, inputs: BaselineInputs, strengths: Sequence[float]
 ) -> list[BaselineResult]:
     """One arm per strength, all from one engine and one encoding per subject."""
     # The tiny profile pins torch to one thread, process-wide: give the caller its own back.
     threads = torch.get_num_threads()
     try:
-        return asyncio.run(_render(plan, paths, subjects, references, places, seeds, strengths))
+        return asyncio.run(_render(plan, paths, inputs, strengths))
     finally:
         torch.set_num_threads(threads)
 
 
 async def _render(
-    plan: Plan,
-    paths: Paths,
-    subjects: Sequence[int],
-    references: dict[int, list[Image]],
-    places: Sequence[str],
-    seeds: Sequence[int],
-    strengths: Sequence[float],
+    plan: Plan, paths: Paths, inputs: BaselineInputs, strengths: Sequence[float]
 ) -> list[BaselineResult]:
     from engine.engine import create_engine
 
@@ -141,14 +128,14 @@ async def _render(
     encode_seconds: dict[int, float] = {}
     started = time.monotonic()
     try:
-        for sid in subjects:
+        for sid in inputs.subjects:
             encode_started = time.monotonic()
-            features = await engine.encode(references[sid], "object", "ip-adapter")
+            features = await engine.encode(inputs.references[sid], "object", "ip-adapter")
             encode_seconds[sid] = time.monotonic() - encode_started
             jobs = []
             for strength in strengths:
-                for place in places:
-                    for seed in seeds:
+                for place in inputs.places:
+                    for seed in inputs.seeds:
                         request = toy_request(
                             plan,
                             prompt_for(place),

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
+
+    from PIL.Image import Image
 
     from engine.types import ConceptFeatures, RenderRequest
 
@@ -122,6 +124,17 @@ QUICK = Plan(
     lora_steps=2,
     quick=True,
 )
+
+
+@dataclass(frozen=True)
+class BaselineInputs:
+    """What every comparison arm renders: the held-out subjects, their reference photos (the very
+    ones InstantBooth's evaluation encodes), the places and the seeds."""
+
+    subjects: Sequence[int]
+    references: Mapping[int, Sequence[Image]]
+    places: Sequence[str]
+    seeds: Sequence[int]
 
 
 @dataclass

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from bench import toyworld, toyworld_finetune
-from bench.toyworld_plan import QUICK, BaselineResult, Paths, Plan
+from bench.toyworld_plan import QUICK, BaselineInputs, BaselineResult, Paths, Plan
 
-Baseline = Callable[..., BaselineResult]
+Baseline = Callable[[Plan, Paths, BaselineInputs], BaselineResult]
 PLACES = ["beach", "snow"]
 SEEDS = [0, 3]
 
@@ -47,7 +47,7 @@ def _run(baseline: Baseline, paths: Paths, plan: Plan = QUICK) -> BaselineResult
     references = {
         sid: reference_photos(subject(sid), plan.references, plan.size) for sid in subjects
     }
-    return baseline(plan, paths, subjects, references, PLACES, SEEDS)
+    return baseline(plan, paths, BaselineInputs(subjects, references, PLACES, SEEDS))
 
 
 @pytest.mark.parametrize(
@@ -135,9 +135,8 @@ def test_trainings_run_with_onednn_after_the_engine_turned_it_off(
     monkeypatch.setattr(trainer, "train", train)
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     subjects = json.loads(quick_base.split.read_text())["heldout"][:1]
-    toyworld_finetune._per_subject(
-        "arm", QUICK, quick_base, subjects, {subjects[0]: []}, PLACES, SEEDS, personalise, {}
-    )
+    inputs = BaselineInputs(subjects, {subjects[0]: []}, PLACES, SEEDS)
+    toyworld_finetune._per_subject("arm", QUICK, quick_base, inputs, personalise, {})
     with pytest.raises(_Stop):
         toyworld_plan.stage_instantbooth(
             QUICK, quick_base, 0, resume=True, out=quick_base.root / "probe"

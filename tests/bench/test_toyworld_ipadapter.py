@@ -18,7 +18,7 @@ from bench.toyworld_ipadapter import (
     render_ipadapter_arms,
     stage_ipadapter,
 )
-from bench.toyworld_plan import QUICK, BaselineResult, Paths
+from bench.toyworld_plan import QUICK, BaselineInputs, BaselineResult, Paths
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +54,14 @@ def test_the_engine_renders_with_the_weights_deterministically(trained: Paths) -
     refs = {sid: reference_photos(subject(sid), 2, QUICK.size, seed=0)}
     places, seeds = ["beach", "forest"], [0, 1]
     threads = torch.get_num_threads()
-    full, off = render_ipadapter_arms(QUICK, trained, [sid], refs, places, seeds, (1.0, 0.0))
+    inputs = BaselineInputs([sid], refs, places, seeds)
+    full, off = render_ipadapter_arms(QUICK, trained, inputs, (1.0, 0.0))
     assert torch.get_num_threads() == threads  # the tiny profile's one thread is undone
     assert full.arm == ARM and off.arm == f"{ARM}, scale 0"
     assert set(full.images) == {(sid, p, s) for p in places for s in seeds}
     assert all(image.size == (QUICK.size, QUICK.size) for image in full.images.values())
     assert set(full.seconds_per_subject) == {sid}
-    again = render_ipadapter_arms(QUICK, trained, [sid], refs, places, seeds, (1.0, 0.0))
+    again = render_ipadapter_arms(QUICK, trained, inputs, (1.0, 0.0))
     for first, second in zip((full, off), again, strict=True):
         assert all(
             np.array_equal(np.asarray(v), np.asarray(second.images[k]))
@@ -70,6 +71,6 @@ def test_the_engine_renders_with_the_weights_deterministically(trained: Paths) -
     # The adapter is in the loop: its scale changes the pictures; seeds change them too.
     assert any(not np.array_equal(pixels[k], np.asarray(off.images[k])) for k in pixels)
     assert not np.array_equal(pixels[(sid, "beach", 0)], pixels[(sid, "beach", 1)])
-    one = render_ipadapter(QUICK, trained, [sid], refs, ["beach"], [0])
+    one = render_ipadapter(QUICK, trained, BaselineInputs([sid], refs, ["beach"], [0]))
     assert isinstance(one, BaselineResult) and one.arm == ARM
     assert set(one.images) == {(sid, "beach", 0)}
