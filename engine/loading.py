@@ -30,7 +30,7 @@ def pick_device(setting: str) -> torch.device:
         return torch.device(setting)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
 
@@ -270,21 +270,14 @@ def stable_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def encoder_fingerprint(module: torch.nn.Module, config: Mapping[str, Any]) -> str:
-    """``fingerprint_module`` of an encoder with everything else its features depend on
-    (``config``: preprocessing, crop policy, an encoding version), as canonical JSON."""
-    return fingerprint_module(module, json.dumps(config, sort_keys=True, default=str))
-
-
-def fingerprint_module(module: torch.nn.Module, *extra: str) -> str:
-    """A short, stable id of a module's weights (and ``extra`` config text).
+    """A short, stable id of an encoder's weights and everything else its features depend on
+    (``config``: preprocessing, crop policy, an encoding version), as canonical JSON.
 
     Samples every parameter (shape, dtype-independent values rounded to bfloat16, first and
     last elements) instead of hashing gigabytes: the same weights give the same id whether
     they came from the hub, a folder or a single file, in fp32 or half precision.
     """
-    digest = hashlib.sha256()
-    for text in extra:
-        digest.update(text.encode())
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         sample = torch.cat([flat[:64], flat[-64:]]).to("cpu", torch.bfloat16).view(torch.int16)

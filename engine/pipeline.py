@@ -230,12 +230,6 @@ def seeded_noise(
     return noise, generators
 
 
-def use_scheduler(pipe: StableDiffusionPipeline, name: str, base_config: Any) -> None:
-    """A fresh scheduler per batch (schedulers keep per-run state)."""
-    cls, overrides = SCHEDULERS[name]
-    pipe.scheduler = cls.from_config(base_config, **overrides)
-
-
 def encode_prompt(
     pipe: StableDiffusionPipeline, samples: Sequence[RenderRequest], do_cfg: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -457,7 +451,9 @@ def run_batch(
     samples, seeds = padded_batch(samples, seeds, buckets)
     first = samples[0]
     do_cfg = first.guidance > 1.0
-    use_scheduler(pipe, first.scheduler, scheduler_config)
+    # A fresh scheduler per batch (schedulers keep per-run state).
+    scheduler_class, overrides = SCHEDULERS[first.scheduler]
+    pipe.scheduler = scheduler_class.from_config(scheduler_config, **overrides)
     prompt_embeds, negative_embeds = encode_prompt(pipe, samples, do_cfg)
     batch = DenoiseBatch(
         samples=samples,

@@ -14,9 +14,8 @@ Families:
   patchify and batch-norm normalisation that diffusers' FLUX.2 pipeline denoises in); wiring
   them needs that layout's de-normalisation and has not been done.
 
-``fit_projection`` fits a projection by least squares from latents and their decodes: what
-an operator would do for a VAE without published coefficients, and how the tests check that
-a projection and the VAE's decode agree in colour (tests/engine/test_preview.py).
+A projection can be fitted by least squares from latents and their decodes: how the tests
+check that a projection and the VAE's decode agree in colour (tests/engine/test_preview.py).
 ``projection_for`` fits none at load for a VAE without published factors: the VAEs that reach
 the SD1.x denoising loop are SD1's latent space (published factors), and the random-weight
 profiles' decode carries no colour to fit (a fit predicts it no better than a constant), so
@@ -141,20 +140,6 @@ def projection_for(vae: torch.nn.Module) -> LatentProjection | None:
     if channels == 4 and scaling is not None and math.isclose(scaling, SD1_SCALING_FACTOR):
         return SD1_PROJECTION
     return None
-
-
-def fit_projection(latents: torch.Tensor, pixels: torch.Tensor) -> LatentProjection:
-    """The least-squares projection from (B, C, h, w) latents to their decodes, (B, 3, H, W)
-    in [-1, 1], each decode area-averaged down to its latent's cells."""
-    cells = latents.detach().float().cpu()
-    height, width = cells.shape[-2:]
-    target = F.adaptive_avg_pool2d(pixels.detach().float().cpu(), (height, width))
-    inputs = cells.permute(0, 2, 3, 1).reshape(-1, cells.shape[1])
-    inputs = torch.cat([inputs, torch.ones(inputs.shape[0], 1)], dim=1)
-    outputs = target.permute(0, 2, 3, 1).reshape(-1, 3)
-    solution = torch.linalg.lstsq(inputs, outputs).solution
-    rows = [(float(r), float(g), float(b)) for r, g, b in solution.tolist()]
-    return LatentProjection(factors=tuple(rows[:-1]), bias=rows[-1])
 
 
 Previewer = LatentProjection | DecoderPreview

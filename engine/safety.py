@@ -121,11 +121,8 @@ class NudeNetChecker:
     def check(
         self, images: Sequence[Image], policy: SafetyPolicy | None = None
     ) -> list[SafetyVerdict]:
-        verdicts = []
-        for image in images:
-            scores = self.scores(image)
-            verdicts.append(SafetyVerdict(self.flags(scores, policy), scores, (self.name,)))
-        return verdicts
+        scored = [self.scores(image) for image in images]
+        return [SafetyVerdict(self.flags(s, policy), s, (self.name,)) for s in scored]
 
 
 def has_diffusers_safety_checker(folder: Path) -> bool:
@@ -232,10 +229,6 @@ class OutputChecker:
         self.nudenet = nudenet or NudeNetChecker()
         self.diffusers = diffusers
 
-    @property
-    def checkers(self) -> tuple[str, ...]:
-        return (NUDENET,) + ((DIFFUSERS_SAFETY_CHECKER,) if self.diffusers else ())
-
     def load(self) -> None:
         self.nudenet.load()
         if self.diffusers is not None:
@@ -253,7 +246,7 @@ class OutputChecker:
             SafetyVerdict(
                 flagged=v.flagged or bad,
                 scores={**v.scores, DIFFUSERS_NSFW_SCORE: 1.0 if bad else 0.0},
-                checkers=self.checkers,
+                checkers=(NUDENET, DIFFUSERS_SAFETY_CHECKER),
             )
             for v, bad in zip(verdicts, nsfw, strict=True)
         ]

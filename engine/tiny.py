@@ -28,6 +28,7 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
 )
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -35,23 +36,6 @@ TINY_CROSS_ATTENTION_DIM = 32
 TINY_IMAGE_SIZE = 32
 TINY_IP_TOKENS = 4
 TINY_IP_ADAPTER_WEIGHT_NAME = "ip-adapter-plus_tiny.safetensors"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte → printable-character table (as in OpenAI's tokenizer)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
 # Common prompt words get whole-word merges so that the tiny profile counts tokens roughly as
@@ -103,7 +87,7 @@ def _trained_merges(words: list[str]) -> list[tuple[str, str]]:
 
 def tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     """A byte-level CLIP tokenizer with whole-word merges for common prompt words."""
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())  # CLIP's byte → printable-character table
     merges = _trained_merges(_COMMON_WORDS)
     vocab_list = chars + [c + "</w>" for c in chars]
     known = set(vocab_list)
@@ -268,7 +252,8 @@ def write_random_ip_adapter(
     for name in unet.attn_processors:
         if name.endswith("attn1.processor"):
             continue
-        hidden = _attention_hidden_size(unet, name)
+        # The attention layer reading this processor: its query width is the hidden size.
+        hidden = int(unet.get_submodule(name.removesuffix(".processor")).query_dim)
         for proj in ("to_k_ip", "to_v_ip"):
             state[f"ip_adapter.{key_id}.{proj}.weight"] = torch.randn(hidden, cross_dim) * 0.3
         key_id += 2
@@ -289,13 +274,3 @@ def write_tiny_ip_adapter(root: Path, unet: Any, seed: int = 0) -> Path:
         num_queries=TINY_IP_TOKENS,
         seed=seed,
     )
-
-
-def _attention_hidden_size(unet: Any, processor_name: str) -> int:
-    channels = list(unet.config.block_out_channels)
-    if processor_name.startswith("mid_block"):
-        return int(channels[-1])
-    block_id = int(processor_name.split(".")[1])
-    if processor_name.startswith("up_blocks"):
-        return int(list(reversed(channels))[block_id])
-    return int(channels[block_id])

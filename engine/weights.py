@@ -140,24 +140,34 @@ def _ip_adapter_sources(
     """What engine.personalizers.ip_adapter._load_named reads: the weights file and, unless
     ``image_encoder`` names its own location, the encoder beside it in the same repository."""
     repo = str(options["repo"])
-    subfolder = str(options.get("subfolder", "models"))
-    files = [f"{subfolder}/{options.get('weight_name')}".lstrip("/")]
     encoder = options.get("image_encoder")
-    if not encoder:
-        folder = str(options.get("image_encoder_subfolder", "image_encoder"))
-        if "/" not in folder:  # diffusers reads a bare name relative to ``subfolder``
-            folder = f"{subfolder}/{folder}".lstrip("/")
-        files += [f"{folder}/config.json", f"{folder}/model.safetensors"]
+    files = ip_adapter_files(
+        str(options.get("subfolder", "models")),
+        str(options.get("weight_name")),
+        None if encoder else str(options.get("image_encoder_subfolder", "image_encoder")),
+    )
     if looks_local(repo):
         notes.append(f"IP-Adapter weights: local {repo} (engine.ip_adapter), not downloaded")
     else:
-        sources.append(
-            HubSource("IP-Adapter weights", repo, "engine.ip_adapter", "files", tuple(files))
-        )
+        sources.append(HubSource("IP-Adapter weights", repo, "engine.ip_adapter", "files", files))
     if encoder:
         _encoder_source(
             "IP-Adapter image encoder", str(encoder), "engine.image_encoder", sources, notes
         )
+
+
+def ip_adapter_files(
+    subfolder: str, weight_name: str, encoder_subfolder: str | None
+) -> tuple[str, ...]:
+    """The files of an IP-Adapter repository that diffusers' ``load_ip_adapter`` reads: the
+    weights and, with ``encoder_subfolder``, the image encoder's config and weights."""
+    files = [f"{subfolder}/{weight_name}".lstrip("/")]
+    if encoder_subfolder:
+        folder = encoder_subfolder
+        if "/" not in folder:  # diffusers reads a bare name relative to ``subfolder``
+            folder = f"{subfolder}/{folder}".lstrip("/")
+        files += [f"{folder}/config.json", f"{folder}/model.safetensors"]
+    return tuple(files)
 
 
 def _instantbooth_sources(
@@ -253,11 +263,7 @@ def folder_files(listing: list[str], folder: str, *, everything: bool) -> list[s
 
 
 def _is_weights(name: str) -> bool:
-    return name.endswith(WEIGHT_SUFFIXES) or _is_weights_index(name)
-
-
-def _is_weights_index(name: str) -> bool:
-    return any(f"{fmt}.index" in name for fmt in _FORMATS)
+    return name.endswith(WEIGHT_SUFFIXES) or any(f"{fmt}.index" in name for fmt in _FORMATS)
 
 
 # --- fetching ---------------------------------------------------------------------------

@@ -113,9 +113,12 @@ def build_flux2_pipeline(
         if is_meta(components):
             pipe = _assemble(materialize(components, device=device, dtype=dtype, seed=seed))
         else:
-            # Bars for writing and reading back our own random weights say nothing.
+            # Saved in the public repository's layout. Bars for writing and reading back our
+            # own random weights say nothing.
+            folder = Path(workdir) / profile.name
             with quiet_progress_bars():
-                folder = _write_random(components, Path(workdir) / profile.name)
+                Flux2KleinPipeline(**components).save_pretrained(str(folder))
+                logger.debug("wrote a random FLUX.2 [klein] pipeline to %s", folder)
                 # Written by us a moment ago: always local, never the hub.
                 pipe = load_flux2_folder(str(folder), dtype=dtype, offline=True, cache_dir=None)
     else:
@@ -161,7 +164,8 @@ def load_flux2_folder(
     except MissingWeights as exc:
         how = _how(location, exc.how)
         raise MissingWeights(exc.what, exc.location, how, reason=exc.reason) from exc
-    return _assemble(dict(pipe.components), is_distilled=bool(pipe.config.is_distilled))
+    # ``components`` leaves out the pipeline's settings: its flag ``is_distilled`` goes too.
+    return _assemble({**pipe.components, "is_distilled": bool(pipe.config.is_distilled)})
 
 
 def _how(location: str, how: str) -> str:
@@ -176,29 +180,14 @@ def _how(location: str, how: str) -> str:
     )
 
 
-def _write_random(components: dict[str, Any], folder: Path) -> Path:
-    """Save random components as a diffusers folder in the public repository's layout."""
-    pipe = Flux2KleinPipeline(**components)
-    pipe.save_pretrained(str(folder))
-    logger.debug("wrote a random FLUX.2 [klein] pipeline to %s", folder)
-    return folder
-
-
-def _assemble(components: dict[str, Any], *, is_distilled: bool | None = None) -> Any:
-    modules = dict(components)
-    distilled = modules.pop("is_distilled", True) if is_distilled is None else is_distilled
-    pipe = AvatarFlux2Pipeline(**modules, is_distilled=distilled)
+def _assemble(components: dict[str, Any]) -> Any:
+    """An ``AvatarFlux2Pipeline`` of these modules (and ``is_distilled``), progress bar off."""
+    pipe = AvatarFlux2Pipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def parameter_count(modules: Sequence[torch.nn.Module]) -> int:
     """Parameters of ``modules`` (shared ones once), for logs and the shaped profile's test."""
-    seen: set[int] = set()
-    total = 0
-    for module in modules:
-        for param in module.parameters():
-            if id(param) not in seen:
-                seen.add(id(param))
-                total += param.numel()
-    return total
+    unique = {id(param): param for module in modules for param in module.parameters()}
+    return sum(param.numel() for param in unique.values())

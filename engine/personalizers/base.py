@@ -88,10 +88,6 @@ class BatchOutcome:
     images: list[Image]
     kept: list[int]
 
-    @property
-    def interrupted(self) -> bool:
-        return not self.kept
-
 
 @dataclass
 class PreparedConditioning:

@@ -40,6 +40,7 @@ from engine.personalizers.base import (
 from engine.personalizers.ip_adapter_attention import PerSampleIPAdapterAttnProcessor
 from engine.pipeline import StableDiffusionPersonalizer, make_batch_invariant
 from engine.types import ConceptFeatures, ConceptKind, RenderRequest
+from engine.weights import ip_adapter_files
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -127,16 +128,13 @@ class IPAdapterPersonalizer(StableDiffusionPersonalizer):
     def encode_images(self, images: Sequence[Image]) -> torch.Tensor:
         """What diffusers' ``encode_image`` computes for these images (without the negatives):
         (N, tokens, dim) for Plus models, (N, dim) otherwise."""
-        pixels = self._pixels(images)
+        pixels = self._feature_extractor(list(images), return_tensors="pt").pixel_values
+        param = next(self._image_encoder.parameters())
+        pixels = pixels.to(device=param.device, dtype=param.dtype)
         if self.plus:
             out = self._image_encoder(pixels, output_hidden_states=True)
             return out.hidden_states[-2]
         return self._image_encoder(pixels).image_embeds
-
-    def _pixels(self, images: Sequence[Image]) -> torch.Tensor:
-        pixels = self._feature_extractor(list(images), return_tensors="pt").pixel_values
-        param = next(self._image_encoder.parameters())
-        return pixels.to(device=param.device, dtype=param.dtype)
 
     def _unconditional_embedding(self) -> torch.Tensor:
         """One photo's negative embedding: the encoding of a black image for Plus models,
@@ -310,10 +308,6 @@ def _load_named(context: LoadContext, options: dict[str, Any]) -> None:
         raise InvalidRequest("the IP-Adapter options need a weight_name (or a single file)")
     encoder_location = options.get("image_encoder")
     encoder_subfolder = options.get("image_encoder_subfolder", "image_encoder")
-    common = {
-        "local_files_only": context.offline or looks_local(repo),
-        "cache_dir": context.cache_dir,
-    }
     if encoder_location:
         location = str(encoder_location)
         source = str(Path(location).expanduser()) if looks_local(location) else location
@@ -331,14 +325,6 @@ def _load_named(context: LoadContext, options: dict[str, Any]) -> None:
         torch.nn.Module.to(encoder, device=context.device)
         pipe.register_modules(image_encoder=encoder)
         encoder_subfolder = None
-    file_in_repo = f"{subfolder}/{weight_name}".lstrip("/")
-    encoder_files: tuple[str, ...] = ()
-    if encoder_subfolder:
-        # diffusers reads a bare folder name relative to ``subfolder``, a path from the root.
-        in_repo = str(encoder_subfolder)
-        if "/" not in in_repo:
-            in_repo = f"{subfolder}/{in_repo}".lstrip("/")
-        encoder_files = (f"{in_repo}/config.json", f"{in_repo}/model.safetensors")
     load_or_explain(
         "IP-Adapter weights",
         repo,
@@ -347,10 +333,11 @@ def _load_named(context: LoadContext, options: dict[str, Any]) -> None:
             subfolder=subfolder,
             weight_name=weight_name,
             image_encoder_folder=encoder_subfolder,
-            **common,
+            local_files_only=context.offline or looks_local(repo),
+            cache_dir=context.cache_dir,
         ),
         what_setting="engine.ip_adapter",
-        files=(file_in_repo, *encoder_files),
+        files=ip_adapter_files(subfolder, weight_name, encoder_subfolder),
     )
 
 

@@ -14,8 +14,6 @@ from engine.subject_checks.faces import (
     FaceDetector,
     FaceEmbedder,
     face_distance,
-    face_similarity,
-    same_person,
 )
 from engine.subject_checks.inspect import (
     BACKGROUND_FACES,
@@ -51,9 +49,7 @@ __all__ = [
     "PhotoReport",
     "SubjectThresholds",
     "face_distance",
-    "face_similarity",
     "inspect_photo",
     "inspect_photos",
-    "same_person",
     "select_faces",
 ]

@@ -60,13 +60,13 @@ _logged_once: set[str] = set()
 _logged_lock = threading.Lock()
 
 
-def log_once(key: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+def log_once(key: str, message: str, *args: object) -> None:
     """Log a message the first time `key` is seen in this process (missing extras, mainly)."""
     with _logged_lock:
         if key in _logged_once:
             return
         _logged_once.add(key)
-    logger.log(level, message, *args)
+    logger.warning(message, *args)
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,9 @@ QUICK_PRIMARY_MIN = 2 * HOG_WINDOW
 # pass's (a third of its pixels); else the full pass follows the quick one directly.
 TARGET_MARGIN = 1.25
 TARGET_MAX_SIDE = 0.6
+# The full pass's working size (longest side) and HOG upsampling.
+FULL_SIDE = 800
+FULL_UPSAMPLE = 1
 
 
 class FaceDetector:
@@ -205,48 +208,28 @@ class FaceDetector:
       this subject would measure 1.25 x 160 px, upsample 0, if that copy is much smaller than the
       full pass's (side <= 0.6 x); settled by the same rule, on that pass's own faces. A selfie
       whose face box is 30-50 % of the photo's side settles here.
-    - full: a copy of longest side `max_side` (800) with `upsample` 1, as before the quick pass
+    - full: a copy of longest side `FULL_SIDE` (800) with upsample 1, as before the quick pass
       existed: faces down to about 40 px of that copy (~5 % of the photo's longer side).
     Results are remembered by pixel digest: creating an avatar inspects its photos, then crops
     the same photos around their faces to encode them, and must not detect twice.
     """
 
-    def __init__(
-        self,
-        detector: Any,
-        *,
-        max_side: int = 800,
-        upsample: int = 1,
-        quick_side: int | None = QUICK_SIDE,
-    ) -> None:
-        if max_side < HOG_WINDOW:
-            raise ValueError(f"max_side must be >= {HOG_WINDOW} (HOG's window), got {max_side}")
-        if upsample < 0:
-            raise ValueError(f"upsample must be >= 0, got {upsample}")
+    def __init__(self, detector: Any, *, quick_side: int | None = QUICK_SIDE) -> None:
         if quick_side is not None and quick_side < QUICK_PRIMARY_MIN:
             raise ValueError(f"quick_side must be >= {QUICK_PRIMARY_MIN}, got {quick_side}")
         self._detector = detector
-        self.max_side = max_side
-        self.upsample = upsample
         self.quick_side = quick_side
         # One dlib object shared between threads: serialise calls rather than trust it.
         self._lock = threading.Lock()
         self._recent: OrderedDict[tuple[bytes, float], list[FaceBox]] = OrderedDict()
 
     @classmethod
-    def load(
-        cls, *, max_side: int = 800, upsample: int = 1, quick_side: int | None = QUICK_SIDE
-    ) -> FaceDetector | None:
+    def load(cls, *, quick_side: int | None = QUICK_SIDE) -> FaceDetector | None:
         """The detector, or None (logged once) when dlib is not installed."""
         dlib = _import_dlib()
         if dlib is None:
             return None
-        return cls(
-            dlib.get_frontal_face_detector(),
-            max_side=max_side,
-            upsample=upsample,
-            quick_side=quick_side,
-        )
+        return cls(dlib.get_frontal_face_detector(), quick_side=quick_side)
 
     def detect(self, image: Image.Image, *, min_score: float = 0.0) -> list[FaceBox]:
         """Every candidate scoring at least `min_score` (dlib's default 0), best first.
@@ -275,7 +258,7 @@ class FaceDetector:
             if _settles(faces, scale):
                 return faces
             primary = primary_face(faces, PROMINENT_FACE_RATIO)
-            full_side = min(longest, self.max_side) * 2**self.upsample
+            full_side = min(longest, FULL_SIDE) * 2**FULL_UPSAMPLE
             if primary is not None:
                 # A copy in which this subject would settle, with a margin: HOG's boxes are
                 # coarse near its window, and a face can measure a pyramid step smaller there.
@@ -284,7 +267,7 @@ class FaceDetector:
                     faces, scale = self._run(image, side, 0, min_score, enlarge=True)
                     if _settles(faces, scale):
                         return faces
-        faces, _ = self._run(image, self.max_side, self.upsample, min_score)
+        faces, _ = self._run(image, FULL_SIDE, FULL_UPSAMPLE, min_score)
         return faces
 
     def _run(
@@ -416,21 +399,3 @@ class FaceEmbedder:
 def face_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Euclidean distance between descriptors; < SAME_PERSON_MAX_DISTANCE means same person."""
     return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
-
-
-def face_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity between descriptors (higher = more alike).
-
-    dlib descriptors are not centred, so unrelated faces still score ~0.8-0.9 and the same
-    face ~0.99: compare similarities with each other, and use `face_distance` with
-    SAME_PERSON_MAX_DISTANCE for a same-person decision.
-    """
-    va, vb = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    norm = float(np.linalg.norm(va) * np.linalg.norm(vb))
-    if norm == 0.0:
-        raise ValueError("cannot compare an all-zero face descriptor")
-    return float(va @ vb / norm)
-
-
-def same_person(a: np.ndarray, b: np.ndarray) -> bool:
-    return face_distance(a, b) < SAME_PERSON_MAX_DISTANCE

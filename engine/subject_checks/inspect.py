@@ -123,10 +123,6 @@ class PhotoReport:
     embedding: tuple[float, ...] | None = None
 
     @property
-    def face_check_available(self) -> bool:
-        return self.faces is not None
-
-    @property
     def primary_face(self) -> FaceBox | None:
         """The subject's face (the one to crop around), if any was found."""
         return self.faces[0] if self.faces else None

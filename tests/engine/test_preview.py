@@ -31,7 +31,6 @@ from engine.preview import (
     PREVIEW_MAX_SIDE,
     SD1_PROJECTION,
     LatentProjection,
-    fit_projection,
     projection_for,
 )
 from engine.tiny import tiny_components
@@ -55,6 +54,20 @@ def test_projection_colours_and_layout_on_known_latents() -> None:
     assert [im.size for im in big] == [(PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE // 4)] * 2
     with pytest.raises(ValueError, match="reads 4 channels"):
         SD1_PROJECTION.rgb(torch.zeros(1, 32, 8, 8))
+
+
+def fit_projection(latents: torch.Tensor, pixels: torch.Tensor) -> LatentProjection:
+    """The least-squares projection from (B, C, h, w) latents to their decodes, (B, 3, H, W)
+    in [-1, 1], each decode area-averaged down to its latent's cells."""
+    cells = latents.detach().float().cpu()
+    height, width = cells.shape[-2:]
+    target = F.adaptive_avg_pool2d(pixels.detach().float().cpu(), (height, width))
+    inputs = cells.permute(0, 2, 3, 1).reshape(-1, cells.shape[1])
+    inputs = torch.cat([inputs, torch.ones(inputs.shape[0], 1)], dim=1)
+    outputs = target.permute(0, 2, 3, 1).reshape(-1, 3)
+    solution = torch.linalg.lstsq(inputs, outputs).solution
+    rows = [(float(r), float(g), float(b)) for r, g, b in solution.tolist()]
+    return LatentProjection(factors=tuple(rows[:-1]), bias=rows[-1])
 
 
 # The colour VAE's training: bounded, seeded, one CPU thread (as the tiny profile runs).

@@ -172,8 +172,6 @@ class AdapterHooks:
     """The hooks that run ``adapters`` inside ``unet``; set a state per batch, remove when done."""
 
     def __init__(self, unet: nn.Module, adapters: dict[str, GatedSelfAttention]) -> None:
-        self.unet = unet
-        self.adapters = adapters
         self.state: AdapterState | None = None
         # The adapter output of the block in flight, handed from norm2's hook to attn2's hook.
         self._pending: dict[str, torch.Tensor | None] = {}
@@ -184,10 +182,6 @@ class AdapterHooks:
                 block.norm2.register_forward_pre_hook(self._pre_norm2(block_name, adapter))
             )
             self._handles.append(block.attn2.register_forward_hook(self._post_attn2(block_name)))
-
-    @property
-    def installed(self) -> bool:
-        return bool(self._handles)
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -87,7 +87,6 @@ def build_conditioning(
     alphas: Sequence[float | None],
     betas: Sequence[float],
     do_cfg: bool,
-    negative_prompts: Sequence[str] | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
     inject: bool = True,
     static_tokens: int | None = None,
@@ -111,8 +110,7 @@ def build_conditioning(
         pos, _ = pipe.encode_prompt(texts, device, 1, False)
         neg = negative_prompt_embeds
     else:
-        negatives = list(negative_prompts) if negative_prompts is not None else [""] * n
-        pos, neg = pipe.encode_prompt(texts, device, 1, do_cfg, negatives if do_cfg else None)
+        pos, neg = pipe.encode_prompt(texts, device, 1, do_cfg, [""] * n if do_cfg else None)
     present = [c for c in concepts if c is not None]
     if inject and present:
         positions = identifier_positions(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,4 +139,4 @@ class InstantBoothConfig(BaseModel):
 
 def adapter_key(block: str) -> str:
     """A module path as a ``ModuleDict`` key (dots are not allowed in module names)."""
-    return re.sub(r"\.", "__", block)
+    return block.replace(".", "__")

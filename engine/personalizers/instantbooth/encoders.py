@@ -11,7 +11,6 @@ input width.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -41,20 +40,6 @@ def clip_pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
         t = t.view(size, size, 3).permute(2, 0, 1).float() / 255.0
         out.append((t - mean) / std)
     return torch.stack(out)
-
-
-@dataclass(frozen=True)
-class BackboneOutput:
-    image_embeds: torch.Tensor  # [N, image_embed_dim]
-    hidden: torch.Tensor  # [N, num_patch_tokens, image_hidden_size]
-
-
-@torch.no_grad()
-def run_backbone(image_encoder: nn.Module, pixels: torch.Tensor) -> BackboneOutput:
-    """The frozen CLIPVisionModelWithProjection on CLIP-normalised pixels."""
-    param = next(image_encoder.parameters())
-    out = image_encoder(pixel_values=pixels.to(param.device, param.dtype))
-    return BackboneOutput(image_embeds=out.image_embeds, hidden=out.last_hidden_state)
 
 
 def square_crop_around(

@@ -29,7 +29,7 @@ from engine.personalizers.instantbooth.config import (
     InstantBoothConfig,
     adapter_key,
 )
-from engine.personalizers.instantbooth.encoders import ConceptMLP, Head, run_backbone
+from engine.personalizers.instantbooth.encoders import ConceptMLP, Head
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +159,15 @@ class InstantBoothModel(nn.Module):
     def encode_pixels(
         self, image_encoder: nn.Module, pixels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per image: concept vector [N, D] and patch tokens [N, P, D']. A fine-tuned
-        ``backbone`` stands in for ``image_encoder``."""
-        out = run_backbone(self.backbone if self.backbone is not None else image_encoder, pixels)
-        return self.concepts(out.image_embeds, out.hidden), self.patch(out.hidden)
+        """Per image: concept vector [N, D] and patch tokens [N, P, D'] from CLIP-normalised
+        pixels. The image encoder (a CLIPVisionModelWithProjection) runs without gradients; a
+        fine-tuned ``backbone`` stands in for ``image_encoder``."""
+        encoder = self.backbone if self.backbone is not None else image_encoder
+        param = next(encoder.parameters())
+        with torch.no_grad():
+            out = encoder(pixel_values=pixels.to(param.device, param.dtype))
+        hidden = out.last_hidden_state
+        return self.concepts(out.image_embeds, hidden), self.patch(hidden)
 
     def concepts(self, image_embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """One concept vector per photo [N, D] from the backbone's outputs (global embedding

@@ -191,10 +191,12 @@ def load_personalizer(ctx: LoadContext) -> InstantBoothPersonalizer:
     pipe: Any = ctx.pipe
     if options.get("weights"):
         directory = Path(str(options["weights"]))
-        config = _load_config(directory)
+        with _weights_errors(directory):
+            config = InstantBoothConfig.load(directory)
         image_encoder = _image_encoder(config.image_encoder, ctx)
         # A fine-tuned encoder's weights (when the config says so) load into this one.
-        model = _load_weights(directory, image_encoder)
+        with _weights_errors(directory):
+            model = InstantBoothModel.from_pretrained(directory, image_encoder)
     elif options.get("random") in ("tiny", "sd15"):
         shape = str(options["random"])
         image_encoder = _random_image_encoder(shape, ctx.seed)
@@ -236,16 +238,6 @@ def _weights_errors(directory: Path) -> Iterator[None]:
         raise MissingWeights(
             "usable InstantBooth weights", str(directory), TRAIN_HINT, reason=str(exc)
         ) from exc
-
-
-def _load_config(directory: Path) -> InstantBoothConfig:
-    with _weights_errors(directory):
-        return InstantBoothConfig.load(directory)
-
-
-def _load_weights(directory: Path, image_encoder: Any) -> InstantBoothModel:
-    with _weights_errors(directory):
-        return InstantBoothModel.from_pretrained(directory, image_encoder)
 
 
 def _random_image_encoder(shape: str, seed: int) -> Any:
